@@ -1,0 +1,824 @@
+"""GPT: the decoder-only language model that every tuning script in this project shares.
+
+A stack of pre-norm blocks x = x + Attn(Norm(x)); x = x + MLP(Norm(x)) with RMSNorm, rotary
+positions (RoPE), grouped-query attention (GQA) and a SwiGLU MLP, trained to maximise
+log p(x) = sum_t log p(x_t | x_<t). The same class expresses GPT-2 (learned positions,
+LayerNorm with bias, GELU, tied head), so real GPT-2 weights load through from_pretrained_gpt2.
+Papers: Radford et al. 2019 (GPT-2), Su et al. 2021 (RoPE), Ainslie et al. 2023 (GQA),
+Shazeer 2020 (SwiGLU), Holtzman et al. 2019 (top-p), Leviathan et al. 2023 (speculative decoding).
+
+Also here: the KV cache and batched left-padded generation (greedy, temperature, top-k, top-p,
+stop tokens, beam search, an allowed-token mask, speculative decoding), the tokenizer (tiktoken
+GPT-2, a .tiktoken ranks file, or our own byte-level BPE), atomic checkpoints, the per-token
+log-prob helper for (prompt, completion) batches, and the --field=value config parser.
+
+    python gpt.py                     # load out/train/ckpt.pt (or train a tiny model), sample
+    python gpt.py --ckpt=out/sft/ckpt.pt --prompt="def "
+    python gpt.py --bench             # tokens/s with vs without the KV cache, 256 and 1024 tokens
+
+On CPU you see a sample from each decoding method, the speculative acceptance rate, and a
+table of tokens/s with and without the KV cache.
+"""
+import collections
+import dataclasses
+import math
+import os
+import re
+import sys
+import time
+import typing
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tiktoken
+import tiktoken.load
+from tqdm import tqdm
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 320  # tokens; Tokenizer.model_vocab_size rounds up to a multiple of 64
+    block_size: int = 256  # the longest context the model accepts
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # query heads
+    n_kv_head: int = 0  # key/value heads: 0 = n_head (MHA), 1 = MQA, in between = GQA
+    n_embd: int = 256  # residual stream width
+    mlp_hidden: int = 0  # 0 = 4*n_embd for gelu, 8/3*n_embd rounded up to 32 for swiglu
+    mlp: str = "swiglu"  # swiglu | gelu
+    norm: str = "rmsnorm"  # rmsnorm | layernorm
+    pos: str = "rope"  # rope | learned (GPT-2's absolute position table)
+    rope_base: float = 10000.0  # theta in RoPE's frequencies theta^(-2i/d)
+    causal: bool = True  # False turns the decoder into a bidirectional encoder
+    bias: bool = False  # biases in Linear and LayerNorm (GPT-2 has them)
+    tie_embeddings: bool = True  # the output head shares the token embedding matrix
+    dropout: float = 0.0  # on attention weights and residual branches
+    norm_eps: float = 1e-5  # epsilon inside the norms
+
+    def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: "
+                             "each key/value head must serve a whole group of query heads")
+        if (self.n_embd // self.n_head) % 2 and self.pos == "rope":
+            raise ValueError(f"RoPE needs an even head dim, got {self.n_embd // self.n_head}")
+        for name, allowed in [("mlp", ("swiglu", "gelu")), ("norm", ("rmsnorm", "layernorm")),
+                              ("pos", ("rope", "learned"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if min(self.vocab_size, self.block_size, self.n_layer) < 1:
+            raise ValueError("vocab_size, block_size and n_layer must be positive")
+        if not self.mlp_hidden:  # SwiGLU has 3 matrices, not 2: 8/3 keeps the parameter count
+            self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else 32 * math.ceil(8 * self.n_embd / 3 / 32)
+
+
+# ----------------------------------------------------------------------------- the model
+
+def upcast(x):
+    """At least float32 (bf16 and fp16 go up; float64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x_i, x_{i+d/2}) by angle pos*theta_i (the half-split "NeoX" layout).
+    x: (B, H, T, hd); cos, sin: (B|1, 1, T, hd/2), always computed in float32."""
+    x1, x2 = upcast(x).chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def rope_angles(positions, head_dim, base):
+    """cos and sin of pos * base^(-2i/d), in float32 whatever the autocast. positions: (B|1, T)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B|1, T, hd/2)
+    return angles.cos()[:, None], angles.sin()[:, None]  # (B|1, 1, T, hd/2)
+
+
+class KVCache:
+    """Keys and values of every layer for tokens already seen, plus which of them are real
+    (not padding). Preallocated; `pos` is the number of buffer slots filled, and can be set back
+    to roll the cache back (speculative decoding), or rows reordered (beam search)."""
+
+    def __init__(self, cfg, batch, max_len, device, dtype):
+        shape = (cfg.n_layer, batch, cfg.n_kv_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.padded = False  # has any padding been written? If not, no mask is needed
+        self.pos = 0
+
+    def update(self, layer, k, v):  # k, v: (B, n_kv_head, T, hd) for the new tokens
+        T = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + T] = k
+        self.v[layer, :, :, self.pos:self.pos + T] = v
+        return self.k[layer, :, :, :self.pos + T], self.v[layer, :, :, :self.pos + T]
+
+    def reorder(self, rows):  # beam search: row i continues from row rows[i]
+        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+
+
+def attention_mask(key_valid, T, causal):
+    """(B, 1, T, S) boolean mask for T queries that sit at the last T of S buffer slots: a query
+    sees real keys at or before its own slot, and always itself, so no row is empty (padding
+    queries then give finite garbage that nobody reads, never NaN)."""
+    S = key_valid.size(1)
+    q_slot = torch.arange(S - T, S, device=key_valid.device)[:, None]  # (T, 1)
+    k_slot = torch.arange(S, device=key_valid.device)[None, :]  # (1, S)
+    allowed = key_valid[:, None, None, :]
+    if causal:
+        allowed = allowed & (k_slot <= q_slot)
+    return allowed | (k_slot == q_slot)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.n_embd // cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope, mask, is_causal, cache, layer):
+        B, T, C = x.shape
+        sizes = [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim]
+        q, k, v = self.c_attn(x).split(sizes, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, n_kv_head, S, hd): every key so far
+        # softmax(Q K^T / sqrt(hd)) V; each group of n_head/n_kv_head query heads shares one K, V
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        self.c_fc = nn.Linear(cfg.n_embd, (2 if self.swiglu else 1) * cfg.mlp_hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.swiglu:  # SwiGLU(x) = (SiLU(x W_gate) * x W_up) W_down
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:  # GPT-2's GELU, tanh approximation
+            h = F.gelu(h, approximate="tanh")
+        return self.c_proj(h)
+
+
+def make_norm(cfg):
+    if cfg.norm == "rmsnorm":  # x / sqrt(mean(x^2) + eps) * g
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)  # (x - mean) / std * g + b
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1, self.attn = make_norm(cfg), Attention(cfg)
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, mask, is_causal, cache, layer):
+        x = x + self.drop(self.attn(self.ln_1(x), rope, mask, is_causal, cache, layer))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = cfg = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+            ln_f=make_norm(cfg)))
+        if cfg.pos == "learned":
+            self.transformer.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2L)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def new_cache(self, batch, max_len):
+        p = self.lm_head.weight
+        dtype = torch.bfloat16 if torch.is_autocast_enabled() and p.is_cuda else p.dtype
+        return KVCache(self.config, batch, max_len, p.device, dtype)
+
+    def hidden(self, idx, attn_mask=None, cache=None):
+        """Final hidden states (B, T, n_embd). attn_mask (B, T) marks real tokens (False = padding);
+        with a cache, idx holds only the new tokens and attends to everything cached before."""
+        cfg, (B, T) = self.config, idx.shape
+        start = cache.pos if cache is not None else 0
+        if attn_mask is not None and bool(attn_mask.all()):
+            attn_mask = None  # no padding after all: take the fast path
+        if start + T > cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={cfg.block_size}")
+        key_valid = attn_mask
+        if cache is not None:
+            cache.valid[:, start:start + T] = True if attn_mask is None else attn_mask
+            cache.padded |= attn_mask is not None
+            key_valid = cache.valid[:, :start + T] if cache.padded else None
+        if key_valid is None and (start == 0 or T == 1 or not cfg.causal):
+            positions = torch.arange(start, start + T, device=idx.device)[None]  # (1, T)
+            mask, is_causal = None, cfg.causal and T > 1
+        else:  # padding, or several new tokens after a cache: positions count real tokens only
+            if key_valid is None:
+                key_valid = torch.ones(B, start + T, dtype=torch.bool, device=idx.device)
+            positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
+            mask, is_causal = attention_mask(key_valid, T, cfg.causal), False
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        rope = None
+        if cfg.pos == "rope":
+            rope = rope_angles(positions, cfg.n_embd // cfg.n_head, cfg.rope_base)
+        else:
+            x = x + self.transformer.wpe(positions)
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, rope, mask, is_causal, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, attn_mask=None, cache=None):
+        """Logits (B, T, vocab), and the mean cross-entropy over targets != -1 when given."""
+        logits = self.lm_head(self.hidden(idx, attn_mask, cache))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(upcast(logits.flatten(0, 1)), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token: 6N for the weight matmuls (2N forward, 4N backward) plus
+        12*L*T*d for Q K^T and A V (PaLM, Chowdhery et al. 2022, appendix B)."""
+        cfg = self.config
+        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6 * n_matmul + 12 * cfg.n_layer * (seq_len or cfg.block_size) * cfg.n_embd
+
+    # ------------------------------------------------------------------------- generation
+
+    def _prepare(self, prompts, max_new_tokens, pad_id):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.config.block_size:
+            raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds "
+                             f"block_size={self.config.block_size}: shorten the prompt or generate less")
+        return pad_left(prompts, pad_id, device=self.lm_head.weight.device)
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
+                 allowed_tokens=None, use_cache=True, generator=None, pad_id=0):
+        """Sample continuations of a batch of token lists, left-padded so they end together.
+        temperature=0 is greedy. allowed_tokens(generated (B, t)) -> bool (B, vocab) constrains
+        each step. Returns the new tokens of each prompt, up to and including its first stop token."""
+        idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
+        B = idx.size(0)
+        cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
+        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=idx.device)
+        lengths = torch.full((B,), max_new_tokens, device=idx.device)
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
+        h = self.hidden(idx, valid, cache)
+        for t in range(max_new_tokens):
+            logits = upcast(self.lm_head(h[:, -1]))  # (B, vocab)
+            allowed = allowed_tokens(out[:, :t]) if allowed_tokens is not None else None
+            token = sample_next(logits, temperature, top_k, top_p, allowed, generator).masked_fill(done, pad_id)
+            out[:, t] = token
+            stopped = ~done & torch.isin(token, stops)
+            lengths[stopped], done = t + 1, done | stopped
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            idx, valid = torch.cat([idx, token[:, None]], 1), F.pad(valid, (0, 1), value=True)
+            h = self.hidden(idx, valid) if cache is None else self.hidden(token[:, None], cache=cache)
+        return [out[b, :lengths[b]].tolist() for b in range(B)]
+
+    @torch.no_grad()
+    def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(), length_penalty=1.0):
+        """Keep the beam_size most probable partial continuations; a hypothesis that emits a stop
+        token is finished, and the search ends once beam_size are finished (or at the length
+        limit). Returns the finished one with the best log p / len^length_penalty."""
+        idx, _ = self._prepare([prompt], max_new_tokens, 0)
+        cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
+        h = self.hidden(idx.expand(beam_size, -1), cache=cache)
+        beams, finished = [[] for _ in range(beam_size)], []
+        scores = torch.full((beam_size,), -math.inf, device=idx.device)
+        scores[0] = 0.0  # all rows start equal: only one is live, or the beam fills with copies
+        for _ in range(max_new_tokens):
+            logp = F.log_softmax(upcast(self.lm_head(h[:, -1])), dim=-1)  # (beam, vocab)
+            cand_scores, cand = (scores[:, None] + logp).flatten().topk(2 * beam_size)
+            parents, tokens, new_scores = [], [], []
+            for rank, (score, flat) in enumerate(zip(cand_scores.tolist(), cand.tolist())):
+                parent, token = divmod(flat, logp.size(1))
+                if score == -math.inf or len(parents) == beam_size:
+                    break
+                if token not in stop_tokens:
+                    parents.append(parent)
+                    tokens.append(token)
+                    new_scores.append(score)
+                elif rank < beam_size:  # a finished hypothesis, ranked by its length-normalised score
+                    finished.append((score / (len(beams[parent]) + 1) ** length_penalty, beams[parent] + [token]))
+            if len(finished) >= beam_size or not parents:
+                break
+            n_live = len(parents)  # pad with dead rows so the batch keeps its shape
+            parents, tokens = parents + [parents[0]] * (beam_size - n_live), tokens + [tokens[0]] * (beam_size - n_live)
+            scores = torch.tensor(new_scores + [-math.inf] * (beam_size - n_live), device=idx.device)
+            beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
+            cache.reorder(torch.tensor(parents, device=idx.device))
+            h = self.hidden(torch.tensor(tokens, device=idx.device)[:, None], cache=cache)
+        if not finished:  # nothing stopped: rank the live beams instead
+            finished = [(s / max(len(b), 1) ** length_penalty, b) for s, b in zip(scores.tolist(), beams) if s > -math.inf]
+        return max(finished, key=lambda f: f[0])[1]
+
+
+def pad_left(seqs, pad_id, device=None, width=None):
+    """Right-align token lists: (B, width) ids and a (B, width) mask of real tokens."""
+    width = width or max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if s:
+            idx[row, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in seqs])
+    valid = torch.arange(width)[None, :] >= (width - lengths)[:, None]
+    return idx.to(device), valid.to(device)
+
+
+def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None):
+    """The distribution we sample from, (B, vocab): mask, then temperature, top-k and top-p.
+    temperature=0 is greedy, a one-hot distribution on the argmax."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, -math.inf)
+    if temperature == 0:
+        return F.one_hot(logits.argmax(-1), logits.size(-1)).to(logits.dtype)
+    logits = logits / temperature  # p_i = exp(z_i / T) / sum_j exp(z_j / T)
+    if top_k:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    probs = F.softmax(logits, dim=-1)
+    if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs  # mass of strictly more likely tokens
+        keep_sorted = mass_before < top_p  # the first token always has mass_before = 0
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = probs * keep
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, generator=None):
+    if temperature == 0:
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, -math.inf)
+        return logits.argmax(-1)
+    probs = next_token_probs(logits, temperature, top_k, top_p, allowed)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0, top_p=1.0,
+                         stop_tokens=(), generator=None):
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batch of one. The draft
+    proposes k tokens from q; one target pass scores them all with p. Token x_i is kept with
+    probability min(1, p(x_i)/q(x_i)); the first rejected one is resampled from
+    norm(max(0, p - q)), and if all k pass one more comes free from p. The output is
+    distributed exactly as sampling from the target alone. Returns (tokens, stats)."""
+    device = target.lm_head.weight.device
+    target._prepare([prompt], max_new_tokens, 0)
+    draft._prepare([prompt], max_new_tokens, 0)
+    t_cache, d_cache = target.new_cache(1, len(prompt) + max_new_tokens), draft.new_cache(1, len(prompt) + max_new_tokens)
+
+    def probs(model, tokens, cache):  # feed tokens (T,), get the sampling distribution after each: (T, vocab)
+        logits = upcast(model.lm_head(model.hidden(tokens[None], cache=cache))[0])
+        return next_token_probs(logits, temperature, top_k, top_p)
+
+    context = torch.tensor(prompt, device=device)
+    for model, cache in ((target, t_cache), (draft, d_cache)):
+        if len(prompt) > 1:
+            model.hidden(context[None, :-1], cache=cache)
+    t_pending = d_pending = context[-1:]  # committed tokens that a cache has not seen yet
+    out, stats = [], dict(target_calls=0, drafted=0, accepted=0)
+    while len(out) < max_new_tokens and not (out and out[-1] in stop_tokens):
+        t_start, d_start = t_cache.pos, d_cache.pos
+        drafted, q = [], []  # x_1..x_n and the draft distributions they came from
+        for i in range(min(k, max_new_tokens - len(out) - 1)):
+            q.append(probs(draft, d_pending if i == 0 else drafted[-1][None], d_cache)[-1])
+            drafted.append(torch.multinomial(q[-1], 1, generator=generator)[0])
+        p = probs(target, torch.cat([t_pending, *[x[None] for x in drafted]]), t_cache)[-len(drafted) - 1:]
+        accepted, residual = 0, p[len(drafted)]  # p[i]: the target's distribution for x_{i+1}
+        for i, x in enumerate(drafted):
+            if torch.rand((), generator=generator, device=device) < p[i, x] / q[i][x]:  # min(1, p/q)
+                accepted += 1
+                continue
+            residual = torch.clamp(p[i] - q[i], min=0)  # resample from norm(max(0, p - q))
+            residual = residual if residual.sum() > 0 else p[i]  # p == q up to rounding
+            break
+        new = torch.multinomial(residual / residual.sum(), 1, generator=generator)
+        out += [int(x) for x in drafted[:accepted]] + [int(new)]
+        stats["target_calls"] += 1
+        stats["drafted"] += len(drafted)
+        stats["accepted"] += accepted
+        # roll each cache back to the last kept token it has seen; the rest is fed next round
+        t_cache.pos, t_pending = t_start + len(t_pending) + accepted, new
+        if not drafted:
+            d_pending = torch.cat([d_pending, new])
+        elif accepted == len(drafted):  # the draft never fed its own last proposal
+            d_cache.pos, d_pending = d_start + len(d_pending) + accepted - 1, torch.cat([drafted[-1][None], new])
+        else:
+            d_cache.pos, d_pending = d_start + len(d_pending) + accepted, new
+    stop_at = next((i for i, x in enumerate(out) if x in stop_tokens), len(out))
+    stats["acceptance"] = stats["accepted"] / max(stats["drafted"], 1)
+    return out[:min(stop_at + 1, max_new_tokens)], stats
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None):
+    """log pi(c_t | prompt, c_<t) for every completion token: (B, Tc) log-probs and the (B, Tc)
+    mask of real completion tokens. Rows are [pad.. prompt completion ..pad]; the masks come
+    from the lengths, never from token values, so pad_id may equal the eos id."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    width = max(prompt_width or 0, max(len(p) for p in prompts))  # the prompt column
+    Tc = max(max(len(c) for c in completions), 1)
+    device = next(model.parameters()).device
+    idx, valid = pad_left(prompts, pad_id, device, width)
+    comp = torch.full((len(prompts), Tc), pad_id, dtype=torch.long, device=device)
+    for row, c in enumerate(completions):
+        comp[row, :len(c)] = torch.as_tensor(c, dtype=torch.long)
+    mask = torch.arange(Tc, device=device)[None] < torch.tensor([len(c) for c in completions], device=device)[:, None]
+    logits, _ = model(torch.cat([idx, comp], 1), attn_mask=torch.cat([valid, mask], 1))
+    logits = logits[:, width - 1:-1]  # (B, Tc, vocab): the prediction for each completion token
+    logp = -F.cross_entropy(upcast(logits.flatten(0, 1)), comp.flatten(), reduction="none").view_as(comp)
+    return logp * mask, mask
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+# GPT-2's pre-split pattern (for .tiktoken ranks files), and ours, written in Python's `re`
+# dialect so the BPE trainer below can split text exactly as tiktoken does when encoding.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+                  "<|tool_call|>", "<|tool_result|>")
+
+
+def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
+    """Byte-level BPE (Sennrich et al. 2016; GPT-2's byte variant): start from the 256 bytes,
+    repeatedly merge the most frequent adjacent pair inside regex-split chunks. Returns the
+    mergeable ranks {token bytes: rank} that tiktoken encodes with."""
+    chunks = collections.Counter(re.findall(pattern, text))
+    words = [list(w.encode("utf-8")) for w in chunks]  # each chunk as a list of token ids
+    counts = list(chunks.values())
+    vocab = [bytes([i]) for i in range(256)]
+    ranks = {b: i for i, b in enumerate(vocab)}
+    pair_counts, where = collections.Counter(), collections.defaultdict(set)
+    for w, (word, count) in enumerate(zip(words, counts)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += count
+            where[pair].add(w)
+    bar = tqdm(total=max(vocab_size - 256, 0), desc="train BPE", leave=False, disable=vocab_size <= 256)
+    while len(vocab) < vocab_size and pair_counts:
+        a, b = max(pair_counts, key=lambda pair: (pair_counts[pair], pair))  # ties: largest ids
+        merged = vocab[a] + vocab[b]
+        new_id = ranks.get(merged, len(vocab))  # two merges may spell the same bytes: reuse the id
+        if new_id == len(vocab):
+            vocab.append(merged)
+            ranks[merged] = new_id
+            bar.update()
+        for w in where.pop((a, b)):
+            word, count = words[w], counts[w]
+            for pair in zip(word, word[1:]):  # forget this word's pairs, merge, count them again
+                pair_counts[pair] -= count
+            i, merged_word = 0, []
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+                    merged_word.append(new_id)
+                    i += 2
+                else:
+                    merged_word.append(word[i])
+                    i += 1
+            words[w] = merged_word
+            for pair in zip(merged_word, merged_word[1:]):
+                pair_counts[pair] += count
+                where[pair].add(w)
+        pair_counts = +pair_counts  # drop pairs whose count fell to zero
+    bar.close()
+    return ranks
+
+
+class Tokenizer:
+    """tiktoken with our chat special tokens appended after the ordinary tokens. Built from
+    "gpt2" (tiktoken's download), a local .tiktoken ranks file, or train_bpe on a corpus;
+    state_dict() is stored inside every checkpoint so any script can rebuild it."""
+
+    def __init__(self, ranks, pattern, name="bpe"):
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise ValueError("BPE ranks must be exactly 0..n-1")
+        self.name, self.pattern, self.ranks = name, pattern, ranks
+        self.enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks,
+                                     special_tokens={s: len(ranks) + i for i, s in enumerate(SPECIAL_TOKENS)})
+        self.eot_id = self.special("<|endoftext|>")
+
+    @classmethod
+    def from_spec(cls, spec, text=None, vocab_size=512):
+        """spec: "gpt2", a path to a .tiktoken file, "bpe" (train on text) or "byte" (no merges)."""
+        if spec == "gpt2":
+            try:
+                base = tiktoken.get_encoding("gpt2")
+            except Exception as e:
+                raise RuntimeError(f"tiktoken could not load 'gpt2' ({e}); offline, pass the path of a "
+                                   "gpt2.tiktoken ranks file instead") from e
+            return cls(base._mergeable_ranks, base._pat_str, "gpt2")
+        if spec.endswith(".tiktoken"):
+            if not os.path.exists(spec):
+                raise FileNotFoundError(f"no tiktoken ranks file at {spec}")
+            return cls(tiktoken.load.load_tiktoken_bpe(spec), GPT2_PATTERN, os.path.basename(spec))
+        if spec in ("bpe", "byte"):
+            if not text:
+                raise ValueError(f"tokenizer={spec!r} is trained on a corpus, and the corpus is empty")
+            return cls(train_bpe(text, vocab_size if spec == "bpe" else 256), SPLIT_PATTERN, spec)
+        raise ValueError(f"unknown tokenizer {spec!r}: use gpt2, bpe, byte or a path ending in .tiktoken")
+
+    @property
+    def n_vocab(self):
+        return self.enc.n_vocab
+
+    @property
+    def model_vocab_size(self):  # padded to a multiple of 64: faster matmuls, unused rows are harmless
+        return 64 * math.ceil(self.n_vocab / 64)
+
+    def special(self, name):
+        return self.enc.encode_single_token(name)
+
+    def encode(self, text, allow_special=False):
+        """Special-token strings in text stay ordinary text unless allow_special is set."""
+        return self.enc.encode(text, allowed_special="all") if allow_special else self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids):
+        return self.enc.decode_bytes([i for i in ids if i < self.n_vocab])
+
+    def state_dict(self):
+        order = sorted(self.ranks, key=self.ranks.get)
+        return {"name": self.name, "pattern": self.pattern, "ranks": order, "specials": list(SPECIAL_TOKENS)}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        if list(state["specials"]) != list(SPECIAL_TOKENS):
+            raise ValueError(f"checkpoint tokenizer has special tokens {state['specials']}, expected {SPECIAL_TOKENS}")
+        return cls({b: i for i, b in enumerate(state["ranks"])}, state["pattern"], state["name"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def unwrap(model):
+    """The plain GPT inside DDP (.module) and torch.compile (._orig_mod) wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None, model_state=None, **extra):
+    """torch.save to a temporary file, then rename: a crash mid-write never clobbers a good one.
+    optimizer is a state dict; model_state overrides model.state_dict() (FSDP gathers its own)."""
+    model = unwrap(model)
+    state = {"model_args": dataclasses.asdict(model.config), "model": model_state or model.state_dict(),
+             "optimizer": optimizer, "step": step, "tokenizer": tokenizer.state_dict(),
+             "config": dataclasses.asdict(config) if config else None, **extra}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, device="cpu"):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py) or fix the path")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {e}") from e
+    missing = {"model_args", "model", "tokenizer"} - set(ckpt if isinstance(ckpt, dict) else {})
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of this project: it lacks {sorted(missing)}")
+    return ckpt
+
+
+def load_model(path, device="cpu"):
+    """(model, tokenizer, checkpoint dict) from a checkpoint file."""
+    ckpt = load_checkpoint(path, device)
+    model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, Tokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
+
+
+def from_pretrained_gpt2(state_dict, n_head=None):
+    """A GPT from a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel). HF stores its
+    projections as Conv1D, weight (in, out): we transpose them into nn.Linear's (out, in)."""
+    sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+    n_embd = sd["wte.weight"].size(1)
+    n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
+    cfg = GPTConfig(vocab_size=sd["wte.weight"].size(0), block_size=sd["wpe.weight"].size(0), n_layer=n_layer,
+                    n_head=n_head or n_embd // 64, n_embd=n_embd, mlp="gelu", norm="layernorm", pos="learned",
+                    bias=True, tie_embeddings=True)  # every released GPT-2 has 64-wide heads
+    model = GPT(cfg)
+    ours = {}
+    for k, v in sd.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
+            continue  # causal-mask buffers; the head is tied to wte
+        if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            v = v.t()
+        ours["transformer." + k] = v
+    ours["lm_head.weight"] = ours["transformer.wte.weight"]
+    model.load_state_dict(ours)
+    return model
+
+
+# ----------------------------------------------------------------------------- small shared helpers
+
+def count_params(model):
+    return sum(p.numel() for p in unwrap(model).parameters())
+
+
+def pick_device(name="auto"):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else nullcontext()
+
+
+def embedded_corpus():
+    """Python's own reference documentation (about 460 kB of English), present wherever CPython is."""
+    from pydoc_data import topics
+    return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics))
+
+
+def _field_comments(config_cls):
+    """{field: its same-line comment} from the dataclass source, for --help."""
+    import inspect
+    try:
+        source = inspect.getsource(config_cls)
+    except (OSError, TypeError):
+        return {}
+    return dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.M))
+
+
+def _convert(text, kind, name):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SystemExit(f"error: --{name} takes true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise SystemExit(f"error: --{name} takes a {kind.__name__}, got {text!r}") from None
+
+
+def parse_args(config_cls, argv=None):
+    """--field=value overrides for a dataclass config; --help lists the fields and defaults.
+    Unknown fields and values of the wrong type exit with a message that names them."""
+    argv = sys.argv[1:] if argv is None else argv
+    hints, fields = typing.get_type_hints(config_cls), {f.name: f for f in dataclasses.fields(config_cls)}
+    if "--help" in argv or "-h" in argv:
+        comments = _field_comments(config_cls)
+        print(f"options (--field=value) for {config_cls.__name__}:")
+        for name, f in fields.items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"  --{name}={default!s:<14} {comments.get(name, '')}")
+        raise SystemExit(0)
+    overrides = {}
+    for arg in argv:
+        name, eq, value = arg.removeprefix("--").partition("=")
+        name = name.replace("-", "_")
+        if not arg.startswith("--") or name not in fields:
+            raise SystemExit(f"error: unknown option --{name} (from {arg!r}); valid options: "
+                             + " ".join(f"--{n}" for n in fields) + " (see --help)")
+        if not eq and hints[name] is not bool:
+            raise SystemExit(f"error: --{name} needs a value: --{name}=...")
+        overrides[name] = _convert(value if eq else "true", hints[name], name)
+    try:
+        return config_cls(**overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+# ----------------------------------------------------------------------------- demo
+
+@dataclass
+class SampleConfig:
+    ckpt: str = "out/train/ckpt.pt"  # checkpoint to load; a tiny model is trained if it is missing
+    prompt: str = "The "  # text to continue
+    max_new_tokens: int = 64  # tokens per sample
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 1337  # for sampling and the tiny fallback model
+    bench: bool = False  # tokens/s with and without the KV cache at 256 and 1024 new tokens
+
+
+def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
+    """A few hundred AdamW steps on random windows: just enough for the demos in this file."""
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    model = GPT(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in tqdm(range(steps), desc=f"tiny {cfg.n_layer}x{cfg.n_embd}", leave=False):
+        i = torch.randint(len(data) - cfg.block_size - 1, (batch,), generator=g)
+        x = torch.stack([data[j:j + cfg.block_size] for j in i]).to(device)
+        y = torch.stack([data[j + 1:j + 1 + cfg.block_size] for j in i]).to(device)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def tokens_per_second(model, prompt, new_tokens, use_cache, repeats=1):
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = model.generate([prompt], new_tokens, temperature=0, use_cache=use_cache)
+        best = min(best, time.perf_counter() - t0)
+    return len(out[0]) / best
+
+
+def bench(device):
+    """Generation speed of the CPU-default model shape with vs without the KV cache."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=1040)).to(device).eval()
+    print(f"generation, {count_params(model) / 1e6:.1f}M params (4 layers, 256 wide), batch 1, greedy, {device}")
+    print(f"{'new tokens':>10} {'no cache tok/s':>15} {'KV cache tok/s':>15} {'speed-up':>9}")
+    for n in (256, 1024):
+        slow, fast = tokens_per_second(model, [1] * 8, n, False), tokens_per_second(model, [1] * 8, n, True, 3)
+        print(f"{n:>10} {slow:>15.1f} {fast:>15.1f} {fast / slow:>8.1f}x")
+
+
+def main(cfg):
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.bench:
+        return bench(device)
+    if os.path.exists(cfg.ckpt):
+        model, tok, _ = load_model(cfg.ckpt, device)
+        print(f"loaded {cfg.ckpt}: {count_params(model) / 1e6:.2f}M parameters")
+    else:
+        print(f"no checkpoint at {cfg.ckpt}: training a tiny byte-level model on the embedded corpus")
+        text = embedded_corpus()
+        tok = Tokenizer.from_spec("byte", text)
+        model = train_tiny(GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_embd=128), text, tok, 300, device)
+    model.eval()
+    print("training a 1-layer draft model for speculative decoding")
+    draft = train_tiny(dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0, mlp_hidden=0),
+                       embedded_corpus(), tok, 150, device)
+    prompt, n, g = tok.encode(cfg.prompt), cfg.max_new_tokens, torch.Generator(device).manual_seed(cfg.seed)
+    letters = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
+    letters[[t for t in range(tok.n_vocab) if re.fullmatch(rb"[a-z ]+", tok.decode_bytes([t]))]] = True
+    samples = {
+        "greedy": model.generate([prompt], n, temperature=0)[0],
+        "temperature 0.8": model.generate([prompt], n, temperature=0.8, generator=g)[0],
+        "top-k 20": model.generate([prompt], n, top_k=20, generator=g)[0],
+        "top-p 0.9": model.generate([prompt], n, top_p=0.9, generator=g)[0],
+        "beam search (4)": model.beam_search(prompt, beam_size=4, max_new_tokens=n),
+        "only [a-z ] allowed": model.generate([prompt], n, temperature=0.8, generator=g,
+                                              allowed_tokens=lambda gen: letters.expand(len(gen), -1))[0]}
+    spec, stats = speculative_generate(model, draft, prompt, n, k=4, temperature=0.8, generator=g)
+    samples["speculative (k=4)"] = spec
+    for name, ids in samples.items():
+        print(f"--- {name}\n{cfg.prompt}{tok.decode(ids)}")
+    print(f"speculative: {stats['acceptance']:.0%} of draft tokens accepted, "
+          f"{len(spec) / stats['target_calls']:.2f} tokens per target forward pass")
+    n = min(256, model.config.block_size - len(prompt))
+    slow, fast = tokens_per_second(model, prompt, n, False), tokens_per_second(model, prompt, n, True)
+    print(f"greedy, {n} new tokens: {slow:.0f} tok/s without the KV cache, {fast:.0f} tok/s with it "
+          f"({fast / slow:.1f}x)")
+
+
+if __name__ == "__main__":
+    main(parse_args(SampleConfig))

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny configs that run in seconds on a 2-core CPU."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import gpt  # noqa: E402
+
+
+@pytest.fixture
+def tiny_gpt_config():
+    """A 2-layer GQA model (4 query heads sharing 2 key/value heads) over a 64-token vocabulary."""
+    return gpt.GPTConfig(vocab_size=64, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """About 40 kB of the embedded corpus as a local text file."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(gpt.embedded_corpus()[:40_000], encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def tiny_train_config(tmp_path, corpus_file):
+    """train.TrainConfig for a byte-level 1-layer model that trains for a few steps in ~1 s."""
+    import train
+    return train.TrainConfig(data=corpus_file, tokenizer="byte", cache_dir=str(tmp_path / "cache"),
+                             out_dir=str(tmp_path / "out"), depth=1, n_embd=32, n_head=2, block_size=16,
+                             batch_size=4, max_iters=8, eval_interval=4, eval_iters=2, sample_tokens=4,
+                             device="cpu", seed=0)

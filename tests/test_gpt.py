@@ -1,0 +1,462 @@
+"""gpt.py against independent references: a float64 re-derivation of the forward pass, brute
+force over small vocabularies, exact distributions, and worked examples."""
+import collections
+import math
+import os
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def make_model(cfg, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    model = gpt.GPT(cfg).to(dtype).eval()
+    with torch.no_grad():  # norms start at exactly 1; perturb them so a dropped gain would show
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+def reference_forward(sd, cfg, idx):
+    """The model written out from the equations, in float64: RMSNorm, RoPE as complex rotation,
+    explicit per-head softmax attention with K/V heads repeated for GQA, SwiGLU."""
+    W = {k: v.double() for k, v in sd.items()}
+    hd, T = cfg.n_embd // cfg.n_head, idx.size(1)
+
+    def rms(x, g):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * g
+
+    def rope(x):  # x (T, hd): pairs (x_i, x_{i+hd/2}) rotate by pos * base^(-2i/hd)
+        theta = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        z = torch.complex(x[:, :hd // 2], x[:, hd // 2:]) * torch.exp(1j * torch.arange(T)[:, None] * theta)
+        return torch.cat([z.real, z.imag], -1)
+
+    x = W["transformer.wte.weight"][idx[0]]
+    for l in range(cfg.n_layer):
+        p = f"transformer.h.{l}."
+        h = rms(x, W[p + "ln_1.weight"])
+        qkv = h @ W[p + "attn.c_attn.weight"].T
+        q, k, v = qkv.split([cfg.n_head * hd, cfg.n_kv_head * hd, cfg.n_kv_head * hd], -1)
+        heads = []
+        for i in range(cfg.n_head):
+            j = i // (cfg.n_head // cfg.n_kv_head)  # the K/V head this query head shares
+            qi, kj, vj = rope(q[:, i * hd:(i + 1) * hd]), rope(k[:, j * hd:(j + 1) * hd]), v[:, j * hd:(j + 1) * hd]
+            scores = qi @ kj.T / math.sqrt(hd)
+            scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+            heads.append(torch.softmax(scores, -1) @ vj)
+        x = x + torch.cat(heads, -1) @ W[p + "attn.c_proj.weight"].T
+        h = rms(x, W[p + "ln_2.weight"]) @ W[p + "mlp.c_fc.weight"].T
+        gate, up = h.chunk(2, -1)
+        x = x + (gate * torch.sigmoid(gate) * up) @ W[p + "mlp.c_proj.weight"].T
+    return rms(x, W["transformer.ln_f.weight"]) @ W["lm_head.weight"].T
+
+
+def test_forward_matches_float64_reference(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    idx = torch.randint(0, 64, (1, 20))
+    logits, _ = model(idx)
+    torch.testing.assert_close(logits[0], reference_forward(model.state_dict(), tiny_gpt_config, idx), rtol=1e-10, atol=1e-10)
+
+
+def test_loss_is_cross_entropy_and_ignores_minus_one(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    idx, targets = torch.randint(0, 64, (2, 10)), torch.randint(0, 64, (2, 10))
+    targets[0, :4] = -1
+    logits, loss = model(idx, targets)
+    keep = targets != -1
+    expected = -torch.log_softmax(logits, -1)[keep].gather(-1, targets[keep][:, None]).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_causal_mask_future_tokens_do_not_change_the_past(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    idx = torch.randint(0, 64, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 64
+    a, b = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=0)
+    assert (a[:, 10:] - b[:, 10:]).abs().max() > 1e-3
+    bidirectional = make_model(gpt.GPTConfig(**{**tiny_gpt_config.__dict__, "causal": False}))
+    assert (bidirectional(idx)[0][:, :10] - bidirectional(changed)[0][:, :10]).abs().max() > 1e-3
+
+
+def test_left_padding_changes_nothing(tiny_gpt_config):
+    """Positions come from the padding: a padded row gives the unpadded row's logits."""
+    model = make_model(tiny_gpt_config)
+    seq = [5, 9, 2, 7, 3]
+    idx, valid = gpt.pad_left([seq, [1] * 9], pad_id=0)
+    padded = model(idx, attn_mask=valid)[0][0, -5:]
+    torch.testing.assert_close(padded, model(torch.tensor([seq]))[0][0], rtol=1e-12, atol=1e-12)
+
+
+def test_flops_per_token_by_hand():
+    cfg = gpt.GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, mlp="gelu")
+    model = gpt.GPT(cfg)
+    # per layer: qkv 32*96 + proj 32*32 + fc 32*128 + proj 128*32 = 12,288; head 32*64 = 2,048
+    n = 2 * 12_288 + 2_048
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 16 * 32
+
+
+# ----------------------------------------------------------------------------- generation
+
+def test_cached_generation_equals_uncached_with_left_padding(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    cached = model.generate(prompts, 20, temperature=0)
+    uncached = model.generate(prompts, 20, temperature=0, use_cache=False)
+    one_by_one = [model.generate([p], 20, temperature=0)[0] for p in prompts]
+    assert cached == uncached == one_by_one
+    assert all(len(c) == 20 for c in cached)
+
+
+def test_sampling_with_a_seeded_generator_is_reproducible_and_cache_independent(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    runs = [model.generate([[1, 2], [3]], 12, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(3),
+                           use_cache=c) for c in (True, False)]
+    assert runs[0] == runs[1]
+
+
+def test_stop_tokens_end_each_row_independently(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    prompts = [[1, 2, 3], [7, 8]]
+    free = model.generate(prompts, 15, temperature=0)
+    stop = free[0][4]  # the fifth token of row 0 becomes a stop token
+    stopped = model.generate(prompts, 15, temperature=0, stop_tokens=[stop])
+    for full, cut in zip(free, stopped):
+        first = full.index(stop) if stop in full else len(full) - 1
+        assert cut == full[:first + 1]
+
+
+def test_allowed_token_mask_is_obeyed(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    allowed = torch.zeros(64, dtype=torch.bool)
+    allowed[[3, 17, 40]] = True
+    seen = []
+
+    def only_three(generated):
+        seen.append(generated.shape)
+        return allowed.expand(generated.size(0), -1)
+    out = model.generate([[1, 2], [5]], 10, temperature=1.0, generator=torch.Generator().manual_seed(0),
+                         allowed_tokens=only_three)
+    assert all(t in (3, 17, 40) for row in out for t in row)
+    assert seen[0] == (2, 0) and seen[-1] == (2, 9)  # called every step with what was generated so far
+
+
+def test_top_p_keeps_exactly_the_smallest_nucleus():
+    torch.manual_seed(0)
+    logits = torch.randn(200, 12) * 2
+    for top_p in (0.1, 0.5, 0.9, 0.99):
+        probs = gpt.next_token_probs(logits, top_p=top_p)
+        full = torch.softmax(logits, -1)
+        for row in range(len(logits)):
+            ranked = sorted(range(12), key=lambda i: -full[row, i].item())
+            total, nucleus = 0.0, set()
+            for i in ranked:  # brute force: add tokens, most likely first, until the mass reaches top_p
+                nucleus.add(i)
+                total += full[row, i].item()
+                if total >= top_p:
+                    break
+            assert set(torch.nonzero(probs[row]).flatten().tolist()) == nucleus
+            kept = torch.tensor(sorted(nucleus))
+            torch.testing.assert_close(probs[row, kept], full[row, kept] / full[row, kept].sum())
+
+
+def test_top_k_temperature_and_greedy():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    assert torch.nonzero(gpt.next_token_probs(logits, top_k=2)[0]).flatten().tolist() == [1, 2]
+    torch.testing.assert_close(gpt.next_token_probs(logits, temperature=0.5), torch.softmax(logits / 0.5, -1))
+    assert gpt.next_token_probs(logits, temperature=0).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    assert gpt.sample_next(logits, temperature=0).tolist() == [1]
+
+
+def test_beam_size_one_equals_greedy(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    for prompt in ([1, 2, 3], [9]):
+        greedy = model.generate([prompt], 12, temperature=0)[0]
+        assert model.beam_search(prompt, beam_size=1, max_new_tokens=12) == greedy
+        stop = greedy[5]
+        assert model.beam_search(prompt, beam_size=1, max_new_tokens=12, stop_tokens=[stop]) == \
+            model.generate([prompt], 12, temperature=0, stop_tokens=[stop])[0]
+
+
+def test_wide_beam_finds_the_most_probable_sequence():
+    """With beam_size = V^2 the search over 3 tokens is exhaustive: it must return the argmax of
+    the joint probability, found here by scoring all V^3 continuations."""
+    cfg = gpt.GPTConfig(vocab_size=6, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_embeddings=False)
+    model = make_model(cfg, seed=17)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5)  # sharper distributions; with this seed greedy is not optimal
+    prompt = [1, 2]
+    seqs = torch.cartesian_prod(*[torch.arange(6)] * 3)  # (216, 3)
+    logp, _ = gpt.completion_logprobs(model, [prompt] * len(seqs), seqs.tolist())
+    best = seqs[logp.sum(-1).argmax()].tolist()
+    assert model.beam_search(prompt, beam_size=36, max_new_tokens=3) == best
+    assert model.generate([prompt], 3, temperature=0)[0] != best  # so the test tells search from greedy
+    assert model.beam_search(prompt, beam_size=2, max_new_tokens=3) != best  # and a narrow beam misses too
+
+
+def test_speculative_greedy_equals_target_greedy(tiny_gpt_config):
+    target, draft = make_model(tiny_gpt_config, seed=0), make_model(tiny_gpt_config, seed=1)
+    for k in (1, 3, 5):
+        out, stats = gpt.speculative_generate(target, draft, [1, 2, 3], 25, k=k, temperature=0)
+        assert out == target.generate([[1, 2, 3]], 25, temperature=0)[0]
+        assert 0 <= stats["accepted"] <= stats["drafted"]
+    same, stats = gpt.speculative_generate(target, target, [1, 2, 3], 25, k=4, temperature=0)
+    assert stats["acceptance"] == 1.0 and stats["target_calls"] == 5  # 4 drafted + 1 free token per call
+
+
+def exact_joint(model, prompt, n, V):
+    """p(x_1..x_n | prompt) for every sequence, from the target alone."""
+    seqs = torch.cartesian_prod(*[torch.arange(V)] * n)
+    logp, _ = gpt.completion_logprobs(model, [prompt] * len(seqs), seqs.tolist())
+    return {tuple(s.tolist()): p for s, p in zip(seqs, logp.sum(-1).exp().tolist())}
+
+
+def chi_square(counts, probs, n):
+    return sum((counts.get(s, 0) - n * p) ** 2 / (n * p) for s, p in probs.items())
+
+
+def test_speculative_sampling_preserves_the_target_distribution():
+    """Pearson's chi-square of 3000 speculative samples of 3 tokens (64 cells, 63 degrees of
+    freedom) against the target's exact joint distribution. The draft differs from the target,
+    so rejections and resampling happen. The 99.9% critical value of chi2(63) is 103.4; the same
+    test applied to the draft's own samples fails by a wide margin, so it has the power to fail."""
+    cfg = gpt.GPTConfig(vocab_size=4, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    target, draft = make_model(cfg, seed=0), make_model(cfg, seed=1)
+    with torch.no_grad():
+        target.lm_head.weight.mul_(15), draft.lm_head.weight.mul_(15)
+    prompt, n = [1, 2], 3000
+    exact = exact_joint(target, prompt, 3, 4)
+    g = torch.Generator().manual_seed(0)
+    counts, accepted, drafted = collections.Counter(), 0, 0
+    for _ in range(n):
+        out, stats = gpt.speculative_generate(target, draft, prompt, 3, k=2, temperature=1.0, generator=g)
+        counts[tuple(out)] += 1
+        accepted, drafted = accepted + stats["accepted"], drafted + stats["drafted"]
+    assert 0.2 < accepted / drafted < 0.95, "the draft must be wrong often enough to exercise rejection"
+    assert chi_square(counts, exact, n) < 103.4
+    draft_counts = collections.Counter(tuple(o) for o in draft.generate([prompt] * n, 3, generator=g))
+    assert chi_square(draft_counts, exact, n) > 300
+
+
+def test_generation_rejects_prompts_longer_than_the_context(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    with pytest.raises(ValueError, match="exceeds block_size=48"):
+        model.generate([[1] * 40], 10)
+    with pytest.raises(ValueError, match="longer than block_size=48"):
+        model(torch.ones(1, 49, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate([[]], 3)
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def test_completion_logprobs_unchanged_by_left_padding_and_pad_equal_to_eos(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    eos = 7
+    prompts, completions = [[1, 2, 3], [4], [5, 6]], [[8, 9, eos], [eos], [10, 11, 12, 13]]
+    logp, mask = gpt.completion_logprobs(model, prompts, completions, pad_id=eos)
+    wider, _ = gpt.completion_logprobs(model, prompts, completions, pad_id=eos, prompt_width=9)
+    torch.testing.assert_close(logp, wider, rtol=1e-12, atol=1e-12)
+    assert mask.tolist() == [[True, True, True, False], [True, False, False, False], [True] * 4]
+    for row, (p, c) in enumerate(zip(prompts, completions)):  # each pair alone, no padding at all
+        logits, _ = model(torch.tensor([p + c]))
+        direct = torch.log_softmax(logits[0, len(p) - 1:-1], -1).gather(-1, torch.tensor(c)[:, None])[:, 0]
+        torch.testing.assert_close(logp[row, :len(c)], direct, rtol=1e-12, atol=1e-12)
+        assert (logp[row, len(c):] == 0).all()
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def test_train_bpe_worked_example():
+    # "aaabdaaabac": (a,a) occurs 4 times -> 256 = "aa". Then (256,a) and (a,b) tie at 2; ties go to
+    # the larger pair, (256,a) -> 257 = "aaa". Then (257,b) x2 -> 258 = "aaab". Then all pairs
+    # occur once and the largest, (258,d), gives 259 = "aaabd".
+    ranks = gpt.train_bpe("aaabdaaabac", 260)
+    new = sorted((r, b) for b, r in ranks.items() if r >= 256)
+    assert new == [(256, b"aa"), (257, b"aaa"), (258, b"aaab"), (259, b"aaabd")]
+    tok = gpt.Tokenizer(ranks, gpt.SPLIT_PATTERN)
+    assert tok.encode("aaabdaaabac") == [259, 258, 97, 99]
+
+
+def test_bpe_round_trips_unicode_and_covers_every_byte():
+    tok = gpt.Tokenizer(gpt.train_bpe(gpt.embedded_corpus()[:50_000], 400), gpt.SPLIT_PATTERN)
+    rng = random.Random(0)
+    pools = ["abc xyz", "éèàü ßñ", "日本語テキスト", "😀🚀👍🏽", "\t\n\r  \x00\x7f", "'s'll'VE 123_456 ..."]
+    for _ in range(200):
+        text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 40)))
+        text += "".join(chr(rng.choice([rng.randint(32, 0xD7FF), rng.randint(0xE000, 0x10FFFF)])) for _ in range(3))
+        assert tok.decode(tok.encode(text)) == text
+    for b in range(256):  # every single byte is a token, so any byte string can be produced
+        assert tok.decode_bytes([tok.ranks[bytes([b])]]) == bytes([b])
+    assert tok.n_vocab == 400 + len(gpt.SPECIAL_TOKENS)
+
+
+def test_special_tokens_only_when_allowed():
+    tok = gpt.Tokenizer.from_spec("byte", "hello")
+    assert tok.encode("<|user|>hi", allow_special=True) == [tok.special("<|user|>"), ord("h"), ord("i")]
+    assert tok.encode("<|user|>hi") == list(b"<|user|>hi")  # text from users stays text
+    assert tok.eot_id == 256 and tok.model_vocab_size == 320
+    assert tok.decode([tok.special("<|assistant|>")]) == "<|assistant|>"
+
+
+def test_tokenizer_state_dict_round_trip():
+    tok = gpt.Tokenizer.from_spec("bpe", gpt.embedded_corpus()[:30_000], vocab_size=300)
+    again = gpt.Tokenizer.from_state_dict(tok.state_dict())
+    text = gpt.embedded_corpus()[30_000:32_000]
+    assert again.encode(text) == tok.encode(text) and again.pattern == tok.pattern
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "gpt2.tiktoken")), reason="no shared gpt2.tiktoken")
+def test_gpt2_ranks_file_matches_known_gpt2_ids():
+    tok = gpt.Tokenizer.from_spec(os.path.join(SHARED_DATA, "gpt2.tiktoken"))
+    assert tok.encode("Hello world") == [15496, 995]  # GPT-2's published ids for this string
+    assert tok.eot_id == 50256
+
+
+def test_unknown_tokenizer_and_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        gpt.Tokenizer.from_spec("sentencepiece")
+    with pytest.raises(FileNotFoundError, match="no tiktoken ranks file"):
+        gpt.Tokenizer.from_spec(str(tmp_path / "missing.tiktoken"))
+    with pytest.raises(ValueError, match="corpus is empty"):
+        gpt.Tokenizer.from_spec("bpe", "")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip(tmp_path, tiny_gpt_config):
+    model = make_model(tiny_gpt_config, dtype=torch.float32)
+    tok = gpt.Tokenizer.from_spec("byte", "abc")
+    path = str(tmp_path / "ckpt.pt")
+    gpt.save_checkpoint(path, model, tok, step=7, config=tiny_gpt_config)
+    loaded, tok2, ckpt = gpt.load_model(path)
+    idx = torch.randint(0, 64, (2, 9))
+    torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
+    assert ckpt["step"] == 7 and tok2.encode("hi <|end|>") == tok.encode("hi <|end|>")
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # the tie survives loading
+
+
+def test_a_failed_save_never_clobbers_the_old_checkpoint(tmp_path, tiny_gpt_config, monkeypatch):
+    model, tok = make_model(tiny_gpt_config, dtype=torch.float32), gpt.Tokenizer.from_spec("byte", "abc")
+    path = str(tmp_path / "ckpt.pt")
+    gpt.save_checkpoint(path, model, tok, step=1)
+    before = open(path, "rb").read()
+
+    def crash(obj, f):
+        open(f, "wb").write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        gpt.save_checkpoint(path, model, tok, step=2)
+    assert open(path, "rb").read() == before
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        gpt.load_checkpoint(str(tmp_path / "nope.pt"))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(1000))
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        gpt.load_checkpoint(str(bad))
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="lacks"):
+        gpt.load_checkpoint(str(other))
+
+
+# ----------------------------------------------------------------------------- GPT-2 weights
+
+def gpt2_reference(sd, idx, n_head):
+    """GPT-2 from its paper and the Hugging Face layout, in float64: Conv1D is x @ W + b."""
+    W = {k: v.double() for k, v in sd.items()}
+    T = idx.size(1)
+
+    def ln(x, p):
+        return F.layer_norm(x, x.shape[-1:], W[p + ".weight"], W[p + ".bias"], 1e-5)
+    x = W["transformer.wte.weight"][idx[0]] + W["transformer.wpe.weight"][:T]
+    n_layer = 1 + max(int(k.split(".")[2]) for k in W if ".h." in k)
+    for l in range(n_layer):
+        p = f"transformer.h.{l}."
+        q, k, v = (ln(x, p + "ln_1") @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]).chunk(3, -1)
+        hd = q.size(-1) // n_head
+        q, k, v = (t.view(T, n_head, hd).transpose(0, 1) for t in (q, k, v))
+        att = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+        y = (torch.softmax(att, -1) @ v).transpose(0, 1).reshape(T, -1)
+        x = x + y @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"]
+        h = ln(x, p + "ln_2") @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"]
+        h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))  # GELU, tanh form
+        x = x + h @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
+    return ln(x, "transformer.ln_f") @ W["transformer.wte.weight"].T
+
+
+def test_from_pretrained_gpt2_reproduces_gpt2():
+    torch.manual_seed(0)
+    C, V, T_max, L = 128, 100, 32, 2  # two 64-wide heads, as in every released GPT-2
+    sd = {"transformer.wte.weight": torch.randn(V, C) * 0.1, "transformer.wpe.weight": torch.randn(T_max, C) * 0.1,
+          "transformer.ln_f.weight": 1 + 0.1 * torch.randn(C), "transformer.ln_f.bias": 0.1 * torch.randn(C)}
+    for l in range(L):
+        p = f"transformer.h.{l}."
+        for name, shape in [("ln_1", (C,)), ("ln_2", (C,))]:
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = 1 + 0.1 * torch.randn(shape), 0.1 * torch.randn(shape)
+        for name, (i, o) in [("attn.c_attn", (C, 3 * C)), ("attn.c_proj", (C, C)), ("mlp.c_fc", (C, 4 * C)),
+                             ("mlp.c_proj", (4 * C, C))]:
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = 0.05 * torch.randn(i, o), 0.05 * torch.randn(o)
+        sd[p + "attn.bias"] = torch.tril(torch.ones(T_max, T_max))[None, None]  # HF's mask buffer
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model = gpt.from_pretrained_gpt2(sd).double().eval()
+    assert model.config.n_head == 2 and model.config.block_size == T_max
+    idx = torch.randint(0, V, (1, 20))
+    torch.testing.assert_close(model(idx)[0][0], gpt2_reference(sd, idx, 2), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- config and CLI
+
+def test_bad_model_configs_name_the_problem():
+    with pytest.raises(ValueError, match="n_embd=100 is not divisible by n_head=3"):
+        gpt.GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(ValueError, match="n_head=6 is not divisible by n_kv_head=4"):
+        gpt.GPTConfig(n_embd=96, n_head=6, n_kv_head=4)
+    with pytest.raises(ValueError, match="mlp='relu'"):
+        gpt.GPTConfig(mlp="relu")
+
+
+def test_parse_args(capsys):
+    cfg = gpt.parse_args(gpt.SampleConfig, ["--max_new_tokens=5", "--bench", "--prompt=a=b"])
+    assert (cfg.max_new_tokens, cfg.bench, cfg.prompt) == (5, True, "a=b")
+    assert gpt.parse_args(gpt.SampleConfig, ["--bench=false"]).bench is False
+    with pytest.raises(SystemExit, match="unknown option --max_new "):
+        gpt.parse_args(gpt.SampleConfig, ["--max_new=5"])
+    with pytest.raises(SystemExit, match="--max_new_tokens takes a int, got 'many'"):
+        gpt.parse_args(gpt.SampleConfig, ["--max_new_tokens=many"])
+    with pytest.raises(SystemExit, match="--bench takes true or false"):
+        gpt.parse_args(gpt.SampleConfig, ["--bench=maybe"])
+    with pytest.raises(SystemExit, match="needs a value"):
+        gpt.parse_args(gpt.SampleConfig, ["--prompt"])
+    with pytest.raises(SystemExit):
+        gpt.parse_args(gpt.SampleConfig, ["--help"])
+    out = capsys.readouterr().out
+    assert "--max_new_tokens=64" in out and "tokens per sample" in out
+
+
+def test_main_smoke(tmp_path, capsys):
+    """The demo on a tiny checkpoint: every decoding method prints, and the cache is faster."""
+    cfg = gpt.GPTConfig(vocab_size=320, block_size=96, n_layer=2, n_head=2, n_embd=32)
+    text = gpt.embedded_corpus()[:20_000]
+    tok = gpt.Tokenizer.from_spec("byte", text)
+    model = gpt.train_tiny(cfg, text, tok, steps=20, device="cpu")
+    path = str(tmp_path / "ckpt.pt")
+    gpt.save_checkpoint(path, model, tok)
+    gpt.main(gpt.SampleConfig(ckpt=path, max_new_tokens=12, device="cpu"))
+    out = capsys.readouterr().out
+    for name in ("greedy", "top-p 0.9", "beam search", "speculative", "only [a-z ] allowed", "tok/s without the KV cache"):
+        assert name in out
