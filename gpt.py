@@ -27,7 +27,7 @@ import re
 import sys
 import time
 import typing
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -224,10 +224,12 @@ class GPT(nn.Module):
         dtype = torch.bfloat16 if torch.is_autocast_enabled() and p.is_cuda else p.dtype
         return KVCache(self.config, batch, max_len, p.device, dtype)
 
-    def hidden(self, idx, attn_mask=None, cache=None):
+    def hidden(self, idx, attn_mask=None, cache=None, embeds=None):
         """Final hidden states (B, T, n_embd). attn_mask (B, T) marks real tokens (False = padding);
-        with a cache, idx holds only the new tokens and attends to everything cached before."""
-        cfg, (B, T) = self.config, idx.shape
+        with a cache, idx holds only the new tokens and attends to everything cached before.
+        embeds (B, T, n_embd) replaces the token embeddings (e.g. image patches in a VLM)."""
+        cfg, (B, T) = self.config, (idx.shape if embeds is None else embeds.shape[:2])
+        device = idx.device if embeds is None else embeds.device
         start = cache.pos if cache is not None else 0
         if attn_mask is not None and bool(attn_mask.all()):
             attn_mask = None  # no padding after all: take the fast path
@@ -239,14 +241,14 @@ class GPT(nn.Module):
             cache.padded |= attn_mask is not None
             key_valid = cache.valid[:, :start + T] if cache.padded else None
         if key_valid is None and (start == 0 or T == 1 or not cfg.causal):
-            positions = torch.arange(start, start + T, device=idx.device)[None]  # (1, T)
+            positions = torch.arange(start, start + T, device=device)[None]  # (1, T)
             mask, is_causal = None, cfg.causal and T > 1
         else:  # padding, or several new tokens after a cache: positions count real tokens only
             if key_valid is None:
-                key_valid = torch.ones(B, start + T, dtype=torch.bool, device=idx.device)
+                key_valid = torch.ones(B, start + T, dtype=torch.bool, device=device)
             positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
             mask, is_causal = attention_mask(key_valid, T, cfg.causal), False
-        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        x = self.transformer.wte(idx) if embeds is None else embeds  # (B, T, n_embd)
         rope = None
         if cfg.pos == "rope":
             rope = rope_angles(positions, cfg.n_embd // cfg.n_head, cfg.rope_base)
@@ -285,12 +287,17 @@ class GPT(nn.Module):
                              f"block_size={self.config.block_size}: shorten the prompt or generate less")
         return pad_left(prompts, pad_id, device=self.lm_head.weight.device)
 
-    @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                  allowed_tokens=None, use_cache=True, generator=None, pad_id=0):
         """Sample continuations of a batch of token lists, left-padded so they end together.
         temperature=0 is greedy. allowed_tokens(generated (B, t)) -> bool (B, vocab) constrains
         each step. Returns the new tokens of each prompt, up to and including its first stop token."""
+        with evaluating(self):
+            return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, allowed_tokens,
+                                  use_cache, generator, pad_id)
+
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, allowed_tokens, use_cache,
+                  generator, pad_id):
         idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
@@ -312,11 +319,14 @@ class GPT(nn.Module):
             h = self.hidden(idx, valid) if cache is None else self.hidden(token[:, None], cache=cache)
         return [out[b, :lengths[b]].tolist() for b in range(B)]
 
-    @torch.no_grad()
     def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(), length_penalty=1.0):
         """Keep the beam_size most probable partial continuations; a hypothesis that emits a stop
         token is finished, and the search ends once beam_size are finished (or at the length
         limit). Returns the finished one with the best log p / len^length_penalty."""
+        with evaluating(self):
+            return self._beam_search(prompt, beam_size, max_new_tokens, stop_tokens, length_penalty)
+
+    def _beam_search(self, prompt, beam_size, max_new_tokens, stop_tokens, length_penalty):
         idx, _ = self._prepare([prompt], max_new_tokens, 0)
         cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
         h = self.hidden(idx.expand(beam_size, -1), cache=cache)
@@ -393,7 +403,21 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@contextmanager
+def evaluating(*models):
+    """Eval mode (no dropout, so no draw from the global RNG) and no autograd inside the block;
+    each model's previous mode comes back afterwards."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
 def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0, top_p=1.0,
                          stop_tokens=(), generator=None):
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batch of one. The draft
@@ -401,6 +425,11 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
     probability min(1, p(x_i)/q(x_i)); the first rejected one is resampled from
     norm(max(0, p - q)), and if all k pass one more comes free from p. The output is
     distributed exactly as sampling from the target alone. Returns (tokens, stats)."""
+    with evaluating(target, draft):
+        return _speculative(target, draft, prompt, max_new_tokens, k, temperature, top_k, top_p, stop_tokens, generator)
+
+
+def _speculative(target, draft, prompt, max_new_tokens, k, temperature, top_k, top_p, stop_tokens, generator):
     device = target.lm_head.weight.device
     target._prepare([prompt], max_new_tokens, 0)
     draft._prepare([prompt], max_new_tokens, 0)

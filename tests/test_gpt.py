@@ -460,3 +460,11 @@ def test_main_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("greedy", "top-p 0.9", "beam search", "speculative", "only [a-z ] allowed", "tok/s without the KV cache"):
         assert name in out
+
+
+def test_input_embeddings_stand_in_for_tokens(tiny_gpt_config):
+    """hidden(embeds=...) is the path a VLM uses to feed image patches; fed the token
+    embeddings themselves it must equal the ordinary forward."""
+    model = make_model(tiny_gpt_config)
+    idx = torch.randint(0, 64, (2, 11))
+    torch.testing.assert_close(model.hidden(None, embeds=model.transformer.wte(idx)), model.hidden(idx), rtol=0, atol=0)

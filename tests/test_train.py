@@ -1,0 +1,212 @@
+"""train.py: learning happens, runs are exactly reproducible across resume, data parallelism
+and gradient accumulation, the schedule and Muon match their definitions, and bad input fails
+clearly without touching what is on disk."""
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import gpt
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def final_weights(cfg):
+    return gpt.load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"))["model"]
+
+
+def test_loss_falls_and_a_checkpoint_loads(tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, max_iters=60, eval_interval=20, n_embd=64, n_head=2)
+    result = train.main(cfg)
+    val = [row["val_loss"] for row in result["history"]]
+    assert val[-1] < val[0] - 1.0, val
+    model, tok, ckpt = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
+    assert ckpt["step"] == 60 and tok.n_vocab == 256 + len(gpt.SPECIAL_TOKENS)
+    rows = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "log.jsonl"))]
+    assert [r["step"] for r in rows] == [0, 20, 40, 60]
+
+
+def test_resume_is_exact(tiny_train_config, tmp_path):
+    """2N steps in one go equal N steps, a stop, --resume, and N more: bit for bit."""
+    cfg = dataclasses.replace(tiny_train_config, max_iters=8, eval_interval=4, dropout=0.1)
+    whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
+    train.main(whole)
+    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=4)
+    train.main(split)
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 4
+    train.main(dataclasses.replace(split, stop_after=0, resume=True))
+    a, b = final_weights(whole), final_weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in open(os.path.join(split.out_dir, "log.jsonl"))]
+    reference = [json.loads(line) for line in open(os.path.join(whole.out_dir, "log.jsonl"))]
+    assert [r["val_loss"] for r in rows if r["step"] == 8] == [r["val_loss"] for r in reference if r["step"] == 8]
+
+
+def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_path):
+    big = dataclasses.replace(tiny_train_config, batch_size=8, grad_accum=1, out_dir=str(tmp_path / "big"))
+    small = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=4, out_dir=str(tmp_path / "small"))
+    train.main(big), train.main(small)
+    a, b = final_weights(big), final_weights(small)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    untouched = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=1, out_dir=str(tmp_path / "other"))
+    train.main(untouched)  # a smaller batch is a different run: the comparison above can fail
+    assert not torch.allclose(a["lm_head.weight"], final_weights(untouched)["lm_head.weight"], atol=1e-5)
+
+
+def torchrun(cfg, nproc, *extra):
+    args = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)] + list(extra)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.join(ROOT, "train.py")] + args
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_data_parallel_matches_one_process(tiny_train_config, tmp_path, mode):
+    """2 processes (gloo, CPU) with 4 sequences each = 1 process with 8, for DDP and FSDP."""
+    single = dataclasses.replace(tiny_train_config, batch_size=8, max_iters=4, eval_interval=2,
+                                 out_dir=str(tmp_path / "single"))
+    train.main(single)
+    parallel = dataclasses.replace(single, batch_size=4, out_dir=str(tmp_path / mode), fsdp=mode == "fsdp")
+    torchrun(parallel, 2)
+    a, b = final_weights(single), final_weights(parallel)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    logs = [[json.loads(line)["val_loss"] for line in open(os.path.join(c.out_dir, "log.jsonl"))] for c in (single, parallel)]
+    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-4)
+
+
+def test_lr_schedules_by_hand():
+    cfg = train.TrainConfig(max_iters=100, warmup_frac=0.1, min_lr_frac=0.1)
+    assert train.lr_factor(0, cfg) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert train.lr_factor(9, cfg) == pytest.approx(1.0)
+    assert train.lr_factor(10, cfg) == pytest.approx(1.0)  # cosine starts at the peak
+    assert train.lr_factor(55, cfg) == pytest.approx(0.55)  # halfway: 0.1 + 0.9 * 0.5
+    assert train.lr_factor(100, cfg) == pytest.approx(0.1)
+    wsd = dataclasses.replace(cfg, schedule="wsd", decay_frac=0.2)
+    assert train.lr_factor(50, wsd) == 1.0 and train.lr_factor(79, wsd) == 1.0
+    assert train.lr_factor(90, wsd) == pytest.approx(0.55)  # halfway down the last 20 steps
+    assert train.lr_factor(100, wsd) == pytest.approx(0.1)
+
+
+def test_muon_matches_torch_reference():
+    """Our Muon against torch.optim.Muon (same defaults: Nesterov, 5 Newton-Schulz steps,
+    sqrt(max(1, rows/cols)) scaling). torch iterates in bf16 and we in float32 on CPU, so they
+    agree to bf16 precision."""
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("this torch has no torch.optim.Muon")
+    torch.manual_seed(0)
+    ours, ref = torch.nn.Parameter(torch.randn(48, 16)), None
+    ref = torch.nn.Parameter(ours.detach().clone())
+    opt_ours = train.Muon([ours], lr=0.02, weight_decay=0.01)
+    opt_ref = torch.optim.Muon([ref], lr=0.02, weight_decay=0.01)
+    start = ours.detach().clone()
+    for _ in range(3):
+        g = torch.randn(48, 16)
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt_ours.step(), opt_ref.step()
+    torch.testing.assert_close(ours - start, ref - start, rtol=0.03, atol=2e-3)
+
+
+def test_newton_schulz_orthogonalises():
+    torch.manual_seed(0)
+    G = torch.randn(64, 32) @ torch.diag(torch.logspace(-1, 1, 32))  # singular values span ~150x
+    s = torch.linalg.svdvals(train.newton_schulz(G))
+    assert s.min() > 0.6 and s.max() < 1.25  # five quintic steps squeeze them all near 1
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    cos = (train.newton_schulz(G) * (U @ Vh)).sum() / (U @ Vh).norm() / train.newton_schulz(G).norm()
+    assert cos > 0.95  # and it points along U V^T
+
+
+def test_muon_option_trains(tiny_train_config):
+    result = train.main(dataclasses.replace(tiny_train_config, optimizer="muon", max_iters=30, eval_interval=30))
+    assert result["history"][-1]["val_loss"] < result["history"][0]["val_loss"] - 0.5
+
+
+def test_fineweb_shard_reader(tmp_path):
+    path = tmp_path / "shard.bin"
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [train.SHARD_MAGIC, 1, 5]
+    path.write_bytes(header.tobytes() + np.array([1, 2, 3, 50256, 7], dtype=np.uint16).tobytes())
+    assert train.read_shard(str(path)).tolist() == [1, 2, 3, 50256, 7]
+    path.write_bytes(header.tobytes() + np.array([1, 2], dtype=np.uint16).tobytes())
+    with pytest.raises(ValueError, match="truncated"):
+        train.read_shard(str(path))
+    path.write_bytes(b"\0" * 2048)
+    with pytest.raises(ValueError, match="not a GPT-2 token shard"):
+        train.read_shard(str(path))
+
+
+def test_offline_download_falls_back_to_the_embedded_corpus(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise train.urllib.error.URLError("no network")
+    monkeypatch.setattr(train.urllib.request, "urlopen", offline)
+    name, text = train.load_text(train.TrainConfig(data="shakespeare", cache_dir=str(tmp_path)))
+    assert name == "embedded" and text == gpt.embedded_corpus()
+    assert "falling back to the embedded corpus" in capsys.readouterr().out
+
+
+def test_bad_data_is_a_clear_error(tiny_train_config, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ValueError, match="corpus is empty"):
+        train.main(dataclasses.replace(tiny_train_config, data=str(empty)))
+    short = tmp_path / "short.txt"
+    short.write_text("just a few words, far too few for a window")
+    with pytest.raises(ValueError, match="too few for block_size=16"):
+        train.main(dataclasses.replace(tiny_train_config, data=str(short)))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        train.main(dataclasses.replace(tiny_train_config, data=str(tmp_path / "missing.txt")))
+
+
+def test_bad_config_is_a_clear_error(tiny_train_config):
+    with pytest.raises(ValueError, match="n_embd=40 is not divisible by n_head=3"):
+        train.main(dataclasses.replace(tiny_train_config, n_embd=40, n_head=3))
+    with pytest.raises(ValueError, match="n_head=4 is not divisible by n_kv_head=3"):
+        train.main(dataclasses.replace(tiny_train_config, n_embd=32, n_head=4, n_kv_head=3))
+    with pytest.raises(SystemExit, match="unknown option --lr_max"):
+        gpt.parse_args(train.TrainConfig, ["--lr_max=1"])
+    with pytest.raises(SystemExit, match="--max_iters takes a int"):
+        gpt.parse_args(train.TrainConfig, ["--max_iters=1e3"])
+    with pytest.raises(SystemExit, match="schedule='linear'"):
+        gpt.parse_args(train.TrainConfig, ["--schedule=linear"])
+
+
+def test_bad_resume_is_a_clear_error_and_touches_nothing(tiny_train_config):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        train.main(dataclasses.replace(tiny_train_config, resume=True))
+    os.makedirs(tiny_train_config.out_dir)
+    path = os.path.join(tiny_train_config.out_dir, "ckpt.pt")
+    with open(path, "wb") as f:
+        f.write(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        train.main(dataclasses.replace(tiny_train_config, resume=True))
+    assert open(path, "rb").read() == b"not a checkpoint at all"
+    train.main(tiny_train_config)  # a good checkpoint of another shape
+    before = open(path, "rb").read()
+    with pytest.raises(ValueError, match="different model"):
+        train.main(dataclasses.replace(tiny_train_config, n_embd=64, resume=True))
+    assert open(path, "rb").read() == before
+
+
+def test_plot_without_matplotlib_is_a_note_not_a_crash(tiny_train_config, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    train.main(dataclasses.replace(tiny_train_config, plot=True))
+    assert "--plot needs matplotlib" in capsys.readouterr().out
+
+
+def test_report_counts_tokens_and_chinchilla(tiny_train_config, capsys):
+    result = train.main(tiny_train_config)
+    assert result["tokens"] == 8 * 4 * 16  # steps x batch x block
+    out = capsys.readouterr().out
+    assert "tokens/parameter" in out and "Chinchilla" in out and "MFU" in out

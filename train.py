@@ -1,0 +1,521 @@
+"""Pretraining a GPT: next-token prediction on a corpus, L = -(1/N) sum_t log p(x_t | x_<t).
+
+The loop every LLM is born in: tokenise the corpus once into a memmap, draw random windows,
+AdamW (or Muon for the 2D weights) with warmup then cosine or warmup-stable-decay, gradient
+clipping and accumulation, bf16 autocast on CUDA, data parallelism under torchrun (DDP, or
+FSDP for ZeRO-3 style sharding), periodic val loss and samples, exact resume, and a report of
+tokens/s, MFU and the Chinchilla view (Hoffmann et al. 2022: ~20 tokens per parameter, C = 6ND).
+
+    python train.py                                # CPU: a 3.5M model on the embedded corpus, ~5 min
+    python train.py --data=shakespeare             # download tiny-shakespeare (cached in data/)
+    python train.py --data=notes.txt --tokenizer=byte --optimizer=muon --schedule=wsd
+    python train.py --resume                       # continue bit-for-bit from out/train/ckpt.pt
+    torchrun --nproc_per_node=8 train.py           # GPU: GPT-2 small (124M), DDP; --fsdp to shard
+    python bench/train_vs_nanogpt.py               # side by side with nanoGPT (see README)
+
+On CPU you see a tqdm bar, val loss falling at each eval with a sample, and a final report;
+the checkpoint lands in out/train/ckpt.pt, where `python gpt.py` and the tuning scripts find it.
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import numpy as np
+from tqdm import tqdm
+
+from gpt import (GPT, GPTConfig, Tokenizer, autocast, count_params, embedded_corpus, load_checkpoint,
+                 parse_args, pick_device, save_checkpoint, unwrap)
+
+
+@dataclass
+class TrainConfig:
+    data: str = "embedded"  # embedded | shakespeare | fineweb | a local .txt path | an http(s) URL of a text file
+    tokenizer: str = "bpe"  # bpe (trained on the data) | byte | gpt2 | path to a .tiktoken ranks file
+    vocab_size: int = 1024  # BPE vocabulary, for tokenizer=bpe
+    val_frac: float = 0.1  # the last tenth of the tokens is the validation split
+    cache_dir: str = "data"  # downloads, tokenizers and token memmaps are cached here
+    depth: int = 0  # transformer blocks; 0 = auto: 4 on CPU, 12 on CUDA (GPT-2 small)
+    n_embd: int = 0  # width; 0 = 64 * depth
+    n_head: int = 0  # query heads; 0 = one per 64 dims
+    n_kv_head: int = 0  # key/value heads; 0 = n_head (MHA), fewer for GQA
+    block_size: int = 0  # context length; 0 = 128 on CPU, 1024 on CUDA
+    dropout: float = 0.0  # dropout in attention and residual branches
+    batch_size: int = 0  # sequences per micro-batch per process; 0 = 16 on CPU, 32 on CUDA
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_iters: int = 0  # optimizer steps; 0 = 500 on CPU, 5000 on CUDA
+    stop_after: int = 0  # end the run after this many steps, as if pre-empted (the schedule still spans max_iters)
+    optimizer: str = "adamw"  # adamw | muon (Muon for 2D block weights, AdamW for the rest)
+    lr: float = 0.0  # peak AdamW learning rate; 0 = 2e-3 on CPU, 6e-4 on CUDA
+    muon_lr: float = 0.02  # peak Muon learning rate
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
+    warmup_frac: float = 0.05  # fraction of max_iters spent warming up linearly
+    decay_frac: float = 0.2  # wsd: fraction of max_iters spent decaying linearly at the end
+    min_lr_frac: float = 0.1  # the schedule ends at min_lr_frac * peak
+    weight_decay: float = 0.1  # AdamW decay on matrices and embeddings, not on norms or biases
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # clip the global gradient norm; 0 = off
+    eval_interval: int = 0  # steps between evals; 0 = max_iters / 5
+    eval_iters: int = 10  # batches per eval estimate
+    sample_tokens: int = 64  # tokens sampled at each eval; 0 = none
+    out_dir: str = "out/train"  # ckpt.pt, log.jsonl and loss.png go here
+    resume: bool = False  # continue from out_dir/ckpt.pt exactly where it stopped
+    device: str = "auto"  # auto | cpu | cuda | mps
+    compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # under torchrun: shard parameters, grads and optimizer state (FSDP2) instead of DDP
+    seed: int = 1337  # model init and data order
+    plot: bool = False  # write out_dir/loss.png (needs matplotlib)
+
+    def __post_init__(self):
+        for name, allowed in [("optimizer", ("adamw", "muon")), ("schedule", ("cosine", "wsd"))]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if min(self.grad_accum, self.eval_iters) < 1 or min(self.batch_size, self.max_iters, self.depth) < 0:
+            raise ValueError("grad_accum and eval_iters must be >= 1; sizes and step counts cannot be negative")
+        if not 0 < self.val_frac < 1:
+            raise ValueError(f"val_frac={self.val_frac} must lie strictly between 0 and 1")
+
+
+def resolve(cfg, device):
+    """Fill the 0 = auto fields: a few-minute model on CPU, GPT-2 small on CUDA (the one dial)."""
+    cuda = device.startswith("cuda")
+    c = dataclasses.replace(cfg)
+    c.depth = c.depth or (12 if cuda else 4)
+    c.n_embd = c.n_embd or 64 * c.depth
+    c.n_head = c.n_head or max(1, c.n_embd // 64)
+    c.block_size = c.block_size or (1024 if cuda else 128)
+    c.batch_size = c.batch_size or (32 if cuda else 16)
+    c.max_iters = c.max_iters or (5000 if cuda else 500)
+    c.lr = c.lr or (6e-4 if cuda else 2e-3)
+    c.eval_interval = c.eval_interval or max(1, c.max_iters // 5)
+    return c
+
+
+# ----------------------------------------------------------------------------- data
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+# FineWeb (Penedo et al. 2024) as GPT-2 token shards: a 256 x int32 header (magic 20240520,
+# version 1, token count), then uint16 ids. Shard 0 is validation, 1.. are training.
+FINEWEB_URL = "https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main/fineweb_{split}_{index:06d}.bin"
+SHARD_MAGIC = 20240520
+
+
+def download(url, cache_dir):
+    """The cached copy of url, downloading it once; None when offline."""
+    path = os.path.join(cache_dir, "downloads", url.rstrip("/").split("/")[-1] or "index")
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(path + ".part", "wb") as f:
+            shutil.copyfileobj(response, f)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"could not download {url} ({e}): falling back to the embedded corpus")
+        return None
+    os.replace(path + ".part", path)
+    return path
+
+
+def read_shard(path):
+    """Token ids of one FineWeb shard, memory-mapped past its header."""
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    if len(header) < 3 or header[0] != SHARD_MAGIC or header[1] != 1:
+        raise ValueError(f"{path} is not a GPT-2 token shard (bad magic number or version)")
+    ids = np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4)
+    if len(ids) != header[2]:
+        raise ValueError(f"{path} is truncated: header says {header[2]} tokens, file has {len(ids)}")
+    return ids
+
+
+def load_text(cfg):
+    """(name, text) of the corpus that cfg.data names."""
+    if cfg.data in ("shakespeare", "fineweb") or cfg.data.startswith(("http://", "https://")):
+        path = download(SHAKESPEARE_URL if cfg.data in ("shakespeare", "fineweb") else cfg.data, cfg.cache_dir)
+        if path is None:
+            return "embedded", embedded_corpus()
+        return os.path.splitext(os.path.basename(path))[0], open(path, encoding="utf-8", errors="replace").read()
+    if cfg.data == "embedded":
+        return "embedded", embedded_corpus()
+    if not os.path.isfile(cfg.data):
+        raise FileNotFoundError(f"--data={cfg.data}: no such file (or use embedded, shakespeare, fineweb, a URL)")
+    return os.path.splitext(os.path.basename(cfg.data))[0], open(cfg.data, encoding="utf-8", errors="replace").read()
+
+
+def load_fineweb(cfg):
+    """(train ids, val ids, tokenizer) from FineWeb GPT-2 shards, or None when offline."""
+    paths = [download(FINEWEB_URL.format(split=s, index=i), cfg.cache_dir) for s, i in (("train", 1), ("val", 0))]
+    if None in paths:
+        return None
+    spec = cfg.tokenizer if cfg.tokenizer.endswith(".tiktoken") else "gpt2"
+    return read_shard(paths[0]), read_shard(paths[1]), Tokenizer.from_spec(spec)
+
+
+def prepare_data(cfg, rank=0):
+    """Tokenise the corpus once (rank 0), cache it as uint16/uint32 memmaps, and return
+    (train ids, val ids, tokenizer). Later runs on the same text reuse the cache."""
+    if cfg.data == "fineweb":
+        shards = load_fineweb(cfg)
+        if shards is not None:
+            return shards
+    name, text = load_text(dataclasses.replace(cfg, data="shakespeare" if cfg.data == "fineweb" else cfg.data))
+    if not text.strip():
+        raise ValueError(f"--data={cfg.data}: the corpus is empty")
+    key = hashlib.sha1(f"{cfg.tokenizer}|{cfg.vocab_size}|{cfg.val_frac}|".encode() + text.encode()).hexdigest()[:10]
+    folder = os.path.join(cfg.cache_dir, f"{name}-{os.path.basename(cfg.tokenizer)}-{key}")
+    if rank == 0 and not os.path.exists(folder):
+        tok = Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
+        ids = np.array(tok.encode(text), dtype=np.uint16 if tok.n_vocab < 2 ** 16 else np.uint32)
+        split = int(len(ids) * (1 - cfg.val_frac))
+        tmp = f"{folder}.tmp{os.getpid()}"
+        os.makedirs(tmp, exist_ok=True)
+        ids[:split].tofile(os.path.join(tmp, "train.bin"))
+        ids[split:].tofile(os.path.join(tmp, "val.bin"))
+        torch.save(tok.state_dict(), os.path.join(tmp, "tokenizer.pt"))
+        os.replace(tmp, folder)  # the whole cache appears at once, or not at all
+    if dist.is_initialized():
+        dist.barrier()
+    tok = Tokenizer.from_state_dict(torch.load(os.path.join(folder, "tokenizer.pt"), weights_only=True))
+    dtype = np.uint16 if tok.n_vocab < 2 ** 16 else np.uint32
+    train, val = (np.memmap(os.path.join(folder, f"{s}.bin"), dtype=dtype, mode="r") for s in ("train", "val"))
+    return train, val, tok
+
+
+def check_lengths(train, val, block_size):
+    for split, ids in (("train", train), ("val", val)):
+        if len(ids) < block_size + 2:
+            raise ValueError(f"the {split} split has {len(ids)} tokens, too few for block_size={block_size}: "
+                             "use more text, a smaller --block_size, or a different --val_frac")
+
+
+def get_batch(ids, starts, block_size, device):
+    """Inputs x and next-token targets y, (B, block_size) each, from windows at `starts`."""
+    x = torch.from_numpy(np.stack([ids[s:s + block_size] for s in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([ids[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64))
+    return x.to(device), y.to(device)
+
+
+def step_starts(n_tokens, cfg, generator, world):
+    """Window starts for one optimizer step, (grad_accum, world, batch_size). Every process draws
+    the same global batch and keeps its own slice, so the run is the same for any world size,
+    and grad_accum x batch_size is the same run as one batch of the product."""
+    starts = torch.randint(n_tokens - cfg.block_size - 1, (cfg.grad_accum * world * cfg.batch_size,), generator=generator)
+    return starts.view(cfg.grad_accum, world, cfg.batch_size).numpy()
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+def newton_schulz(G, steps=5, eps=1e-7):
+    """Approximately U V^T for G = U S V^T: a quintic iteration X <- aX + b(XX^T)X + c(XX^T)^2 X
+    whose coefficients push every singular value towards 1 in a few steps (to ~[0.7, 1.2])."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16() if G.is_cuda else G.float()
+    tall = X.size(0) > X.size(1)
+    X = X.T if tall else X  # iterate on the smaller Gram matrix
+    X = X / (X.norm() + eps)  # the Frobenius norm bounds the spectral norm: all singular values <= 1
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.T if tall else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Jordan et al. 2024), for 2D weights:
+    B <- mu B + g; U = g + mu B (Nesterov); W <- W(1 - lr wd) - lr sqrt(max(1, rows/cols)) NS(U)."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(mu).add_(p.grad)
+                update = newton_schulz(p.grad.add(buf, alpha=mu), group["ns_steps"])
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+
+
+def make_optimizers(model, cfg, device):
+    """AdamW with weight decay on matrices and embeddings only; with optimizer=muon, the 2D
+    weights inside the blocks go to Muon instead. Each group remembers its peak lr."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    muon = {n: p for n, p in params.items() if cfg.optimizer == "muon" and ".h." in f".{n}" and p.dim() == 2}
+    decay = [p for n, p in params.items() if p.dim() >= 2 and n not in muon]
+    no_decay = [p for n, p in params.items() if p.dim() < 2]
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
+    optimizers = [adamw]
+    if muon:
+        optimizers.append(Muon(list(muon.values()), lr=cfg.muon_lr))
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_factor(step, cfg):
+    """Multiplier on the peak lr: linear warmup, then cosine to min_lr_frac, or (wsd) flat and
+    a linear decay over the last decay_frac of the run."""
+    warmup = max(1, int(cfg.warmup_frac * cfg.max_iters))
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, cfg.max_iters - warmup))
+        return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+    decay_start = cfg.max_iters * (1 - cfg.decay_frac)
+    if step < decay_start:
+        return 1.0
+    return 1.0 - (1 - cfg.min_lr_frac) * min(1.0, (step - decay_start) / max(1, cfg.max_iters - decay_start))
+
+
+# ----------------------------------------------------------------------------- distributed and state
+
+def setup_distributed(device_name):
+    """(rank, world, device). Under torchrun: one process per GPU (NCCL), or gloo on CPU."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_name)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return rank, world, f"cuda:{local}" if cuda else "cpu"
+
+
+def wrap(model, cfg, device, world):
+    """DDP or FSDP2 when distributed, then optionally torch.compile."""
+    if world > 1 and cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for block in model.transformer.h:
+            fully_shard(block)
+        fully_shard(model)
+    elif world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if "cuda" in device else None)
+    return torch.compile(model) if cfg.compile else model
+
+
+def state_options(cfg):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, cpu_offload=True) if cfg.fsdp and dist.is_initialized() else None
+
+
+def save_state(path, raw, optimizers, tok, cfg, step, generator):
+    """Everything --resume needs to continue bit-for-bit: weights, optimizer moments, the step,
+    and the RNG states (global torch, CUDA, and the data order)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    model_state = get_model_state_dict(raw, options=state_options(cfg))
+    opt_states = [get_optimizer_state_dict(raw, opt, options=state_options(cfg)) for opt in optimizers]
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        rng = dict(torch=torch.get_rng_state(), data=generator.get_state(),
+                   cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
+        save_checkpoint(path, raw, tok, step=step, config=cfg, optimizer=opt_states, model_state=model_state, rng=rng)
+
+
+def load_state(path, raw, optimizers, cfg, generator):
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    ckpt = load_checkpoint(path)
+    if ckpt["model_args"] != dataclasses.asdict(raw.config):
+        raise ValueError(f"{path} holds a different model ({ckpt['model_args']}); resume with the same settings")
+    if len(ckpt.get("optimizer") or []) != len(optimizers) or "rng" not in ckpt:
+        raise ValueError(f"{path} was not saved by train.py with --optimizer={cfg.optimizer}: cannot resume from it")
+    set_model_state_dict(raw, ckpt["model"], options=state_options(cfg))
+    for opt, state in zip(optimizers, ckpt["optimizer"]):
+        set_optimizer_state_dict(raw, opt, state, options=state_options(cfg))
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    generator.set_state(ckpt["rng"]["data"])
+    if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    return ckpt["step"]
+
+
+# ----------------------------------------------------------------------------- eval and report
+
+@torch.no_grad()
+def estimate_loss(model, train, val, cfg, device, rank, world):
+    """Mean loss over the same eval_iters batches each time (a fixed generator), so evals compare."""
+    model.eval()
+    losses = {}
+    for split, ids in (("train", train), ("val", val)):
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        total = torch.zeros((), device=device)
+        for _ in range(cfg.eval_iters):
+            starts = torch.randint(len(ids) - cfg.block_size - 1, (world * cfg.batch_size,), generator=g)
+            x, y = get_batch(ids, starts.view(world, -1)[rank].numpy(), cfg.block_size, device)
+            with autocast(device):
+                total += model(x, y)[1].float()
+        if world > 1:
+            dist.all_reduce(total)
+        losses[split] = total.item() / (cfg.eval_iters * world)
+    model.train()
+    return losses
+
+
+def sample_text(raw, tok, cfg, device):
+    """A short sample that starts from <|endoftext|>, as a fresh document would. Its own
+    generator leaves the training RNG untouched, so sampling never changes the run."""
+    g = torch.Generator(device).manual_seed(cfg.seed)
+    if cfg.fsdp and dist.is_initialized():
+        raw.unshard()  # FSDP2: gather the root's own weights; every rank samples the same tokens
+    with autocast(device):
+        out = raw.generate([[tok.eot_id]], min(cfg.sample_tokens, cfg.block_size - 1), temperature=0.8, top_k=50,
+                           generator=g)
+    if cfg.fsdp and dist.is_initialized():
+        raw.reshard()
+    return tok.decode(out[0])
+
+
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+              "4090": 165e12, "3090": 71e12, "V100": 125e12}  # dense bf16 (V100: fp16) tensor-core peaks
+
+
+def peak_flops(device):
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def report(raw, cfg, tokens_seen, train_seconds, device, world):
+    """Parameters, tokens, the Chinchilla ratio, compute, throughput and MFU."""
+    n_params = count_params(raw)
+    flops = raw.flops_per_token(cfg.block_size)
+    tok_s = tokens_seen / max(train_seconds, 1e-9)
+    peak = peak_flops(device)
+    mfu = f"{flops * tok_s / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s per device" if peak else "n/a (no known peak for this device)"
+    lines = [f"parameters        {n_params / 1e6:.2f}M",
+             f"tokens seen       {tokens_seen / 1e6:.2f}M",
+             f"tokens/parameter  {tokens_seen / n_params:.2f} (Chinchilla-optimal is ~20)",
+             f"compute C = 6ND   {6 * n_params * tokens_seen:.3g} FLOPs ({flops * tokens_seen:.3g} with attention)",
+             f"throughput        {tok_s:,.0f} tokens/s ({train_seconds:.0f} s of training)",
+             f"MFU               {mfu}"]
+    return "\n".join(lines), dict(params=n_params, tokens=tokens_seen, tok_per_s=tok_s)
+
+
+def plot_log(out_dir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); skipping the plot")
+        return
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+    for split in ("train", "val"):
+        plt.plot([r["step"] for r in rows], [r[f"{split}_loss"] for r in rows], label=split)
+    plt.xlabel("step"), plt.ylabel("loss"), plt.legend()
+    plt.savefig(os.path.join(out_dir, "loss.png"), dpi=120)
+    print(f"wrote {os.path.join(out_dir, 'loss.png')}")
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg):
+    """Train, evaluate, checkpoint; returns a dict with the eval history and the report."""
+    rank, world, device = setup_distributed(cfg.device)
+    cfg = resolve(cfg, device)
+    if cfg.fsdp and cfg.optimizer == "muon":
+        raise ValueError("--optimizer=muon does not support --fsdp: Newton-Schulz needs whole matrices")
+    master = rank == 0
+    torch.manual_seed(cfg.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    train_ids, val_ids, tok = prepare_data(cfg, rank)
+    check_lengths(train_ids, val_ids, cfg.block_size)
+    raw = GPT(GPTConfig(vocab_size=tok.model_vocab_size, block_size=cfg.block_size, n_layer=cfg.depth,
+                        n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd, dropout=cfg.dropout)).to(device)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    model = wrap(raw, cfg, device, world)
+    optimizers = make_optimizers(raw, cfg, device)
+    start = load_state(ckpt_path, raw, optimizers, cfg, data_gen) if cfg.resume else 0
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        print(f"{count_params(raw) / 1e6:.2f}M parameters, {len(train_ids):,} train tokens, vocab {tok.n_vocab}, "
+              f"{world} x {device}, {cfg.grad_accum * world * cfg.batch_size * cfg.block_size:,} tokens/step"
+              + (f", resuming at step {start}" if start else ""))
+    end = min(cfg.max_iters, cfg.stop_after or cfg.max_iters)
+    history, tokens_per_step = [], cfg.grad_accum * world * cfg.batch_size * cfg.block_size
+    train_seconds, loss_value = 0.0, float("nan")
+    bar = tqdm(range(start, end + 1), initial=start, total=end + 1, desc="train", disable=not master)
+    for step in bar:
+        if step % cfg.eval_interval == 0 or step == end:
+            losses = estimate_loss(model, train_ids, val_ids, cfg, device, rank, world)
+            sample = sample_text(raw, tok, cfg, device) if cfg.sample_tokens else ""
+            row = dict(step=step, train_loss=losses["train"], val_loss=losses["val"],
+                       lr=optimizers[0].param_groups[0]["lr"], tokens=step * tokens_per_step, time=train_seconds)
+            history.append(row)
+            if master:
+                bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                bar.write(f"  sample: {sample[:200]!r}")
+                with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if step > start or step == end:
+                save_state(ckpt_path, raw, optimizers, tok, cfg, step, data_gen)
+        if step == end:
+            break
+        t0 = time.perf_counter()
+        loss_value = train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, world)
+        train_seconds += time.perf_counter() - t0
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{(step + 1 - start) * tokens_per_step / train_seconds:,.0f}")
+    bar.close()
+    text, stats = report(raw, cfg, (end - start) * tokens_per_step, train_seconds, device, world)
+    if master:
+        print(text)
+        if len(history) > 1:
+            print(f"val loss {history[0]['val_loss']:.3f} -> {history[-1]['val_loss']:.3f}; checkpoint: {ckpt_path}")
+        if cfg.plot:
+            plot_log(cfg.out_dir)
+    return dict(history=history, final_train_loss=loss_value, config=cfg, **stats)
+
+
+def train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, world):
+    """One optimizer step over grad_accum micro-batches; returns the mean micro-batch loss."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(step, cfg)
+    starts = step_starts(len(train_ids), cfg, data_gen, world)
+    total = 0.0
+    for micro in range(cfg.grad_accum):
+        last = micro == cfg.grad_accum - 1
+        x, y = get_batch(train_ids, starts[micro, rank], cfg.block_size, device)
+        if cfg.fsdp and world > 1:
+            model.set_requires_gradient_sync(last)
+        sync = model.no_sync() if world > 1 and not cfg.fsdp and not last else nullcontext()
+        with sync, autocast(device):
+            _, loss = model(x, y)
+        (loss / cfg.grad_accum).backward()  # the mean over all micro-batches
+        total += loss.item() / cfg.grad_accum
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return total
+
+
+def main(cfg):
+    try:
+        return train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(parse_args(TrainConfig))
