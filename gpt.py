@@ -500,6 +500,38 @@ def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None
     return logp * mask, mask
 
 
+def completion_loss(model, prompts, completions, pad_id=0):
+    """SFT loss: the mean negative log-likelihood of completion tokens only, the prompt being
+    context. L = -sum_t mask_t log pi(c_t | ...) / sum_t mask_t, over the whole batch."""
+    logp, mask = completion_logprobs(model, prompts, completions, pad_id)
+    return -logp.sum() / mask.sum().clamp(min=1)
+
+
+def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune"):
+    """AdamW with a cosine-decayed lr on completion_loss over random mini-batches of
+    (prompt ids, completion ids) pairs. params: what to train (default: everything).
+    Returns the last batch loss."""
+    if not pairs:
+        raise ValueError("finetune needs at least one (prompt, completion) pair")
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
+    model.train()
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        batch = [pairs[i] for i in torch.randint(len(pairs), (batch_size,), generator=g).tolist()]
+        with autocast(device):
+            loss = completion_loss(model, [p for p, _ in batch], [c for _, c in batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return loss.item()
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 # GPT-2's pre-split pattern (for .tiktoken ranks files), and ours, written in Python's `re`
