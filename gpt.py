@@ -84,17 +84,20 @@ def upcast(x):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate pairs (x_i, x_{i+d/2}) by angle pos*theta_i (the half-split "NeoX" layout).
-    x: (B, H, T, hd); cos, sin: (B|1, 1, T, hd/2), always computed in float32."""
+    """Rotate each pair (x_i, x_{i+d/2}) by the angle pos * theta_i (the half-split "NeoX" layout):
+    x_i' = x_i cos - x_{i+d/2} sin,  x_{i+d/2}' = x_{i+d/2} cos + x_i sin.
+    x: (B, H, T, hd); cos = [cos, cos] and sin = [-sin, sin], (B|1, 1, T, hd), in float32."""
     x1, x2 = upcast(x).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+    return (upcast(x) * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
 
 
 def rope_angles(positions, head_dim, base):
-    """cos and sin of pos * base^(-2i/d), in float32 whatever the autocast. positions: (B|1, T)."""
+    """The cos and signed sin tables apply_rope wants, for angles pos * base^(-2i/d), in
+    float32 whatever the autocast. positions: (B|1, T)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.float()[..., None] * inv_freq  # (B|1, T, hd/2)
-    return angles.cos()[:, None], angles.sin()[:, None]  # (B|1, 1, T, hd/2)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]  # (B|1, 1, T, hd)
 
 
 class KVCache:
@@ -143,13 +146,11 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, mask, is_causal, cache, layer):
         B, T, C = x.shape
-        sizes = [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim]
-        q, k, v = self.c_attn(x).split(sizes, dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
+        qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)  # (B, heads, T, hd)
+        if rope is not None:  # queries and keys rotate together: one pass over both
+            qk = apply_rope(qk, *rope)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)  # (B, n_head, T, hd), (B, n_kv_head, T, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, n_kv_head, S, hd): every key so far
         # softmax(Q K^T / sqrt(hd)) V; each group of n_head/n_kv_head query heads shares one K, V
