@@ -21,6 +21,7 @@ table of tokens/s with and without the KV cache.
 """
 import collections
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -81,6 +82,30 @@ class GPTConfig:
 def upcast(x):
     """At least float32 (bf16 and fp16 go up; float64 stays)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@contextmanager
+def evaluating(*models):
+    """Eval mode (no dropout, so no draw from the global RNG) and no autograd inside the block;
+    each model's previous mode comes back afterwards."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def inference(fn):
+    """Decorator: run fn inside evaluating(...) of every model among its positional arguments."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with evaluating(*[a for a in args if isinstance(a, nn.Module)]):
+            return fn(*args, **kwargs)
+    return run
 
 
 def apply_rope(x, cos, sin):
@@ -288,17 +313,12 @@ class GPT(nn.Module):
                              f"block_size={self.config.block_size}: shorten the prompt or generate less")
         return pad_left(prompts, pad_id, device=self.lm_head.weight.device)
 
+    @inference
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                  allowed_tokens=None, use_cache=True, generator=None, pad_id=0):
         """Sample continuations of a batch of token lists, left-padded so they end together.
         temperature=0 is greedy. allowed_tokens(generated (B, t)) -> bool (B, vocab) constrains
         each step. Returns the new tokens of each prompt, up to and including its first stop token."""
-        with evaluating(self):
-            return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, allowed_tokens,
-                                  use_cache, generator, pad_id)
-
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, allowed_tokens, use_cache,
-                  generator, pad_id):
         idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
@@ -320,14 +340,11 @@ class GPT(nn.Module):
             h = self.hidden(idx, valid) if cache is None else self.hidden(token[:, None], cache=cache)
         return [out[b, :lengths[b]].tolist() for b in range(B)]
 
+    @inference
     def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(), length_penalty=1.0):
         """Keep the beam_size most probable partial continuations; a hypothesis that emits a stop
         token is finished, and the search ends once beam_size are finished (or at the length
         limit). Returns the finished one with the best log p / len^length_penalty."""
-        with evaluating(self):
-            return self._beam_search(prompt, beam_size, max_new_tokens, stop_tokens, length_penalty)
-
-    def _beam_search(self, prompt, beam_size, max_new_tokens, stop_tokens, length_penalty):
         idx, _ = self._prepare([prompt], max_new_tokens, 0)
         cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
         h = self.hidden(idx.expand(beam_size, -1), cache=cache)
@@ -404,21 +421,7 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, gener
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@contextmanager
-def evaluating(*models):
-    """Eval mode (no dropout, so no draw from the global RNG) and no autograd inside the block;
-    each model's previous mode comes back afterwards."""
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
-
-
+@inference
 def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0, top_p=1.0,
                          stop_tokens=(), generator=None):
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batch of one. The draft
@@ -426,11 +429,6 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
     probability min(1, p(x_i)/q(x_i)); the first rejected one is resampled from
     norm(max(0, p - q)), and if all k pass one more comes free from p. The output is
     distributed exactly as sampling from the target alone. Returns (tokens, stats)."""
-    with evaluating(target, draft):
-        return _speculative(target, draft, prompt, max_new_tokens, k, temperature, top_k, top_p, stop_tokens, generator)
-
-
-def _speculative(target, draft, prompt, max_new_tokens, k, temperature, top_k, top_p, stop_tokens, generator):
     device = target.lm_head.weight.device
     target._prepare([prompt], max_new_tokens, 0)
     draft._prepare([prompt], max_new_tokens, 0)
