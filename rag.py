@@ -1,0 +1,634 @@
+"""Retrieval-augmented generation: find the passages that answer a question, then let a small
+generator read them (lecture 7). Retrieval maximises recall, re-ranking maximises precision.
+
+Sparse: BM25 (Robertson & Zaragoza 2009), score(q, d) = sum_t idf(t) f(t,d)(k1+1) / (f(t,d) + k1(1 - b + b|d|/avgdl)).
+Dense: a bi-encoder (Reimers & Gurevych 2019) trained with in-batch negatives, the InfoNCE loss
+L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched exactly by cosine
+or approximately with random-hyperplane LSH (Charikar 2002). Hybrid: reciprocal rank fusion,
+sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). Re-ranking: a cross-encoder over [CLS] q [SEP] d
+(Nogueira & Cho 2019). HyDE (Gao et al. 2022): search with a passage the generator imagines.
+
+    python rag.py                     # made-up knowledge base -> retrieval table -> reader accuracy
+    python rag.py --hyde=false --n_entities=60
+    python rag.py --bench             # query latency vs corpus size: BM25, exact dense, LSH
+
+On CPU (a few minutes) you see one table of Recall@1/5, MRR and NDCG@10 on held-out questions for
+BM25, dense, hybrid, hybrid+re-rank (and dense+HyDE), then the reader's answer accuracy with no
+retrieval, with the retrieved passages, and with the gold passage. The retrieval half (BM25, the
+encoders, the metrics) needs only torch and numpy; the reader and HyDE use gpt.py.
+"""
+import math
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+try:
+    import gpt  # the generator half (reader, HyDE); retrieval works without it
+except ImportError:
+    gpt = None
+
+
+@dataclass
+class RAGConfig:
+    n_entities: int = 0  # made-up people in the knowledge base; 0 = 100 on CPU, 400 on CUDA
+    chunk_size: int = 16  # words per chunk
+    chunk_overlap: int = 9  # words shared by neighbouring chunks: >= the longest sentence - 1, so every fact fits whole in one
+    test_frac: float = 0.3  # fraction of facts whose questions are held out from every training step
+    n_embd: int = 64  # width of the bi- and cross-encoder
+    n_layer: int = 2  # transformer blocks in each encoder
+    tau: float = 0.05  # InfoNCE temperature
+    encoder_steps: int = 300  # bi-encoder training steps (and cross-encoder steps)
+    batch_size: int = 64  # bi-encoder batch: 64 questions, each with 63 in-batch negatives
+    n_negatives: int = 7  # cross-encoder: hard negatives per question, from BM25 and dense results
+    rerank_depth: int = 20  # hybrid candidates the cross-encoder re-scores
+    lsh_tables: int = 8  # LSH hash tables
+    lsh_bits: int = 8  # hyperplanes (bits) per table
+    top_k: int = 2  # passages in the reader's prompt
+    reader_steps: int = 0  # reader fine-tuning steps; 0 = 600 on CPU, 3000 on CUDA
+    reader_embd: int = 0  # reader width (4 heads, 2 layers); 0 = 96 on CPU, 256 on CUDA
+    hyde: bool = True  # also search with a hypothetical passage written by the generator (HyDE)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0  # knowledge base, splits and initialisation
+    bench: bool = False  # query latency vs corpus size instead of the demo
+
+    def __post_init__(self):
+        if not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ValueError(f"chunk_overlap={self.chunk_overlap} must be >= 0 and below chunk_size={self.chunk_size}")
+        if not 0 < self.test_frac < 1:
+            raise ValueError(f"test_frac={self.test_frac} must lie strictly between 0 and 1")
+
+
+# ----------------------------------------------------------------------------- text
+
+def words(text):
+    """Lower-cased word tokens, shared by BM25 and the encoders' vocabulary."""
+    return re.findall(r"\w+", text.lower())
+
+
+def chunk(text, size, overlap):
+    """Windows of `size` whitespace-separated words, each sharing `overlap` words with the next;
+    the last window ends at the text's end (it may be shorter)."""
+    if not 0 <= overlap < size:
+        raise ValueError(f"need 0 <= overlap < size, got size={size}, overlap={overlap}")
+    tokens, stride = text.split(), size - overlap
+    starts = range(0, max(len(tokens) - overlap, 1), stride)
+    return [" ".join(tokens[s:s + size]) for s in starts]
+
+
+def top_k(scores, k):
+    """Indices of the k highest scores, best first, ties to the lower index; O(N), no full sort."""
+    scores = np.asarray(scores)
+    k = min(k, len(scores))
+    threshold = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest value
+    candidates = np.flatnonzero(scores >= threshold)  # every tie at the threshold, in index order
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+
+
+# ----------------------------------------------------------------------------- sparse: BM25
+
+class BM25:
+    """Okapi BM25 over an inverted index: each (term, document) weight is precomputed, so a query
+    touches only the postings of its own terms. idf(t) = ln((N - n_t + 0.5) / (n_t + 0.5)) is
+    negative for a term in more than half the documents; as rank_bm25 does, such terms get the
+    floor eps * (mean idf over the vocabulary), eps = 0.25, so a common word never counts against a
+    document. (Lucene avoids the sign problem with ln(1 + (N - n + 0.5)/(n + 0.5)) instead.)"""
+
+    def __init__(self, docs, k1=1.5, b=0.75, eps=0.25):
+        tokenized = [words(d) for d in docs]
+        self.n_docs = N = len(docs)
+        lengths = np.array([len(t) for t in tokenized], dtype=np.float64)
+        avgdl = lengths.mean()
+        df = Counter(t for doc in tokenized for t in set(doc))  # n_t: documents containing t
+        idf = {t: math.log((N - n + 0.5) / (n + 0.5)) for t, n in df.items()}
+        floor = eps * sum(idf.values()) / len(idf)
+        self.idf = {t: v if v >= 0 else floor for t, v in idf.items()}
+        postings = defaultdict(lambda: ([], []))
+        for i, doc in enumerate(tokenized):
+            norm = k1 * (1 - b + b * lengths[i] / avgdl)  # k1 (1 - b + b |d| / avgdl)
+            for t, f in Counter(doc).items():
+                postings[t][0].append(i)
+                postings[t][1].append(self.idf[t] * f * (k1 + 1) / (f + norm))
+        self.postings = {t: (np.array(ids), np.array(w)) for t, (ids, w) in postings.items()}
+
+    def scores(self, query):
+        """(N,) BM25 score of every document; a repeated query term counts each time."""
+        s = np.zeros(self.n_docs)
+        for t in words(query):
+            if t in self.postings:
+                ids, weights = self.postings[t]
+                s[ids] += weights
+        return s
+
+
+# ----------------------------------------------------------------------------- dense: encoders
+
+class Vocab:
+    """Word-level ids for the encoders: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word seen."""
+
+    def __init__(self, texts):
+        self.itos = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w for t in texts for w in words(t)})
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    def ids(self, text):
+        return [self.stoi.get(w, 1) for w in words(text)]
+
+
+
+def pad_right(seqs, max_len, device):
+    """(B, T) tensor of right-padded int lists (cut at max_len) and the (B, T) mask of real entries."""
+    seqs = [s[:max_len] for s in seqs]
+    idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        idx[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+    valid = torch.arange(idx.size(1))[None] < torch.tensor([len(s) for s in seqs])[:, None]
+    return idx.to(device), valid.to(device)
+
+
+class Encoder(nn.Module):
+    """A small bidirectional transformer: token + learned position embeddings, pre-norm blocks
+    (torch's own nn.TransformerEncoderLayer), padding keys masked out. Returns (B, T, n_embd)."""
+
+    def __init__(self, vocab_size, n_embd, n_layer, max_len=64):
+        super().__init__()
+        self.max_len = max_len
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(max_len, n_embd)
+        block = nn.TransformerEncoderLayer(n_embd, max(1, n_embd // 16), 4 * n_embd, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, n_layer, enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(n_embd)
+
+    def forward(self, idx, valid, extra=None):  # idx, valid: (B, T); extra: (B, T, n_embd) added to the input
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))  # (B, T, n_embd)
+        x = x if extra is None else x + extra
+        return self.ln_f(self.blocks(x, src_key_padding_mask=~valid))
+
+
+class BiEncoder(nn.Module):
+    """Query and passage encoded separately by one shared encoder, so passages are embedded once,
+    offline. e = normalise(mean of the real tokens' states); relevance = cosine = q . d."""
+
+    def __init__(self, vocab, n_embd=64, n_layer=2):
+        super().__init__()
+        self.vocab, self.encoder = vocab, Encoder(len(vocab.itos), n_embd, n_layer)
+
+    def forward(self, texts):
+        device = self.encoder.wte.weight.device
+        idx, valid = pad_right([self.vocab.ids(t) for t in texts], self.encoder.max_len, device)
+        h = self.encoder(idx, valid)  # (B, T, n_embd)
+        mean = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, n_embd)
+        return F.normalize(mean, dim=-1)
+
+    @torch.no_grad()
+    def embed(self, texts, batch_size=256):
+        """(N, n_embd) float32 numpy array of unit vectors, computed in eval mode."""
+        was_training = self.training
+        self.eval()
+        out = torch.cat([self(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+        self.train(was_training)
+        return out.float().cpu().numpy()
+
+
+def info_nce(q, d, tau, false_negatives=None):
+    """In-batch-negative contrastive loss: row i's positive is d_i, the other rows' passages are
+    its negatives. L = -(1/B) sum_i log softmax_j(q_i . d_j / tau)[i]. false_negatives (B, B) bool
+    marks off-diagonal passages that are also relevant to q_i: they are removed from the softmax."""
+    logits = q @ d.T / tau  # (B, B)
+    if false_negatives is not None:
+        logits = logits.masked_fill(false_negatives, -math.inf)
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+class CrossEncoder(nn.Module):
+    """Query and passage in one sequence, [CLS] q [SEP] d, so every query word attends to every
+    passage word; score = w . h_[CLS]. Each token also gets a feature embedding for its segment
+    and for whether it appears in the other segment (the exact-match feature of DrQA, Chen et al.
+    2017), without which a small model trained from scratch learns to match words far too slowly.
+    Far slower than a bi-encoder at search time, so it only re-ranks a few candidates."""
+
+    def __init__(self, vocab, n_embd=64, n_layer=2):
+        super().__init__()
+        self.vocab, self.encoder = vocab, Encoder(len(vocab.itos), n_embd, n_layer)
+        self.features = nn.Embedding(4, n_embd)  # 2 * segment + [word is in the other segment]
+        self.head = nn.Linear(n_embd, 1)
+
+    def forward(self, queries, passages):  # -> (B,) scores
+        seqs, feats = [], []
+        for query, passage in zip(queries, passages):
+            q, p = self.vocab.ids(query), self.vocab.ids(passage)
+            seqs.append([2] + q + [3] + p)
+            feats.append([0] + [int(t in p) for t in q] + [0] + [2 + int(t in q) for t in p])
+        device = self.encoder.wte.weight.device
+        idx, valid = pad_right(seqs, self.encoder.max_len, device)
+        features, _ = pad_right(feats, self.encoder.max_len, device)
+        h = self.encoder(idx, valid, self.features(features))  # (B, T, n_embd)
+        return self.head(h[:, 0]).squeeze(-1)
+
+
+def dense_search(query_emb, doc_embs, k):
+    """Exact cosine top-k of one unit query (d,) against unit passages (N, d): (ids, scores)."""
+    scores = doc_embs @ query_emb  # (N,) cos = q . d for unit vectors
+    ids = top_k(scores, k)
+    return ids, scores[ids]
+
+
+class LSHIndex:
+    """Random-hyperplane LSH for cosine: bit_i(x) = [r_i . x > 0] with Gaussian r_i, so two vectors
+    at angle theta agree on a bit with probability 1 - theta/pi. n_tables tables of n_bits-bit
+    codes; a query probes every bucket within Hamming distance `radius` of its code in each table
+    (multi-probe), then scores the union of candidates exactly. radius = n_bits probes everything."""
+
+    def __init__(self, doc_embs, n_tables=8, n_bits=8, seed=0):
+        self.doc_embs, self.n_bits = doc_embs, n_bits
+        self.planes = np.random.default_rng(seed).standard_normal((n_tables, n_bits, doc_embs.shape[1]))
+        self.tables = []
+        for codes in self.codes(doc_embs):  # (N,) per table
+            order = np.argsort(codes, kind="stable")
+            keys, starts = np.unique(codes[order], return_index=True)
+            self.tables.append(dict(zip(keys.tolist(), np.split(order, starts[1:]))))
+
+    def codes(self, x):  # x (N, d) -> (n_tables, N) integer codes
+        bits = np.einsum("tbd,nd->tnb", self.planes, x) > 0  # (n_tables, N, n_bits)
+        return bits @ (1 << np.arange(self.n_bits))
+
+    def search(self, query_emb, k, radius=1):
+        flips = [m for m in range(1 << self.n_bits) if bin(m).count("1") <= radius]  # codes within the radius
+        buckets = [table.get(code ^ m) for table, code in zip(self.tables, self.codes(query_emb[None])[:, 0].tolist())
+                   for m in flips]
+        candidates = np.unique(np.concatenate([b for b in buckets if b is not None] or [np.zeros(0, int)]))
+        ids = top_k(self.doc_embs[candidates] @ query_emb, k) if len(candidates) else np.zeros(0, int)
+        return candidates[ids], len(candidates)
+
+
+def reciprocal_rank_fusion(rankings, k=60):
+    """RRF: score(d) = sum over rankings r of 1 / (k + rank_r(d)), ranks counted from 1, nothing
+    from a ranking that lacks d. Needs no score calibration between retrievers. Returns
+    [(doc, score)] best first, ties to the lower id."""
+    fused = defaultdict(float)
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, start=1):
+            fused[doc] += 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+# ----------------------------------------------------------------------------- metrics
+# Each takes, per query, a ranking (doc ids, best first) and the set of relevant ids, and returns
+# the mean over queries. Relevance is binary. A query with no relevant document scores 0 in every
+# metric (trec_eval would drop it; keeping it makes each average count every query once).
+
+def recall_at_k(rankings, relevant, k):
+    """|top-k & R| / |R|: how much of what matters was found."""
+    return float(np.mean([len(set(r[:k]) & rel) / len(rel) if rel else 0.0 for r, rel in zip(rankings, relevant)]))
+
+
+def precision_at_k(rankings, relevant, k):
+    """|top-k & R| / k: how much of what was returned matters (the denominator is k, always)."""
+    return float(np.mean([len(set(r[:k]) & rel) / k for r, rel in zip(rankings, relevant)]))
+
+
+def mrr(rankings, relevant):
+    """Mean reciprocal rank: 1 / (1-based rank of the first relevant document), 0 if none is ranked."""
+    return float(np.mean([next((1.0 / i for i, d in enumerate(r, 1) if d in rel), 0.0)
+                          for r, rel in zip(rankings, relevant)]))
+
+
+def ndcg_at_k(rankings, relevant, k):
+    """DCG@k / IDCG@k, DCG = sum_{i=1..k} rel_i / log2(i + 1) with rel_i in {0, 1}; the ideal
+    ranking puts all |R| relevant documents first, so IDCG = sum_{i=1..min(k, |R|)} 1 / log2(i + 1)."""
+    out = []
+    for r, rel in zip(rankings, relevant):
+        dcg = sum(1.0 / math.log2(i + 1) for i, d in enumerate(r[:k], 1) if d in rel)
+        ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(k, len(rel)) + 1))
+        out.append(dcg / ideal if rel else 0.0)
+    return float(np.mean(out))
+
+
+# ----------------------------------------------------------------------------- the knowledge base
+# People who never existed, each with six attributes. Every attribute has several sentence
+# templates (for the documents) and several question paraphrases, so neither the generator nor any
+# pretrained model can know an answer, and word overlap alone does not find the right passage.
+
+SYLLABLES = "ka lo mi ra ve tu shi no pa de lin bor zan qui el mar tho rin sa vel dru fen gal".split()
+ATTRIBUTES = [  # (attribute, values, document templates, question templates)
+    ("town", None, ["{n} was born in {v}.", "{n} comes from the town of {v}.", "The birthplace of {n} is {v}."],
+     ["Where was {n} born?", "Which town does {n} come from?", "What is the hometown of {n}?"]),
+    ("job", "glassblower beekeeper cartographer ferryman astronomer locksmith puppeteer tailor falconer brewer "
+     "clockmaker surveyor", ["{n} works as a {v}.", "By trade, {n} is a {v}.", "{n} earns a living as a {v}."],
+     ["What does {n} do for a living?", "What is the profession of {n}?", "Which job does {n} have?"]),
+    ("instrument", "harp cello oboe banjo lute zither bassoon ukulele accordion sitar",
+     ["{n} plays the {v}.", "{n} practises the {v} every evening.", "The instrument of {n} is the {v}."],
+     ["Which instrument does {n} play?", "What does {n} practise in the evenings?", "What music does {n} make?"]),
+    ("colour", "crimson teal amber violet ochre indigo scarlet olive",
+     ["The favourite colour of {n} is {v}.", "{n} always dresses in {v}.", "Above all colours, {n} likes {v}."],
+     ["What colour does {n} like best?", "Which colour is the favourite of {n}?", "What shade does {n} wear?"]),
+    ("pet", "tortoise parrot ferret goat hedgehog iguana donkey owl",
+     ["{n} keeps a {v} as a pet.", "At home {n} looks after a {v}.", "The pet of {n} is a {v}."],
+     ["What pet does {n} have?", "Which animal lives with {n}?", "What animal does {n} look after?"]),
+    ("year", None, ["{n} was born in {v}.", "{n} came into the world in {v}.", "The birth year of {n} is {v}."],
+     ["When was {n} born?", "In which year was {n} born?", "What year did {n} come into the world?"]),
+]
+
+
+def made_up_word(rng, n_syllables):
+    return "".join(rng.choice(SYLLABLES) for _ in range(n_syllables)).capitalize()
+
+
+def make_knowledge_base(n_entities, size, overlap, seed=0):
+    """Chunks of made-up biographies, and one fact per (person, attribute): its sentence, answer,
+    question paraphrases and the ids of the chunks that hold the whole sentence (the relevant ones)."""
+    rng = random.Random(seed)
+    towns = sorted({made_up_word(rng, 2) + rng.choice(["ton", "mere", "holm", "by"]) for _ in range(40)})
+    firsts = sorted({made_up_word(rng, 2) for _ in range(60)})
+    lasts = sorted({made_up_word(rng, 3) for _ in range(max(60, n_entities // 20))})  # enough names for big corpora
+    names = rng.sample(sorted({f"{a} {b}" for a in firsts for b in lasts}), n_entities)
+    chunks, facts = [], []
+    for name in names:
+        sentences = []
+        for attribute, values, templates, questions in ATTRIBUTES:
+            value = rng.choice(towns) if attribute == "town" else str(rng.randint(1900, 1999)) if attribute == "year" \
+                else rng.choice(values.split())
+            sentence = rng.choice(templates).format(n=name, v=value)
+            sentences.append(sentence)
+            facts.append(dict(name=name, attribute=attribute, answer=value, sentence=sentence,
+                              questions=[q.format(n=name) for q in questions]))
+        rng.shuffle(sentences)
+        first = len(chunks)
+        chunks += chunk(" ".join(sentences), size, overlap)  # each biography is chunked on its own
+        for fact in facts[-len(ATTRIBUTES):]:
+            fact["relevant"] = {i for i in range(first, len(chunks)) if fact["sentence"] in chunks[i]}
+            if not fact["relevant"]:
+                raise ValueError(f"no chunk holds the whole sentence {fact['sentence']!r}: raise chunk_overlap "
+                                 f"(now {overlap}) to at least the longest sentence's word count minus one")
+    return chunks, facts
+
+
+def split_questions(facts, test_frac, seed=0):
+    """Held-out facts never appear in any training step: (train, test) lists of (question, fact).
+    Training uses every paraphrase; the test uses one random paraphrase per held-out fact."""
+    rng = random.Random(seed + 1)
+    order = list(range(len(facts)))
+    rng.shuffle(order)
+    n_test = int(len(facts) * test_frac)
+    test = [(rng.choice(facts[i]["questions"]), facts[i]) for i in order[:n_test]]
+    train = [(q, facts[i]) for i in order[n_test:] for q in facts[i]["questions"]]
+    return train, test
+
+
+# ----------------------------------------------------------------------------- training the retrievers
+
+def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3):
+    """InfoNCE with in-batch negatives. A batch never holds the same positive chunk twice, and a
+    chunk that is relevant to a question is masked out of that question's negatives."""
+    rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
+    device = model.encoder.wte.weight.device
+    model.train()
+    for step in (bar := tqdm(range(steps), desc="bi-encoder", leave=False)):
+        batch, positives = [], []
+        while len(batch) < min(batch_size, len(train)):
+            question, fact = rng.choice(train)
+            positive = rng.choice(sorted(fact["relevant"]))
+            if positive not in positives:
+                batch.append((question, fact))
+                positives.append(positive)
+        relevant = [[p in fact["relevant"] for p in positives] for _, fact in batch]
+        false_negatives = torch.tensor(relevant, device=device) & ~torch.eye(len(batch), dtype=torch.bool, device=device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            q, d = model([question for question, _ in batch]), model([chunks[p] for p in positives])
+            loss = info_nce(q.float(), d.float(), tau, false_negatives)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def train_cross_encoder(model, train, chunks, hard_negatives, steps, n_negatives, seed=0, lr=2e-3, n_questions=8):
+    """Listwise: each question against its positive and n_negatives hard negatives (retrieved but
+    not relevant); cross-entropy with the positive as the target class."""
+    rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
+    device = model.encoder.wte.weight.device
+    model.train()
+    for step in (bar := tqdm(range(steps), desc="cross-encoder", leave=False)):
+        queries, passages = [], []
+        for i in rng.sample(range(len(train)), n_questions):
+            question, fact = train[i]
+            candidates = [rng.choice(sorted(fact["relevant"]))] + rng.sample(hard_negatives[i], n_negatives)
+            queries += [question] * len(candidates)
+            passages += [chunks[c] for c in candidates]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            scores = model(queries, passages).float().view(n_questions, 1 + n_negatives)
+        loss = F.cross_entropy(scores, torch.zeros(n_questions, dtype=torch.long, device=device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def search_all(questions, bm25, query_embs, doc_embs, depth):
+    """BM25, dense and hybrid (RRF) rankings of depth ids for each question."""
+    sparse = [top_k(bm25.scores(q), depth).tolist() for q in questions]
+    dense = [dense_search(e, doc_embs, depth)[0].tolist() for e in query_embs]
+    hybrid = [[d for d, _ in reciprocal_rank_fusion([s, v])][:depth] for s, v in zip(sparse, dense)]
+    return sparse, dense, hybrid
+
+
+@torch.no_grad()
+def rerank(cross, questions, rankings, chunks):
+    """Re-order each candidate list by the cross-encoder's score (ties keep the earlier rank)."""
+    out = []
+    for question, ranking in zip(questions, rankings):
+        scores = cross([question] * len(ranking), [chunks[c] for c in ranking]).float().cpu().numpy()
+        out.append([ranking[i] for i in top_k(scores, len(ranking))])
+    return out
+
+
+# ----------------------------------------------------------------------------- generation (gpt.py)
+
+SPECIAL = re.compile(r"<\|[a-z_]+\|>")
+DIGIT_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""  # one token per digit
+
+
+def augment(question, passages):
+    """The reader's prompt: numbered passages, then the question. Retrieved text is untrusted
+    input, so special-token strings in it are removed (no prompt injection through a passage)."""
+    context = "\n".join(f"[{i}] {SPECIAL.sub('', p)}" for i, p in enumerate(passages, 1))
+    return f"<|user|>{question}<|system|>{context}<|assistant|>"  # question first: passage tokens can attend to it
+
+
+def hyde_prompt(question):
+    """HyDE: ask the generator for a passage that would answer the question; its content may be
+    wrong, but it is written like the documents, so it lands near them in embedding space."""
+    return f"<|system|>write the passage<|user|>{question}<|assistant|>"
+
+
+def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):
+    """Greedy completions of text prompts, cut at <|end|>."""
+    end, out = tok.special("<|end|>"), []
+    for i in range(0, len(prompts), batch_size):
+        ids = [tok.encode(p, allow_special=True) for p in prompts[i:i + batch_size]]
+        out += [tok.decode([t for t in new if t != end]).strip()
+                for new in model.generate(ids, max_new_tokens, temperature=0, stop_tokens=(end,))]
+    return out
+
+
+def reader_pairs(train, chunks, distractors, tok, top_k, seed=0, closed_book=0.15):
+    """SFT pairs for the generator: read 1..top_k passages (the gold one among retrieved
+    distractors) and answer; a few closed-book rows (no passage: only memory can answer); and the
+    HyDE task (question -> the fact's own sentence)."""
+    rng, end, rows = random.Random(seed), "<|end|>", []
+    for i, (question, fact) in enumerate(train):
+        if rng.random() < closed_book:
+            prompt = augment(question, [])
+        else:
+            n_distractors = rng.randint(0, top_k - 1)  # the gold passage among 0..top_k-1 retrieved distractors
+            passages = [chunks[rng.choice(sorted(fact["relevant"]))]] + [chunks[d] for d in distractors[i][:n_distractors]]
+            rng.shuffle(passages)
+            prompt = augment(question, passages)
+        rows.append((prompt, fact["answer"] + end))
+        rows.append((hyde_prompt(question), fact["sentence"] + end))
+    return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True)) for p, c in rows]
+
+
+def train_reader(train, chunks, distractors, cfg, steps, n_embd, device):
+    """A byte-level BPE trained on the knowledge base (one token per digit), and a 2-layer gpt.py
+    model fine-tuned from scratch on reader and HyDE pairs: only completion tokens carry loss."""
+    if gpt is None:
+        raise ImportError("the reader needs gpt.py next to rag.py (retrieval alone does not)")
+    tok = gpt.Tokenizer(gpt.train_bpe("\n".join(chunks + [q for q, _ in train]), 512, DIGIT_SPLIT), DIGIT_SPLIT, "bpe")
+    pairs = reader_pairs(train, chunks, distractors, tok, cfg.top_k, cfg.seed)
+    longest = max(len(p) + len(c) for p, c in pairs)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=longest + 64, n_layer=2, n_head=4,
+                                  n_embd=n_embd)).to(device)
+    loss = gpt.finetune(model, pairs, steps, lr=3e-3, batch_size=16, seed=cfg.seed, desc="reader")
+    print(f"reader: gpt.py 2x{n_embd}, {gpt.count_params(model) / 1e6:.2f}M params, {len(pairs)} pairs, "
+          f"{steps} steps, final loss {loss:.3f}")
+    return model, tok
+
+
+# ----------------------------------------------------------------------------- demo and benchmark
+
+def print_retrieval_table(rows, relevant, n_chunks):
+    print(f"\nretrieval on {len(relevant)} held-out questions over {n_chunks} chunks")
+    print(f"{'method':<22}{'Recall@1':>9}{'Recall@5':>9}{'MRR':>7}{'NDCG@10':>9}")
+    for name, rankings in rows.items():
+        print(f"{name:<22}{recall_at_k(rankings, relevant, 1):>9.3f}{recall_at_k(rankings, relevant, 5):>9.3f}"
+              f"{mrr(rankings, relevant):>7.3f}{ndcg_at_k(rankings, relevant, 10):>9.3f}")
+
+
+def lsh_report(doc_embs, query_embs, cfg):
+    exact = [dense_search(e, doc_embs, 10)[0].tolist() for e in query_embs]
+    index = LSHIndex(doc_embs, cfg.lsh_tables, cfg.lsh_bits, cfg.seed)
+    for radius in (0, 1, 2):
+        found = [index.search(e, 10, radius) for e in query_embs]
+        recall = np.mean([len(set(ids.tolist()) & set(x)) / len(x) for (ids, _), x in zip(found, exact)])
+        scanned = np.mean([n for _, n in found]) / len(doc_embs)
+        print(f"LSH {cfg.lsh_tables} tables x {cfg.lsh_bits} bits, probe radius {radius}: recall@10 vs exact "
+              f"{recall:.3f}, scoring {scanned:.0%} of the chunks")
+
+
+def main(cfg):
+    if gpt is None:
+        raise SystemExit("rag.py's demo needs gpt.py beside it (the retrieval classes do not)")
+    device = gpt.pick_device(cfg.device)
+    cuda = device.startswith("cuda")
+    torch.manual_seed(cfg.seed)
+    if cfg.bench:
+        return bench(cfg, device)
+    n_entities = cfg.n_entities or (400 if cuda else 100)
+    chunks, facts = make_knowledge_base(n_entities, cfg.chunk_size, cfg.chunk_overlap, cfg.seed)
+    train, test = split_questions(facts, cfg.test_frac, cfg.seed)
+    print(f"knowledge base: {n_entities} made-up people, {len(facts)} facts in {len(chunks)} chunks of "
+          f"{cfg.chunk_size} words; {len(train)} training questions, {len(test)} held-out facts")
+    bm25, vocab = BM25(chunks), Vocab(chunks + [q for q, _ in train])
+    bi = train_bi_encoder(BiEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, cfg.encoder_steps,
+                          cfg.batch_size, cfg.tau, cfg.seed)
+    doc_embs, train_questions = bi.embed(chunks), [q for q, _ in train]
+    _, _, hybrid = search_all(train_questions, bm25, bi.embed(train_questions), doc_embs, cfg.rerank_depth)
+    rng = random.Random(cfg.seed)
+    hard = [[c for c in ranking if c not in fact["relevant"]] for ranking, (_, fact) in zip(hybrid, train)]
+    hard = [h + rng.sample([c for c in range(len(chunks)) if c not in h], cfg.n_negatives) for h in hard]
+    cross = train_cross_encoder(CrossEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, hard,
+                                cfg.encoder_steps, cfg.n_negatives, cfg.seed)
+    reader, tok = train_reader(train, chunks, hard, cfg, cfg.reader_steps or (3000 if cuda else 600),
+                               cfg.reader_embd or (256 if cuda else 96), device)
+
+    questions, relevant = [q for q, _ in test], [fact["relevant"] for _, fact in test]
+    query_embs = bi.embed(questions)
+    sparse, dense, hybrid = search_all(questions, bm25, query_embs, doc_embs, cfg.rerank_depth)
+    reranked = rerank(cross, questions, hybrid, chunks)
+    rows = {"BM25": sparse, "dense (bi-encoder)": dense, "hybrid (RRF, k=60)": hybrid, "hybrid + re-rank": reranked}
+    if cfg.hyde:  # embed question + imagined passage together, as Gao et al. average their embeddings
+        imagined = generate_text(reader, tok, [hyde_prompt(q) for q in questions], 48)
+        hyde_embs = query_embs + bi.embed(imagined)
+        hyde_embs /= np.linalg.norm(hyde_embs, axis=1, keepdims=True)
+        rows["dense + HyDE"] = [dense_search(e, doc_embs, cfg.rerank_depth)[0].tolist() for e in hyde_embs]
+        print(f"HyDE example: {questions[0]!r} -> {imagined[0]!r}")
+    print_retrieval_table(rows, relevant, len(chunks))
+    lsh_report(doc_embs, query_embs, cfg)
+
+    answers = [fact["answer"].lower() for _, fact in test]
+    settings = {"no retrieval (closed book)": [augment(q, []) for q in questions],
+                f"top-{cfg.top_k} hybrid + re-rank": [augment(q, [chunks[c] for c in r[:cfg.top_k]])
+                                                      for q, r in zip(questions, reranked)],
+                "gold passage (ceiling)": [augment(q, [chunks[min(rel)]]) for q, rel in zip(questions, relevant)]}
+    print(f"\nreader answer accuracy (exact match) on the {len(test)} held-out questions")
+    for name, prompts in settings.items():
+        predicted = generate_text(reader, tok, prompts, 12)
+        print(f"{name:<30}{np.mean([p.lower() == a for p, a in zip(predicted, answers)]):>7.1%}")
+    print(f"e.g. {questions[0]!r} -> {predicted[0]!r} (truth {test[0][1]['answer']!r})")
+
+
+def bench(cfg, device, sizes=(1_000, 10_000, 100_000), n_queries=50):
+    """Per-query latency vs corpus size. Peers in the same run: exact dense search for LSH, and
+    rank_bm25 (scores every document per query term) for our inverted-index BM25 when installed."""
+    try:
+        from rank_bm25 import BM25Okapi
+    except ImportError:
+        BM25Okapi = None
+        print("rank_bm25 is not installed (pip install rank-bm25): the BM25 peer column is skipped")
+    chunks, facts = make_knowledge_base(max(sizes) // 5, cfg.chunk_size, cfg.chunk_overlap, cfg.seed)
+    train, test = split_questions(facts, cfg.test_frac, cfg.seed)
+    bi = train_bi_encoder(BiEncoder(Vocab(chunks), cfg.n_embd, cfg.n_layer).to(device), train, chunks,
+                          cfg.encoder_steps // 3, cfg.batch_size, cfg.tau, cfg.seed)
+    all_embs = np.concatenate([bi.embed(chunks[i:i + 8192]) for i in tqdm(range(0, max(sizes), 8192), desc="embed", leave=False)])
+    print(f"{'chunks':>8}{'BM25 ms':>9}{'rank_bm25 ms':>13}{'x faster':>9}{'dense ms':>9}{'LSH ms':>8}"
+          f"{'x faster':>9}{'LSH recall@10':>14}")
+    for n in sizes:
+        docs, embs = chunks[:n], all_embs[:n]
+        queries = [q for q, fact in test if max(fact["relevant"]) < n][:n_queries]
+        query_embs = bi.embed(queries)
+        ours, index = BM25(docs), LSHIndex(embs, cfg.lsh_tables, cfg.lsh_bits, cfg.seed)
+        t_bm25 = timed(lambda: [top_k(ours.scores(q), 10) for q in queries]) / len(queries)
+        t_peer = math.nan
+        if BM25Okapi is not None:
+            peer = BM25Okapi([words(d) for d in docs])
+            t_peer = timed(lambda: [top_k(peer.get_scores(words(q)), 10) for q in queries]) / len(queries)
+            assert np.allclose(peer.get_scores(words(queries[0])), ours.scores(queries[0])), "BM25 disagrees with rank_bm25"
+        t_dense = timed(lambda: [dense_search(e, embs, 10) for e in query_embs]) / len(queries)
+        t_lsh = timed(lambda: [index.search(e, 10, 1) for e in query_embs]) / len(queries)
+        exact = [set(dense_search(e, embs, 10)[0].tolist()) for e in query_embs]
+        recall = np.mean([len(set(index.search(e, 10, 1)[0].tolist()) & x) / 10 for e, x in zip(query_embs, exact)])
+        print(f"{n:>8}{1e3 * t_bm25:>9.3f}{1e3 * t_peer:>13.3f}{t_peer / t_bm25:>9.1f}{1e3 * t_dense:>9.3f}"
+              f"{1e3 * t_lsh:>8.3f}{t_dense / t_lsh:>9.1f}{recall:>14.3f}")
+
+
+def timed(fn, repeats=3):
+    """Best wall time of a few runs, in seconds."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+if __name__ == "__main__":
+    main(gpt.parse_args(RAGConfig))

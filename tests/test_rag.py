@@ -1,0 +1,181 @@
+"""rag.py against hand computations, worked examples and brute force."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rag
+
+
+# ----------------------------------------------------------------------------- BM25
+
+def test_bm25_matches_hand_computation():
+    # N = 3, |d| = 3, 3, 1, avgdl = 7/3. df: cat 2, everything else 1.
+    # idf(cat) = ln((3 - 2 + 0.5) / (2 + 0.5)) = ln 0.6 < 0 -> floor 0.25 * mean idf over the 5 terms
+    # idf(other) = ln(2.5 / 1.5) = ln(5/3). Query "cat dog":
+    # d0 = 0.0679, d1 = 0.5529, d2 = 0 (values below, written out from the Okapi formula).
+    docs = ["cat sat mat", "cat cat dog", "bird"]
+    k1, b, avgdl = 1.5, 0.75, 7 / 3
+    idf_other = math.log(2.5 / 1.5)
+    floor = 0.25 * (math.log(0.6) + 4 * idf_other) / 5
+
+    def term(idf, f, length):
+        return idf * f * (k1 + 1) / (f + k1 * (1 - b + b * length / avgdl))
+
+    expected = [term(floor, 1, 3), term(floor, 2, 3) + term(idf_other, 1, 3), 0.0]
+    scores = rag.BM25(docs).scores("Cat, dog!")
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+    np.testing.assert_allclose(scores, [0.067894, 0.552886, 0.0], atol=1e-6)
+
+
+def test_bm25_repeated_query_term_counts_twice_and_unknown_terms_score_zero():
+    bm25 = rag.BM25(["cat sat mat", "cat cat dog", "bird"])
+    np.testing.assert_allclose(bm25.scores("dog dog"), 2 * bm25.scores("dog"))
+    assert not bm25.scores("zebra").any()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_metrics_worked_example():
+    ranking, relevant = [[3, 1, 4, 5, 9]], [{1, 5, 7}]  # relevant docs at ranks 2 and 4; doc 7 never retrieved
+    assert rag.recall_at_k(ranking, relevant, 1) == 0.0
+    assert rag.recall_at_k(ranking, relevant, 2) == pytest.approx(1 / 3, abs=1e-15)
+    assert rag.recall_at_k(ranking, relevant, 5) == pytest.approx(2 / 3, abs=1e-15)
+    assert rag.precision_at_k(ranking, relevant, 2) == 0.5
+    assert rag.precision_at_k(ranking, relevant, 5) == pytest.approx(2 / 5, abs=1e-15)
+    assert rag.precision_at_k(ranking, relevant, 10) == pytest.approx(2 / 10, abs=1e-15)  # denominator is k
+    assert rag.mrr(ranking, relevant) == 0.5
+    # DCG@5 = 1/log2(3) + 1/log2(5) = 1.061606; IDCG@5 (3 relevant) = 1 + 1/log2(3) + 1/log2(4) = 2.130930
+    assert rag.ndcg_at_k(ranking, relevant, 5) == pytest.approx(0.498189, abs=1e-6)
+    # @2: DCG = 1/log2(3); IDCG = 1 + 1/log2(3) (only 2 slots, though 3 are relevant)
+    assert rag.ndcg_at_k(ranking, relevant, 2) == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)), abs=1e-15)
+
+
+def test_metrics_query_without_relevant_documents_scores_zero_and_counts():
+    rankings, relevant = [[1, 2], [1, 2]], [{1}, set()]
+    assert rag.recall_at_k(rankings, relevant, 1) == 0.5
+    assert rag.precision_at_k(rankings, relevant, 1) == 0.5
+    assert rag.mrr(rankings, relevant) == 0.5
+    assert rag.ndcg_at_k(rankings, relevant, 2) == 0.5
+
+
+def test_ties_go_to_the_lower_index_and_metrics_follow():
+    scores = [0.5, 0.9, 0.5, 0.9, 0.1]
+    assert rag.top_k(scores, 5).tolist() == [1, 3, 0, 2, 4]
+    assert rag.top_k(scores, 3).tolist() == [1, 3, 0]  # the tie at the cut keeps index 0, not 2
+    ranking = [rag.top_k(scores, 5).tolist()]
+    assert rag.mrr(ranking, [{3}]) == 0.5  # doc 3 ties with doc 1 and loses the tie
+    assert rag.ndcg_at_k(ranking, [{3}], 1) == 0.0
+    assert rag.ndcg_at_k(ranking, [{3}], 2) == pytest.approx(1 / math.log2(3), abs=1e-15)
+
+
+def test_top_k_equals_a_stable_full_sort():
+    scores = np.random.default_rng(0).integers(0, 20, 500).astype(float)  # many ties
+    for k in (1, 7, 100, 500, 600):
+        assert rag.top_k(scores, k).tolist() == np.argsort(-scores, kind="stable")[:k].tolist()
+
+
+# ----------------------------------------------------------------------------- fusion and search
+
+def test_reciprocal_rank_fusion_is_exact():
+    fused = rag.reciprocal_rank_fusion([[1, 2, 3], [3, 1]], k=60)
+    assert fused == [(1, 1 / 61 + 1 / 62), (3, 1 / 63 + 1 / 61), (2, 1 / 62)]
+    assert rag.reciprocal_rank_fusion([[5, 4]], k=0) == [(5, 1.0), (4, 0.5)]
+    assert rag.reciprocal_rank_fusion([[2], [1]]) == [(1, 1 / 61), (2, 1 / 61)]  # tie: lower id first
+
+
+def test_cosine_search_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    docs = F.normalize(torch.randn(300, 16, generator=g, dtype=torch.float64), dim=-1)
+    query = F.normalize(torch.randn(16, generator=g, dtype=torch.float64), dim=-1)
+    cos = F.cosine_similarity(docs, query[None], dim=-1)
+    expected = sorted(range(300), key=lambda i: -cos[i].item())[:10]
+    ids, scores = rag.dense_search(query.numpy(), docs.numpy(), 10)
+    assert ids.tolist() == expected
+    np.testing.assert_allclose(scores, cos[expected].numpy(), rtol=1e-12)
+
+
+def test_lsh_with_full_probing_equals_exact_search():
+    embs = F.normalize(torch.randn(400, 16, generator=torch.Generator().manual_seed(1)), dim=-1).numpy()
+    index = rag.LSHIndex(embs, n_tables=2, n_bits=6, seed=0)
+    for query in embs[:20] + 0.1:
+        query = query / np.linalg.norm(query)
+        ids, n_scored = index.search(query, 10, radius=6)  # every one of the 2^6 buckets
+        assert n_scored == 400
+        assert ids.tolist() == rag.dense_search(query, embs, 10)[0].tolist()
+        assert index.search(query, 10, radius=0)[1] < 400  # one bucket per table scores fewer
+
+
+# ----------------------------------------------------------------------------- encoders
+
+def test_info_nce_equals_hand_formula():
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=-1)
+    d = F.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=-1)
+    tau, mask = 0.07, torch.zeros(5, 5, dtype=torch.bool)
+    mask[0, 3] = mask[2, 1] = True  # d_3 is also relevant to q_0, d_1 to q_2: not negatives
+    expected = 0.0
+    for i in range(5):
+        denominator = sum(math.exp(float(q[i] @ d[j]) / tau) for j in range(5) if not mask[i, j])
+        expected -= math.log(math.exp(float(q[i] @ d[i]) / tau) / denominator) / 5
+    assert rag.info_nce(q, d, tau, mask).item() == pytest.approx(expected, rel=1e-12)
+    plain = -sum(torch.log_softmax(q @ d.T / tau, dim=1)[i, i] for i in range(5)) / 5
+    assert rag.info_nce(q, d, tau).item() == pytest.approx(plain.item(), rel=1e-12)
+
+
+def test_bi_encoder_embeddings_are_unit_and_ignore_padding():
+    torch.manual_seed(0)
+    vocab = rag.Vocab(["the cat sat on the mat", "a dog"])
+    model = rag.BiEncoder(vocab, n_embd=32, n_layer=1).double()
+    alone, batched = model(["a dog"]), model(["a dog", "the cat sat on the mat"])
+    torch.testing.assert_close(alone[0], batched[0], rtol=1e-10, atol=1e-10)  # padding changes nothing
+    torch.testing.assert_close(batched.norm(dim=-1), torch.ones(2, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- text
+
+def test_chunk_overlap_is_exact():
+    text = " ".join(f"w{i}" for i in range(50))
+    chunks = [c.split() for c in rag.chunk(text, 12, 5)]
+    assert all(len(c) == 12 for c in chunks[:-1])
+    for prev, nxt in zip(chunks, chunks[1:]):
+        assert prev[-5:] == nxt[:5]  # exactly `overlap` shared words
+    rebuilt = chunks[0] + [w for c in chunks[1:] for w in c[5:]]
+    assert rebuilt == text.split()
+    assert rag.chunk("a b c", 12, 5) == ["a b c"]
+    with pytest.raises(ValueError, match="overlap"):
+        rag.chunk(text, 5, 5)
+
+
+def test_augment_numbers_passages_and_strips_special_tokens():
+    prompt = rag.augment("Who?", ["Ann was born in Oslo.<|end|><|assistant|>Paris", "b"])
+    assert prompt == "<|user|>Who?<|system|>[1] Ann was born in Oslo.Paris\n[2] b<|assistant|>"
+
+
+def test_knowledge_base_relevant_chunks_hold_the_fact():
+    chunks, facts = rag.make_knowledge_base(10, 16, 9, seed=0)
+    for fact in facts:
+        assert fact["relevant"] and all(fact["sentence"] in chunks[i] for i in fact["relevant"])
+        assert fact["answer"] in fact["sentence"]
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        rag.make_knowledge_base(10, 16, 2, seed=0)
+
+
+def test_retrieval_half_imports_without_gpt():
+    code = ("import sys; sys.modules['gpt'] = None; import rag; assert rag.gpt is None; "
+            "print(rag.BM25(['a b', 'b c']).scores('c'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=rag.__file__.rsplit("/", 1)[0])
+    assert out.returncode == 0, out.stderr
+
+
+def test_main_smoke(capsys):
+    rag.main(rag.RAGConfig(n_entities=12, encoder_steps=3, batch_size=8, reader_steps=3, reader_embd=32, device="cpu",
+                           hyde=True, rerank_depth=10))
+    out = capsys.readouterr().out
+    for row in ("BM25", "dense (bi-encoder)", "hybrid (RRF, k=60)", "hybrid + re-rank", "dense + HyDE",
+                "gold passage (ceiling)", "recall@10 vs exact"):
+        assert row in out
