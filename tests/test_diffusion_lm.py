@@ -1,0 +1,121 @@
+"""diffusion_lm.py: the ELBO loss against a hand computation, and the sampler's invariants
+(commit counts, committed tokens frozen, no [MASK] emitted, prefix and suffix kept)."""
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import diffusion_lm as dlm
+import gpt
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    cfg = gpt.GPTConfig(vocab_size=32, block_size=40, n_layer=2, n_head=2, n_embd=32, causal=False)
+    return gpt.GPT(cfg).double().eval()
+
+
+def test_loss_weights_masked_tokens_by_one_over_t_and_divides_by_all_tokens(model):
+    x = torch.randint(0, 31, (3, 10))
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    loss = dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(7))
+    x_t, masked = dlm.forward_mask(x, t, 31, torch.Generator().manual_seed(7))  # the same draw
+    logp = torch.log_softmax(model(x_t)[0], -1).gather(-1, x[..., None])[..., 0]
+    by_hand = 0.0
+    for b in range(3):
+        for i in range(10):
+            if masked[b, i]:
+                by_hand += -logp[b, i].item() / t[b].item()
+    assert masked.any() and not masked.all()
+    assert loss.item() == pytest.approx(by_hand / 30, rel=1e-12)  # B * L = 30, not the number masked
+
+
+def test_forward_mask_rate_is_t():
+    x = torch.zeros(4, 20_000, dtype=torch.long)
+    t = torch.tensor([0.05, 0.3, 0.6, 0.95])
+    x_t, masked = dlm.forward_mask(x, t, 99, torch.Generator().manual_seed(0))
+    rate = masked.float().mean(1)
+    assert torch.allclose(rate, t, atol=0.01)  # 4 sigma of a binomial with n = 20,000 is < 0.015
+    assert (x_t[masked] == 99).all() and (x_t[~masked] == 0).all()
+
+
+def test_no_inf_or_nan_near_t_zero_or_with_nothing_masked(model):
+    x = torch.randint(0, 31, (2, 8))
+    tiny = dlm.diffusion_loss(model, x, t=torch.tensor([1e-6, 1e-6], dtype=torch.float64))
+    assert torch.isfinite(tiny) and tiny.item() == 0.0  # at t = 1e-6 nothing is masked here
+    loss = dlm.diffusion_loss(model, x, eps=1e-3, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_uniform_model_elbo_is_log_vocab(model):
+    """A model that predicts uniformly over V tokens pays log V per masked token, so
+    E_t[(1/t) * (t L log V)] / L = log V exactly in expectation: the 1/t weighting undoes the
+    masking rate. 64 stratified draws of t over 8 sequences of 32 tokens come close."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    x = torch.randint(0, 31, (8, 32))
+    bound = dlm.elbo_nll(model, x, n_mc=64, eps=1e-3, generator=torch.Generator().manual_seed(0))
+    assert bound == pytest.approx(math.log(32), rel=0.05)
+
+
+def test_commit_schedule_sums_to_length():
+    assert dlm.commit_schedule(10, 4) == [3, 3, 2, 2]
+    assert dlm.commit_schedule(8, 20) == [1] * 8  # never more steps than tokens
+    with pytest.raises(ValueError, match="steps=0"):
+        dlm.commit_schedule(8, 0)
+
+
+@pytest.mark.parametrize("remasking,temperature,block", [("low_confidence", 0.0, 0), ("random", 1.0, 0),
+                                                         ("low_confidence", 0.7, 4)])
+def test_sampler_invariants(model, remasking, temperature, block):
+    history = []
+    prefix, suffix = [1, 2, 3], [4, 5]
+    x, passes = dlm.sample(model, 12, 6, block_length=block, remasking=remasking, temperature=temperature,
+                           prefix=prefix, suffix=suffix, n=3, generator=torch.Generator().manual_seed(0),
+                           history=history)
+    mask = dlm.mask_id(model)
+    assert passes == 6 == len(history)
+    assert sum(k for _, k in history) == 12  # per-step commits add up to the generated length
+    before = torch.full_like(x, mask)
+    before[:, :3], before[:, -2:] = torch.tensor(prefix), torch.tensor(suffix)
+    for step, (seq, k) in enumerate(history):
+        assert ((before != mask) <= (seq == before)).all()  # what was committed never changes
+        newly = (before == mask) & (seq != mask)
+        assert (newly.sum(1) == k).all()  # exactly k commits per sequence this step
+        if block:  # semi-autoregressive: step s only touches block s // (steps per block)
+            lo = 3 + (step // (6 // (12 // block))) * block
+            assert not newly[:, :lo].any() and not newly[:, lo + block:].any()
+        before = seq
+    assert not (x == mask).any()
+    assert x[:, :3].tolist() == [prefix] * 3 and x[:, -2:].tolist() == [suffix] * 3
+
+
+def test_gumbel_sampling_draws_from_the_softmax():
+    logits = torch.tensor([[[1.0, 0.0, -1.0, 0.5]]], dtype=torch.float64).expand(1, 20_000, 4).clone()
+    x0, _ = dlm.propose(logits, 0.8, "random", torch.Generator().manual_seed(0))
+    freq = torch.bincount(x0.flatten(), minlength=4).double() / 20_000
+    assert torch.allclose(freq, torch.softmax(logits[0, 0] / 0.8, -1), atol=0.012)
+
+
+def test_bad_sampler_arguments(model):
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        dlm.sample(model, 10, 5, block_length=4)
+    with pytest.raises(ValueError, match="remasking='lowest'"):
+        dlm.sample(model, 8, 4, remasking="lowest")
+
+
+def test_main_smoke(tmp_path, capsys):
+    cfg = dlm.DiffusionConfig(seq_len=24, n_layer=1, n_embd=32, n_head=2, steps=15, batch_size=8,
+                              step_counts="4,23", n_samples=2, n_mc=2, out_dir=str(tmp_path), device="cpu")
+    result = dlm.main(cfg)
+    out = capsys.readouterr().out
+    assert "ELBO bound" in out and "infilling" in out and "autoregressive, KV cache" in out
+    assert len(result["rows"]) == 5 and math.isfinite(result["elbo"])
+    dlm.main(dataclasses.replace(cfg, bench=True))
+    assert "at matched quality" in capsys.readouterr().out
