@@ -1,0 +1,265 @@
+"""rope.py against independent references: rotation as complex multiplication, F.scaled_dot_product_attention
+for cached decoding, Python's math module in double precision, and worked examples from the papers'
+formulas (ALiBi slopes, T5 buckets)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rope as R
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def rotate(x, position, theta, layout="half", **kw):  # one vector (d,) at one position
+    return R.apply_rope(x.view(1, 1, 1, -1), torch.tensor([position]), theta, layout, **kw).flatten()
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_relative_property(layout):
+    """<R(m) q, R(n) k> = <q, R(n - m) k>: it depends on m - n only, even at positions far apart."""
+    q, k = rand(32, seed=1), rand(32, seed=2)
+    theta, _ = R.rope_frequencies(32)
+    for m, n in [(0, 0), (5, 2), (2, 5), (1000, 997), (31000, 32767)]:
+        score = rotate(q, m, theta, layout) @ rotate(k, n, theta, layout)
+        assert torch.allclose(score, q @ rotate(k, n - m, theta, layout), rtol=1e-10, atol=1e-10)
+        for shift in (1, 77, 20000):
+            shifted = rotate(q, m + shift, theta, layout) @ rotate(k, n + shift, theta, layout)
+            assert torch.allclose(score, shifted, rtol=1e-10, atol=1e-10)
+    far = rotate(q, 10, theta, layout) @ rotate(k, 3, theta, layout)
+    assert abs(far - q @ rotate(k, 0, theta, layout)) > 1e-3  # and it does change with m - n
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_rotation_preserves_norm(layout):
+    x = rand(3, 2, 40, 16)
+    theta, _ = R.rope_frequencies(16)
+    y = R.apply_rope(x, torch.arange(0, 40 * 997, 997), theta, layout)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=1e-12)
+
+
+def test_both_layouts_are_complex_multiplication():
+    """Pair (a, b) at position m becomes (a + ib) e^{i m theta_i}: interleaved pairs (x_2i, x_2i+1),
+    half pairs (x_i, x_i+d/2)."""
+    x, d = rand(2, 3, 10, 16), 16
+    positions = torch.arange(10) * 13
+    theta, _ = R.rope_frequencies(d, base=500.0)
+    turn = torch.polar(torch.ones(10, d // 2, dtype=torch.float64), positions[:, None] * theta)  # (T, d/2)
+    inter = torch.view_as_real(torch.view_as_complex(x.view(2, 3, 10, d // 2, 2).contiguous()) * turn).flatten(-2)
+    torch.testing.assert_close(R.apply_rope(x, positions, theta, "interleaved"), inter, rtol=1e-12, atol=1e-12)
+    z = torch.complex(x[..., :d // 2], x[..., d // 2:]) * turn
+    torch.testing.assert_close(R.apply_rope(x, positions, theta, "half"), torch.cat([z.real, z.imag], -1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_layouts_are_equal_after_the_permutation():
+    x = rand(2, 4, 9, 16)
+    positions = torch.arange(100, 109)
+    theta, _ = R.rope_frequencies(16)
+    perm = R.rope_permutation(16)
+    assert perm.tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15]
+    torch.testing.assert_close(R.apply_rope(x[..., perm], positions, theta, "half"),
+                               R.apply_rope(x, positions, theta, "interleaved")[..., perm], rtol=0, atol=1e-13)
+
+
+def test_weights_converted_between_layouts_give_the_same_scores():
+    """Meta's Llama (interleaved) weights, rows permuted per head, score identically with the half layout."""
+    n_head, hd, d_in, T = 2, 8, 12, 6
+    W_q, W_k, x = rand(n_head * hd, d_in, seed=1), rand(n_head * hd, d_in, seed=2), rand(1, T, d_in, seed=3)
+    theta, _ = R.rope_frequencies(hd)
+
+    def scores(Wq, Wk, layout):
+        q = (x @ Wq.T).view(1, T, n_head, hd).transpose(1, 2)
+        k = (x @ Wk.T).view(1, T, n_head, hd).transpose(1, 2)
+        pos = torch.arange(T)
+        return R.apply_rope(q, pos, theta, layout) @ R.apply_rope(k, pos, theta, layout).transpose(-1, -2)
+    torch.testing.assert_close(scores(R.interleaved_to_half(W_q, n_head), R.interleaved_to_half(W_k, n_head), "half"),
+                               scores(W_q, W_k, "interleaved"), rtol=1e-12, atol=1e-12)
+
+
+def test_cached_decoding_at_an_offset_equals_the_full_forward():
+    """Keys rotated when they enter the cache plus each new query rotated at its own position give
+    the full causal attention, row by row; per-row positions (B, T) work for batches that start at
+    different offsets (left padding)."""
+    B, H, T, d = 2, 2, 10, 8
+    q, k, v = rand(B, H, T, d, seed=1), rand(B, H, T, d, seed=2), rand(B, H, T, d, seed=3)
+    theta, factor = R.rope_frequencies(d, scaling={"type": "yarn", "factor": 4, "original_len": 4})
+    pos = torch.arange(T)
+    full = F.scaled_dot_product_attention(R.apply_rope(q, pos, theta, attention_factor=factor),
+                                          R.apply_rope(k, pos, theta, attention_factor=factor), v, is_causal=True)
+    k_cache = R.apply_rope(k[:, :, :4], pos[:4], theta, attention_factor=factor)  # a 4-token prompt
+    rows = [full[:, :, :4]]
+    for t in range(4, T):
+        k_cache = torch.cat([k_cache, R.apply_rope(k[:, :, t:t + 1], pos[t:t + 1], theta, attention_factor=factor)], 2)
+        q_t = R.apply_rope(q[:, :, t:t + 1], pos[t:t + 1], theta, attention_factor=factor)
+        rows.append(F.scaled_dot_product_attention(q_t, k_cache, v[:, :, :t + 1]))
+    torch.testing.assert_close(torch.cat(rows, 2), full, rtol=1e-12, atol=1e-12)
+    per_row = torch.stack([pos, pos + 5])  # (B, T): row 1 starts at position 5
+    both = R.apply_rope(q, per_row, theta)
+    torch.testing.assert_close(both[1], R.apply_rope(q[1:], pos + 5, theta)[0], rtol=0, atol=0)
+    torch.testing.assert_close(both[0], R.apply_rope(q[:1], pos, theta)[0], rtol=0, atol=0)
+
+
+def test_angles_stay_float32_under_bf16_autocast_and_exact_at_32k():
+    """bf16 has 8 bits of mantissa: positions 32768 and 32769 would round to the same number.
+    The angles must come out as in double precision (Python's math) whatever the autocast."""
+    head_dim = 64
+    theta, _ = R.rope_frequencies(head_dim)
+    x = torch.ones(1, 1, 2, head_dim)  # float32; half layout: pair i is (x_i, x_{i+32}) = (1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = R.apply_rope(x, torch.tensor([32768, 32769]), theta)
+    assert y.dtype == torch.float32
+    for row, m in enumerate([32768, 32769]):
+        for i in (0, 1, 5, 31):
+            angle = m * 10000.0 ** (-2 * i / head_dim)  # (1, 1) rotated: (cos - sin, sin + cos)
+            assert abs(y[0, 0, row, i] - (math.cos(angle) - math.sin(angle))) < 1e-6
+            assert abs(y[0, 0, row, i + 32] - (math.sin(angle) + math.cos(angle))) < 1e-6
+    xb = torch.randn(1, 1, 1, head_dim).bfloat16()  # bf16 in, bf16 out: only the final rounding
+    exact = R.apply_rope(xb.double(), torch.tensor([32769]), theta)
+    assert (R.apply_rope(xb, torch.tensor([32769]), theta).double() - exact).abs().max() <= 2 ** -8 * exact.abs().max()
+
+
+# ----------------------------------------------------------------------------- context extension
+
+def test_every_scaling_with_factor_one_is_plain_rope():
+    theta, _ = R.rope_frequencies(32)
+    for kind in ("linear", "ntk", "yarn"):
+        scaled, factor = R.rope_frequencies(32, scaling={"type": kind, "factor": 1, "original_len": 64})
+        torch.testing.assert_close(scaled, theta, rtol=1e-15, atol=0)
+        assert factor == 1.0
+
+
+def test_position_interpolation_reads_position_m_as_m_over_s():
+    x = rand(1, 1, 5, 16)
+    theta, _ = R.rope_frequencies(16)
+    pi, _ = R.rope_frequencies(16, scaling={"type": "linear", "factor": 4})
+    positions = torch.tensor([0, 4, 40, 400, 4000])
+    torch.testing.assert_close(R.apply_rope(x, positions, pi), R.apply_rope(x, positions // 4, theta), rtol=1e-12, atol=1e-12)
+    assert R.unseen_angle_pairs(R.Config(), {"type": "linear", "factor": 4})[0] == "0/8"
+
+
+def test_ntk_keeps_the_fastest_pair_and_slows_the_slowest_by_s():
+    d, s = 64, 8.0
+    theta, _ = R.rope_frequencies(d)
+    ntk, _ = R.rope_frequencies(d, scaling={"type": "ntk", "factor": s})
+    assert ntk[0] == theta[0] == 1.0  # short-range resolution unchanged
+    assert math.isclose(ntk[-1], theta[-1] / s, rel_tol=1e-12)  # base' = base * s^(d/(d-2))
+    assert ((ntk <= theta) & (ntk >= theta / s - 1e-18)).all()
+
+
+def test_yarn_keeps_fast_pairs_interpolates_slow_ones_and_ramps_between():
+    """Llama's sizes (head_dim 128, L = 4096), s = 8: pairs turning more than beta_fast = 32 times
+    over L stay put, pairs turning less than beta_slow = 1 time are divided by s exactly, the
+    rest blend linearly; the attention factor is 0.1 ln s + 1 (Peng et al. 2023, eq. 17-22)."""
+    d, L, s = 128, 4096, 8.0
+    theta, _ = R.rope_frequencies(d, 10000.0)
+    yarn, factor = R.rope_frequencies(d, 10000.0, {"type": "yarn", "factor": s, "original_len": L})
+    turns = L * theta / (2 * math.pi)
+    fast, slow = turns > 32, turns < 1
+    assert fast.sum() > 10 and slow.sum() > 10
+    torch.testing.assert_close(yarn[fast], theta[fast], rtol=0, atol=0)
+    torch.testing.assert_close(yarn[slow], theta[slow] / s, rtol=1e-15, atol=0)
+    between = ~fast & ~slow
+    gamma = (turns[between] - 1) / 31
+    torch.testing.assert_close(yarn[between], theta[between] * ((1 - gamma) / s + gamma), rtol=1e-12, atol=0)
+    assert math.isclose(factor, 0.1 * math.log(8) + 1)
+    x = rand(1, 1, 1, d)  # so at short positions the fast half of each vector rotates as before
+    keep = torch.cat([fast, fast])
+    y_plain = R.apply_rope(x, torch.tensor([7]), theta)
+    y_yarn = R.apply_rope(x, torch.tensor([7]), yarn)
+    torch.testing.assert_close(y_yarn[..., keep], y_plain[..., keep], rtol=0, atol=0)
+
+
+def test_bad_rope_arguments():
+    with pytest.raises(ValueError, match="must be even"):
+        R.rope_frequencies(15)
+    with pytest.raises(ValueError, match="unknown RoPE scaling type 'dynamic'"):
+        R.rope_frequencies(16, scaling={"type": "dynamic", "factor": 2})
+    with pytest.raises(ValueError, match="layout='neox'"):
+        R.apply_rope(rand(1, 1, 2, 8), torch.arange(2), R.rope_frequencies(8)[0], layout="neox")
+
+
+# ----------------------------------------------------------------------------- ALiBi and T5
+
+def test_alibi_slopes_follow_the_formula():
+    for n in (1, 2, 4, 8, 16, 32):  # powers of two: m_h = 2^(-8h/n), h = 1..n
+        torch.testing.assert_close(R.alibi_slopes(n), torch.tensor([2 ** (-8 * h / n) for h in range(1, n + 1)]))
+    assert R.alibi_slopes(8).tolist() == [1 / 2 ** h for h in range(1, 9)]  # the paper's 1/2, 1/4, ..., 1/256
+    # 12 heads: the 8-head slopes 2^-1..2^-8, then the odd-h slopes of 16 heads, 2^(-h/2) for h = 1, 3, 5, 7
+    expected = [2 ** -h for h in range(1, 9)] + [2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5]
+    torch.testing.assert_close(R.alibi_slopes(12), torch.tensor(expected))
+    assert len(R.alibi_slopes(6)) == 6 and len(set(R.alibi_slopes(6).tolist())) == 6
+
+
+def test_alibi_bias_values_and_decoding_offset():
+    bias = R.alibi_bias(4, 5)  # (4, 5, 5): -m_h |i - j|
+    assert bias[1, 4, 1] == -2 ** -4 * 3 and bias[0, 2, 2] == 0
+    torch.testing.assert_close(R.alibi_bias(4, 1, 9), R.alibi_bias(4, 9)[:, -1:])  # one new query after 8 cached
+
+
+def test_t5_buckets_worked_example():
+    """num_buckets = 32, max_distance = 128, causal: max_exact = 16 distances get their own bucket;
+    distance n >= 16 goes to 16 + floor(ln(n/16) / ln(8) * 16), capped at 31. By hand:
+    32 -> 16 + floor(5.33) = 21; 64 -> 16 + floor(10.67) = 26; 127 -> 16 + floor(15.94) = 31."""
+    distance = torch.tensor([0, 1, 15, 16, 20, 32, 64, 127, 128, 5000])
+    buckets = R.t5_bucket(-distance)  # key n steps behind the query: relative position j - i = -n
+    assert buckets.tolist() == [0, 1, 15, 16, 17, 21, 26, 31, 31, 31]  # 20 -> 16 + floor(ln(1.25)/ln(8)*16) = 17
+    assert R.t5_bucket(distance[1:]).tolist() == [0] * 9  # causal: keys ahead of the query all share bucket 0
+    # bidirectional: 16 buckets each way, max_exact = 8: behind -> 0..15, ahead -> 16..31
+    both = R.t5_bucket(torch.tensor([-3, 3, -8, 8, -1000, 1000]), bidirectional=True)
+    assert both.tolist() == [3, 19, 8, 24, 15, 31]  # 8 -> 8 + floor(ln(1)/ln(16) * 8) = 8
+
+
+def test_t5_bias_depends_on_distance_only_and_decodes_at_an_offset():
+    torch.manual_seed(0)
+    t5 = R.T5RelativeBias(n_head=3, num_buckets=16, max_distance=64)
+    full = t5(40)  # (3, 40, 40)
+    torch.testing.assert_close(full[:, 1:, 1:], full[:, :-1, :-1], rtol=0, atol=0)  # Toeplitz: b(i, j) = f(j - i)
+    torch.testing.assert_close(t5(1, 40), full[:, -1:], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- absolute encodings, CLI, demo
+
+def test_sinusoidal_positions_formula_and_shift_is_a_rotation():
+    pe = R.sinusoidal_positions(200, 16).double()
+    i, pos = 2, 123
+    assert abs(pe[pos, 2 * i] - math.sin(pos / 10000 ** (2 * i / 16))) < 1e-6
+    assert abs(pe[pos, 2 * i + 1] - math.cos(pos / 10000 ** (2 * i / 16))) < 1e-6
+    k = 9  # PE(pos + k) = M_k PE(pos), M_k block-diagonal, [[cos wk, sin wk], [-sin wk, cos wk]] per pair
+    w = 10000 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    s, c = pe[:-k, 0::2], pe[:-k, 1::2]
+    torch.testing.assert_close(pe[k:, 0::2], s * torch.cos(w * k) + c * torch.sin(w * k), rtol=0, atol=1e-6)
+    torch.testing.assert_close(pe[k:, 1::2], c * torch.cos(w * k) - s * torch.sin(w * k), rtol=0, atol=1e-6)
+
+
+def test_learned_positions_refuse_to_extrapolate():
+    table = R.LearnedPositions(16, 8)
+    assert table(torch.arange(16)).shape == (16, 8)
+    with pytest.raises(ValueError, match="position 16 is past max_len=16"):
+        table(torch.arange(17))
+
+
+def test_parse_args():
+    cfg = R.parse_args(R.Config, ["--encodings=rope,t5", "--k=3", "--lr=0.01"])
+    assert cfg.encodings == "rope,t5" and cfg.k == 3 and cfg.lr == 0.01
+    with pytest.raises(SystemExit, match="unknown encodings"):
+        R.parse_args(R.Config, ["--encodings=rope,xpos"])
+    with pytest.raises(SystemExit, match="k=40"):
+        R.parse_args(R.Config, ["--k=40"])
+    with pytest.raises(SystemExit, match="unknown option"):
+        R.parse_args(R.Config, ["--layers=3"])
+
+
+def test_main_smoke(capsys):
+    R.main(R.Config(train_len=8, k=2, d_model=16, n_head=2, n_layer=1, steps=3, batch_size=4, n_eval=4, device="cpu"))
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("3 ", "10 ", "100 ", "5003 "))]
+    assert len(rows) == 4 and len({row[-2] for row in rows}) == 1  # m - n = 3 four times: one RoPE score
+    for text in ("long-term decay", "4L = 32", "learned", "sinusoidal", "alibi", "t5", "+ position interpolation",
+                 "+ NTK-aware", "+ YaRN"):
+        assert text in out
