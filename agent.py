@@ -336,12 +336,13 @@ class CallConstraint:
     def __init__(self, tok, tool_names, vocab_size, max_thought=32, max_call=64):
         self.names, self.max_thought, self.max_call = tuple(tool_names), max_thought, max_call
         self.call_id, self.end_id = tok.special(TOOL_CALL), tok.special(END)
-        self.texts = {}  # ordinary token id -> its text (ASCII tokens only)
-        for i in range(tok.n_vocab):
+        self.texts, self.by_first = {}, {}  # ordinary ASCII token id -> text; first character -> [(id, text)]
+        for i in range(tok.eot_id):
             piece = tok.decode_bytes([i])
-            if i < tok.eot_id and piece.isascii():
+            if piece and piece.isascii():
                 self.texts[i] = piece.decode()
-        self.vocab_size, self.rows = vocab_size, {}
+                self.by_first.setdefault(self.texts[i][0], []).append((i, self.texts[i]))
+        self.vocab_size = vocab_size
 
     def __call__(self, generated):  # generated (B, t) -> allowed (B, vocab)
         allowed = torch.zeros(generated.size(0), self.vocab_size, dtype=torch.bool)
@@ -351,7 +352,7 @@ class CallConstraint:
 
     def allowed_for(self, tokens):
         if self.call_id not in tokens:
-            return ([i for i, t in self.texts.items() if t and len(tokens) < self.max_thought] + [self.call_id])
+            return (list(self.texts) if len(tokens) < self.max_thought else []) + [self.call_id]
         start = tokens.index(self.call_id) + 1
         state = ("lit", '{"name": "', 0, ("name", ""))
         for t in tokens[start:]:
@@ -361,14 +362,17 @@ class CallConstraint:
             return [self.end_id]
         left = self.max_call - (len(tokens) - start) - 1  # tokens left after this one, <|end|> included
         ok = []
-        for i, text in self.texts.items():
-            s = state
-            for c in text:
-                s = step(s, c, self.names)
-                if s is None:
-                    break
-            if s is not None and text and chars_to_finish(s, self.names) + 1 <= left:
-                ok.append(i)
+        for first, group in self.by_first.items():
+            if step(state, first, self.names) is None:  # most groups fail on their first character
+                continue
+            for i, text in group:
+                s = state
+                for c in text:
+                    s = step(s, c, self.names)
+                    if s is None:
+                        break
+                if s is not None and chars_to_finish(s, self.names) + 1 <= left:
+                    ok.append(i)
         return ok
 
 
@@ -428,20 +432,18 @@ class GPTPolicy:
     """A gpt.py model as the agent's policy: greedy decoding of one turn, constrained to
     well-formed calls of this registry's tools unless constrained=False."""
 
-    def __init__(self, model, tok, registry, constrained=True, max_new_tokens=100):
-        self.model, self.tok, self.registry = model, tok, registry
-        self.constrained, self.max_new_tokens = constrained, max_new_tokens
+    def __init__(self, model, tok, registry, constrained=True, max_thought=32, max_call=64):
+        self.model, self.tok, self.max_new_tokens = model, tok, max_thought + max_call + 1
+        self.constraint = CallConstraint(tok, registry.tools, model.config.vocab_size, max_thought, max_call) \
+            if constrained else None
 
     def __call__(self, transcript):
         ids = self.tok.encode(transcript, allow_special=True)
         budget = min(self.max_new_tokens, self.model.config.block_size - len(ids))
-        if budget < 8:
+        if budget < 1:
             return ""  # the context is full: an invalid turn, and the loop runs out of steps
-        allowed = None
-        if self.constrained:
-            allowed = CallConstraint(self.tok, self.registry.tools, self.model.config.vocab_size, max_call=budget // 2 + 16,
-                                     max_thought=budget // 2 - 16)
-        out = self.model.generate([ids], budget, temperature=0, stop_tokens=(self.tok.special(END),), allowed_tokens=allowed)
+        out = self.model.generate([ids], budget, temperature=0, stop_tokens=(self.tok.special(END),),
+                                  allowed_tokens=self.constraint)
         return self.tok.decode(out[0])
 
 

@@ -9,13 +9,14 @@ sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). Re-ranking: a cross-encoder over 
 (Nogueira & Cho 2019). HyDE (Gao et al. 2022): search with a passage the generator imagines.
 
     python rag.py                     # made-up knowledge base -> retrieval table -> reader accuracy
-    python rag.py --hyde=false --n_entities=60
+    python rag.py --hyde --n_entities=200  # also HyDE; a bigger knowledge base
     python rag.py --bench             # query latency vs corpus size: BM25, exact dense, LSH
 
-On CPU (a few minutes) you see one table of Recall@1/5, MRR and NDCG@10 on held-out questions for
-BM25, dense, hybrid, hybrid+re-rank (and dense+HyDE), then the reader's answer accuracy with no
-retrieval, with the retrieved passages, and with the gold passage. The retrieval half (BM25, the
-encoders, the metrics) needs only torch and numpy; the reader and HyDE use gpt.py.
+On CPU (a few minutes) you see one table of Recall@1/5, MRR and NDCG@10 on held-out questions
+for BM25, dense, hybrid, hybrid + re-rank (and dense + HyDE with --hyde), LSH's recall against
+exact search at three probe radii, then the reader's answer accuracy with no retrieval, with the
+retrieved passages, and with the gold passage. The retrieval half (BM25, the encoders, the
+metrics) needs only torch and numpy; the reader and HyDE use gpt.py.
 """
 import math
 import random
@@ -45,16 +46,18 @@ class RAGConfig:
     n_embd: int = 64  # width of the bi- and cross-encoder
     n_layer: int = 2  # transformer blocks in each encoder
     tau: float = 0.05  # InfoNCE temperature
-    encoder_steps: int = 300  # bi-encoder training steps (and cross-encoder steps)
+    encoder_steps: int = 300  # bi-encoder training steps
+    cross_steps: int = 1000  # cross-encoder training steps (8 questions x (1 + n_negatives) pairs each)
     batch_size: int = 64  # bi-encoder batch: 64 questions, each with 63 in-batch negatives
     n_negatives: int = 7  # cross-encoder: hard negatives per question, from BM25 and dense results
     rerank_depth: int = 20  # hybrid candidates the cross-encoder re-scores
     lsh_tables: int = 8  # LSH hash tables
     lsh_bits: int = 8  # hyperplanes (bits) per table
     top_k: int = 2  # passages in the reader's prompt
-    reader_steps: int = 0  # reader fine-tuning steps; 0 = 600 on CPU, 3000 on CUDA
-    reader_embd: int = 0  # reader width (4 heads, 2 layers); 0 = 96 on CPU, 256 on CUDA
-    hyde: bool = True  # also search with a hypothetical passage written by the generator (HyDE)
+    reader_steps: int = 0  # reader fine-tuning steps; 0 = 2500 on CPU, 6000 on CUDA
+    reader_embd: int = 0  # reader width (4 heads, 2 layers); 0 = 64 on CPU, 256 on CUDA
+    reader_lr: float = 5e-3  # reader peak learning rate (cosine decay)
+    hyde: bool = False  # also train the generator to write HyDE passages, and search with them
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # knowledge base, splits and initialisation
     bench: bool = False  # query latency vs corpus size instead of the demo
@@ -87,6 +90,8 @@ def top_k(scores, k):
     """Indices of the k highest scores, best first, ties to the lower index; O(N), no full sort."""
     scores = np.asarray(scores)
     k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
     threshold = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest value
     candidates = np.flatnonzero(scores >= threshold)  # every tie at the threshold, in index order
     return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
@@ -253,13 +258,16 @@ class LSHIndex:
             order = np.argsort(codes, kind="stable")
             keys, starts = np.unique(codes[order], return_index=True)
             self.tables.append(dict(zip(keys.tolist(), np.split(order, starts[1:]))))
+        # XOR masks by number of flipped bits: the codes within Hamming radius r are code ^ masks[:n_within[r]]
+        self.masks = sorted(range(1 << n_bits), key=lambda m: bin(m).count("1"))
+        self.n_within = np.cumsum([math.comb(n_bits, r) for r in range(n_bits + 1)])
 
     def codes(self, x):  # x (N, d) -> (n_tables, N) integer codes
         bits = np.einsum("tbd,nd->tnb", self.planes, x) > 0  # (n_tables, N, n_bits)
         return bits @ (1 << np.arange(self.n_bits))
 
     def search(self, query_emb, k, radius=1):
-        flips = [m for m in range(1 << self.n_bits) if bin(m).count("1") <= radius]  # codes within the radius
+        flips = self.masks[:self.n_within[min(radius, self.n_bits)]]
         buckets = [table.get(code ^ m) for table, code in zip(self.tables, self.codes(query_emb[None])[:, 0].tolist())
                    for m in flips]
         candidates = np.unique(np.concatenate([b for b in buckets if b is not None] or [np.zeros(0, int)]))
@@ -453,7 +461,6 @@ def rerank(cross, questions, rankings, chunks):
 # ----------------------------------------------------------------------------- generation (gpt.py)
 
 SPECIAL = re.compile(r"<\|[a-z_]+\|>")
-DIGIT_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""  # one token per digit
 
 
 def augment(question, passages):
@@ -479,10 +486,10 @@ def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):
     return out
 
 
-def reader_pairs(train, chunks, distractors, tok, top_k, seed=0, closed_book=0.15):
+def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_book=0.15):
     """SFT pairs for the generator: read 1..top_k passages (the gold one among retrieved
-    distractors) and answer; a few closed-book rows (no passage: only memory can answer); and the
-    HyDE task (question -> the fact's own sentence)."""
+    distractors) and answer; a few closed-book rows (no passage: only memory can answer); and,
+    with hyde, the HyDE task (question -> the fact's own sentence)."""
     rng, end, rows = random.Random(seed), "<|end|>", []
     for i, (question, fact) in enumerate(train):
         if rng.random() < closed_book:
@@ -493,21 +500,22 @@ def reader_pairs(train, chunks, distractors, tok, top_k, seed=0, closed_book=0.1
             rng.shuffle(passages)
             prompt = augment(question, passages)
         rows.append((prompt, fact["answer"] + end))
-        rows.append((hyde_prompt(question), fact["sentence"] + end))
+        if hyde:
+            rows.append((hyde_prompt(question), fact["sentence"] + end))
     return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True)) for p, c in rows]
 
 
 def train_reader(train, chunks, distractors, cfg, steps, n_embd, device):
-    """A byte-level BPE trained on the knowledge base (one token per digit), and a 2-layer gpt.py
-    model fine-tuned from scratch on reader and HyDE pairs: only completion tokens carry loss."""
+    """A byte-level BPE trained on the knowledge base, and a 2-layer gpt.py model fine-tuned from
+    scratch on reader and HyDE pairs: only completion tokens carry loss."""
     if gpt is None:
         raise ImportError("the reader needs gpt.py next to rag.py (retrieval alone does not)")
-    tok = gpt.Tokenizer(gpt.train_bpe("\n".join(chunks + [q for q, _ in train]), 512, DIGIT_SPLIT), DIGIT_SPLIT, "bpe")
-    pairs = reader_pairs(train, chunks, distractors, tok, cfg.top_k, cfg.seed)
+    tok = gpt.Tokenizer.from_spec("bpe", "\n".join(chunks + [q for q, _ in train]), vocab_size=512)
+    pairs = reader_pairs(train, chunks, distractors, tok, cfg.top_k, cfg.hyde, cfg.seed)
     longest = max(len(p) + len(c) for p, c in pairs)
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=longest + 64, n_layer=2, n_head=4,
                                   n_embd=n_embd)).to(device)
-    loss = gpt.finetune(model, pairs, steps, lr=3e-3, batch_size=16, seed=cfg.seed, desc="reader")
+    loss = gpt.finetune(model, pairs, steps, lr=cfg.reader_lr, batch_size=16, seed=cfg.seed, desc="reader")
     print(f"reader: gpt.py 2x{n_embd}, {gpt.count_params(model) / 1e6:.2f}M params, {len(pairs)} pairs, "
           f"{steps} steps, final loss {loss:.3f}")
     return model, tok
@@ -556,9 +564,9 @@ def main(cfg):
     hard = [[c for c in ranking if c not in fact["relevant"]] for ranking, (_, fact) in zip(hybrid, train)]
     hard = [h + rng.sample([c for c in range(len(chunks)) if c not in h], cfg.n_negatives) for h in hard]
     cross = train_cross_encoder(CrossEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, hard,
-                                cfg.encoder_steps, cfg.n_negatives, cfg.seed)
-    reader, tok = train_reader(train, chunks, hard, cfg, cfg.reader_steps or (3000 if cuda else 600),
-                               cfg.reader_embd or (256 if cuda else 96), device)
+                                cfg.cross_steps, cfg.n_negatives, cfg.seed)
+    reader, tok = train_reader(train, chunks, hard, cfg, cfg.reader_steps or (6000 if cuda else 2500),
+                               cfg.reader_embd or (256 if cuda else 64), device)
 
     questions, relevant = [q for q, _ in test], [fact["relevant"] for _, fact in test]
     query_embs = bi.embed(questions)

@@ -199,12 +199,12 @@ def test_constrained_policy_with_a_random_model_always_calls_a_real_tool(tok):
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=192, n_layer=1, n_head=2, n_embd=32))
     registry = agent.make_registry(agent.House({"bedroom": 18}))
     for task in ["What is 12 * 34?", "I'm cold in the bedroom."]:
-        turn = agent.GPTPolicy(model, tok, registry, max_new_tokens=60)(agent.system_prompt(registry) + "<|user|>" + task + "<|assistant|>")
+        turn = agent.GPTPolicy(model, tok, registry, max_thought=8, max_call=48)(agent.system_prompt(registry) + "<|user|>" + task + "<|assistant|>")
         _, name, arguments = agent.parse_tool_call(turn)
         assert name in registry.tools and isinstance(arguments, dict)
 
 
 def test_main_smoke(capsys):
-    agent.main(agent.AgentConfig(n_train=60, n_eval=1, steps=3, n_embd=32, device="cpu", max_steps=2))
+    agent.main(agent.AgentConfig(n_train=60, n_eval=1, steps=3, n_embd=32, device="cpu", max_steps=1))
     out = capsys.readouterr().out
     assert "tools, constrained" in out and "no tools" in out and "wrong_use_of_output" in out
