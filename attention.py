@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 @dataclass
 class Config:
-    max_digits: int = 6  # source numbers have 1 to max_digits digits (up to 999,999 by default; at most 9)
+    max_digits: int = 6  # source numbers have 1 to max_digits digits (3 to 9; 6 = up to 999,999)
     d_model: int = 0  # model width; 0 = 128 on CPU, 256 on CUDA
     n_head: int = 4  # query heads in every attention layer
     n_kv_head: int = 0  # key/value heads: 0 = n_head (MHA), 1 = MQA, in between = GQA
@@ -53,10 +53,13 @@ class Config:
     bench: bool = False  # time our attention against F.scaled_dot_product_attention instead of training
 
     def __post_init__(self):
-        if not 1 <= self.max_digits <= 9:
-            raise ValueError(f"max_digits={self.max_digits}: the number speller knows 1 to 9 digits")
+        if self.max_digits > 9:
+            raise ValueError(f"max_digits={self.max_digits}: the number speller stops at 9 digits (millions)")
         if min(self.n_head, self.n_layer, self.batch_size, self.n_test, self.beam_size) < 1:
             raise ValueError("n_head, n_layer, batch_size, n_test and beam_size must be >= 1")
+        if self.max_digits < 3 or self.n_test > (10 ** self.max_digits - 100) // 2:
+            raise ValueError(f"n_test={self.n_test} with max_digits={self.max_digits}: the test set holds out at "
+                             "most half of the numbers of 3 or more digits; lower n_test or raise max_digits")
 
 
 def parse_args(config_cls, argv=None):
@@ -339,7 +342,8 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def greedy(self, src, src_mask, bos, eos, max_len):
-        """Batched greedy decoding with KV caches: y_t = argmax p(y | y_<t, x). Lists cut before eos."""
+        """Batched greedy decoding with KV caches: y_t = argmax p(y | y_<t, x). Lists cut before eos.
+        Call model.eval() first, or dropout stays on."""
         memory, caches = self.encode(src, src_mask), self.new_caches()
         token = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)
         out, done = [], torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
@@ -367,24 +371,24 @@ class Transformer(nn.Module):
         for _ in range(max_len):
             logp = F.log_softmax(self.decode(tokens, memory, src_mask, caches)[:, -1].float(), -1)  # (beam, V)
             top_scores, top = (scores[:, None] + logp).flatten().topk(2 * beam_size)
-            parents, new_tokens, new_scores = [], [], []
+            live = []  # (parent row, token, score), best first
             for rank, (score, flat) in enumerate(zip(top_scores.tolist(), top.tolist())):
                 parent, token = divmod(flat, logp.size(1))
-                if score == -math.inf or len(parents) == beam_size:
+                if score == -math.inf or len(live) == beam_size:
                     break
                 if token != eos:
-                    parents.append(parent), new_tokens.append(token), new_scores.append(score)
+                    live.append((parent, token, score))
                 elif rank < beam_size:
                     finished.append((score, prefixes[parent]))
-            if not parents or (finished and max(finished)[0] >= new_scores[0]):
+            if not live or (finished and max(f[0] for f in finished) >= live[0][2]):
                 break
-            live = len(parents)  # pad with dead rows so the batch keeps its shape
-            parents, new_tokens = parents + parents[:1] * (beam_size - live), new_tokens + new_tokens[:1] * (beam_size - live)
-            scores = torch.tensor(new_scores + [-math.inf] * (beam_size - live), device=src.device)
-            prefixes = [prefixes[p] + [t] for p, t in zip(parents, new_tokens)]
+            live += [(live[0][0], live[0][1], -math.inf)] * (beam_size - len(live))  # dead rows keep the shape
+            parents = torch.tensor([p for p, _, _ in live], device=src.device)
+            scores = torch.tensor([s for _, _, s in live], device=src.device)
+            prefixes = [prefixes[p] + [t] for p, t, _ in live]
             for cache in (c for pair in caches for c in pair):
-                cache.reorder(torch.tensor(parents, device=src.device))
-            tokens = torch.tensor(new_tokens, device=src.device)[:, None]
+                cache.reorder(parents)
+            tokens = torch.tensor([[t] for _, t, _ in live], device=src.device)
         if not finished:  # nothing ended within max_len: the best live prefix
             finished = [(s, p) for s, p in zip(scores.tolist(), prefixes) if s > -math.inf]
         return max(finished, key=lambda f: f[0])[1]
@@ -581,13 +585,15 @@ def main(cfg):
     print(f"Transformer {cfg.n_layer}+{cfg.n_layer} layers, d_model={cfg.d_model}, {cfg.n_head} heads "
           f"({cfg.n_kv_head or cfg.n_head} kv), {n_params / 1e6:.2f}M parameters, on {device}")
     print(f"task: numbers of 1-{cfg.max_digits} digits -> English words, e.g. {test[0]} -> {' '.join(number_words(test[0]))}")
-    greedy_before, _, _ = exact_match(model, test[:100], device)
+    greedy_before, _, _ = exact_match(model.eval(), test[:100], device)  # eval mode: no dropout while decoding
     train(model, cfg, test_set, device)
     greedy_acc, beam_acc, outputs = exact_match(model, test, device, cfg.beam_size)
     print(f"held-out exact match on {len(test)} numbers never seen in training: before training "
           f"{greedy_before:.1%}; greedy {greedy_acc:.1%}; beam search ({cfg.beam_size} beams) {beam_acc:.1%}")
-    for n, out in list(zip(test, outputs))[:3]:
-        print(f"  {n:>9} -> {' '.join(TGT_VOCAB[t] for t in out)}")
+    wrong = [(n, out) for n, out in zip(test, outputs) if out != [TGT_VOCAB.index(w) for w in number_words(n)]]
+    for n, out in list(zip(test, outputs))[:2] + wrong[:3]:
+        mark = "  (wrong)" if (n, out) in wrong else ""
+        print(f"  {n:>9} -> {' '.join(TGT_VOCAB[t] for t in out)}{mark}")
     show_cross_attention(model, max(test[:10], key=lambda n: len(str(n))), device)
     kv_cache_table()
 

@@ -404,7 +404,8 @@ def main(cfg):
             print(f"{'  + ' + label:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in row)
                   + "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, {"type": kind, "factor": 4, "original_len": L})))
     print("learned: rows past L never get a gradient. ALiBi's bias only falls with distance, so it favours recent\n"
-          "tokens but cannot single out exactly k back. RoPE scalings (factor T / L, no fine-tuning) remove unseen\n"
+          "tokens but cannot single out exactly k back. Plain RoPE holds up because this task needs only the fast\n"
+          "pairs, which turned full circles within L. The scalings (factor T / L, no fine-tuning) remove unseen\n"
           "angles by slowing the rotations, which blurs the exact offsets this task needs; in practice they come\n"
           "with a short fine-tune at the new length. YaRN's beta_fast = 32 assumes L = 4096: at this L even the\n"
           "fastest pair turns only a few times, so YaRN interpolates nearly every pair, like PI.")

@@ -306,10 +306,12 @@ def test_parse_args():
         A.parse_args(A.Config, ["--steps=many"])
     with pytest.raises(SystemExit, match="max_digits=12"):
         A.parse_args(A.Config, ["--max_digits=12"])
+    with pytest.raises(SystemExit, match="n_test=500 with max_digits=3"):
+        A.parse_args(A.Config, ["--max_digits=3"])
 
 
 def test_main_smoke(capsys):
-    A.main(A.Config(max_digits=3, d_model=32, n_head=2, n_kv_head=1, n_layer=1, steps=30, batch_size=16,
+    A.main(A.Config(max_digits=4, d_model=32, n_head=2, n_kv_head=1, n_layer=1, steps=30, batch_size=16,
                     n_test=8, beam_size=2, device="cpu"))
     out = capsys.readouterr().out
     for text in ("held-out exact match", "beam search (2 beams)", "cross-attention", "GQA-8 (Llama-3-8B)", "4.000 GiB"):
