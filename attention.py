@@ -584,7 +584,8 @@ def main(cfg):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"Transformer {cfg.n_layer}+{cfg.n_layer} layers, d_model={cfg.d_model}, {cfg.n_head} heads "
           f"({cfg.n_kv_head or cfg.n_head} kv), {n_params / 1e6:.2f}M parameters, on {device}")
-    print(f"task: numbers of 1-{cfg.max_digits} digits -> English words, e.g. {test[0]} -> {' '.join(number_words(test[0]))}")
+    print(f"task: numbers of 1-{cfg.max_digits} digits -> English words, "
+          f"e.g. {test[0]} -> {' '.join(number_words(test[0]))}")
     greedy_before, _, _ = exact_match(model.eval(), test[:100], device)  # eval mode: no dropout while decoding
     train(model, cfg, test_set, device)
     greedy_acc, beam_acc, outputs = exact_match(model, test, device, cfg.beam_size)

@@ -251,7 +251,8 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if rope is not None:  # rope = (positions, theta, attention_factor)
             positions, theta, factor = rope
-            q, k = apply_rope(q, positions, theta, attention_factor=factor), apply_rope(k, positions, theta, attention_factor=factor)
+            q = apply_rope(q, positions, theta, attention_factor=factor)
+            k = apply_rope(k, positions, theta, attention_factor=factor)
         if bias is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # bias (H, T, T) plus the causal mask as -inf
@@ -296,7 +297,7 @@ class TinyLM(nn.Module):
         return self.head(self.ln_f(x))
 
 
-# ----------------------------------------------------------------------------- the task: retrieve the token k steps back
+# ----------------------------------------------------------------------------- the task: the token k steps back
 
 def k_back_batch(batch, T, k, vocab, generator, device):
     """Random tokens x (B, T); targets y_t = x_{t-k} for t >= k, and -1 (ignored) before."""
@@ -308,7 +309,8 @@ def k_back_batch(batch, T, k, vocab, generator, device):
 
 def train_one(encoding, cfg, device):
     torch.manual_seed(cfg.seed)
-    model = TinyLM(encoding, cfg.vocab, cfg.d_model, cfg.n_head, cfg.n_layer, 4 * cfg.train_len, cfg.rope_base).to(device)
+    model = TinyLM(encoding, cfg.vocab, cfg.d_model, cfg.n_head, cfg.n_layer, 4 * cfg.train_len, cfg.rope_base)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
@@ -342,7 +344,7 @@ def accuracy(model, cfg, T, device, rope_scaling=None):
 def show_relative_property(head_dim=64):
     """<R(m) q, R(n) k> depends only on m - n for RoPE, but not for an added absolute encoding."""
     g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(head_dim, generator=g, dtype=torch.float64), torch.randn(head_dim, generator=g, dtype=torch.float64)
+    q, k = torch.randn(2, head_dim, generator=g, dtype=torch.float64)
     theta, _ = rope_frequencies(head_dim)
     pe = sinusoidal_positions(5010, head_dim).double()
     print(f"RoPE's relative property, random q and k, head_dim={head_dim}:")
@@ -400,9 +402,11 @@ def main(cfg):
             continue
         print(row + "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, None)), flush=True)
         for kind, label in [("linear", "position interpolation"), ("ntk", "NTK-aware"), ("yarn", "YaRN")]:
-            row = [accuracy(model, cfg, T, device, {"type": kind, "factor": T / L, "original_len": L}) for T in lengths[1:]]
+            row = [accuracy(model, cfg, T, device, {"type": kind, "factor": T / L, "original_len": L})
+                   for T in lengths[1:]]
+            at_4L = unseen_angle_pairs(cfg, {"type": kind, "factor": 4, "original_len": L})
             print(f"{'  + ' + label:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in row)
-                  + "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, {"type": kind, "factor": 4, "original_len": L})))
+                  + "   {:>5} {:>6.2f}".format(*at_4L))
     print("learned: rows past L never get a gradient. ALiBi's bias only falls with distance, so it favours recent\n"
           "tokens but cannot single out exactly k back. Plain RoPE holds up because this task needs only the fast\n"
           "pairs, which turned full circles within L. The scalings (factor T / L, no fine-tuning) remove unseen\n"

@@ -47,7 +47,8 @@ def test_causal_mask_matches_torch_is_causal_bottom_right():
     from torch.nn.attention.bias import causal_lower_right
     q, k, v = qkv(Tq=3, Tk=8)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(3, 8))
-    torch.testing.assert_close(A.scaled_dot_product_attention(q, k, v, A.causal_mask(3, 8)), ref, rtol=1e-12, atol=1e-12)
+    ours = A.scaled_dot_product_attention(q, k, v, A.causal_mask(3, 8))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("H_kv", [1, 2])
@@ -185,7 +186,8 @@ def test_gqa_module_shares_kv_heads_and_caches_fewer_bytes():
             dst.bias.copy_(src.bias.view(2, 8).repeat_interleave(2, 0).reshape(32))
     x = torch.randn(2, 6, 32, dtype=torch.float64)
     cache = A.KVCache()
-    torch.testing.assert_close(gqa(x, mask=A.causal_mask(6), cache=cache), mha(x, mask=A.causal_mask(6)), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gqa(x, mask=A.causal_mask(6), cache=cache), mha(x, mask=A.causal_mask(6)),
+                               rtol=1e-10, atol=1e-10)
     nbytes = cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
     assert nbytes == A.kv_cache_bytes(n_layer=1, n_kv_head=2, head_dim=8, seq_len=6, batch=2, bytes_per_value=8)
 

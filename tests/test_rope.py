@@ -139,7 +139,8 @@ def test_position_interpolation_reads_position_m_as_m_over_s():
     theta, _ = R.rope_frequencies(16)
     pi, _ = R.rope_frequencies(16, scaling={"type": "linear", "factor": 4})
     positions = torch.tensor([0, 4, 40, 400, 4000])
-    torch.testing.assert_close(R.apply_rope(x, positions, pi), R.apply_rope(x, positions // 4, theta), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(R.apply_rope(x, positions, pi), R.apply_rope(x, positions // 4, theta),
+                               rtol=1e-12, atol=1e-12)
     assert R.unseen_angle_pairs(R.Config(), {"type": "linear", "factor": 4})[0] == "0/8"
 
 
