@@ -407,7 +407,7 @@ def main(cfg):
             at_4L = unseen_angle_pairs(cfg, {"type": kind, "factor": 4, "original_len": L})
             print(f"{'  + ' + label:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in row)
                   + "   {:>5} {:>6.2f}".format(*at_4L))
-    print("learned: rows past L never get a gradient. ALiBi's bias only falls with distance, so it favours recent\n"
+    print("notes on the default run. learned: rows past L never get a gradient. ALiBi's bias only falls with distance, so it favours recent\n"
           "tokens but cannot single out exactly k back. Plain RoPE holds up because this task needs only the fast\n"
           "pairs, which turned full circles within L. The scalings (factor T / L, no fine-tuning) remove unseen\n"
           "angles by slowing the rotations, which blurs the exact offsets this task needs; in practice they come\n"
