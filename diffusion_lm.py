@@ -36,7 +36,7 @@ import gpt
 
 @dataclass
 class DiffusionConfig:
-    seq_len: int = 64  # training windows and generated length, in bytes
+    gen_length: int = 64  # tokens generated after a one-byte prompt; training windows are gen_length + 1
     n_layer: int = 4  # both models: transformer blocks
     n_embd: int = 128  # both models: width
     n_head: int = 4  # both models: heads
@@ -45,7 +45,7 @@ class DiffusionConfig:
     lr: float = 2e-3  # peak AdamW learning rate (cosine decay to 10%)
     eps: float = 1e-3  # t ~ U(eps, 1): keeps 1/t finite
     step_counts: str = "8,16,32,64"  # diffusion sampling step counts compared in the table
-    block_length: int = 0  # semi-autoregressive blocks of this many tokens; 0 = one block
+    block_length: int = 8  # low-confidence sampling fills blocks of this many tokens left to right (0 = one block)
     temperature: float = 1.0  # sampling temperature for both models (0 = greedy)
     n_samples: int = 16  # samples per row of the table
     n_mc: int = 16  # Monte Carlo draws of t for the ELBO bound
@@ -53,6 +53,10 @@ class DiffusionConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 1337  # data order, masking and sampling
     bench: bool = False  # tokens/s against the AR twin at matched quality (loads out_dir checkpoints)
+
+    @property
+    def window(self):  # the one-byte prompt plus the generated tokens
+        return self.gen_length + 1
 
     def __post_init__(self):
         if not 0 < self.eps < 1:
@@ -77,8 +81,9 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None):
     """L = sum over masked positions of -log p(x_0^i | x_t) / t, divided by B*L (every token,
     masked or not): an unbiased estimate of the ELBO's bound on -log p(x_0) per token."""
     B, L = x.shape
-    if t is None:
-        t = eps + (1 - eps) * torch.rand(B, generator=generator, device=x.device)  # t ~ U(eps, 1)
+    if t is None:  # t ~ U(eps, 1), stratified across the batch: (u + b/B) mod 1 lowers the variance
+        u = (torch.rand((), generator=generator, device=x.device) + torch.arange(B, device=x.device) / B) % 1
+        t = eps + (1 - eps) * u
     x_t, masked = forward_mask(x, t, mask_id(model), generator)
     logits, _ = model(x_t)  # (B, L, vocab): the model sees the whole noisy sequence
     nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), x.flatten(), reduction="none").view(B, L)
@@ -179,7 +184,7 @@ def train_model(model, ids, cfg, device, diffusion):
         warm = min(1.0, (step + 1) / 50)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-        xy = windows(ids, cfg.seq_len, cfg.batch_size, g, device)
+        xy = windows(ids, cfg.window, cfg.batch_size, g, device)
         with gpt.autocast(device):
             loss = diffusion_loss(model, xy[:, :-1], eps=cfg.eps, generator=g_mask) if diffusion \
                 else model(xy[:, :-1], xy[:, 1:])[1]
@@ -204,7 +209,7 @@ def val_windows(ids, seq_len, n):
 
 
 def build(cfg, tok, causal, device):
-    return gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=cfg.seq_len + 1, n_layer=cfg.n_layer,
+    return gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=cfg.window, n_layer=cfg.n_layer,
                                  n_head=cfg.n_head, n_embd=cfg.n_embd, causal=causal)).to(device)
 
 
@@ -240,18 +245,19 @@ def entropy_bits(x):
     that a perplexity judge alone would reward."""
     p = torch.bincount(x.flatten()).float()
     p = p[p > 0] / p.sum()
-    return -(p * p.log2()).sum().item()
+    return abs((p * p.log2()).sum().item())
 
 
 def quality_table(diffusion, ar, cfg, device):
     """Rows: each remasking strategy and diffusion step count, then the AR baseline. Columns:
     forward passes per token, tokens/s, the AR twin's perplexity of the samples, and their
-    unigram entropy. Every sample starts from the same newline and continues seq_len - 1 tokens."""
+    unigram entropy. Every sample starts from the same newline and continues gen_length tokens."""
     g = torch.Generator(device).manual_seed(cfg.seed)
-    n, L, start, rows = cfg.n_samples, cfg.seq_len - 1, [ord("\n")], []
-    for remasking in ("random", "low_confidence"):
+    n, L, start, rows = cfg.n_samples, cfg.gen_length, [ord("\n")], []
+    for remasking in ("random", "low_confidence"):  # random: MDLM's ancestral order; low-confidence: LLaDA's
+        block = 0 if remasking == "random" else cfg.block_length
         for steps in [int(s) for s in cfg.step_counts.split(",")]:
-            (x, passes), secs = timed(lambda: sample(diffusion, L, steps, cfg.block_length, remasking,
+            (x, passes), secs = timed(lambda: sample(diffusion, L, steps, block, remasking,
                                                      cfg.temperature, prefix=start, n=n, generator=g))
             rows.append((f"{remasking}, {passes} steps", passes / L, n * L / secs, math.exp(ar_nll(ar, x)),
                          entropy_bits(x[:, 1:])))
@@ -270,7 +276,7 @@ def print_table(rows, data_ppl, data_entropy):
 
 def show_trajectory(diffusion, tok, cfg, device):
     history = []
-    sample(diffusion, cfg.seq_len, 8, temperature=0.0, history=history, generator=torch.Generator(device).manual_seed(0))
+    sample(diffusion, cfg.window, 8, temperature=0.0, history=history, generator=torch.Generator(device).manual_seed(0))
     print("\ndenoising one sample in 8 steps (_ = [MASK]):")
     for x, k in history:
         text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
@@ -279,7 +285,7 @@ def show_trajectory(diffusion, tok, cfg, device):
 
 def show_infilling(diffusion, tok, val_ids, cfg, device):
     """Fill the middle third of a held-out snippet given the first and last thirds."""
-    q = cfg.seq_len // 3
+    q = cfg.window // 3
     snippet = val_ids[1000:1000 + 3 * q].tolist()
     prefix, middle, suffix = snippet[:q], snippet[q:2 * q], snippet[2 * q:]
     x, _ = sample(diffusion, q, q, prefix=prefix, suffix=suffix, temperature=0.0)
@@ -294,7 +300,7 @@ def bench(cfg, device):
     closest to the AR samples' quality (the AR twin's perplexity of them)."""
     diffusion, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "diffusion.pt"), device)
     ar, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ar.pt"), device)
-    x_val = val_windows(load_data()[2], cfg.seq_len, 64).to(device)
+    x_val = val_windows(load_data()[2], cfg.window, 64).to(device)
     rows = quality_table(diffusion, ar, cfg, device)
     print_table(rows, math.exp(ar_nll(ar, x_val)), entropy_bits(x_val[:, 1:]))
     ar_row = rows[-1]
@@ -309,8 +315,8 @@ def main(cfg):
     if cfg.bench:
         return bench(cfg, device)
     diffusion, ar, tok, val_ids = train_both(cfg, device)
-    print(f"{gpt.count_params(diffusion) / 1e6:.2f}M parameters each, {cfg.steps} steps of {cfg.batch_size} x {cfg.seq_len} bytes")
-    x_val = val_windows(val_ids, cfg.seq_len, 64).to(device)
+    print(f"{gpt.count_params(diffusion) / 1e6:.2f}M parameters each, {cfg.steps} steps of {cfg.batch_size} x {cfg.window} bytes")
+    x_val = val_windows(val_ids, cfg.window, 64).to(device)
     bound = elbo_nll(diffusion, x_val, cfg.n_mc, cfg.eps, torch.Generator(device).manual_seed(cfg.seed))
     ar_val = ar_nll(ar, x_val)
     print(f"\nvalidation NLL per token: diffusion ELBO bound <= {bound:.3f} nats (ppl <= {math.exp(bound):.2f}, "

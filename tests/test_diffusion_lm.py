@@ -111,8 +111,8 @@ def test_bad_sampler_arguments(model):
 
 
 def test_main_smoke(tmp_path, capsys):
-    cfg = dlm.DiffusionConfig(seq_len=24, n_layer=1, n_embd=32, n_head=2, steps=15, batch_size=8,
-                              step_counts="4,23", n_samples=2, n_mc=2, out_dir=str(tmp_path), device="cpu")
+    cfg = dlm.DiffusionConfig(gen_length=24, n_layer=1, n_embd=32, n_head=2, steps=15, batch_size=8,
+                              step_counts="6,24", n_samples=2, n_mc=2, out_dir=str(tmp_path), device="cpu")
     result = dlm.main(cfg)
     out = capsys.readouterr().out
     assert "ELBO bound" in out and "infilling" in out and "autoregressive, KV cache" in out
