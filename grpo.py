@@ -1,0 +1,376 @@
+"""GRPO: reinforcement learning with verifiable rewards, and its Dr. GRPO and DAPO variants.
+
+For each prompt q, sample a group of G completions o_1..o_G from the old policy, score each with a
+rule (is the <answer> right? is the <think>...</think><answer>...</answer> format kept?), and
+use the group itself as the baseline: A_i = (r_i - mean(r)) / (std(r) + eps), no value network.
+Maximise the clipped surrogate min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), rho = pi/pi_old,
+minus beta * KL(pi || pi_ref) by the k3 estimator exp(ref - logp) - (ref - logp) - 1.
+Papers: Shao et al. 2024 (DeepSeekMath, GRPO), Liu et al. 2025 (Dr. GRPO), Yu et al. 2025 (DAPO),
+Chen et al. 2021 (the unbiased pass@k estimator).
+
+    python grpo.py                   # SFT warm-up on a few examples, then GRPO on arithmetic
+    python grpo.py --loss=dr_grpo    # no std scaling, constant normaliser G * max length
+    python grpo.py --loss=dapo       # token-level normaliser, clip-higher, dynamic sampling
+
+On CPU (a few minutes) you see a tiny model trained from nothing learn the answer format from
+a handful of examples, a tqdm bar of GRPO steps with reward and accuracy, and a before/after
+table of held-out greedy accuracy, pass@1 and pass@8 and completion length.
+"""
+import copy
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+import gpt
+
+
+@dataclass
+class Config:
+    loss: str = "grpo"  # grpo | dr_grpo | dapo
+    steps: int = 0  # GRPO steps (0 = 300 on CPU, 600 on CUDA)
+    prompts_per_step: int = 16  # distinct problems per rollout batch
+    group_size: int = 8  # G completions per problem
+    updates_per_rollout: int = 2  # optimizer steps per rollout batch (mu); >1 makes the clip matter
+    micro_batch: int = 0  # sequences per forward/backward, gradients accumulated (0 = whole minibatch)
+    lr: float = 3e-4  # AdamW learning rate for GRPO
+    warmup: int = 20  # steps of linear learning-rate warm-up: Adam's first steps on noisy policy gradients are large
+    beta: float = 0.01  # weight of the k3 KL penalty to the frozen reference
+    eps_low: float = 0.2  # clip ratio below: rho >= 1 - eps_low
+    eps_high: float = 0.0  # clip ratio above: rho <= 1 + eps_high (0 = 0.28 for dapo, eps_low otherwise)
+    temperature: float = 1.0  # sampling temperature for rollouts and pass@k
+    max_new_tokens: int = 40  # completion budget; longer completions are truncated
+    overlong_cache: int = 8  # dapo: tokens before the budget where the length penalty ramps in
+    max_resample: int = 4  # dapo: rollout rounds to refill groups dropped for zero reward variance
+    format_reward: float = 0.1  # reward for a well-formed completion, on top of 1.0 for the right answer
+    task: str = "col"  # experimental
+    sft_examples: int = 32  # worked examples in the format-teaching warm-up
+    sft_steps: int = 150  # SFT warm-up steps
+    sft_lr: float = 3e-3  # SFT warm-up learning rate
+    n_layer: int = 2  # model depth
+    n_embd: int = 96  # model width
+    n_head: int = 4  # attention heads
+    eval_problems: int = 100  # held-out problems, never used for SFT or GRPO
+    pass_k: int = 8  # samples per held-out problem for pass@1 and pass@k
+    eval_every: int = 50  # steps between held-out evaluations written to log.jsonl
+    out_dir: str = "out/grpo"  # log.jsonl and the trained policy's ckpt.pt
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0  # for problems, initial weights and sampling
+
+    def __post_init__(self):
+        if self.loss not in ("grpo", "dr_grpo", "dapo"):
+            raise ValueError(f"loss={self.loss!r}; choose grpo, dr_grpo or dapo")
+        if self.group_size < 2:
+            raise ValueError(f"group_size={self.group_size}: a group needs at least 2 completions to have a baseline")
+        if (self.prompts_per_step * self.group_size) % self.updates_per_rollout:
+            raise ValueError(f"prompts_per_step*group_size={self.prompts_per_step * self.group_size} does not split "
+                             f"into updates_per_rollout={self.updates_per_rollout} equal minibatches")
+        self.eps_high = self.eps_high or (0.28 if self.loss == "dapo" else self.eps_low)
+
+
+# ----------------------------------------------------------------------------- the task
+
+THINK_ANSWER = re.compile(r"<think>(.*?)</think><answer>(.*?)</answer>", re.S)
+
+
+def make_problem(rng, task):
+    """(question, answer, worked completion)."""
+    if task == "col":  # two-digit + one-digit, by columns
+        a, b = rng.randrange(10, 100), rng.randrange(10)
+        ones = a % 10 + b
+        trace = f"{a % 10}+{b}={ones},{a // 10}+{ones // 10}={a // 10 + ones // 10}"
+        return f"{a}+{b}", a + b, trace
+    if task == "col2":  # two-digit + two-digit, by columns
+        a, b = rng.randrange(10, 100), rng.randrange(10, 100)
+        ones = a % 10 + b % 10
+        trace = f"{a % 10}+{b % 10}={ones},{a // 10}+{b // 10}+{ones // 10}={a // 10 + b // 10 + ones // 10}"
+        return f"{a}+{b}", a + b, trace
+    if task == "sum3":  # three single digits, running sum
+        x = [rng.randrange(10) for _ in range(3)]
+        trace = f"{x[0]}+{x[1]}={x[0] + x[1]},{x[0] + x[1]}+{x[2]}={sum(x)}"
+        return "+".join(map(str, x)), sum(x), trace
+    if task == "add1":  # single digits
+        a, b = rng.randrange(10), rng.randrange(10)
+        return f"{a}+{b}", a + b, f"{a}+{b}={a + b}"
+    raise ValueError(task)
+
+
+def make_problems(n, seed, task, exclude=()):
+    rng, seen, out = random.Random(seed), set(exclude), []
+    for _ in range(100 * n):
+        q, ans, trace = make_problem(rng, task)
+        if q not in seen:
+            seen.add(q)
+            out.append((q, ans, trace))
+            if len(out) == n:
+                break
+    return out
+
+
+def task_tokenizer():
+    """Bytes plus the 11 BPE merges that make "think", "answer", "</" and "><" single tokens, so
+    the tags cost 12 tokens instead of 33 while every digit stays a token of its own."""
+    tok = gpt.Tokenizer.from_spec("bpe", "<think>0</think><answer>0</answer>", vocab_size=512)
+    assert tok.n_vocab == 256 + 11 + len(gpt.SPECIAL_TOKENS), tok.n_vocab
+    return tok
+
+
+def reward(text, answer, format_reward):
+    """1 for the right answer inside well-formed tags, plus format_reward for the format itself."""
+    m = THINK_ANSWER.fullmatch(text)
+    if m is None:
+        return 0.0, False
+    correct = m.group(2).strip() == str(answer)
+    return float(correct) + format_reward, correct
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def group_advantages(rewards, G, scale="group", eps=1e-4):
+    """A_i = (r_i - mean_group(r)) / (std_group(r) + eps), or r_i - mean_group(r) for scale="none"
+    (Dr. GRPO). rewards: (N,) with the G completions of each prompt contiguous. A group whose
+    rewards are all equal carries no signal: its advantages are exactly 0."""
+    if rewards.dim() != 1 or rewards.numel() % G:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of G={G}")
+    r = rewards.view(-1, G)  # (N/G, G)
+    centred = r - r.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (r.std(1, keepdim=True) + eps)
+    elif scale != "none":
+        raise ValueError(f"scale={scale!r}; choose 'group' or 'none'")
+    flat = (r == r[:, :1]).all(1, keepdim=True)  # rounding in the mean must not leak through
+    return centred.masked_fill(flat, 0.0).view(-1)
+
+
+def token_weights(mask, loss_type, max_len=None):
+    """w (B, T) such that the loss is sum_t w_t * l_t, i.e. each variant's normaliser:
+    grpo    1 / (|o_i| * B)        the mean over each sequence, then over sequences
+    dr_grpo 1 / (B * max_len)      a constant: no bias towards short correct/long wrong answers
+    dapo    1 / sum_i |o_i|        every token of the batch counts the same"""
+    mask = mask.float()
+    if loss_type == "grpo":
+        return mask / (mask.sum(1, keepdim=True).clamp(min=1) * mask.size(0))
+    if loss_type == "dr_grpo":
+        return mask / (mask.size(0) * (max_len or mask.size(1)))
+    if loss_type == "dapo":
+        return mask / mask.sum().clamp(min=1)
+    raise ValueError(f"loss_type={loss_type!r}; choose grpo, dr_grpo or dapo")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_low=0.2, eps_high=0.2, beta=0.0,
+              weights=None):
+    """The clipped surrogate plus the k3 KL penalty, per token, normalised by loss_type.
+    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). weights: token_weights of the
+    whole batch, sliced, when the batch is split into micro-batches for gradient accumulation.
+    Returns (loss, stats)."""
+    if weights is None:
+        weights = token_weights(mask, loss_type)
+    A = advantages[:, None]  # (B, 1): every token of a completion shares its sequence's advantage
+    ratio = torch.exp(logp - old_logp)  # rho_t = pi_theta / pi_old
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    surrogate = torch.minimum(ratio * A, clipped * A)  # pessimistic: never gain from leaving the trust region
+    log_r = ref_logp - logp
+    kl = torch.exp(log_r) - log_r - 1  # k3: unbiased, always >= 0 (Schulman 2020)
+    loss = (weights * (-surrogate + beta * kl)).sum()
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1)
+        was_clipped = ((ratio < 1 - eps_low) & (A < 0)) | ((ratio > 1 + eps_high) & (A > 0))
+        stats = dict(kl=float((kl * mask).sum() / n), clipped=float((was_clipped & mask).sum() / n))
+    return loss, stats
+
+
+def overlong_penalty(lengths, max_len, cache):
+    """DAPO's soft length penalty: 0 up to max_len - cache tokens, then a ramp down to -1 at max_len."""
+    return ((max_len - cache - lengths.float()) / cache).clamp(-1.0, 0.0)
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k), computed as the
+    stable product 1 - prod_{i=n-c+1}^{n} (1 - k/i) (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+def check_groups(prompts, G):
+    """Group-relative advantages assume the G completions of a prompt sit together in the batch."""
+    for start in range(0, len(prompts), G):
+        if any(p != prompts[start] for p in prompts[start:start + G]):
+            raise AssertionError(f"rows {start}..{start + G - 1} are not one prompt's group of G={G}")
+
+
+def rollout(policy, tok, problems, cfg, generator):
+    """G sampled completions per problem, contiguous. Returns a dict of lists and (N,) tensors."""
+    stop = tok.eot_id
+    prompts = [tok.encode(q + "=") for q, _, _ in problems for _ in range(cfg.group_size)]
+    check_groups(prompts, cfg.group_size)
+    completions = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(stop,),
+                                  generator=generator, pad_id=stop)
+    texts = [tok.decode(c[:-1] if c and c[-1] == stop else c) for c in completions]
+    answers = [ans for _, ans, _ in problems for _ in range(cfg.group_size)]
+    scored = [reward(t, a, cfg.format_reward) for t, a in zip(texts, answers)]
+    truncated = torch.tensor([not c or c[-1] != stop for c in completions])
+    lengths = torch.tensor([len(c) for c in completions])
+    rewards = torch.tensor([s for s, _ in scored])
+    if cfg.loss == "dapo":
+        rewards = rewards + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_cache)
+    return dict(prompts=prompts, completions=completions, rewards=rewards, lengths=lengths, truncated=truncated,
+                correct=torch.tensor([c for _, c in scored], dtype=torch.float))
+
+
+def select_groups(batch, keep, G):
+    rows = [i for g, k in enumerate(keep.tolist()) if k for i in range(g * G, (g + 1) * G)]
+    return {k: ([v[i] for i in rows] if isinstance(v, list) else v[rows]) for k, v in batch.items()}
+
+
+def merge(a, b):
+    return {k: (a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]])) for k in a}
+
+
+def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
+    """DAPO's dynamic sampling: drop groups whose rewards are all equal (no gradient) and sample
+    more problems until the batch is full again, for at most max_resample rounds."""
+    batch, stats = None, None
+    for _ in range(cfg.max_resample):
+        new = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, generator)
+        stats = stats or new  # the first round's statistics are the policy's honest ones
+        r = new["rewards"].view(-1, cfg.group_size)
+        new = select_groups(new, (r != r[:, :1]).any(1), cfg.group_size)
+        batch = new if batch is None else merge(batch, new)
+        if len(batch["prompts"]) >= cfg.prompts_per_step * cfg.group_size:
+            break
+    n = cfg.prompts_per_step * cfg.group_size
+    return {k: v[:n] for k, v in batch.items()}, stats
+
+
+# ----------------------------------------------------------------------------- training
+
+def score_batch(policy, ref, batch, cfg):
+    """Add what the loss needs from a rollout batch: advantages (N,), and old_logp, ref_logp and
+    the completion mask (N, T), each in one no-grad pass before any update."""
+    pad = batch["pad"]
+    scale = "none" if cfg.loss == "dr_grpo" else "group"
+    batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, scale)
+    with gpt.evaluating(policy, ref):
+        batch["old_logp"], batch["mask"] = gpt.completion_logprobs(policy, batch["prompts"], batch["completions"], pad)
+        batch["ref_logp"], _ = gpt.completion_logprobs(ref, batch["prompts"], batch["completions"], pad)
+    return batch
+
+
+def minibatch_backward(policy, batch, rows, cfg):
+    """Backpropagate grpo_loss over the rows (a slice) of a scored batch, micro_batch sequences at
+    a time. The token weights are the whole minibatch's, sliced, so the accumulated gradient
+    equals that of a single pass. Returns the loss statistics, averaged."""
+    weights = token_weights(batch["mask"][rows], cfg.loss, cfg.max_new_tokens)  # (n, T)
+    n, micro, stats = weights.size(0), cfg.micro_batch or weights.size(0), []
+    for m in range(0, n, micro):
+        r = slice(rows.start + m, rows.start + min(m + micro, n))
+        logp, _ = gpt.completion_logprobs(policy, batch["prompts"][r], batch["completions"][r], batch["pad"])
+        T = logp.size(1)  # this micro-batch's longest completion; the rest of the row is padding
+        loss, s = grpo_loss(logp, batch["old_logp"][r, :T], batch["ref_logp"][r, :T], batch["advantages"][r],
+                            batch["mask"][r, :T], cfg.loss, cfg.eps_low, cfg.eps_high, cfg.beta,
+                            weights[m:m + micro, :T])
+        loss.backward()
+        stats.append(s)
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+
+def policy_update(policy, ref, opt, batch, cfg):
+    """updates_per_rollout optimizer steps over equal minibatches of one rollout batch. old_logp
+    comes from the policy before the first step, so the first minibatch's ratio is exactly 1."""
+    score_batch(policy, ref, batch, cfg)
+    N = len(batch["prompts"])
+    size, stats = N // cfg.updates_per_rollout, []
+    policy.train()
+    for start in range(0, N, size):
+        opt.zero_grad(set_to_none=True)
+        stats.append(minibatch_backward(policy, batch, slice(start, start + size), cfg))
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+    policy.eval()
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+
+def evaluate(model, tok, problems, cfg, generator):
+    """Greedy accuracy, sampled pass@1 and pass@k, format rate and mean length on held-out problems."""
+    stop, k = tok.eot_id, cfg.pass_k
+    prompts = [tok.encode(q + "=") for q, _, _ in problems]
+    greedy = model.generate(prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(stop,), pad_id=stop)
+    sampled = model.generate([p for p in prompts for _ in range(k)], cfg.max_new_tokens, temperature=cfg.temperature,
+                             stop_tokens=(stop,), generator=generator, pad_id=stop)
+    strip = lambda c: tok.decode(c[:-1] if c and c[-1] == stop else c)
+    right = [reward(strip(c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
+    counts = [sum(reward(strip(c), ans, 0)[1] for c in sampled[i * k:(i + 1) * k]) for i, (_, ans, _) in enumerate(problems)]
+    return {"accuracy": sum(right) / len(problems),
+            "pass@1": sum(pass_at_k(k, c, 1) for c in counts) / len(problems),
+            f"pass@{k}": sum(pass_at_k(k, c, k) for c in counts) / len(problems),
+            "format": sum(THINK_ANSWER.fullmatch(strip(c)) is not None for c in sampled) / len(sampled),
+            "length": sum(len(c) for c in sampled) / len(sampled)}
+
+
+def main(cfg):
+    device = gpt.pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    steps = cfg.steps or (300 if device == "cpu" else 600)
+    held_out = make_problems(cfg.eval_problems, cfg.seed + 1, cfg.task)
+    exclude = {q for q, _, _ in held_out}
+    sft = make_problems(cfg.sft_examples, cfg.seed + 2, cfg.task, exclude)
+    tok = task_tokenizer()
+    mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer, n_head=cfg.n_head, pos="learned",
+                         n_embd=cfg.n_embd)
+    policy = gpt.GPT(mcfg).to(device)
+    eot = tok.eot_id
+    pairs = [(tok.encode(q + "="), tok.encode(f"<think>{t}</think><answer>{a}</answer>") + [eot]) for q, a, t in sft]
+    t0 = time.time()
+    gpt.finetune(policy, pairs, cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed, desc="SFT warm-up")
+    t_sft = time.time() - t0
+    g = torch.Generator(device).manual_seed(cfg.seed)
+    before = evaluate(policy, tok, held_out, cfg, g)
+    print(f"after SFT ({t_sft:.0f}s):", {k: round(v, 3) for k, v in before.items()})
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    rng = random.Random(cfg.seed + 3)
+
+    def sample_problems(n):
+        out = []
+        while len(out) < n:
+            q, a, t = make_problem(rng, cfg.task)
+            if q not in exclude:
+                out.append((q, a, t))
+        return out
+
+    bar = tqdm(range(steps), desc=f"GRPO ({cfg.loss})")
+    t0 = time.time()
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        if cfg.loss == "dapo":
+            batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, g)
+        else:
+            batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, g)
+        batch["pad"] = eot
+        r = seen["rewards"].view(-1, cfg.group_size)
+        log = dict(reward=float(seen["rewards"].mean()), acc=float(seen["correct"].mean()),
+                   zero_std=float((r == r[:, :1]).all(1).float().mean()), length=float(seen["lengths"].float().mean()),
+                   trunc=float(seen["truncated"].float().mean()))
+        if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:
+            log.update(policy_update(policy, ref, opt, batch, cfg))
+        bar.set_postfix(acc=f"{log['acc']:.2f}", kl=f"{log.get('kl', 0):.3f}", len=f"{log['length']:.0f}")
+        if (step + 1) % cfg.eval_every == 0:
+            res = evaluate(policy, tok, held_out, cfg, g)
+            tqdm.write(f"step {step + 1} ({time.time() - t0:.0f}s, cpu {time.process_time():.0f}s) " + " ".join(f"{k}={v:.3f}" for k, v in {**log, **res}.items()))
+    after = evaluate(policy, tok, held_out, cfg, g)
+    print(f"GRPO ({time.time() - t0:.0f}s):", {k: round(v, 3) for k, v in after.items()})
+    return before, after
+
+
+if __name__ == "__main__":
+    main(gpt.parse_args(Config))

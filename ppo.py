@@ -1,0 +1,378 @@
+"""PPO for RLHF: a reward model learned from preferences, then a policy tuned against it.
+
+Reward model: a GPT backbone with a scalar head read at the last real token, trained on pairs
+(y_w preferred to y_l) with the Bradley-Terry loss -log sigma(r(x, y_w) - r(x, y_l)).
+PPO (Schulman et al. 2017; Ziegler et al. 2019; Ouyang et al. 2022): each completion token is an
+action; the per-token reward is -beta * (log pi(a_t) - log pi_ref(a_t)), plus the reward model's
+score on the last token. A value head gives V(s_t); GAE (Schulman et al. 2016) turns rewards
+into advantages A_t = sum_l (gamma*lambda)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t;
+the policy maximises min(rho A, clip(rho, 1-eps, 1+eps) A) with an entropy bonus, and the value
+head regresses onto the returns with a clipped loss. Best-of-N, which samples N completions
+from the reference and keeps the one the reward model likes best, is the baseline.
+
+    python ppo.py                  # reward model, then PPO, then a table against Best-of-N
+    python ppo.py --beta=0.0       # no KL penalty: watch the policy drift from the reference
+
+On CPU (a few minutes) you see the reward model's held-out pairwise accuracy, a tqdm bar of PPO
+rollouts with reward and KL, and a table of reward-model score, KL and the true preference
+score on held-out prompts, before and after PPO, against Best-of-N.
+"""
+import copy
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import gpt
+
+
+@dataclass
+class Config:
+    base_steps: int = 300  # SFT steps that teach the base policy to write reviews
+    rm_pairs: int = 2000  # preference pairs labelled by the true preference, for the reward model
+    rm_steps: int = 300  # reward-model training steps
+    rm_lr: float = 1e-3  # reward-model learning rate
+    iters: int = 60  # PPO rollouts
+    rollout_size: int = 64  # completions per rollout
+    epochs: int = 4  # passes over each rollout
+    minibatch: int = 16  # completions per PPO gradient step
+    lr: float = 1e-3  # policy and value learning rate
+    beta: float = 0.05  # weight of the per-token KL penalty to the reference
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    clip_eps: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # value clip around the rollout's values
+    vf_coef: float = 0.5  # weight of the value loss
+    ent_coef: float = 0.01  # weight of the entropy bonus
+    target_kl: float = 0.05  # stop a rollout's epochs once the approximate KL to pi_old exceeds this
+    max_new_tokens: int = 12  # completion budget
+    best_of: int = 0  # N for Best-of-N (0 = the number of samples PPO drew per training prompt)
+    eval_prompts: int = 64  # held-out prompts for the before/after table
+    n_layer: int = 2  # model depth
+    n_embd: int = 64  # model width
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0  # for data, weights and sampling
+
+
+# ----------------------------------------------------------------------------- the task
+
+NOUNS = ["food", "service", "room", "staff", "view", "price", "bed", "music", "coffee", "wifi", "pool", "menu"]
+TRAIN_NOUNS, HELD_OUT_NOUNS = NOUNS[:8], NOUNS[8:]  # PPO never sees the held-out prompts
+SENTIMENT = {"great": 1, "lovely": 1, "superb": 1, "clean": 1, "friendly": 1, "good": 1,
+             "awful": -1, "dirty": -1, "rude": -1, "slow": -1, "noisy": -1, "bad": -1, "okay": 0, "small": 0}
+REVIEW = re.compile(r" (\w+)(?:(?:, (\w+))? and (\w+))?\.")  # " a." | " a and b." | " a, b and c."
+
+
+def make_review(rng, nouns):
+    """A prompt "the <noun> was" and a completion of 1-3 adjectives drawn uniformly."""
+    adjs = [rng.choice(list(SENTIMENT)) for _ in range(rng.randint(1, 3))]
+    body = adjs[0] if len(adjs) == 1 else ", ".join(adjs[:-1]) + " and " + adjs[-1]
+    return f"the {rng.choice(nouns)} was", f" {body}."
+
+
+def true_score(text):
+    """The preference we pretend people have, so we can check: +1 per positive adjective, -1 per
+    negative one, and -3 for anything that is not a well-formed review of 1-3 known adjectives."""
+    m = REVIEW.fullmatch(text)
+    if m is None or any(w is not None and w not in SENTIMENT for w in m.groups()):
+        return -3.0
+    return float(sum(SENTIMENT[w] for w in m.groups() if w is not None))
+
+
+# ----------------------------------------------------------------------------- models
+
+def join(prompts, completions, pad_id, device):
+    """Rows [pad.. prompt completion ..pad], as gpt.completion_logprobs lays them out: ids and
+    attention mask (B, W + Tc), the completion mask (B, Tc) from the lengths, and W."""
+    W, Tc = max(len(p) for p in prompts), max(max(len(c) for c in completions), 1)
+    idx, valid = gpt.pad_left(prompts, pad_id, device, W)
+    comp = torch.full((len(completions), Tc), pad_id, dtype=torch.long, device=device)
+    for row, c in enumerate(completions):
+        comp[row, :len(c)] = torch.as_tensor(c, dtype=torch.long)
+    lengths = torch.tensor([len(c) for c in completions], device=device)
+    mask = torch.arange(Tc, device=device)[None] < lengths[:, None]  # (B, Tc)
+    return torch.cat([idx, comp], 1), torch.cat([valid, mask], 1), mask, W
+
+
+class ScalarModel(nn.Module):
+    """A GPT backbone and a zero-initialised linear head: one scalar per position. As a reward
+    model it is read at the last real token, r(x, y); as a value model at every state, V(s_t)."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.n_embd, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, idx, attn_mask=None):  # (B, T) -> (B, T)
+        return self.head(self.backbone.hidden(idx, attn_mask)).squeeze(-1)
+
+
+def reward_scores(rm, prompts, completions, pad_id):
+    """r(x, y): (B,), the head's output on each row's last real token (EOS included)."""
+    idx, valid, mask, W = join(prompts, completions, pad_id, rm.head.weight.device)
+    last = W + mask.sum(1) - 1  # (B,) index of the last completion token in each row
+    return rm(idx, valid).gather(1, last[:, None]).squeeze(1)
+
+
+def bradley_terry_loss(r_chosen, r_rejected):
+    """-log sigma(r_w - r_l), averaged over pairs: the chosen should out-score the rejected."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def policy_outputs(policy, value, prompts, completions, pad_id):
+    """Per completion token: log pi(a_t | s_t), the policy's entropy H(pi(. | s_t)) and V(s_t),
+    each (B, Tc), plus the mask. s_t is the prompt and the tokens before a_t."""
+    idx, valid, mask, W = join(prompts, completions, pad_id, policy.lm_head.weight.device)
+    logits = gpt.upcast(policy(idx, attn_mask=valid)[0][:, W - 1:-1])  # (B, Tc, vocab)
+    logp_all = F.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, idx[:, W:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    values = value(idx, valid)[:, W - 1:-1]
+    return logp * mask, entropy, values * mask, mask
+
+
+# ----------------------------------------------------------------------------- PPO
+
+def gae(rewards, values, mask, gamma, lam):
+    """Generalised advantage estimation over (B, T) right-padded rows:
+    delta_t = r_t + gamma V_{t+1} - V_t (V = 0 after the last token), A_t = delta_t + gamma lam A_{t+1}.
+    Returns (advantages, returns = A + V)."""
+    T = rewards.size(1)
+    advantages = torch.zeros_like(rewards)
+    next_value, next_adv = torch.zeros_like(rewards[:, 0]), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        live = mask[:, t].to(rewards.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_adv) * live
+        next_value, next_adv = values[:, t] * live, advantages[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def whiten(x, mask, eps=1e-8):
+    """(x - mean) / std over the real tokens only."""
+    n = mask.sum()
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / n
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def per_token_rewards(logp, ref_logp, scores, mask, beta):
+    """r_t = -beta (log pi(a_t) - log pi_ref(a_t)), plus the reward model's score on the last token."""
+    rewards = -beta * (logp - ref_logp) * mask
+    last = mask.sum(1) - 1
+    return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
+
+
+def clipped_value_loss(values, old_values, returns, mask, clip):
+    """0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2): the critic may not jump far either."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return (loss * mask).sum() / mask.sum()
+
+
+def ppo_loss(logp, old_logp, advantages, entropy, values, old_values, returns, mask, cfg):
+    """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy, over real tokens."""
+    n = mask.sum()
+    ratio = torch.exp(logp - old_logp)  # rho_t = pi / pi_old
+    policy_loss = -torch.minimum(ratio * advantages, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * advantages)
+    policy_loss = (policy_loss * mask).sum() / n
+    value_loss = clipped_value_loss(values, old_values, returns, mask, cfg.value_clip)
+    mean_entropy = (entropy * mask).sum() / n
+    with torch.no_grad():
+        approx_kl = (((ratio - 1) - (logp - old_logp)) * mask).sum() / n  # k3 estimate of KL(pi_old || pi)
+        clipped = ((ratio - 1).abs() > cfg.clip_eps) & mask
+        stats = dict(approx_kl=float(approx_kl), clipfrac=float(clipped.sum() / n), entropy=float(mean_entropy),
+                     value_loss=float(value_loss))
+    return policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * mean_entropy, stats
+
+
+def rollout(policy, ref, rm, value, prompts, tok, cfg, generator):
+    """Sample one completion per prompt and score it: everything PPO's epochs need, no grad."""
+    pad = tok.eot_id
+    completions = policy.generate(prompts, cfg.max_new_tokens, temperature=1.0, stop_tokens=(pad,),
+                                  generator=generator, pad_id=pad)
+    with gpt.evaluating(policy, ref, rm, value):
+        logp, _, values, mask = policy_outputs(policy, value, prompts, completions, pad)
+        ref_logp, _ = gpt.completion_logprobs(ref, prompts, completions, pad)
+        scores = reward_scores(rm, prompts, completions, pad)
+    rewards = per_token_rewards(logp, ref_logp, scores, mask, cfg.beta)
+    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    return dict(prompts=prompts, completions=completions, logp=logp, values=values, mask=mask,
+                advantages=whiten(advantages, mask), returns=returns, scores=scores,
+                kl=((logp - ref_logp) * mask).sum(1))
+
+
+def ppo_update(policy, value, opt, batch, cfg, generator):
+    """epochs passes of shuffled minibatches over one rollout; stop early once the policy has
+    moved more than target_kl away from the one that sampled the rollout."""
+    n, pad, stats = len(batch["prompts"]), batch["pad"], []
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, cfg.minibatch):
+            rows = order[start:start + cfg.minibatch]
+            logp, entropy, values, mask = policy_outputs(policy, value, [batch["prompts"][i] for i in rows],
+                                                         [batch["completions"][i] for i in rows], pad)
+            T = mask.size(1)  # this minibatch's longest completion
+            old = {k: batch[k][rows, :T] for k in ("logp", "advantages", "values", "returns")}
+            loss, s = ppo_loss(logp, old["logp"], old["advantages"], entropy, values, old["values"], old["returns"],
+                               mask, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            stats.append(s)
+            if s["approx_kl"] > cfg.target_kl:  # early stop: the rollout has taught all it safely can
+                return {k: sum(x[k] for x in stats) / len(stats) for k in s} | {"updates": len(stats)}
+    return {k: sum(x[k] for x in stats) / len(stats) for k in stats[0]} | {"updates": len(stats)}
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+def review_prompts(tok, nouns, n, rng):
+    return [tok.encode(f"the {rng.choice(nouns)} was") for _ in range(n)]
+
+
+def decode(tok, completion):
+    return tok.decode(completion[:-1] if completion and completion[-1] == tok.eot_id else completion)
+
+
+def train_base_policy(tok, cfg, device):
+    """A tiny GPT that writes reviews with uniformly random adjectives: the SFT model PPO starts from."""
+    rng = random.Random(cfg.seed)
+    pairs = [(tok.encode(p), tok.encode(c) + [tok.eot_id]) for p, c in (make_review(rng, NOUNS) for _ in range(4000))]
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=32, n_layer=cfg.n_layer, n_head=4,
+                                  n_embd=cfg.n_embd)).to(device)
+    gpt.finetune(model, pairs, cfg.base_steps, lr=3e-3, batch_size=32, seed=cfg.seed, desc="base policy (SFT)")
+    return model
+
+
+def preference_pairs(policy, tok, nouns, n, rng, generator, max_new_tokens):
+    """Two samples per prompt from the policy, ordered by the true preference (ties dropped):
+    a list of (prompt, chosen, rejected) token lists."""
+    prompts = review_prompts(tok, nouns, n, rng)
+    a, b = (policy.generate(prompts, max_new_tokens, stop_tokens=(tok.eot_id,), generator=generator, pad_id=tok.eot_id)
+            for _ in range(2))
+    pairs = []
+    for p, x, y in zip(prompts, a, b):
+        sx, sy = true_score(decode(tok, x)), true_score(decode(tok, y))
+        if sx != sy:
+            pairs.append((p, x, y) if sx > sy else (p, y, x))
+    return pairs
+
+
+def train_reward_model(base, pairs, cfg, pad_id):
+    """Bradley-Terry on (prompt, chosen, rejected) triples, from a copy of the base policy."""
+    if not pairs:
+        raise ValueError("no preference pairs: every pair of samples tied on the true score; "
+                         "train the base policy longer (--base_steps) or draw more pairs (--rm_pairs)")
+    rm = ScalarModel(copy.deepcopy(base)).train()
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.rm_steps), desc="reward model", leave=False)
+    for _ in bar:
+        batch = [pairs[i] for i in torch.randint(len(pairs), (32,), generator=g).tolist()]
+        prompts = [p for p, _, _ in batch]
+        loss = bradley_terry_loss(reward_scores(rm, prompts, [w for _, w, _ in batch], pad_id),
+                                  reward_scores(rm, prompts, [l for _, _, l in batch], pad_id))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return rm.eval().requires_grad_(False)
+
+
+def normalise_rewards(rm, prompts, completions, pad_id):
+    """Rescale the head so the reference policy's own samples score mean 0 and std 1 (as
+    InstructGPT did): the KL weight beta then means the same whatever scale the RM learned."""
+    with torch.no_grad():
+        scores = reward_scores(rm, prompts, completions, pad_id)
+        mean, std = scores.mean(), scores.std()
+        rm.head.weight.div_(std)
+        rm.head.bias.sub_(mean).div_(std)
+
+
+def pairwise_accuracy(rm, pairs, pad_id):
+    with torch.no_grad():
+        prompts = [p for p, _, _ in pairs]
+        r_w = reward_scores(rm, prompts, [w for _, w, _ in pairs], pad_id)
+        r_l = reward_scores(rm, prompts, [l for _, _, l in pairs], pad_id)
+    return float((r_w > r_l).float().mean())
+
+
+def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
+    """Best-of-n from policy (n=1: plain sampling): mean reward-model score, KL to the reference
+    (measured for n=1, the analytic log n - (n-1)/n for Best-of-n) and true score."""
+    pad = tok.eot_id
+    samples = policy.generate([p for p in prompts for _ in range(n)], cfg.max_new_tokens, stop_tokens=(pad,),
+                              generator=generator, pad_id=pad)
+    with gpt.evaluating(policy, ref):
+        scores = reward_scores(rm, [p for p in prompts for _ in range(n)], samples, pad).view(-1, n)
+        best = scores.argmax(1)
+        chosen = [samples[i * n + int(b)] for i, b in enumerate(best)]
+        logp, _ = gpt.completion_logprobs(policy, prompts, chosen, pad)
+        ref_logp, _ = gpt.completion_logprobs(ref, prompts, chosen, pad)
+    kl = float((logp - ref_logp).sum(1).mean()) if n == 1 else math.log(n) - (n - 1) / n
+    return {"rm score": float(scores.max(1).values.mean()), "KL": kl,
+            "true score": sum(true_score(decode(tok, c)) for c in chosen) / len(chosen),
+            "example": tok.decode(prompts[0]) + decode(tok, chosen[0])}
+
+
+def main(cfg):
+    device = gpt.pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng, g = random.Random(cfg.seed), torch.Generator(device).manual_seed(cfg.seed)
+    corpus = " ".join(p + c for p, c in (make_review(rng, NOUNS) for _ in range(500)))
+    tok = gpt.Tokenizer.from_spec("bpe", corpus, vocab_size=512)  # stops once every word is one token
+    t0 = time.time()
+    base = train_base_policy(tok, cfg, device)
+    pairs = preference_pairs(base, tok, TRAIN_NOUNS, cfg.rm_pairs, rng, g, cfg.max_new_tokens)
+    test_pairs = preference_pairs(base, tok, HELD_OUT_NOUNS, 500, rng, g, cfg.max_new_tokens)
+    rm = train_reward_model(base, pairs, cfg, tok.eot_id)
+    prompts = review_prompts(tok, TRAIN_NOUNS, 256, rng)
+    normalise_rewards(rm, prompts, base.generate(prompts, cfg.max_new_tokens, stop_tokens=(tok.eot_id,), generator=g,
+                                                 pad_id=tok.eot_id), tok.eot_id)
+    print(f"reward model: {len(pairs)} pairs, held-out pairwise accuracy {pairwise_accuracy(rm, test_pairs, tok.eot_id):.1%} "
+          f"({time.time() - t0:.0f}s)")
+    ref = base.eval().requires_grad_(False)
+    policy, value = copy.deepcopy(base).requires_grad_(True), ScalarModel(copy.deepcopy(rm.backbone))
+    value.head.load_state_dict(rm.head.state_dict())
+    value.requires_grad_(True)
+    opt = torch.optim.AdamW(list(policy.parameters()) + list(value.parameters()), lr=cfg.lr, weight_decay=0.0)
+    eval_prompts = review_prompts(tok, HELD_OUT_NOUNS, cfg.eval_prompts, rng)
+    before = evaluate(ref, ref, rm, tok, eval_prompts, cfg, g)
+    policy.train()
+    value.train()
+    bar = tqdm(range(cfg.iters), desc="PPO")
+    for it in bar:
+        batch = rollout(policy, ref, rm, value, review_prompts(tok, TRAIN_NOUNS, cfg.rollout_size, rng), tok, cfg, g)
+        batch["pad"] = tok.eot_id
+        stats = ppo_update(policy, value, opt, batch, cfg, g)
+        bar.set_postfix(score=f"{batch['scores'].mean():.2f}", kl=f"{batch['kl'].mean():.2f}",
+                        updates=stats["updates"])
+        if it % 10 == 0:
+            tqdm.write(f"iter {it} score {batch['scores'].mean():.2f} kl {batch['kl'].mean():.2f} " +
+                       " ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+    after = evaluate(policy.eval(), ref, rm, tok, eval_prompts, cfg, g)
+    n_best = cfg.best_of or math.ceil(cfg.iters * cfg.rollout_size / len(TRAIN_NOUNS))
+    rows = [("reference (SFT)", 1, before)]
+    rows += [(f"Best-of-{n}", n, evaluate(ref, ref, rm, tok, eval_prompts, cfg, g, n)) for n in (4, 16, 64) if n <= max(n_best, 4)]
+    rows.append(("PPO", 1, after))
+    print(f"held-out prompts ({len(eval_prompts)}, nouns {HELD_OUT_NOUNS}); true score ranges -3..3")
+    print(f"{'policy':<16} {'samples':>7} {'RM score':>9} {'KL':>6} {'true score':>10}")
+    for name, n, r in rows:
+        print(f"{name:<16} {n:>7} {r['rm score']:>9.2f} {r['KL']:>6.2f} {r['true score']:>10.2f}   {r['example']!r}")
+    print(f"total {time.time() - t0:.0f}s (cpu {time.process_time():.0f}s)")
+    return {name: r for name, _, r in rows}
+
+
+if __name__ == "__main__":
+    main(gpt.parse_args(Config))

@@ -1,0 +1,218 @@
+"""grpo.py against hand-computed tensors, brute-force combinatorics and the full-batch gradient:
+advantages, the three loss normalisers, gradient accumulation, the KL and ratio at init,
+padding, group contiguity, DAPO's sampling and length shaping, pass@k, and a smoke run."""
+import copy
+import dataclasses
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+import gpt
+import grpo
+
+
+def tiny_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return gpt.GPT(cfg).eval()
+
+
+def random_batch(n, vocab, seed=0, G=2):
+    """n (prompt, completion) token lists of varied lengths, in contiguous groups of G prompts."""
+    rng = random.Random(seed)
+    prompts = [p for _ in range(n // G) for p in [[rng.randrange(1, vocab) for _ in range(rng.randint(2, 6))]] * G]
+    completions = [[rng.randrange(1, vocab) for _ in range(rng.randint(1, 7))] for _ in range(n)]
+    return prompts, completions
+
+
+# ----------------------------------------------------------------------------- advantages
+
+def test_zero_variance_groups_get_exactly_zero_advantage_and_no_nan():
+    # group 0: 0.1 four times, whose float mean is not exactly 0.1; group 1: all correct
+    rewards = torch.tensor([0.1, 0.1, 0.1, 0.1, 1.1, 1.1, 1.1, 1.1, 0.0, 1.0, 0.0, 0.0])
+    for scale in ("group", "none"):
+        A = grpo.group_advantages(rewards, 4, scale)
+        assert torch.isfinite(A).all()
+        assert (A[:8] == 0).all()
+    # group 2 by hand: mean 0.25, unbiased std sqrt((3 * 0.25^2 + 0.75^2) / 3) = 0.5
+    A = grpo.group_advantages(rewards, 4, "group")
+    expected = torch.tensor([-0.25, 0.75, -0.25, -0.25]) / (0.5 + 1e-4)
+    torch.testing.assert_close(A[8:], expected)
+    torch.testing.assert_close(grpo.group_advantages(rewards, 4, "none")[8:], torch.tensor([-0.25, 0.75, -0.25, -0.25]))
+
+
+def test_advantages_need_whole_groups():
+    with pytest.raises(ValueError, match="groups of G=4"):
+        grpo.group_advantages(torch.zeros(6), 4)
+
+
+# ----------------------------------------------------------------------------- the loss
+
+def test_token_weights_are_each_variants_normaliser():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    # grpo: 1/|o_i| within a sequence, then 1/B over sequences
+    torch.testing.assert_close(grpo.token_weights(mask, "grpo"),
+                               torch.tensor([[1 / 6, 1 / 6, 1 / 6, 0], [1 / 2, 0, 0, 0]]))
+    # dr_grpo: a constant, B * max_len = 2 * 5
+    torch.testing.assert_close(grpo.token_weights(mask, "dr_grpo", max_len=5),
+                               torch.tensor([[0.1, 0.1, 0.1, 0], [0.1, 0, 0, 0]]))
+    # dapo: one over all 4 active tokens of the batch
+    torch.testing.assert_close(grpo.token_weights(mask, "dapo"),
+                               torch.tensor([[0.25, 0.25, 0.25, 0], [0.25, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo.token_weights(mask, "ppo")
+
+
+def test_loss_at_ratio_one_is_the_weighted_advantage_sum():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    logp = torch.full((2, 4), -1.0) * mask
+    A = torch.tensor([2.0, -1.0])
+    for loss_type, expected in [("grpo", -(2 * 3 / 6 - 1 / 2)), ("dr_grpo", -(2 * 3 - 1) / 8), ("dapo", -(2 * 3 - 1) / 4)]:
+        loss, stats = grpo.grpo_loss(logp, logp, logp, A, mask, loss_type)
+        assert loss.item() == pytest.approx(expected)
+        assert stats["kl"] == 0 and stats["clipped"] == 0
+
+
+def test_k3_kl_and_clipping_by_hand():
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    old = torch.zeros(1, 3)
+    logp = torch.tensor([[math.log(1.5), math.log(0.5), 0.0]], requires_grad=True)  # ratios 1.5, 0.5, 1
+    ref = torch.tensor([[0.0, 0.0, -1.0]])
+    loss, stats = grpo.grpo_loss(logp, old, ref, torch.tensor([1.0]), mask, "dapo", 0.2, 0.28, beta=0.5)
+    # surrogate min(rho A, clip(rho) A) with A = 1: min(1.5, 1.28), min(0.5, 0.8), 1
+    # k3 = exp(ref - logp) - (ref - logp) - 1 for ref - logp = -log 1.5, -log 0.5, -1
+    k3 = [1 / 1.5 + math.log(1.5) - 1, 2 + math.log(0.5) - 1, math.exp(-1)]
+    assert loss.item() == pytest.approx((-(1.28 + 0.5 + 1) + 0.5 * sum(k3)) / 3, rel=1e-6)
+    assert stats["kl"] == pytest.approx(sum(k3) / 3, rel=1e-6)
+    assert stats["clipped"] == pytest.approx(1 / 3)  # only token 0 left the trust region on the helpful side
+    loss.backward()
+    # clipped token: only the KL term's gradient remains, d/dlogp k3 = 1 - exp(ref - logp)
+    assert logp.grad[0, 0].item() == pytest.approx(0.5 * (1 - 1 / 1.5) / 3, rel=1e-5)
+
+
+def test_mixed_rewards_give_a_gradient_though_the_loss_is_zero(tiny_gpt_config):
+    model = tiny_model(tiny_gpt_config)
+    prompts = [[5, 6, 7]] * 4
+    completions = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]  # equal lengths: the loss is exactly -mean(A)
+    A = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4)
+    logp, mask = gpt.completion_logprobs(model, prompts, completions)
+    loss, _ = grpo.grpo_loss(logp, logp.detach(), logp.detach(), A, mask, "grpo", beta=0.04)
+    assert abs(loss.item()) < 1e-6  # advantages sum to zero within the group, the ratio is 1, KL is 0
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert grad.norm() > 1e-3  # yet the gradient pushes the rewarded completions up
+
+
+# ----------------------------------------------------------------------------- the update
+
+def scored_batch(model, cfg, G=2, n=8, seed=0):
+    prompts, completions = random_batch(n, model.config.vocab_size, seed, G)
+    rewards = torch.tensor([float(i % 3 == 0) for i in range(n)])
+    batch = dict(prompts=prompts, completions=completions, rewards=rewards, pad=0)
+    return grpo.score_batch(model, copy.deepcopy(model), batch, cfg)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_micro_batched_accumulation_equals_the_full_batch(tiny_gpt_config, loss_type):
+    model = tiny_model(tiny_gpt_config).double()
+    cfg = grpo.Config(loss=loss_type, group_size=2, prompts_per_step=4, beta=0.1, max_new_tokens=9)
+    batch = scored_batch(model, cfg)
+    with torch.no_grad():  # move the policy off the old/reference one so ratio and KL are not trivial
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grads = []
+    for micro in (0, 3):  # 3 does not divide 8: the last micro-batch is short
+        model.zero_grad()
+        grpo.minibatch_backward(model, batch, slice(0, 8), dataclasses.replace(cfg, micro_batch=micro))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].norm() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
+
+
+def test_ratio_is_one_and_kl_zero_at_init(tiny_gpt_config):
+    model = tiny_model(tiny_gpt_config)
+    cfg = grpo.Config(group_size=2, prompts_per_step=4, beta=0.1)
+    batch = scored_batch(model, cfg)
+    model.train()  # dropout is 0: training mode computes the same function
+    logp, mask = gpt.completion_logprobs(model, batch["prompts"], batch["completions"])
+    assert torch.equal(torch.exp(logp - batch["old_logp"]), torch.ones_like(logp))
+    assert torch.equal(batch["ref_logp"], batch["old_logp"])
+    _, stats = grpo.grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], mask, "grpo", beta=0.1)
+    assert stats["kl"] == 0.0 and stats["clipped"] == 0.0
+
+
+def test_logprobs_ignore_left_padding_and_keep_eos_when_pad_is_eos(tiny_gpt_config):
+    model = tiny_model(tiny_gpt_config)
+    eos = 3
+    prompts, completions = [[9, 8, 7, 6, 5, 4], [11, 12]], [[20, 21, eos], [22, eos]]
+    logp, mask = gpt.completion_logprobs(model, prompts, completions, pad_id=eos)
+    assert mask.sum(1).tolist() == [3, 2]  # the EOS that ends each completion is scored
+    for row in range(2):  # each row alone has no padding at all
+        alone, _ = gpt.completion_logprobs(model, prompts[row:row + 1], completions[row:row + 1], pad_id=eos)
+        torch.testing.assert_close(logp[row, :len(completions[row])], alone[0], rtol=1e-5, atol=1e-6)
+    wider, _ = gpt.completion_logprobs(model, prompts, completions, pad_id=eos, prompt_width=12)
+    torch.testing.assert_close(wider, logp, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+def test_rollout_groups_are_contiguous_and_checked(tiny_gpt_config):
+    tok = grpo.task_tokenizer()
+    cfg = dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size, pos="learned")
+    model = tiny_model(cfg)
+    problems = grpo.make_problems(3, seed=0)
+    run = grpo.Config(group_size=4, max_new_tokens=6)
+    batch = grpo.rollout(model, tok, problems, run, torch.Generator().manual_seed(0))
+    assert batch["prompts"] == [tok.encode(q + "=") for q, _, _ in problems for _ in range(4)]
+    assert len(batch["completions"]) == len(batch["rewards"]) == 12
+    grpo.check_groups(batch["prompts"], 4)
+    with pytest.raises(AssertionError, match="not one prompt's group"):
+        grpo.check_groups([[1], [2], [1], [2]], 2)
+
+
+def test_dynamic_sampling_keeps_only_groups_with_reward_variance(monkeypatch):
+    cfg = grpo.Config(loss="dapo", group_size=2, prompts_per_step=2, max_resample=3)
+    rounds = iter([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+
+    def fake_rollout(policy, tok, problems, cfg, generator):
+        r = torch.tensor(next(rounds))
+        return dict(prompts=[[i] for i in range(4)], completions=[[7]] * 4, rewards=r, correct=r,
+                    lengths=torch.ones(4), truncated=torch.zeros(4, dtype=torch.bool))
+    monkeypatch.setattr(grpo, "rollout", fake_rollout)
+    batch, first = grpo.dynamic_rollout(None, None, lambda n: [None] * n, cfg, None)
+    assert batch["rewards"].tolist() == [0.0, 1.0, 1.0, 0.0]  # round 1's second group, round 3's first
+    assert first["rewards"].tolist() == [1.0, 1.0, 0.0, 1.0]  # statistics come from the first round
+
+
+def test_overlong_penalty_ramps_over_the_cache():
+    lengths = torch.tensor([4, 6, 8, 10, 12])
+    # budget 10, cache 4: no penalty up to 6 tokens, then -(len - 6)/4, at most -1
+    torch.testing.assert_close(grpo.overlong_penalty(lengths, 10, 4), torch.tensor([0.0, 0.0, -0.5, -1.0, -1.0]))
+
+
+def test_reward_checks_format_and_answer():
+    assert grpo.reward("<think>7+5=12,2+1=3</think><answer>32</answer>", 32, 0.1) == (1.1, True)
+    assert grpo.reward("<think>7+5=12,2+1=3</think><answer>31</answer>", 32, 0.1) == (0.1, False)
+    assert grpo.reward("<answer>32</answer>", 32, 0.1) == (0.0, False)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def test_pass_at_k_matches_brute_force_counting():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                draws = list(itertools.combinations([True] * c + [False] * (n - c), k))
+                brute = sum(any(d) for d in draws) / len(draws)
+                assert grpo.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+    assert grpo.pass_at_k(200, 3, 100) == pytest.approx(1 - math.comb(197, 100) / math.comb(200, 100))
+
+
+def test_main_smoke(tmp_path, capsys):
+    cfg = grpo.Config(steps=2, prompts_per_step=2, group_size=2, sft_examples=4, sft_steps=3, eval_problems=3,
+                      pass_k=2, n_layer=1, n_embd=32, eval_every=1, out_dir=str(tmp_path), device="cpu")
+    grpo.main(cfg)
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out

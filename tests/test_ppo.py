@@ -1,0 +1,163 @@
+"""ppo.py against brute force and worked examples: GAE as an explicit discounted sum, the reward
+model's score on the last real token, the Bradley-Terry loss at init, KL and ratio at init, the
+clipped value loss, log-probs and entropy against gpt.py's helper, and a smoke run."""
+import copy
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt
+import ppo
+
+
+def tiny_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return gpt.GPT(cfg).eval()
+
+
+def random_rows(n, vocab, seed=0):
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(1, vocab) for _ in range(rng.randint(2, 6))] for _ in range(n)]
+    completions = [[rng.randrange(1, vocab) for _ in range(rng.randint(1, 7))] for _ in range(n)]
+    return prompts, completions
+
+
+def test_gae_equals_the_brute_force_discounted_sum():
+    torch.manual_seed(0)
+    B, T, gamma, lam = 4, 6, 0.9, 0.8
+    lengths = [6, 3, 1, 5]
+    mask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
+    rewards, values = torch.randn(B, T, dtype=torch.float64) * mask, torch.randn(B, T, dtype=torch.float64) * mask
+    advantages, returns = ppo.gae(rewards, values, mask, gamma, lam)
+    for b, L in enumerate(lengths):
+        V = values[b, :L].tolist() + [0.0]  # the state after the last token is terminal
+        delta = [rewards[b, t].item() + gamma * V[t + 1] - V[t] for t in range(L)]
+        for t in range(L):
+            expected = sum((gamma * lam) ** l * delta[t + l] for l in range(L - t))
+            assert advantages[b, t].item() == pytest.approx(expected, abs=1e-12)
+            assert returns[b, t].item() == pytest.approx(expected + V[t], abs=1e-12)
+        assert (advantages[b, L:] == 0).all() and (returns[b, L:] == 0).all()
+    # lambda = 1 makes A_t + V_t the plain discounted return sum_l gamma^l r_{t+l}
+    advantages, returns = ppo.gae(rewards, values, mask, gamma, 1.0)
+    L = lengths[0]
+    for t in range(L):
+        assert returns[0, t].item() == pytest.approx(sum(gamma ** l * rewards[0, t + l].item() for l in range(L - t)))
+
+
+def test_reward_score_is_read_on_the_last_real_token(tiny_gpt_config):
+    rm = ppo.ScalarModel(tiny_model(tiny_gpt_config)).eval()
+    torch.nn.init.normal_(rm.head.weight)
+    prompts, completions = random_rows(5, tiny_gpt_config.vocab_size)
+    with torch.no_grad():
+        scores = ppo.reward_scores(rm, prompts, completions, pad_id=0)
+        for i, (p, c) in enumerate(zip(prompts, completions)):  # each row alone, unpadded
+            alone = rm(torch.tensor([p + c]))[0, -1]
+            assert scores[i].item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+def test_reward_model_loss_starts_at_ln2_with_a_zero_head(tiny_gpt_config):
+    rm = ppo.ScalarModel(tiny_model(tiny_gpt_config))
+    prompts, chosen = random_rows(6, tiny_gpt_config.vocab_size, seed=1)
+    _, rejected = random_rows(6, tiny_gpt_config.vocab_size, seed=2)
+    loss = ppo.bradley_terry_loss(ppo.reward_scores(rm, prompts, chosen, 0), ppo.reward_scores(rm, prompts, rejected, 0))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    # -log sigma(1 - 0) = log(1 + e^-1)
+    assert ppo.bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(math.log1p(math.exp(-1)))
+
+
+def test_policy_outputs_match_completion_logprobs_and_a_brute_force_entropy(tiny_gpt_config):
+    policy = tiny_model(tiny_gpt_config)
+    value = ppo.ScalarModel(tiny_model(tiny_gpt_config, seed=1))
+    prompts, completions = random_rows(4, tiny_gpt_config.vocab_size)
+    with torch.no_grad():
+        logp, entropy, values, mask = ppo.policy_outputs(policy, value, prompts, completions, pad_id=0)
+        reference, ref_mask = gpt.completion_logprobs(policy, prompts, completions, pad_id=0)
+        torch.testing.assert_close(logp, reference, rtol=1e-5, atol=1e-6)
+        assert torch.equal(mask, ref_mask)
+        p, c = prompts[2], completions[2]  # brute force on one unpadded row
+        probs = F.softmax(policy(torch.tensor([p + c]))[0][0, len(p) - 1:-1], -1)
+        torch.testing.assert_close(entropy[2, :len(c)], -(probs * probs.log()).sum(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_kl_is_zero_and_ratio_one_at_init(tiny_gpt_config):
+    torch.manual_seed(0)
+    base = tiny_model(tiny_gpt_config)
+    policy, rm = copy.deepcopy(base), ppo.ScalarModel(copy.deepcopy(base))
+    value = copy.deepcopy(rm)
+    tok = type("Tok", (), {"eot_id": 1})()
+    cfg = ppo.Config(beta=0.1, max_new_tokens=5)
+    prompts, _ = random_rows(6, tiny_gpt_config.vocab_size)
+    batch = ppo.rollout(policy, base, rm, value, prompts, tok, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(batch["kl"], torch.zeros(6))
+    policy.train()  # dropout is 0: training mode computes the same function
+    logp, *_ = ppo.policy_outputs(policy, value, prompts, batch["completions"], 1)
+    assert torch.equal(torch.exp(logp - batch["logp"]), torch.ones_like(logp))
+
+
+def test_per_token_rewards_put_the_score_on_the_last_token():
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    logp, ref = torch.tensor([[-1.0, -2.0, -1.0], [-3.0, 0, 0]]), torch.tensor([[-1.5, -1.0, -1.0], [-2.0, 0, 0]])
+    rewards = ppo.per_token_rewards(logp, ref, torch.tensor([2.0, -1.0]), mask, beta=0.5)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.25, 0.5, 2.0], [0.5 - 1.0, 0, 0]]))
+
+
+def test_clipped_value_loss_matches_its_formula():
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    old = torch.zeros(1, 3)
+    values = torch.tensor([[0.5, 0.5, 0.1]], requires_grad=True)
+    returns = torch.tensor([[1.0, 0.0, 1.0]])
+    # token 0: max((0.5-1)^2, (0.2-1)^2) = 0.64; token 1: max(0.25, 0.04) = 0.25; token 2: inside the clip, 0.81
+    loss = ppo.clipped_value_loss(values, old, returns, mask, clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.25 + 0.81) / 3)
+    loss.backward()
+    # the clipped branch of token 0 does not depend on V; the others give (V - R) / 3
+    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.5 / 3, -0.9 / 3]]))
+
+
+def test_whiten_uses_real_tokens_only():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 5.0]])
+    w = ppo.whiten(x, mask)
+    real = w[mask]
+    assert real.mean().abs() < 1e-6 and real.pow(2).mean().sqrt().item() == pytest.approx(1.0, abs=1e-4)
+    assert w[0, 2] == 0
+
+
+def test_ppo_update_stops_early_on_kl(tiny_gpt_config):
+    base = tiny_model(tiny_gpt_config)
+    policy, value = copy.deepcopy(base), ppo.ScalarModel(copy.deepcopy(base))
+    prompts, completions = random_rows(8, tiny_gpt_config.vocab_size)
+    with torch.no_grad():
+        logp, _, values, mask = ppo.policy_outputs(policy, value, prompts, completions, 0)
+    batch = dict(prompts=prompts, completions=completions, logp=logp, values=values, pad=0,
+                 advantages=ppo.whiten(torch.randn_like(logp), mask), returns=torch.randn_like(logp) * mask)
+    opt = torch.optim.AdamW(list(policy.parameters()) + list(value.parameters()), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    full = ppo.ppo_update(policy, value, opt, batch, ppo.Config(epochs=2, minibatch=4, target_kl=1e9), g)
+    assert full["updates"] == 4
+    stopped = ppo.ppo_update(policy, value, opt, batch, ppo.Config(epochs=2, minibatch=4, target_kl=-1.0), g)
+    assert stopped["updates"] == 1
+
+
+def test_true_score_worked_examples():
+    assert ppo.true_score(" great.") == 1
+    assert ppo.true_score(" great and rude.") == 0
+    assert ppo.true_score(" superb, clean and okay.") == 2
+    assert ppo.true_score(" great great great.") == -3  # not a review
+    assert ppo.true_score(" tasty.") == -3  # unknown word
+    rng = random.Random(0)
+    for _ in range(50):  # every review the task writes parses, and scores the sum of its words
+        _, completion = ppo.make_review(rng, ppo.NOUNS)
+        words = completion.strip(" .").replace(",", "").split(" ")
+        assert ppo.true_score(completion) == sum(ppo.SENTIMENT[w] for w in words if w != "and")
+
+
+def test_main_smoke(capsys):
+    cfg = ppo.Config(base_steps=100, rm_pairs=40, rm_steps=3, iters=2, rollout_size=8, minibatch=4, epochs=1,
+                     eval_prompts=4, best_of=4, n_layer=1, n_embd=64, device="cpu")
+    rows = ppo.main(cfg)
+    assert set(rows) == {"reference (SFT)", "Best-of-4", "PPO"}
+    assert "true score" in capsys.readouterr().out
