@@ -221,7 +221,8 @@ if triton is not None:
         """Keeps the candidates listed for the call's head dim (16 and 32 take those of 64)."""
         def prune(configs, named_args, **kwargs):
             wanted = table[64 if kwargs["HEAD_DIM"] <= 64 else 128]
-            return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+            shape = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)  # noqa: E731
+            return [c for c in configs if shape(c) in wanted]
         return {"early_config_prune": prune}
 
     _UPCAST_DOTS = tl.constexpr(INTERPRET)
@@ -626,7 +627,8 @@ def check_table(device, d):
             out = attn(*leaves, causal=causal)
             out.backward(dO.to(dt))
             errors[name] = [out.double()] + [t.grad.double() for t in leaves]
-        ours, theirs = ([(a - r).abs().max().item() for a, r in zip(errors[n], errors["ref"])] for n in ("ours", "sdpa"))
+        ours, theirs = ([(a - r).abs().max().item() for a, r in zip(errors[name], errors["ref"])]
+                        for name in ("ours", "sdpa"))
         ok = all(o <= 2 * s + 1e-6 for o, s in zip(ours, theirs))
         fmt = lambda errs: " ".join(f"{e:.1e}" for e in errs)  # noqa: E731
         print(f"{Lq:>5} {Lk:>5} {causal!s:>6}  {fmt(ours):<36} {fmt(theirs):<36} {'yes' if ok else 'NO'}")
@@ -677,7 +679,8 @@ def tflops_table(device):
             except torch.cuda.OutOfMemoryError:
                 fwd[name] = both[name] = float("nan")  # naive attention at large N
             torch.cuda.empty_cache()
-        cells = lambda r: f"{r['naive']:>6.0f} {r['ours']:>6.0f} {r['sdpa']:>6.0f} {r['ours'] / r['sdpa']:>8.2f}x"  # noqa: E731
+        cells = lambda r: (f"{r['naive']:>6.0f} {r['ours']:>6.0f} {r['sdpa']:>6.0f} "  # noqa: E731
+                           f"{r['ours'] / r['sdpa']:>8.2f}x")
         tqdm.write(f"{d:>4} {causal!s:>6} {N:>6} | {cells(fwd)} | fwd+bwd: {cells(both)}")
 
 

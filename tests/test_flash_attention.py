@@ -24,7 +24,7 @@ def grads(out, dO, *leaves):
 def sdpa_bottom_right(q, k, v, causal):
     """The independent reference: SDPA, with the bottom-right causal mask written out as attn_mask."""
     Lq, Lk = q.shape[-2], k.shape[-2]
-    mask = torch.ones(Lq, Lk).tril(diagonal=Lk - Lq).bool() if causal else None
+    mask = torch.ones(Lq, Lk, device=q.device).tril(diagonal=Lk - Lq).bool() if causal else None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -128,8 +128,9 @@ def test_triton_under_interpreter():
     if torch.cuda.is_available() or INTERPRETED:
         pytest.skip("the test_triton_* cases run in this process")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton_ and not interpreter"],
-                           env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+               "-k", "triton_ and not interpreter"]
+    child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0 and " passed" in child.stdout and "skipped" not in child.stdout, child.stdout[-4000:]
 
 
@@ -193,7 +194,8 @@ def test_autotune_keeps_the_configs_listed_for_the_head_dim():
         prune = fa._prune(table)["early_config_prune"]
         for d, wanted in ((32, table[64]), (64, table[64]), (128, table[128])):
             kept = prune(fa._configs(table, None), {}, HEAD_DIM=d, CAUSAL=True)
-            assert sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept) == sorted(wanted)
+            shapes = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
+            assert sorted(shapes) == sorted(wanted)
 
 
 # ----------------------------------------------------------------------------- IO analysis and demo
