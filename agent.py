@@ -12,7 +12,7 @@ parses and names a real tool. The model is SFT-trained (Toolformer-style traces,
 2023) with the loss on its own turns only, never on tool outputs.
 
     python agent.py                     # train on synthetic traces, evaluate held-out tasks
-    python agent.py --steps=2000 --n_eval=100
+    python agent.py --steps=4000 --n_eval=100   # longer training, more held-out tasks
 
 On CPU (a few minutes) you see task success with tools (constrained and free decoding) vs
 without tools on multi-digit multiplication, unit conversion and the thermostat ("I'm cold"
@@ -31,12 +31,12 @@ import gpt
 
 @dataclass
 class AgentConfig:
-    n_train: int = 3000  # synthetic training tasks (each becomes a trace of 1-3 model turns)
+    n_train: int = 6000  # synthetic training tasks (each becomes a trace of 1-3 model turns)
     no_tool_frac: float = 0.25  # of those, traces where only final_answer exists and the model must answer alone
     n_eval: int = 0  # held-out tasks per family; 0 = 30 on CPU, 200 on CUDA
-    steps: int = 0  # SFT steps; 0 = 800 on CPU, 4000 on CUDA
+    steps: int = 0  # SFT steps; 0 = 2000 on CPU, 6000 on CUDA
     n_embd: int = 0  # model width (2 layers, 4 heads); 0 = 96 on CPU, 256 on CUDA
-    lr: float = 3e-3  # peak AdamW learning rate (cosine decay)
+    lr: float = 5e-3  # peak AdamW learning rate (cosine decay)
     max_steps: int = 5  # model turns per task before the loop gives up
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # tasks, initialisation and training order
@@ -520,7 +520,7 @@ def train_agent(cfg, device):
     n_embd = cfg.n_embd or (256 if cuda else 96)
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2, n_head=4,
                                   n_embd=n_embd)).to(device)
-    steps = cfg.steps or (4000 if cuda else 800)
+    steps = cfg.steps or (6000 if cuda else 2000)
     loss = gpt.finetune(model, pairs, steps, lr=cfg.lr, batch_size=16, seed=cfg.seed, desc="SFT on tool traces")
     print(f"model: gpt.py 2x{n_embd}, {gpt.count_params(model) / 1e6:.2f}M params; {len(pairs)} turns from "
           f"{cfg.n_train} traces, {steps} steps, final loss {loss:.3f}")

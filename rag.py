@@ -39,7 +39,7 @@ except ImportError:
 
 @dataclass
 class RAGConfig:
-    n_entities: int = 0  # made-up people in the knowledge base; 0 = 100 on CPU, 400 on CUDA
+    n_entities: int = 0  # made-up people in the knowledge base; 0 = 300 on CPU, 1000 on CUDA
     chunk_size: int = 16  # words per chunk
     chunk_overlap: int = 9  # words shared by neighbouring chunks: >= the longest sentence - 1, so every fact fits whole in one
     test_frac: float = 0.3  # fraction of facts whose questions are held out from every training step
@@ -550,7 +550,7 @@ def main(cfg):
     torch.manual_seed(cfg.seed)
     if cfg.bench:
         return bench(cfg, device)
-    n_entities = cfg.n_entities or (400 if cuda else 100)
+    n_entities = cfg.n_entities or (1000 if cuda else 300)
     chunks, facts = make_knowledge_base(n_entities, cfg.chunk_size, cfg.chunk_overlap, cfg.seed)
     train, test = split_questions(facts, cfg.test_frac, cfg.seed)
     print(f"knowledge base: {n_entities} made-up people, {len(facts)} facts in {len(chunks)} chunks of "
@@ -596,7 +596,9 @@ def main(cfg):
 
 def bench(cfg, device, sizes=(1_000, 10_000, 100_000), n_queries=50):
     """Per-query latency vs corpus size. Peers in the same run: exact dense search for LSH, and
-    rank_bm25 (scores every document per query term) for our inverted-index BM25 when installed."""
+    rank_bm25 (scores every document per query term) for our inverted-index BM25 when installed.
+    LSH grows its codes with the corpus, log2(N/2) bits (about two chunks per bucket), 16 tables,
+    probe radius 1."""
     try:
         from rank_bm25 import BM25Okapi
     except ImportError:
@@ -613,7 +615,7 @@ def bench(cfg, device, sizes=(1_000, 10_000, 100_000), n_queries=50):
         docs, embs = chunks[:n], all_embs[:n]
         queries = [q for q, fact in test if max(fact["relevant"]) < n][:n_queries]
         query_embs = bi.embed(queries)
-        ours, index = BM25(docs), LSHIndex(embs, cfg.lsh_tables, cfg.lsh_bits, cfg.seed)
+        ours, index = BM25(docs), LSHIndex(embs, 16, round(math.log2(n / 2)), cfg.seed)
         t_bm25 = timed(lambda: [top_k(ours.scores(q), 10) for q in queries]) / len(queries)
         t_peer = math.nan
         if BM25Okapi is not None:
