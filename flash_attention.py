@@ -420,7 +420,7 @@ def _triton_forward(q, k, v, causal, scale):
     O = torch.empty_like(q, memory_format=torch.contiguous_format)
     L = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
     grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _fwd_kernel[grid](q, k, v, O, L, *_strides(q, k, v, O), H, Lq, k.shape[2], scale * 1.4426950408889634,
+    _fwd_kernel[grid](q, k, v, O, L, *_strides(q, k, v, O), H, Lq, k.shape[2], scale / math.log(2),  # scale log2(e)
                       HEAD_DIM=d, CAUSAL=causal)
     return O, L
 
@@ -431,7 +431,7 @@ def _triton_backward(q, k, v, O, L, dO, causal, scale):
     dO = dO if dO.stride(-1) == 1 else dO.contiguous()
     D = (dO.float() * O).sum(-1)  # D_i = rowsum(dO_i * O_i), (B, H, Lq) float32
     dQ, dK, dV = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-    args = (*_strides(q, k, v, dO), H, Lq, Lk, scale * 1.4426950408889634, scale)
+    args = (*_strides(q, k, v, dO), H, Lq, Lk, scale / math.log(2), scale)
     meta = dict(HEAD_DIM=d, CAUSAL=causal)
     _dkdv_kernel[lambda m: (triton.cdiv(Lk, m["BLOCK_N"]), B * H)](q, k, v, dO, L, D, dK, dV, *args, **meta)
     _dq_kernel[lambda m: (triton.cdiv(Lq, m["BLOCK_M"]), B * H)](q, k, v, dO, L, D, dQ, *args, **meta)
