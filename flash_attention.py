@@ -719,7 +719,8 @@ def parse_args(config_cls, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     hints, fields = typing.get_type_hints(config_cls), {f.name: f.default for f in dataclasses.fields(config_cls)}
     if "--help" in argv or "-h" in argv:
-        raise SystemExit("options: " + " ".join(f"--{n}={v}" for n, v in fields.items()))
+        print("options (see the Config class for what each does): " + " ".join(f"--{n}={v}" for n, v in fields.items()))
+        raise SystemExit(0)
     overrides = {}
     for arg in argv:
         name, eq, value = arg.removeprefix("--").partition("=")
@@ -734,7 +735,7 @@ def parse_args(config_cls, argv=None):
         try:
             overrides[name] = kind(value)
         except ValueError:
-            raise SystemExit(f"error: --{name} takes a {kind.__name__}, got {value!r}") from None
+            raise SystemExit(f"error: --{name}={value!r} is not a valid {kind.__name__}") from None
     return config_cls(**overrides)
 
 
