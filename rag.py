@@ -562,7 +562,9 @@ def main(cfg):
     _, _, hybrid = search_all(train_questions, bm25, bi.embed(train_questions), doc_embs, cfg.rerank_depth)
     rng = random.Random(cfg.seed)
     hard = [[c for c in ranking if c not in fact["relevant"]] for ranking, (_, fact) in zip(hybrid, train)]
-    hard = [h + rng.sample([c for c in range(len(chunks)) if c not in h], cfg.n_negatives) for h in hard]
+    for h, (_, fact) in zip(hard, train):  # after the hard negatives, a few random ones
+        randoms = rng.sample(range(len(chunks)), min(len(chunks), 3 * cfg.n_negatives))
+        h += [c for c in randoms if c not in h and c not in fact["relevant"]]
     cross = train_cross_encoder(CrossEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, hard,
                                 cfg.cross_steps, cfg.n_negatives, cfg.seed)
     reader, tok = train_reader(train, chunks, hard, cfg, cfg.reader_steps or (6000 if cuda else 2500),
