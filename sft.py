@@ -1,0 +1,486 @@
+"""Supervised fine-tuning: teach a pretrained GPT to follow instructions, fully or with LoRA/QLoRA.
+
+A chat template wraps each turn in special tokens, and the loss is the next-token cross-entropy
+on the assistant's tokens only: L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t. Short examples
+are packed into full rows with a block-diagonal attention mask. LoRA (Hu et al. 2021) freezes W
+and learns a low-rank update, W' = W + (alpha/r) B A with B = 0 at the start; QLoRA (Dettmers et
+al. 2023) also stores the frozen W in 4-bit NormalFloat (NF4) with blockwise absmax scales that
+are themselves quantised to 8 bits (double quantisation).
+
+    python sft.py                                  # tiny base trained here, then full / LoRA / QLoRA
+    python sft.py --init=out/train/ckpt.pt         # fine-tune the model `python train.py` wrote
+    python sft.py --methods=lora --lora_r=4
+    torchrun --nproc_per_node=2 sft.py             # DDP: each process takes a slice of every batch
+
+On CPU you see a tiny base pretrained for a minute, then three fine-tunes on one-line
+instructions (count the letters or the vowels of a word, its first or last letter, the parity
+of a number), and a table of held-out exact-match accuracy before and after, per method and per
+task, with trainable parameters and weight memory. The full fine-tune is saved to
+out/sft/ckpt.pt, where `python dpo.py --init=out/sft/ckpt.pt` can start.
+"""
+import copy
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import gpt
+from train import setup_distributed
+
+
+@dataclass
+class SFTConfig:
+    init: str = ""  # checkpoint to fine-tune (e.g. out/train/ckpt.pt); empty = pretrain a tiny base here
+    base_steps: int = 0  # pretraining steps of that tiny base; 0 = 300 on CPU, 2000 on CUDA
+    methods: str = "full,lora,qlora"  # comma-separated, from full | lora | qlora
+    steps: int = 0  # fine-tuning steps per method; 0 = 200 on CPU, 1000 on CUDA
+    batch_size: int = 16  # packed rows per step, over all processes
+    lr: float = 3e-3  # peak AdamW learning rate of full fine-tuning (cosine decay to 0)
+    lora_lr: float = 5e-3  # peak learning rate with LoRA and QLoRA: adapters start at zero and want a higher one
+    lora_r: int = 8  # LoRA rank r
+    lora_alpha: float = 16.0  # LoRA alpha: the update is (alpha / r) B A
+    lora_targets: str = "c_attn,c_proj,c_fc"  # Linear layers in each block (by name) that get adapters
+    n_train: int = 4000  # training instructions
+    n_eval: int = 200  # held-out instructions, over words and numbers never seen in training
+    out_dir: str = "out/sft"  # ckpt.pt (the full fine-tune) and log.jsonl
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 1337  # data, initialisation and batch order
+
+    def __post_init__(self):
+        unknown = set(self.method_list) - {"full", "lora", "qlora"}
+        if unknown or not self.method_list:
+            raise ValueError(f"methods={self.methods!r}: use a comma-separated list of full, lora, qlora")
+        if min(self.lora_r, self.batch_size, self.n_train, self.n_eval) < 1:
+            raise ValueError("lora_r, batch_size, n_train and n_eval must be at least 1")
+
+    @property
+    def method_list(self):
+        return [m for m in self.methods.split(",") if m]
+
+
+# ----------------------------------------------------------------------------- chat template
+
+ROLES = ("system", "user", "assistant")
+
+
+def _segments(messages, tok, add_generation_prompt):
+    """(token ids, spoken by the assistant?) pieces: <|role|> content <|end|> per message.
+    Content is encoded as ordinary text, so a user typing "<|end|>" cannot forge a token."""
+    end = tok.special("<|end|>")
+    for msg in messages:
+        if msg.get("role") not in ROLES:
+            raise ValueError(f"message role {msg.get('role')!r} is not one of {ROLES}")
+        assistant = msg["role"] == "assistant"
+        yield [tok.special(f"<|{msg['role']}|>")], False  # the header is the template's, not the model's
+        yield tok.encode(msg["content"]) + [end], assistant  # the model must learn to say <|end|>
+    if add_generation_prompt:
+        yield [tok.special("<|assistant|>")], False
+
+
+def render_chat(messages, tok, add_generation_prompt=False):
+    """Token ids of a conversation [{"role": ..., "content": ...}, ...]. With add_generation_prompt,
+    it ends with <|assistant|>: the prompt from which the model writes its answer."""
+    return [t for ids, _ in _segments(messages, tok, add_generation_prompt) for t in ids]
+
+
+def loss_mask(messages, tok):
+    """1 for every token of render_chat(messages) that the assistant wrote (its closing <|end|>
+    included), 0 for the template and the other roles: only those tokens are trained on."""
+    return [int(assistant) for ids, assistant in _segments(messages, tok, False) for _ in ids]
+
+
+# ----------------------------------------------------------------------------- packing
+
+def pack(examples, block_size):
+    """Next-fit packing of (ids, mask) examples into rows of at most block_size inputs. Each row
+    is (inputs, targets, doc): targets are the next token where the mask says so, else -1;
+    doc numbers the example each position belongs to, for the block-diagonal mask."""
+    rows, row = [], ([], [], [])
+    for n, (ids, mask) in enumerate(examples):
+        if len(ids) - 1 > block_size:
+            raise ValueError(f"example {n} has {len(ids)} tokens, more than block_size={block_size} + 1: "
+                             "shorten it or fine-tune a model with a longer context")
+        if len(row[0]) + len(ids) - 1 > block_size:
+            rows.append(row)
+            row = ([], [], [])
+        row[0].extend(ids[:-1])  # x_t; the last token only ever appears as a target
+        row[1].extend(t if m else -1 for t, m in zip(ids[1:], mask[1:]))  # y_t = x_{t+1} where m_{t+1} = 1
+        row[2].extend([n] * (len(ids) - 1))
+    return rows + ([row] if row[0] else [])
+
+
+def collate(rows, device, pad_id=0):
+    """(idx, targets, doc), each (B, T) for T the longest row; padding has target -1 and doc -1."""
+    T = max(len(r[0]) for r in rows)
+    idx, targets, doc = (torch.tensor([r[i] + [fill] * (T - len(r[i])) for r in rows], device=device)
+                         for i, fill in ((0, pad_id), (1, -1), (2, -1)))
+    return idx, targets, doc
+
+
+class PackedGPT(nn.Module):
+    """A GPT run on packed rows: token i attends to token j only if j <= i and both belong to
+    the same example, and positions restart at 0 for each example, so every example gets exactly
+    the logits it would get alone. gpt.GPT.hidden only takes a (B, T) padding mask, so the few
+    lines of its forward are repeated here with this mask; tests check both agree."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, doc):  # idx, doc: (B, T) -> logits (B, T, vocab)
+        m, cfg = self.model, self.model.config
+        t = torch.arange(idx.size(1), device=idx.device)
+        first = F.pad(doc[:, 1:] != doc[:, :-1], (1, 0), value=True)  # (B, T): an example starts here
+        positions = t - torch.where(first, t, 0).cummax(-1).values  # (B, T): 0, 1, 2.. in each example
+        mask = (doc[:, :, None] == doc[:, None, :]) & (t[:, None] >= t[None, :])  # (B, T, T) block-diagonal causal
+        x = m.transformer.wte(idx)  # (B, T, n_embd)
+        rope = None
+        if cfg.pos == "rope":
+            rope = gpt.rope_angles(positions, cfg.n_embd // cfg.n_head, cfg.rope_base)
+        else:
+            x = x + m.transformer.wpe(positions)
+        x = m.transformer.drop(x)
+        for layer, block in enumerate(m.transformer.h):
+            x = block(x, rope, mask[:, None], False, None, layer)
+        return m.lm_head(m.transformer.ln_f(x))
+
+
+# ----------------------------------------------------------------------------- LoRA and QLoRA
+
+def nf4_levels():
+    """The 16 NormalFloat-4 values: quantiles of N(0, 1) scaled to [-1, 1], 8 positive and 7
+    negative, so that 0 is exact. Each of the 2^4 bins holds equal N(0, 1) mass, which suits
+    weights that are roughly normal. delta trims the infinite tails (Dettmers et al. 2023)."""
+    delta = 0.5 * (1 / 32 + 1 / 30)
+    positive = torch.special.ndtri(torch.linspace(1 - delta, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -torch.special.ndtri(torch.linspace(1 - delta, 0.5, 8, dtype=torch.float64)[:-1])
+    levels = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]) / positive.max()
+    return levels.sort().values.float()
+
+
+NF4 = nf4_levels()
+NF4_BLOCK = 64  # weights per absmax scale
+ABSMAX_BLOCK = 256  # absmax scales per second-level (fp32) scale in the double quantisation
+
+
+def quantize_nf4(w):
+    """Blockwise NF4: each block of 64 weights is divided by its absmax c, and each value becomes
+    the index of its nearest NF4 level, two 4-bit codes per byte. The constants c (one fp32 per
+    block, 0.5 bit per weight) are double-quantised: c - mean(c) to int8 in blocks of 256, each
+    with its own fp32 scale (0.127 bit per weight in all). Returns a dict of tensors."""
+    flat = w.detach().float().flatten()
+    blocks = F.pad(flat, (0, -flat.numel() % NF4_BLOCK)).view(-1, NF4_BLOCK)  # (n_blocks, 64)
+    absmax = blocks.abs().amax(1)  # c_b
+    midpoints = (NF4[1:] + NF4[:-1]).to(w.device) / 2
+    codes = torch.bucketize(blocks / absmax.clamp(min=1e-12)[:, None], midpoints).to(torch.uint8)  # nearest level
+    mean = absmax.mean()
+    centred = F.pad(absmax - mean, (0, -absmax.numel() % ABSMAX_BLOCK)).view(-1, ABSMAX_BLOCK)
+    scale = centred.abs().amax(1).clamp(min=1e-12)  # (n_blocks / 256,) fp32 second-level scales
+    absmax_codes = torch.round(centred / scale[:, None] * 127).to(torch.int8).flatten()[:absmax.numel()]
+    return dict(codes=codes[:, 0::2] << 4 | codes[:, 1::2], absmax_codes=absmax_codes, absmax_scale=scale,
+                absmax_mean=mean, shape=torch.tensor(w.shape))
+
+
+def dequantize_nf4(q):
+    """The float32 weight back from quantize_nf4: w ~ NF4[code] * c', c' = int8 / 127 * scale + mean."""
+    n_blocks = q["absmax_codes"].numel()
+    centred = F.pad(q["absmax_codes"].float(), (0, -n_blocks % ABSMAX_BLOCK)).view(-1, ABSMAX_BLOCK)
+    absmax = (centred / 127 * q["absmax_scale"][:, None]).flatten()[:n_blocks] + q["absmax_mean"]  # c'
+    codes = torch.stack([q["codes"] >> 4, q["codes"] & 15], -1).view(n_blocks, NF4_BLOCK)
+    w = NF4.to(absmax.device)[codes.long()] * absmax[:, None]  # (n_blocks, 64)
+    return w.flatten()[:int(q["shape"].prod())].view(q["shape"].tolist())
+
+
+class LoRALinear(nn.Module):
+    """y = x W^T + b + (alpha/r) x A^T B^T, with W (and b) frozen and only A (r, in) and B (out, r)
+    trained. B starts at zero, so the layer starts as the base. With quantize, W is kept only in
+    NF4 and dequantised at each forward (QLoRA); autograd then holds the dequantised W for the
+    backward pass, where bitsandbytes would dequantise a second time instead."""
+
+    def __init__(self, base, r, alpha, quantize=False):
+        super().__init__()
+        self.scale, self.merged, self.quantized = alpha / r, False, quantize
+        if quantize:
+            for name, t in quantize_nf4(base.weight).items():
+                self.register_buffer(f"nf4_{name}", t)
+            self.register_parameter("weight", None)
+        else:
+            self.weight = base.weight.requires_grad_(False)
+        self.bias = None if base.bias is None else base.bias.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device, dtype=base.weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device, dtype=base.weight.dtype))
+
+    def base_weight(self):
+        if not self.quantized:
+            return self.weight
+        q = {name: getattr(self, f"nf4_{name}") for name in ("codes", "absmax_codes", "absmax_scale", "absmax_mean", "shape")}
+        return dequantize_nf4(q).to(self.lora_A.dtype)
+
+    def delta(self):
+        return self.scale * self.lora_B @ self.lora_A  # (alpha/r) B A: (out, in), rank <= r
+
+    def forward(self, x):
+        y = F.linear(x, self.base_weight(), self.bias)
+        if self.merged:
+            return y
+        return y + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)  # never forms B A
+
+
+def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=False):
+    """Freeze the whole model, then replace every nn.Linear inside the blocks whose name is in
+    targets by a LoRALinear (its W in NF4 if quantize: QLoRA). Returns the model."""
+    model.requires_grad_(False)
+    hits = []
+    for block in model.transformer.h:
+        for parent in block.modules():
+            for name, child in list(parent.named_children()):
+                if name in targets and isinstance(child, nn.Linear):
+                    setattr(parent, name, LoRALinear(child, r, alpha, quantize))
+                    hits.append(name)
+    if not hits:
+        raise ValueError(f"no Linear layer named one of {tuple(targets)} in the blocks: try c_attn, c_proj, c_fc")
+    return model
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """W <- W + (alpha/r) B A in every LoRA layer: inference then costs nothing extra."""
+    for layer in lora_layers(model):
+        if layer.quantized:
+            raise ValueError("cannot merge into a 4-bit NF4 weight without re-quantising it: "
+                             "keep QLoRA adapters separate, or apply LoRA to a full-precision copy")
+        if not layer.merged:
+            layer.weight += layer.delta()
+            layer.merged = True
+    return model
+
+
+@torch.no_grad()
+def unmerge(model):
+    """W <- W - (alpha/r) B A: back to the frozen base plus a separate adapter."""
+    for layer in lora_layers(model):
+        if layer.merged:
+            layer.weight -= layer.delta()
+            layer.merged = False
+    return model
+
+
+def trainable_params(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def weight_bytes(model):
+    """Bytes of every parameter and buffer, tied weights counted once."""
+    tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# ----------------------------------------------------------------------------- the instruction task
+
+TASKS = {  # name: (instruction template, answer), over a word or (parity) a number
+    "count": ("count the letters: {}", lambda w: str(len(w))),
+    "vowels": ("count the vowels: {}", lambda w: str(sum(c in "aeiou" for c in w))),
+    "first": ("first letter: {}", lambda w: w[0]),
+    "last": ("last letter: {}", lambda w: w[-1]),
+    "parity": ("even or odd: {}", lambda n: "odd" if int(n) % 2 else "even"),
+}
+
+
+def make_task(n_train, n_eval, seed):
+    """(train, held-out) lists of (task, instruction, answer). Words come from the embedded corpus and
+    numbers from 0-999; the held-out ones never appear in training, so accuracy measures the skill."""
+    rng = random.Random(seed)
+    words = sorted(set(re.findall(r"\b[a-z]{3,8}\b", gpt.embedded_corpus())))
+    numbers = [str(n) for n in range(1000)]
+    rng.shuffle(words), rng.shuffle(numbers)
+    pools = {"train": (words[len(words) // 10:], numbers[100:]), "eval": (words[:len(words) // 10], numbers[:100])}
+
+    def draw(split, n):
+        out = []
+        for _ in range(n):
+            name = rng.choice(list(TASKS))
+            template, answer = TASKS[name]
+            arg = rng.choice(pools[split][name == "parity"])
+            out.append((name, template.format(arg), answer(arg)))
+        return out
+    return draw("train", n_train), draw("eval", n_eval)
+
+
+def chat(instruction, answer=None):
+    return [{"role": "user", "content": instruction}] + ([{"role": "assistant", "content": answer}] if answer else [])
+
+
+def answer_ids(model, tok, instructions, batch_size=256, max_new_tokens=16):
+    """Greedy answers to instructions: the tokens the model writes before its <|end|>."""
+    end, out = tok.special("<|end|>"), []
+    for i in range(0, len(instructions), batch_size):
+        prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for x in instructions[i:i + batch_size]]
+        new = model.generate(prompts, max_new_tokens, temperature=0, stop_tokens=(end,))
+        out += [ids[:-1] if ids and ids[-1] == end else ids for ids in new]
+    return out
+
+
+def evaluate(model, tok, examples):
+    """(exact-match accuracy, mean NLL per answer token, the answers) on (task, instruction, answer)."""
+    predicted = [tok.decode(ids) for ids in answer_ids(model, tok, [x for _, x, _ in examples])]
+    accuracy = sum(p == a for p, (_, _, a) in zip(predicted, examples)) / len(examples)
+    prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for _, x, _ in examples]
+    completions = [tok.encode(a) + [tok.special("<|end|>")] for _, _, a in examples]
+    with gpt.evaluating(model):
+        nll = gpt.completion_loss(model, prompts, completions).item()
+    return accuracy, nll, predicted
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_sft(model, rows, steps, lr, batch_size, device, rank=0, world=1, seed=0, desc="sft"):
+    """AdamW with a cosine lr on the packed assistant-token loss, training whatever requires grad.
+    Every process draws the same global batch and keeps its slice; each divides its summed loss
+    by the global token count, so the DDP average of gradients is the single-process gradient."""
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} does not split evenly over {world} processes")
+    params = [p for p in model.parameters() if p.requires_grad]
+    packed = PackedGPT(model)
+    if world > 1:
+        packed = nn.parallel.DistributedDataParallel(packed, device_ids=[torch.device(device).index] if "cuda" in device else None)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g, losses = torch.Generator().manual_seed(seed), []
+    model.train()
+    bar = tqdm(range(steps), desc=desc, leave=False, disable=rank != 0)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        batch = [rows[i] for i in torch.randint(len(rows), (batch_size,), generator=g).tolist()]
+        n_targets = sum(t != -1 for row in batch for t in row[1])  # over the global batch
+        idx, targets, doc = collate(batch[rank::world], device)
+        with gpt.autocast(device):
+            logits = packed(idx, doc)
+        nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum")
+        loss = nll * world / n_targets  # the mean over the global batch, once DDP averages
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item() / world)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------- demo
+
+def base_model(init, steps, device):
+    """(model, tokenizer): the checkpoint at init, or a tiny byte-level GPT pretrained here on the
+    embedded corpus (4 x 128 on CPU, 6 x 384 on CUDA)."""
+    if init:
+        model, tok, _ = gpt.load_model(init, device)
+        return model.eval(), tok
+    text = gpt.embedded_corpus()
+    tok = gpt.Tokenizer.from_spec("byte", text)
+    wide = str(device).startswith("cuda")
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_layer=6 if wide else 4,
+                        n_head=6 if wide else 4, n_embd=384 if wide else 128)
+    return gpt.train_tiny(cfg, text, tok, steps or (2000 if wide else 300), device), tok
+
+
+def prepare(base, method, cfg):
+    """A copy of the base, set up for one method: everything trainable, or LoRA / QLoRA adapters."""
+    model = copy.deepcopy(base)
+    if method != "full":
+        apply_lora(model, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")), quantize=method == "qlora")
+        # the chat tokens were never seen in pretraining, so their embeddings must learn too
+        # (PEFT's modules_to_save); the head is tied to them, so this also lets it say <|end|>
+        model.transformer.wte.weight.requires_grad_(True)
+    return model
+
+
+def main(cfg):
+    rank, world, device = setup_distributed(cfg.device)
+    try:
+        return run(cfg, rank, world, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(cfg, rank, world, device):
+    master, cuda = rank == 0, device.startswith("cuda")
+    say = print if master else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed)
+    say(f"base model: {cfg.init or 'a tiny byte-level GPT pretrained here on the embedded corpus'}")
+    base, tok = base_model(cfg.init, cfg.base_steps, device)
+    train_set, eval_set = make_task(cfg.n_train, cfg.n_eval, cfg.seed)
+    examples = [(render_chat(chat(x, a), tok), loss_mask(chat(x, a), tok)) for _, x, a in train_set]
+    rows = pack(examples, base.config.block_size)
+    n_tokens = sum(len(ids) - 1 for ids, _ in examples)
+    say(f"{gpt.count_params(base) / 1e6:.2f}M parameters; {len(examples)} instructions packed into {len(rows)} rows "
+        f"of {base.config.block_size} ({n_tokens / (len(rows) * base.config.block_size):.0%} full; one example per row "
+        f"would be {n_tokens / (len(examples) * max(len(ids) - 1 for ids, _ in examples)):.0%} full)")
+    say("e.g. " + repr(tok.decode(examples[0][0])))
+    steps = cfg.steps or (1000 if cuda else 200)
+    results, outputs = [], {}
+    acc0, nll0, outputs["base"] = evaluate(base, tok, eval_set)
+    for method in cfg.method_list:
+        model = prepare(base, method, cfg)
+        before = (acc0, nll0) if method != "qlora" else evaluate(model, tok, eval_set)[:2]  # NF4 changes the base
+        t0 = time.perf_counter()
+        losses = train_sft(model, rows, steps, cfg.lr if method == "full" else cfg.lora_lr, cfg.batch_size, device,
+                           rank, world, cfg.seed, desc=method)
+        seconds = time.perf_counter() - t0
+        acc, nll, outputs[method] = evaluate(model, tok, eval_set)
+        trainable, weights = trainable_params(model), weight_bytes(model)
+        results.append(dict(method=method, trainable=trainable, weight_bytes=weights,
+                            train_bytes=weights + 3 * 4 * trainable,  # + fp32 grads and two Adam moments
+                            acc_before=before[0], acc_after=acc, nll_before=before[1], nll_after=nll,
+                            first_loss=losses[0], last_loss=losses[-1], seconds=seconds))
+        if method == "lora":  # merging folds B A into W: same answers, no adapter cost at inference
+            merged = evaluate(merge_lora(model), tok, eval_set[:50])[2]
+            say(f"LoRA merged into W: {sum(m == o for m, o in zip(merged, outputs['lora']))}/50 answers unchanged")
+        if method == "full" and master:
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step=steps, config=cfg)
+    if master:
+        report(results, outputs, eval_set, cfg, gpt.count_params(base))
+    return results
+
+
+def report(results, outputs, eval_set, cfg, n_params):
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
+        for r in results:
+            f.write(json.dumps(r) + "\n")
+    print(f"\nheld-out exact match over {len(eval_set)} instructions ({n_params / 1e6:.2f}M-parameter base)")
+    print(f"{'method':<7} {'trainable':>15} {'weights':>9} {'+grads+Adam':>12} {'answer NLL':>13} "
+          f"{'accuracy':>13} {'time':>6}")
+    for r in results:
+        print(f"{r['method']:<7} {r['trainable']:>8,} ({r['trainable'] / n_params:>4.0%}) "
+              f"{r['weight_bytes'] / 2**20:>7.2f}MB {r['train_bytes'] / 2**20:>10.2f}MB "
+              f"{r['nll_before']:>5.2f} -> {r['nll_after']:<5.2f} {r['acc_before']:>4.0%} -> {r['acc_after']:<5.0%} "
+              f"{r['seconds']:>5.0f}s")
+    print("(weights: every parameter and buffer, QLoRA's NF4 codes and scales included; "
+          "+grads+Adam adds 12 bytes per trainable parameter)")
+    print("\naccuracy by task  " + "".join(f"{name:>8}" for name in TASKS))
+    for method, predicted in outputs.items():
+        right = {name: [p == a for p, (t, _, a) in zip(predicted, eval_set) if t == name] for name in TASKS}
+        print(f"{method:<17} " + "".join(f"{sum(r) / max(len(r), 1):>8.0%}" for r in right.values()))
+    print("\none held-out instruction per task:")
+    for name in TASKS:
+        i = next((i for i, (t, _, _) in enumerate(eval_set) if t == name), None)
+        if i is not None:
+            print(f"  {eval_set[i][1]!r} -> {eval_set[i][2]!r}:  " + "  ".join(f"{m}={outputs[m][i]!r}" for m in outputs))
+
+
+if __name__ == "__main__":
+    main(gpt.parse_args(SFTConfig))

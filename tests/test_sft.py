@@ -1,0 +1,231 @@
+"""sft.py against independent references: hand-written token strings for the chat template,
+gpt.py's own forward pass and completion_loss for packing, the LoRA formula written out in
+float64, the NF4 table published with QLoRA and a brute-force nearest-level search, and a
+single process for DDP."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpt
+import sft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return gpt.Tokenizer.from_spec("byte", "a")  # bytes 0-255, then the special tokens
+
+
+def make_model(cfg, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return gpt.GPT(cfg).to(dtype).eval()
+
+
+def chat_example(tok, instruction, answer):
+    messages = sft.chat(instruction, answer)
+    return sft.render_chat(messages, tok), sft.loss_mask(messages, tok)
+
+
+# ----------------------------------------------------------------------------- chat template and mask
+
+def test_loss_mask_covers_exactly_the_assistant_tokens(tok):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "France? <|end|>"},
+                {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "Italy?"},
+                {"role": "assistant", "content": "Rome"}]
+    ids, mask = sft.render_chat(messages, tok), sft.loss_mask(messages, tok)
+    assert len(ids) == len(mask)
+    assert tok.decode(ids) == ("<|system|>Be brief.<|end|><|user|>France? <|end|><|end|><|assistant|>Paris<|end|>"
+                               "<|user|>Italy?<|end|><|assistant|>Rome<|end|>")
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "Paris<|end|>Rome<|end|>"
+    # the "<|end|>" the user typed is 7 ordinary bytes, not the special token: one real <|end|> per message
+    assert ids.count(tok.special("<|end|>")) == len(messages)
+    prompt = sft.render_chat(messages[:2], tok, add_generation_prompt=True)
+    assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
+    with pytest.raises(ValueError, match="role"):
+        sft.render_chat([{"role": "bot", "content": "hi"}], tok)
+
+
+def test_pack_targets_are_the_next_assistant_tokens(tok):
+    examples = [chat_example(tok, f"reverse {w}", w[::-1]) for w in ("cat", "horse", "ox", "zebra")]
+    rows = sft.pack(examples, block_size=48)
+    assert sum(len(r[0]) for r in rows) == sum(len(ids) - 1 for ids, _ in examples) and all(len(r[0]) <= 48 for r in rows)
+    inputs, targets, doc = rows[0]
+    first = [t for t, d in zip(targets, doc) if d == 0 and t != -1]
+    assert tok.decode(first) == "tac<|end|>"  # the answer "cat"[::-1] and its <|end|>, nothing else
+    with pytest.raises(ValueError, match="block_size"):
+        sft.pack(examples, block_size=10)
+
+
+# ----------------------------------------------------------------------------- packing
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_packing_does_not_leak_attention(tiny_gpt_config, tok, pos):
+    """Example 2's logits in a packed row do not depend on example 1, and equal example 2 run
+    alone through gpt.GPT.forward (positions restart, attention stays inside the example)."""
+    cfg = dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size, pos=pos)
+    model = make_model(cfg)
+    second = chat_example(tok, "sort ab", "ab")
+    logits_of_second = []
+    for first in (chat_example(tok, "sort dcb", "bcd"), chat_example(tok, "reverse hello", "olleh")):
+        idx, _, doc = sft.collate(sft.pack([first, second], cfg.block_size), "cpu")
+        assert idx.size(0) == 1  # both examples share one row
+        logits = sft.PackedGPT(model)(idx, doc)
+        logits_of_second.append(logits[0, doc[0] == 1])
+    torch.testing.assert_close(logits_of_second[0], logits_of_second[1], rtol=0, atol=1e-12)
+    alone, _ = model(torch.tensor([second[0][:-1]]))
+    torch.testing.assert_close(logits_of_second[0], alone[0], rtol=0, atol=1e-12)
+
+
+def test_packed_loss_equals_gpt_completion_loss(tiny_gpt_config, tok):
+    """The packed assistant-token loss is gpt.completion_loss over the same examples unpacked."""
+    model = make_model(dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size))
+    data = [("reverse cat", "tac"), ("count abcd", "4"), ("upper ox", "OX")]
+    idx, targets, doc = sft.collate(sft.pack([chat_example(tok, x, a) for x, a in data], 48), "cpu")
+    packed = F.cross_entropy(sft.PackedGPT(model)(idx, doc).flatten(0, 1), targets.flatten(), ignore_index=-1)
+    prompts = [sft.render_chat(sft.chat(x), tok, add_generation_prompt=True) for x, _ in data]
+    completions = [tok.encode(a) + [tok.special("<|end|>")] for _, a in data]
+    torch.testing.assert_close(packed, gpt.completion_loss(model, prompts, completions), rtol=1e-12, atol=0)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+def test_lora_starts_as_the_base_and_merges_exactly(tiny_gpt_config):
+    base = make_model(tiny_gpt_config)
+    model = sft.apply_lora(make_model(tiny_gpt_config), r=4, alpha=8)
+    x = torch.randint(0, 64, (2, 12))
+    assert torch.equal(model(x)[0], base(x)[0])  # B = 0: exactly the base
+    # r (in + out) per adapted layer: c_attn 32->64, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32
+    assert sft.trainable_params(model) == 2 * 4 * ((32 + 64) + (32 + 32) + (32 + 192) + (96 + 32))
+    torch.manual_seed(1)
+    for layer in sft.lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.1)
+    layer = model.transformer.h[0].attn.c_attn
+    h = torch.randn(3, 32, dtype=torch.float64)
+    expected = h @ (layer.weight + 8 / 4 * layer.lora_B @ layer.lora_A).T  # x (W + (alpha/r) B A)^T
+    torch.testing.assert_close(layer(h), expected, rtol=1e-12, atol=1e-12)
+    unmerged, w0 = model(x)[0], layer.weight.clone()
+    assert not torch.allclose(unmerged, base(x)[0])
+    merged = sft.merge_lora(model)(x)[0]
+    torch.testing.assert_close(merged, unmerged, rtol=1e-10, atol=1e-10)
+    sft.unmerge(model)
+    torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-14)
+    torch.testing.assert_close(model(x)[0], unmerged, rtol=1e-10, atol=1e-10)
+
+
+def test_only_the_adapters_learn(tiny_gpt_config):
+    model = sft.apply_lora(make_model(tiny_gpt_config), r=2, alpha=2, targets=("c_fc",))
+    x = torch.randint(0, 64, (2, 8))
+    model(x, x)[1].backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == {f"transformer.h.{i}.mlp.c_fc.lora_{m}" for i in range(2) for m in "AB"}
+    with pytest.raises(ValueError, match="no Linear layer"):
+        sft.apply_lora(make_model(tiny_gpt_config), r=2, alpha=2, targets=("q_proj",))
+
+
+# ----------------------------------------------------------------------------- NF4 and QLoRA
+
+# NF4 as published with QLoRA (Dettmers et al. 2023, appendix E; the bitsandbytes NF4 table)
+NF4_PAPER = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+             -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+             0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+             0.7229568362236023, 1.0]
+
+
+def test_nf4_levels_match_the_paper():
+    torch.testing.assert_close(sft.NF4, torch.tensor(NF4_PAPER), rtol=0, atol=1e-6)
+
+
+def test_nf4_round_trip_is_within_the_format_bound():
+    """|w - w'| <= (largest NF4 gap / 2) * c_b + |c_b - c'_b| for every weight of block b, where
+    c_b is its absmax and c'_b the double-quantised one; codes are the brute-force nearest level."""
+    torch.manual_seed(0)
+    w = torch.randn(300, 100) * 0.02
+    w[5, 7], w[200, 3] = 0.5, -0.3  # outliers: their blocks get coarse steps, the others do not
+    q = sft.quantize_nf4(w)
+    error = (w - sft.dequantize_nf4(q)).abs().flatten()
+    blocks = F.pad(w.flatten(), (0, -w.numel() % 64)).view(-1, 64)  # 30000 weights = 468.75 blocks: padded
+    c = blocks.abs().amax(1).double()
+    c_dq = (F.pad(q["absmax_codes"].double(), (0, -len(c) % 256)).view(-1, 256) / 127
+            * q["absmax_scale"].double()[:, None]).flatten()[:len(c)] + q["absmax_mean"].double()
+    assert ((c - c_dq).abs().view(-1)[:256] <= q["absmax_scale"][0] / 254 + 1e-9).all()  # 8-bit rounding
+    gap = (sft.NF4[1:] - sft.NF4[:-1]).max().double()
+    bound = (gap / 2 * c + (c - c_dq).abs()).repeat_interleave(64)[:w.numel()]
+    assert (error.double() <= bound * (1 + 1e-6)).all()
+    assert error.max() > 0.25 * bound.max()  # a real 4-bit error, not a lossless copy
+    nearest = (blocks.double()[..., None] / c[:, None, None] - sft.NF4.double()).abs().argmin(-1).flatten()
+    codes = torch.stack([q["codes"] >> 4, q["codes"] & 15], -1).flatten().long()
+    assert (codes == nearest).float().mean() > 0.999  # ties at exact midpoints may go either way
+    bits = 8 * sum(t.numel() * t.element_size() for k, t in q.items() if k != "shape") / w.numel()
+    assert 4 + 8 / 64 < bits < 4.2  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks (+ padding)
+
+
+def test_qlora_freezes_the_base_in_4_bit(tiny_gpt_config):
+    model = sft.apply_lora(make_model(tiny_gpt_config, dtype=torch.float32), r=4, alpha=8, quantize=True)
+    layer = model.transformer.h[1].mlp.c_fc
+    assert layer.weight is None and layer.nf4_codes.dtype == torch.uint8
+    assert layer.nf4_codes.numel() == 32 * 192 // 2  # two 4-bit codes per byte
+    reference = make_model(tiny_gpt_config, dtype=torch.float32)  # the same base, weights NF4-rounded by hand
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if name.startswith("transformer.h.") and name.endswith("weight") and p.dim() == 2:
+                p.copy_(sft.dequantize_nf4(sft.quantize_nf4(p)))
+    x = torch.randint(0, 64, (2, 12))
+    torch.testing.assert_close(model(x)[0], reference(x)[0], rtol=1e-5, atol=1e-5)
+    assert sft.trainable_params(model) == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert sft.weight_bytes(model) < sft.weight_bytes(reference) / 2
+    with pytest.raises(ValueError, match="4-bit"):
+        sft.merge_lora(model)
+
+
+# ----------------------------------------------------------------------------- the demo, single and DDP
+
+@pytest.fixture
+def tiny_init(tmp_path, tok):
+    """A random 2-layer byte-level GPT saved as a checkpoint, to fine-tune in seconds."""
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    path = str(tmp_path / "init.pt")
+    gpt.save_checkpoint(path, make_model(cfg, dtype=torch.float32), tok)
+    return path
+
+
+def test_main_smoke_and_learning(tiny_init, tmp_path):
+    cfg = sft.SFTConfig(init=tiny_init, steps=25, batch_size=4, lr=1e-2, lora_lr=2e-2, n_train=60, n_eval=8,
+                        out_dir=str(tmp_path / "out"), device="cpu")
+    results = {r["method"]: r for r in sft.main(cfg)}
+    assert set(results) == {"full", "lora", "qlora"}
+    for r in results.values():
+        assert r["last_loss"] < r["first_loss"] and r["nll_after"] < r["nll_before"], r
+    # r (in + out) for c_attn 32->96, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32 at r = 8, in 2 layers,
+    # plus the 320 x 32 embedding table, which learns the chat tokens
+    assert results["lora"]["trainable"] == results["qlora"]["trainable"] == 2 * 8 * (128 + 64 + 224 + 128) + 320 * 32
+    assert results["qlora"]["weight_bytes"] < results["lora"]["weight_bytes"]
+    model, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))  # the full fine-tune, a plain GPT
+    assert gpt.count_params(model) == results["full"]["trainable"]
+    with pytest.raises(ValueError, match="methods"):
+        sft.SFTConfig(methods="full,prefix")
+
+
+def test_ddp_two_processes_match_one(tiny_init, tmp_path):
+    """torchrun with 2 CPU processes (gloo), each with half of every batch, ends on the same weights."""
+    cfg = sft.SFTConfig(init=tiny_init, methods="full", steps=3, batch_size=4, n_train=40, n_eval=2, device="cpu")
+    single = dataclasses.replace(cfg, out_dir=str(tmp_path / "single"))
+    sft.main(single)
+    ddp = dataclasses.replace(cfg, out_dir=str(tmp_path / "ddp"))
+    args = [f"--{f.name}={getattr(ddp, f.name)}" for f in dataclasses.fields(ddp)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "sft.py")] + args
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = gpt.load_checkpoint(os.path.join(single.out_dir, "ckpt.pt"))["model"]
+    b = gpt.load_checkpoint(os.path.join(ddp.out_dir, "ckpt.pt"))["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    initial = gpt.load_checkpoint(tiny_init)["model"]
+    assert not torch.allclose(a["lm_head.weight"], initial["lm_head.weight"])  # it did train
