@@ -543,7 +543,8 @@ def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
         for event in set(episode["events"]):
             failures[event] += 1
         if not ok and episode["stop"] == "final_answer" and episode["n_tool_results"]:
-            failures["wrong_use_of_output"] += 1  # the tools answered, the model got it wrong anyway
+            failures["wrong_use_of_output"] += 1  # tools answered without error, the answer is still wrong
+            # (this includes schema-valid calls with mistyped values, e.g. a digit copied wrong)
     return {f: sum(w) / max(len(w), 1) for f, w in wins.items()}, failures
 
 
