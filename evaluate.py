@@ -10,8 +10,8 @@ FActScore-style factuality (Min et al. 2023), and an LLM judge (Zheng et al. 202
 rationale before a PASS/FAIL verdict forced by constrained decoding, judged in both orders,
 probed for verbosity bias, and calibrated against labels with Cohen's kappa (Cohen 1960).
 
-    python evaluate.py                          # load out/train/ckpt.pt (or train a tiny model), print the card
-    python evaluate.py --ckpt=out/sft/ckpt.pt   # any gpt.py checkpoint
+    python evaluate.py                          # a tiny model fine-tuned on the built-in suite, its card
+    python evaluate.py --ckpt=out/train/ckpt.pt --steps=600   # start from your checkpoint instead
     python evaluate.py --bench                  # multiple-choice scoring: batched vs one forward per option
 
 On CPU (about 3 minutes) you see a tiny model fine-tuned on a built-in world of made-up facts,
@@ -63,9 +63,9 @@ def ngram_counts(tokens, n):
 
 
 def bleu_stats(hypothesis, references, tokenize="13a", lowercase=False):
-    """One segment's sufficient statistics: hypothesis length, the closest reference length
-    (the shorter on ties), and clipped matches / totals for n = 1..4, where a hypothesis n-gram
-    counts at most as often as it occurs in any single reference."""
+    """One segment's sufficient statistics, a flat row [hyp_len, ref_len, matches_1..4, totals_1..4]
+    that a corpus sums column by column: ref_len is the closest reference length (the shorter on
+    ties); a hypothesis n-gram matches at most as often as it occurs in any single reference."""
     if tokenize not in ("13a", "none"):
         raise ValueError(f"tokenize={tokenize!r}; choose 13a or none")
 
@@ -83,7 +83,7 @@ def bleu_stats(hypothesis, references, tokenize="13a", lowercase=False):
         counts = ngram_counts(hyp, n)
         correct.append(sum(min(c, max_ref[g]) for g, c in counts.items()))
         total.append(sum(counts.values()))
-    return [len(hyp), ref_len, correct, total]
+    return [len(hyp), ref_len] + correct + total
 
 
 def bleu_from_stats(hyp_len, ref_len, correct, total, smooth="exp", smooth_value=None, effective_order=False):
@@ -121,18 +121,16 @@ def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None
     """Corpus BLEU (0-100): statistics summed over segments, then one score. references[i] is the
     list of reference strings for hypotheses[i]. The defaults equal sacrebleu's BLEU() (13a,
     exp smoothing, no effective order); sacrebleu takes references as streams, refs[j][i]."""
-    if isinstance(hypotheses, str) or len(hypotheses) != len(references):
+    if isinstance(hypotheses, str) or not hypotheses or len(hypotheses) != len(references):
         raise ValueError(f"bleu needs a list of hypotheses and one list of references per hypothesis "
                          f"(got {type(hypotheses).__name__} and {len(references)} reference lists)")
-    totals = [0, 0, [0] * MAX_ORDER, [0] * MAX_ORDER]
-    for i, (hyp, refs) in enumerate(zip(hypotheses, references)):
-        if isinstance(refs, str) or not refs:
-            raise ValueError(f"references[{i}] must be a non-empty list of strings; for one reference "
-                             "per hypothesis pass [[r] for r in refs]")
-        h, r, c, t = bleu_stats(hyp, refs, tokenize, lowercase)
-        totals = [totals[0] + h, totals[1] + r, [a + b for a, b in zip(totals[2], c)],
-                  [a + b for a, b in zip(totals[3], t)]]
-    return bleu_from_stats(*totals, smooth=smooth, smooth_value=smooth_value, effective_order=effective_order)
+    if any(isinstance(refs, str) or not refs for refs in references):
+        raise ValueError("each references[i] must be a non-empty list of strings; for one reference per "
+                         "hypothesis pass [[r] for r in refs]")
+    stats = [bleu_stats(h, refs, tokenize, lowercase) for h, refs in zip(hypotheses, references)]
+    sums = [sum(column) for column in zip(*stats)]
+    return bleu_from_stats(sums[0], sums[1], sums[2:2 + MAX_ORDER], sums[2 + MAX_ORDER:], smooth, smooth_value,
+                           effective_order)
 
 
 def sentence_bleu(hypothesis, references, **options):
@@ -536,19 +534,17 @@ def fact_check(text, subject, knowledge):
 
 # ----------------------------------------------------------------------------- LLM-as-a-judge
 
-CRITERIA = "the answer must name the same thing as the reference; length and style do not count"
+CRITERIA = "it names what the reference names; length and style do not count"
 
 
 def judge_prompt(question, reference, answer):
-    """Pointwise, reference-guided grading: criteria, then the case, then the rationale comes
-    before the verdict (the verdict is conditioned on the written reasoning, as in CoT)."""
-    return (f"Grade the answer. Criteria: {CRITERIA}. Rationale first, then PASS or FAIL.\n"
-            f"Q: {question}\nReference: {reference}\nAnswer: {answer}\nRationale:")
+    """Pointwise, reference-guided grading: the criteria, the case, then a rationale that comes
+    before the verdict (so the verdict is conditioned on the written reasoning, as in CoT)."""
+    return f"PASS or FAIL: {CRITERIA}.\nQ: {question}\nReference: {reference}\nAnswer: {answer}\nRationale:"
 
 
 def pairwise_prompt(question, reference, answer_a, answer_b):
-    return (f"Which answer is right? Criteria: {CRITERIA}. Rationale first, then A or B.\n"
-            f"Q: {question}\nReference: {reference}\nA: {answer_a}\nB: {answer_b}\nRationale:")
+    return f"A or B: {CRITERIA}.\nQ: {question}\nReference: {reference}\nA: {answer_a}\nB: {answer_b}\nRationale:"
 
 
 def verdict_constraint(tok, labels, budget, vocab_size):
@@ -580,12 +576,17 @@ def run_judge(model, tok, prompts, labels=("PASS", "FAIL"), budget=40, batch_siz
     """Greedy (temperature 0, for reproducibility) rationale, then a constrained verdict.
     Returns (verdicts, rationales)."""
     require_gpt()
+    ids, end = [tok.encode(p) for p in prompts], tok.special("<|end|>")
+    tail = 2 + max(len(tok.encode(f"Verdict: {label}")) for label in labels)  # newline, "Verdict: X", <|end|>
+    budget = min(budget, model.config.block_size - max(map(len, ids)) - tail)  # what the context leaves
+    if budget < 1:
+        raise ValueError(f"a judge prompt of {max(map(len, ids))} tokens leaves no room for a rationale in "
+                         f"block_size={model.config.block_size}: shorten the prompts")
     constraint = verdict_constraint(tok, labels, budget, model.config.vocab_size)
-    verdicts, rationales, end = [], [], tok.special("<|end|>")
-    max_new = budget + 1 + max(len(tok.encode(f"Verdict: {label}")) + 1 for label in labels)  # + newline, <|end|>
-    for i in range(0, len(prompts), batch_size):
-        ids = [tok.encode(p) for p in prompts[i:i + batch_size]]
-        for out in model.generate(ids, max_new, temperature=0, stop_tokens=[end], allowed_tokens=constraint):
+    verdicts, rationales = [], []
+    for i in range(0, len(ids), batch_size):
+        for out in model.generate(ids[i:i + batch_size], budget + tail, temperature=0, stop_tokens=[end],
+                                  allowed_tokens=constraint):
             rationale, _, verdict = tok.decode([t for t in out if t != end]).rpartition("\nVerdict: ")
             verdicts.append(verdict)
             rationales.append(rationale.strip())
@@ -605,13 +606,12 @@ def judge_pairwise(model, tok, items):
             "chose_A": verdicts.count("A") / len(verdicts)}
 
 
-def verbosity_probe(model, tok, items, padding=", which I am sure is the right answer, as any atlas shows"):
-    """Verbosity bias: the same answers with and without content-free padding. An unbiased judge
-    gives the same verdicts; returns the PASS rates and the fraction of verdicts that flip."""
+def verbosity_probe(model, tok, items, padding=", as any atlas shows"):
+    """Verbosity bias: the same (question, reference, answer) cases with and without content-free
+    padding on the answer. An unbiased judge passes both equally often: (PASS rate plain, padded)."""
     plain, _ = run_judge(model, tok, [judge_prompt(q, r, a) for q, r, a in items])
     padded, _ = run_judge(model, tok, [judge_prompt(q, r, a + padding) for q, r, a in items])
-    return {"pass_plain": plain.count("PASS") / len(items), "pass_padded": padded.count("PASS") / len(items),
-            "flipped": sum(x != y for x, y in zip(plain, padded)) / len(items)}
+    return plain.count("PASS") / len(items), padded.count("PASS") / len(items)
 
 
 # ----------------------------------------------------------------------------- the built-in suite
@@ -623,17 +623,17 @@ ATTRIBUTES = ("capital", "river", "language")
 def make_world(n_countries, seed):
     """{country: {attribute: value}} of made-up, all-distinct names: no model knows them beforehand,
     so whatever it knows about them, the fine-tuning taught it."""
-    if not 4 <= n_countries <= 200:
-        raise ValueError(f"countries={n_countries}: use between 4 and 200")
+    if not 4 <= n_countries <= 100:
+        raise ValueError(f"countries={n_countries}: use between 4 and 100")
     rng, used = random.Random(seed), set()
 
-    def new_name(syllables):
-        while (name := "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()) in used:
-            pass
-        used.add(name)
-        return name
-    return {new_name(rng.randint(2, 3)): {a: new_name(rng.randint(1, 3)) for a in ATTRIBUTES}
-            for _ in range(n_countries)}
+    def new_name(most_syllables):  # a fresh name of 1 to most_syllables syllables
+        while True:
+            name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, most_syllables))).capitalize()
+            if name not in used:
+                used.add(name)
+                return name
+    return {new_name(3): {a: new_name(2) for a in ATTRIBUTES} for _ in range(n_countries)}
 
 
 def question(country, attribute):
@@ -702,11 +702,11 @@ def eval_judge_cases(world, held_out, rng):
 
 @dataclass
 class EvalConfig:
-    ckpt: str = "out/train/ckpt.pt"  # the model to evaluate; if missing, a tiny one starts from scratch
+    ckpt: str = ""  # a gpt.py checkpoint to fine-tune and evaluate; empty = a tiny model from scratch
     countries: int = 16  # made-up countries in the built-in world, 3 facts each
-    held_out: int = 4  # countries whose descriptions are never trained on (the generation task)
-    repeat: int = 20  # copies of each fact and description in the fine-tuning mix
-    judge_cases: int = 6000  # graded cases the judge learns from, half pointwise, half pairwise
+    held_out: int = 6  # countries never described nor judged in training: the generation and judge tests
+    repeat: int = 30  # copies of each fact and description in the fine-tuning mix
+    judge_cases: int = 4000  # graded cases the judge learns from, half pointwise, half pairwise
     steps: int = 3000  # fine-tuning steps
     lr: float = 3e-3  # peak fine-tuning learning rate (cosine decay)
     batch_size: int = 16  # fine-tuning sequences per step
@@ -734,50 +734,65 @@ def sample_answers(model, tok, world, cfg):
     return {f: answers[i * cfg.samples:(i + 1) * cfg.samples] for i, f in enumerate(facts)}
 
 
-def report_card(model, tok, world, held_out, cfg):
-    """Every evaluation of this file on one model: [(row name, value)]."""
-    rng, end = random.Random(cfg.seed + 1), tok.special("<|end|>")
-    refs = [description(world, c) for c in held_out]
-    tail = gpt.embedded_corpus()[-20_000:]  # the end of the corpus, held out by train.py too
-    card = [("perplexity, held-out descriptions", perplexity(model, [tok.encode(describe_prompt(c) + r) for c, r in zip(held_out, refs)])),
-            ("perplexity, corpus text", perplexity(model, [tok.encode(tail)]))]
+def text_rows(model, tok, world, held_out):
+    """Perplexity, then greedy descriptions of the held-out countries scored against the
+    references (BLEU, ROUGE-L, METEOR) and fact-checked against the world."""
+    end, refs = tok.special("<|end|>"), [description(world, c) for c in held_out]
+    tail = gpt.embedded_corpus()[-20_000:]  # the end of the corpus, which train.py holds out too
     outs = model.generate([tok.encode(describe_prompt(c)) for c in held_out], 48, temperature=0, stop_tokens=[end])
     hyps = [tok.decode([t for t in o if t != end]).strip() for o in outs]
     knowledge = {(c, a, v) for c in world for a, v in world[c].items()}
     checks = [ok for h, c in zip(hyps, held_out) for _, ok in fact_check(h, c, knowledge)]
-    card += [("BLEU, held-out descriptions", bleu(hyps, [[r] for r in refs])),
-             ("ROUGE-L F1", 100 * mean([rouge(h, r)["rougeL"][2] for h, r in zip(hyps, refs)])),
-             ("METEOR", 100 * mean([meteor(h, r) for h, r in zip(hyps, refs)])),
-             ("factual precision of their claims %", 100 * sum(checks) / max(len(checks), 1))]
+    return [("perplexity, held-out descriptions", perplexity(model, [tok.encode(describe_prompt(c) + r)
+                                                                      for c, r in zip(held_out, refs)])),
+            ("perplexity, corpus text", perplexity(model, [tok.encode(tail)])),
+            ("BLEU, held-out descriptions", bleu(hyps, [[r] for r in refs])),
+            ("ROUGE-L F1 (x100)", 100 * mean([rouge(h, r)["rougeL"][2] for h, r in zip(hyps, refs)])),
+            ("METEOR (x100)", 100 * mean([meteor(h, r) for h, r in zip(hyps, refs)])),
+            ("factual precision of their claims %", 100 * sum(checks) / max(len(checks), 1))], hyps
+
+
+def qa_rows(model, tok, world, cfg, rng):
+    """pass@1, pass@k and maj@n from n sampled answers per question, then 4-way multiple choice."""
     answers = sample_answers(model, tok, world, cfg)
     right = {f: world[f[0]][f[1]] for f in answers}
     n_right = [sum(a == right[f] for a in s) for f, s in answers.items()]
-    k = min(4, cfg.samples)
-    card += [("QA pass@1 %", 100 * mean([pass_at_k(cfg.samples, c, 1) for c in n_right])),
-             (f"QA pass@{k} %", 100 * mean([pass_at_k(cfg.samples, c, k) for c in n_right])),
-             (f"QA maj@{cfg.samples} %", 100 * maj_at_k(list(answers.values()), list(right.values()), cfg.samples))]
-    questions = []
-    for (c, a), v in right.items():  # four options: the right value and three others of that attribute
+    k, questions = min(4, cfg.samples), []
+    for (c, a), v in right.items():  # the right value and three others of that attribute
         options = [v] + rng.sample(sorted({world[x][a] for x in world} - {v}), 3)
         rng.shuffle(options)
         questions.append((qa_prompt(c, a), [f" {o}" for o in options], options.index(v)))
     mc = multiple_choice(model, tok, questions)
-    card += [("multiple choice accuracy %", 100 * mc["accuracy"]),
-             ("multiple choice accuracy, length-normalised %", 100 * mc["accuracy_norm"])]
-    cases = eval_judge_cases(world, held_out, rng)
+    return [("QA pass@1 %", 100 * mean([pass_at_k(cfg.samples, c, 1) for c in n_right])),
+            (f"QA pass@{k} %", 100 * mean([pass_at_k(cfg.samples, c, k) for c in n_right])),
+            (f"QA maj@{cfg.samples} %", 100 * maj_at_k(list(answers.values()), list(right.values()), cfg.samples)),
+            ("multiple choice accuracy %", 100 * mc["accuracy"]),
+            ("multiple choice accuracy, length-normalised %", 100 * mc["accuracy_norm"])]
+
+
+def judge_rows(model, tok, world, held_out, rng):
+    """The judge on cases about held-out countries: calibration against the labels, pairwise
+    consistency across the two orders, and the verbosity probe."""
+    cases = eval_judge_cases(world, held_out, rng)  # alternately the right and a wrong answer
     verdicts, _ = run_judge(model, tok, [judge_prompt(q, r, a) for q, r, a, _ in cases])
     labels = ["PASS" if ok else "FAIL" for *_, ok in cases]
-    pairs = judge_pairwise(model, tok, [(q, r, a, wrong[2]) for (q, r, a, ok), wrong in zip(cases[::2], cases[1::2])])
-    verbose = verbosity_probe(model, tok, [(q, r, a) for q, r, a, _ in cases])
-    card += [("judge agreement with labels %", 100 * raw_agreement(verdicts, labels)),
-             ("judge Cohen's kappa", cohen_kappa(verdicts, labels)),
-             ("judge F1 of PASS", precision_recall_f1(verdicts, labels, positive="PASS")[2]),
-             ("pairwise: same winner in both orders %", 100 * pairs["consistency"]),
-             ("pairwise: right answer wins both orders %", 100 * mean([w == 1 for w in pairs["winners"]])),
-             ("pairwise: picks position A %", 100 * pairs["chose_A"]),
-             ("verbosity: PASS rate plain %", 100 * verbose["pass_plain"]),
-             ("verbosity: PASS rate padded %", 100 * verbose["pass_padded"])]
-    return card, hyps
+    pairs = judge_pairwise(model, tok, [(q, r, a, wrong[2]) for (q, r, a, _), wrong in zip(cases[::2], cases[1::2])])
+    pass_plain, pass_padded = verbosity_probe(model, tok, [(q, r, a) for q, r, a, _ in cases])
+    return [("judge agreement with labels %", 100 * raw_agreement(verdicts, labels)),
+            ("judge Cohen's kappa", cohen_kappa(verdicts, labels)),
+            ("judge F1 of PASS", precision_recall_f1(verdicts, labels, positive="PASS")[2]),
+            ("pairwise: same winner in both orders %", 100 * pairs["consistency"]),
+            ("pairwise: right answer wins both orders %", 100 * mean([w == 1 for w in pairs["winners"]])),
+            ("pairwise: picks position A %", 100 * pairs["chose_A"]),
+            ("verbosity: PASS rate, plain answers %", 100 * pass_plain),
+            ("verbosity: PASS rate, same answers padded %", 100 * pass_padded)]
+
+
+def report_card(model, tok, world, held_out, cfg):
+    """Every evaluation of this file on one model: [(row, value)], and the generated descriptions."""
+    rng = random.Random(cfg.seed + 1)
+    rows, hyps = text_rows(model, tok, world, held_out)
+    return rows + qa_rows(model, tok, world, cfg, rng) + judge_rows(model, tok, world, held_out, rng), hyps
 
 
 def tiny_model(cfg, world, device):
@@ -801,12 +816,12 @@ def main(cfg):
     if not 1 <= cfg.held_out < cfg.countries:
         raise SystemExit(f"error: held_out={cfg.held_out} must be between 1 and countries - 1 = {cfg.countries - 1}")
     train, held_out = list(world)[:-cfg.held_out], list(world)[-cfg.held_out:]
-    if os.path.exists(cfg.ckpt):
+    if cfg.ckpt:
         model, tok, _ = gpt.load_model(cfg.ckpt, device)
         print(f"loaded {cfg.ckpt}: {gpt.count_params(model) / 1e6:.2f}M parameters")
     else:
         model, tok = tiny_model(cfg, world, device)
-        print(f"no checkpoint at {cfg.ckpt}: a {gpt.count_params(model) / 1e6:.2f}M-parameter model from scratch")
+        print(f"a {gpt.count_params(model) / 1e6:.2f}M-parameter model from scratch (--ckpt=path to start from yours)")
     if cfg.bench:
         return bench(model, tok, world)
     pairs = training_pairs(world, train, tok, cfg, rng)

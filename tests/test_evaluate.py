@@ -346,7 +346,7 @@ def test_pairwise_both_orders(monkeypatch):
 
 
 def test_main_smoke(capsys):
-    cfg = E.EvalConfig(ckpt="no/such/ckpt.pt", countries=4, held_out=1, repeat=1, judge_cases=8, steps=3,
+    cfg = E.EvalConfig(countries=4, held_out=1, repeat=1, judge_cases=8, steps=3,
                        samples=2, n_layer=1, n_embd=32, vocab_size=600, device="cpu")
     E.main(cfg)
     out = capsys.readouterr().out
