@@ -264,12 +264,12 @@ def test_bad_configs_are_clear_errors(tiny_gpt_config):
         moe.moe_gpt(tiny_gpt_config, moe.MoEConfig(n_embd=64))
 
 
-def test_main_smoke(tmp_path, capsys):
-    cfg = moe.DemoConfig(steps=3, batch_size=2, block_size=16, n_layer=1, n_embd=32, n_expert=4, eval_batches=1,
-                         vocab_size=300, aux_free=True, device="cpu", out_dir=str(tmp_path))
+def test_main_smoke(tmp_path, capsys, corpus_file):
+    cfg = moe.DemoConfig(data=corpus_file, steps=3, batch_size=2, block_size=16, n_layer=1, n_embd=32, n_expert=4, eval_batches=1,
+                         aux_free=True, device="cpu", out_dir=str(tmp_path))
     moe.main(cfg)
     out = capsys.readouterr().out
-    assert "MoE, no balancing loss" in out and "busiest per layer" in out
+    assert "MoE, no balancing loss" in out and "busiest expert in each layer" in out
     lines = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["model"] for r in lines] == ["dense", "MoE 4x top-2", "MoE, no balancing loss", "MoE, aux-free bias"]
     assert all(len(r["load"]) == 1 and sum(r["load"][0]) == pytest.approx(1) for r in lines[1:])
