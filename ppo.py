@@ -18,7 +18,10 @@ rollouts with reward and KL, and a table of reward-model score, KL and the true 
 score on held-out prompts, before and after PPO, against Best-of-N.
 """
 import copy
+import dataclasses
+import json
 import math
+import os
 import random
 import re
 import time
@@ -35,27 +38,28 @@ import gpt
 @dataclass
 class Config:
     base_steps: int = 300  # SFT steps that teach the base policy to write reviews
-    rm_pairs: int = 2000  # preference pairs labelled by the true preference, for the reward model
-    rm_steps: int = 300  # reward-model training steps
+    rm_pairs: int = 2000  # sampled pairs labelled by the true preference (ties dropped)
+    rm_steps: int = 300  # Bradley-Terry steps, 32 pairs each
     rm_lr: float = 1e-3  # reward-model learning rate
-    iters: int = 60  # PPO rollouts
-    rollout_size: int = 64  # completions per rollout
+    iters: int = 0  # PPO rollouts (0 = 60 on CPU, 200 on CUDA)
+    rollout_size: int = 64  # completions per rollout, one per prompt
     epochs: int = 4  # passes over each rollout
     minibatch: int = 16  # completions per PPO gradient step
-    lr: float = 1e-3  # policy and value learning rate
-    beta: float = 0.05  # weight of the per-token KL penalty to the reference
+    lr: float = 5e-4  # policy and value learning rate
+    beta: float = 0.1  # weight of the per-token KL penalty to the reference
     gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    clip_eps: float = 0.2  # policy ratio clip
-    value_clip: float = 0.2  # value clip around the rollout's values
+    lam: float = 0.95  # GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD
+    clip_eps: float = 0.2  # policy ratio clip: rho in [1 - eps, 1 + eps]
+    value_clip: float = 0.2  # the new value may move at most this far from the rollout's value
     vf_coef: float = 0.5  # weight of the value loss
     ent_coef: float = 0.01  # weight of the entropy bonus
     target_kl: float = 0.05  # stop a rollout's epochs once the approximate KL to pi_old exceeds this
-    max_new_tokens: int = 12  # completion budget
-    best_of: int = 0  # N for Best-of-N (0 = the number of samples PPO drew per training prompt)
-    eval_prompts: int = 64  # held-out prompts for the before/after table
-    n_layer: int = 2  # model depth
-    n_embd: int = 64  # model width
+    max_new_tokens: int = 12  # completion budget (a review of 3 adjectives is 7 tokens)
+    best_of: int = 64  # the largest N of the Best-of-N rows (N = 4, 16, 64, 256)
+    eval_prompts: int = 64  # held-out prompts for the table
+    n_layer: int = 2  # depth of policy, reward and value models
+    n_embd: int = 0  # width (0 = 64 on CPU, 256 on CUDA)
+    out_dir: str = "out/ppo"  # log.jsonl (one line per rollout) and the PPO policy's ckpt.pt
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # for data, weights and sampling
 
@@ -308,69 +312,82 @@ def pairwise_accuracy(rm, pairs, pad_id):
     return float((r_w > r_l).float().mean())
 
 
+@gpt.inference
 def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
-    """Best-of-n from policy (n=1: plain sampling): mean reward-model score, KL to the reference
-    (measured for n=1, the analytic log n - (n-1)/n for Best-of-n) and true score."""
+    """Best-of-n sampling from policy (n=1: plain sampling) on prompts: mean reward-model score,
+    KL to the reference (measured for n=1; the analytic log n - (n-1)/n for Best-of-n, Stiennon
+    et al. 2020) and mean true score, plus one example."""
     pad = tok.eot_id
-    samples = policy.generate([p for p in prompts for _ in range(n)], cfg.max_new_tokens, stop_tokens=(pad,),
-                              generator=generator, pad_id=pad)
-    with gpt.evaluating(policy, ref):
-        scores = reward_scores(rm, [p for p in prompts for _ in range(n)], samples, pad).view(-1, n)
-        best = scores.argmax(1)
-        chosen = [samples[i * n + int(b)] for i, b in enumerate(best)]
+    repeated = [p for p in prompts for _ in range(n)]
+    samples = policy.generate(repeated, cfg.max_new_tokens, stop_tokens=(pad,), generator=generator, pad_id=pad)
+    scores = reward_scores(rm, repeated, samples, pad).view(-1, n)  # (prompts, n)
+    chosen = [samples[i * n + int(b)] for i, b in enumerate(scores.argmax(1))]
+    if n == 1:
         logp, _ = gpt.completion_logprobs(policy, prompts, chosen, pad)
         ref_logp, _ = gpt.completion_logprobs(ref, prompts, chosen, pad)
-    kl = float((logp - ref_logp).sum(1).mean()) if n == 1 else math.log(n) - (n - 1) / n
+        kl = float((logp - ref_logp).sum(1).mean())  # E_pi[log pi/pi_ref] over whole completions
+    else:
+        kl = math.log(n) - (n - 1) / n
     return {"rm score": float(scores.max(1).values.mean()), "KL": kl,
             "true score": sum(true_score(decode(tok, c)) for c in chosen) / len(chosen),
             "example": tok.decode(prompts[0]) + decode(tok, chosen[0])}
 
 
-def main(cfg):
-    device = gpt.pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng, g = random.Random(cfg.seed), torch.Generator(device).manual_seed(cfg.seed)
-    corpus = " ".join(p + c for p, c in (make_review(rng, NOUNS) for _ in range(500)))
-    tok = gpt.Tokenizer.from_spec("bpe", corpus, vocab_size=512)  # stops once every word is one token
-    t0 = time.time()
-    base = train_base_policy(tok, cfg, device)
-    pairs = preference_pairs(base, tok, TRAIN_NOUNS, cfg.rm_pairs, rng, g, cfg.max_new_tokens)
-    test_pairs = preference_pairs(base, tok, HELD_OUT_NOUNS, 500, rng, g, cfg.max_new_tokens)
-    rm = train_reward_model(base, pairs, cfg, tok.eot_id)
-    prompts = review_prompts(tok, TRAIN_NOUNS, 256, rng)
-    normalise_rewards(rm, prompts, base.generate(prompts, cfg.max_new_tokens, stop_tokens=(tok.eot_id,), generator=g,
-                                                 pad_id=tok.eot_id), tok.eot_id)
-    print(f"reward model: {len(pairs)} pairs, held-out pairwise accuracy {pairwise_accuracy(rm, test_pairs, tok.eot_id):.1%} "
-          f"({time.time() - t0:.0f}s)")
-    ref = base.eval().requires_grad_(False)
-    policy, value = copy.deepcopy(base).requires_grad_(True), ScalarModel(copy.deepcopy(rm.backbone))
-    value.head.load_state_dict(rm.head.state_dict())
-    value.requires_grad_(True)
+def train_ppo(policy, ref, rm, tok, cfg, rng, generator, log):
+    """The RLHF loop: roll out, score, GAE, then a few epochs of clipped updates, cfg.iters times.
+    The value model starts as a copy of the reward model, as in InstructGPT."""
+    value = copy.deepcopy(rm).requires_grad_(True).train()
+    policy.requires_grad_(True).train()
     opt = torch.optim.AdamW(list(policy.parameters()) + list(value.parameters()), lr=cfg.lr, weight_decay=0.0)
-    eval_prompts = review_prompts(tok, HELD_OUT_NOUNS, cfg.eval_prompts, rng)
-    before = evaluate(ref, ref, rm, tok, eval_prompts, cfg, g)
-    policy.train()
-    value.train()
     bar = tqdm(range(cfg.iters), desc="PPO")
     for it in bar:
-        batch = rollout(policy, ref, rm, value, review_prompts(tok, TRAIN_NOUNS, cfg.rollout_size, rng), tok, cfg, g)
-        batch["pad"] = tok.eot_id
-        stats = ppo_update(policy, value, opt, batch, cfg, g)
-        bar.set_postfix(score=f"{batch['scores'].mean():.2f}", kl=f"{batch['kl'].mean():.2f}",
+        prompts = review_prompts(tok, TRAIN_NOUNS, cfg.rollout_size, rng)
+        with gpt.autocast(generator.device):  # bf16 on CUDA; log-probs and losses are upcast to float32
+            batch = rollout(policy, ref, rm, value, prompts, tok, cfg, generator)
+            batch["pad"] = tok.eot_id
+            stats = ppo_update(policy, value, opt, batch, cfg, generator)
+        true = sum(true_score(decode(tok, c)) for c in batch["completions"]) / len(prompts)
+        row = dict(iter=it + 1, rm_score=float(batch["scores"].mean()), kl=float(batch["kl"].mean()), true_score=true,
+                   **stats)
+        log.write(json.dumps(row) + "\n")
+        bar.set_postfix(score=f"{row['rm_score']:.2f}", kl=f"{row['kl']:.2f}", true=f"{true:.2f}",
                         updates=stats["updates"])
-        if it % 10 == 0:
-            tqdm.write(f"iter {it} score {batch['scores'].mean():.2f} kl {batch['kl'].mean():.2f} " +
-                       " ".join(f"{k} {v:.3f}" for k, v in stats.items()))
-    after = evaluate(policy.eval(), ref, rm, tok, eval_prompts, cfg, g)
-    n_best = cfg.best_of or math.ceil(cfg.iters * cfg.rollout_size / len(TRAIN_NOUNS))
-    rows = [("reference (SFT)", 1, before)]
-    rows += [(f"Best-of-{n}", n, evaluate(ref, ref, rm, tok, eval_prompts, cfg, g, n)) for n in (4, 16, 64) if n <= max(n_best, 4)]
-    rows.append(("PPO", 1, after))
-    print(f"held-out prompts ({len(eval_prompts)}, nouns {HELD_OUT_NOUNS}); true score ranges -3..3")
-    print(f"{'policy':<16} {'samples':>7} {'RM score':>9} {'KL':>6} {'true score':>10}")
+    return policy.eval()
+
+
+def main(cfg):
+    device = gpt.pick_device(cfg.device)
+    cuda = device.startswith("cuda")
+    cfg = dataclasses.replace(cfg, iters=cfg.iters or (200 if cuda else 60), n_embd=cfg.n_embd or (256 if cuda else 64))
+    torch.manual_seed(cfg.seed)
+    rng, g = random.Random(cfg.seed), torch.Generator(device).manual_seed(cfg.seed)
+    t0 = time.time()
+    corpus = " ".join(p + c for p, c in (make_review(rng, NOUNS) for _ in range(500)))
+    tok = gpt.Tokenizer.from_spec("bpe", corpus, vocab_size=512)  # stops once every word is one token
+    ref = train_base_policy(tok, cfg, device).eval().requires_grad_(False)
+    pairs = preference_pairs(ref, tok, TRAIN_NOUNS, cfg.rm_pairs, rng, g, cfg.max_new_tokens)
+    test_pairs = preference_pairs(ref, tok, HELD_OUT_NOUNS, 500, rng, g, cfg.max_new_tokens)
+    rm = train_reward_model(ref, pairs, cfg, tok.eot_id)
+    prompts = review_prompts(tok, TRAIN_NOUNS, 256, rng)
+    normalise_rewards(rm, prompts, ref.generate(prompts, cfg.max_new_tokens, stop_tokens=(tok.eot_id,), generator=g,
+                                                pad_id=tok.eot_id), tok.eot_id)
+    print(f"reward model: {len(pairs)} pairs, held-out pairwise accuracy "
+          f"{pairwise_accuracy(rm, test_pairs, tok.eot_id):.1%} ({time.time() - t0:.0f}s)")
+    eval_prompts = review_prompts(tok, HELD_OUT_NOUNS, cfg.eval_prompts, rng)
+    rows = [("reference (SFT)", 1, evaluate(ref, ref, rm, tok, eval_prompts, cfg, g))]
+    rows += [(f"Best-of-{n}", n, evaluate(ref, ref, rm, tok, eval_prompts, cfg, g, n))
+             for n in (4, 16, 64, 256) if n <= cfg.best_of]
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "log.jsonl"), "w") as log:
+        policy = train_ppo(copy.deepcopy(ref), ref, rm, tok, cfg, rng, g, log)
+    rows.append(("PPO", 1, evaluate(policy, ref, rm, tok, eval_prompts, cfg, g)))
+    gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), policy, tok, step=cfg.iters, config=cfg)
+    print(f"held-out prompts: {len(eval_prompts)} reviews of {', '.join(HELD_OUT_NOUNS)} (PPO trained on other nouns); "
+          f"true score from -3 (malformed) to +3. PPO drew {cfg.iters * cfg.rollout_size} samples in training.")
+    print(f"{'policy':<16} {'samples/prompt':>14} {'RM score':>9} {'KL':>6} {'true score':>10}  example")
     for name, n, r in rows:
-        print(f"{name:<16} {n:>7} {r['rm score']:>9.2f} {r['KL']:>6.2f} {r['true score']:>10.2f}   {r['example']!r}")
-    print(f"total {time.time() - t0:.0f}s (cpu {time.process_time():.0f}s)")
+        print(f"{name:<16} {n:>14} {r['rm score']:>9.2f} {r['KL']:>6.2f} {r['true score']:>10.2f}  {r['example']!r}")
+    print(f"total {time.time() - t0:.0f}s")
     return {name: r for name, _, r in rows}
 
 

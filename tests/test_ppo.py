@@ -155,9 +155,12 @@ def test_true_score_worked_examples():
         assert ppo.true_score(completion) == sum(ppo.SENTIMENT[w] for w in words if w != "and")
 
 
-def test_main_smoke(capsys):
-    cfg = ppo.Config(base_steps=100, rm_pairs=40, rm_steps=3, iters=2, rollout_size=8, minibatch=4, epochs=1,
+def test_main_smoke(tmp_path, capsys):
+    cfg = ppo.Config(out_dir=str(tmp_path), base_steps=100, rm_pairs=40, rm_steps=3, iters=2, rollout_size=8, minibatch=4, epochs=1,
                      eval_prompts=4, best_of=4, n_layer=1, n_embd=64, device="cpu")
     rows = ppo.main(cfg)
     assert set(rows) == {"reference (SFT)", "Best-of-4", "PPO"}
     assert "true score" in capsys.readouterr().out
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 2  # one line per rollout
+    model, _, _ = gpt.load_model(str(tmp_path / "ckpt.pt"))
+    assert model.config.n_embd == 64
