@@ -91,10 +91,12 @@ def sequence_logps(model, prompts, chosen, rejected):
     return total[:len(prompts)], total[len(prompts):]
 
 
-@torch.no_grad()
-def reference_logps(ref, pairs, batch_size=64):
-    """The frozen reference's log-probs of every pair, computed once: (chosen (N,), rejected (N,))."""
-    out = [sequence_logps(ref, *map(list, zip(*pairs[i:i + batch_size]))) for i in range(0, len(pairs), batch_size)]
+def all_logps(model, pairs, batch_size=64):
+    """Summed log-probs of every pair's chosen and rejected answers, (N,) each, in eval mode and
+    without autograd: the frozen reference's are computed once this way, before training."""
+    with gpt.evaluating(model):
+        out = [sequence_logps(model, *map(list, zip(*pairs[i:i + batch_size])))
+               for i in range(0, len(pairs), batch_size)]
     return torch.cat([c for c, _ in out]), torch.cat([r for _, r in out])
 
 
@@ -127,12 +129,10 @@ def make_pairs(model, tok, examples, seed):
 
 # ----------------------------------------------------------------------------- training and evaluation
 
-@torch.no_grad()
-def evaluate(policy, pairs, ref_logps, cfg, batch_size=64):
+def evaluate(policy, pairs, ref_logps, cfg):
     """Held-out DPO loss, implicit-reward accuracy and margin, mean log-probs of chosen and
     rejected, and how often the policy itself gives the chosen answer the higher likelihood."""
-    chosen, rejected = map(torch.cat, zip(*[sequence_logps(policy, *map(list, zip(*pairs[i:i + batch_size])))
-                                            for i in range(0, len(pairs), batch_size)]))
+    chosen, rejected = all_logps(policy, pairs)
     losses, r_w, r_l = dpo_loss(chosen, rejected, *ref_logps, cfg.beta, cfg.loss, cfg.label_smoothing)
     return dict(loss=losses.mean().item(), reward_acc=(r_w > r_l).float().mean().item(),
                 margin=(r_w - r_l).mean().item(), logp_chosen=chosen.mean().item(),
@@ -179,7 +179,8 @@ def sft_model(cfg, device, train_set):
         return model.eval(), tok
     model, tok = sft.base_model("", cfg.base_steps, device)
     end = tok.special("<|end|>")
-    pairs = [(sft.render_chat(sft.chat(x), tok, add_generation_prompt=True), tok.encode(a) + [end]) for _, x, a in train_set]
+    pairs = [(sft.render_chat(sft.chat(x), tok, add_generation_prompt=True), tok.encode(a) + [end])
+             for _, x, a in train_set]
     steps = cfg.sft_steps or (600 if str(device).startswith("cuda") else 150)
     gpt.finetune(model, pairs, steps, lr=3e-3, batch_size=32, seed=cfg.seed, desc="sft")
     return model, tok
@@ -197,7 +198,7 @@ def main(cfg):
     eval_pairs, _ = make_pairs(start, tok, eval_set, cfg.seed + 1)
     print(f"{len(pairs)} preference pairs; {own:.0%} of the rejected answers are the model's own mistakes")
     ref = copy.deepcopy(start).requires_grad_(False).eval()  # frozen pi_ref
-    ref_train, ref_eval = reference_logps(ref, pairs), reference_logps(ref, eval_pairs)
+    ref_train, ref_eval = all_logps(ref, pairs), all_logps(ref, eval_pairs)
     os.makedirs(cfg.out_dir, exist_ok=True)
     histories = {}
     for alpha in [0.0] + ([cfg.rpo_alpha] if cfg.rpo_alpha else []):

@@ -66,7 +66,8 @@ def test_worked_examples_for_dpo_ipo_and_label_smoothing():
 def test_gradients_match_the_formulas(loss_type):
     """dL/d log pi(y_w) = -beta sigma(-beta h) for DPO and 2 (h - 1/(2 beta)) for IPO; the
     rejected side gets the opposite, and the reference gets none (it is a constant)."""
-    pi_w, pi_l = torch.tensor([-4.0, -1.0], dtype=torch.float64, requires_grad=True), torch.tensor([-2.0, -3.0], dtype=torch.float64, requires_grad=True)
+    pi_w = torch.tensor([-4.0, -1.0], dtype=torch.float64, requires_grad=True)
+    pi_l = torch.tensor([-2.0, -3.0], dtype=torch.float64, requires_grad=True)
     ref_w, ref_l = torch.tensor([-3.0, -2.0], dtype=torch.float64), torch.tensor([-2.5, -2.0], dtype=torch.float64)
     beta = 0.3
     dpo.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta, loss_type)[0].sum().backward()
@@ -104,7 +105,7 @@ def test_padding_does_not_change_the_logps(model, tok):
     prompts, chosen, _ = batch(pairs)
     logp, mask = gpt.completion_logprobs(model, prompts, chosen, prompt_width=max(map(len, prompts)) + 9)
     torch.testing.assert_close(logp.sum(-1), alone_w, rtol=0, atol=1e-10)
-    cached_w, cached_l = dpo.reference_logps(model, pairs, batch_size=3)  # batches of 3 then 1
+    cached_w, cached_l = dpo.all_logps(model, pairs, batch_size=3)  # batches of 3 then 1
     torch.testing.assert_close(cached_w, alone_w, rtol=0, atol=1e-10)
     torch.testing.assert_close(cached_l, alone_l, rtol=0, atol=1e-10)
 
