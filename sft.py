@@ -158,8 +158,8 @@ class PackedGPT(nn.Module):
 
 def nf4_levels():
     """The 16 NormalFloat-4 values: quantiles of N(0, 1) scaled to [-1, 1], 8 positive and 7
-    negative, so that 0 is exact. Each of the 2^4 bins holds equal N(0, 1) mass, which suits
-    weights that are roughly normal. delta trims the infinite tails (Dettmers et al. 2023)."""
+    negative so that 0 is exact. Quantile levels give each code about equal probability mass
+    for normally distributed weights; delta keeps the end quantiles finite (Dettmers et al. 2023)."""
     delta = 0.5 * (1 / 32 + 1 / 30)
     positive = torch.special.ndtri(torch.linspace(1 - delta, 0.5, 9, dtype=torch.float64)[:-1])
     negative = -torch.special.ndtri(torch.linspace(1 - delta, 0.5, 8, dtype=torch.float64)[:-1])
@@ -216,14 +216,15 @@ class LoRALinear(nn.Module):
         else:
             self.weight = base.weight.requires_grad_(False)
         self.bias = None if base.bias is None else base.bias.requires_grad_(False)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=base.weight.device, dtype=base.weight.dtype))
+        like = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **like))  # (r, in)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device, dtype=base.weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like))  # (out, r)
 
     def base_weight(self):
         if not self.quantized:
             return self.weight
-        q = {name: getattr(self, f"nf4_{name}") for name in ("codes", "absmax_codes", "absmax_scale", "absmax_mean", "shape")}
+        q = {name.removeprefix("nf4_"): t for name, t in self.named_buffers() if name.startswith("nf4_")}
         return dequantize_nf4(q).to(self.lora_A.dtype)
 
     def delta(self):
@@ -356,7 +357,8 @@ def train_sft(model, rows, steps, lr, batch_size, device, rank=0, world=1, seed=
     params = [p for p in model.parameters() if p.requires_grad]
     packed = PackedGPT(model)
     if world > 1:
-        packed = nn.parallel.DistributedDataParallel(packed, device_ids=[torch.device(device).index] if "cuda" in device else None)
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        packed = nn.parallel.DistributedDataParallel(packed, device_ids=ids)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g, losses = torch.Generator().manual_seed(seed), []
     model.train()
@@ -479,7 +481,8 @@ def report(results, outputs, eval_set, cfg, n_params):
     for name in TASKS:
         i = next((i for i, (t, _, _) in enumerate(eval_set) if t == name), None)
         if i is not None:
-            print(f"  {eval_set[i][1]!r} -> {eval_set[i][2]!r}:  " + "  ".join(f"{m}={outputs[m][i]!r}" for m in outputs))
+            got = "  ".join(f"{m}={outputs[m][i]!r}" for m in outputs)
+            print(f"  {eval_set[i][1]!r} -> {eval_set[i][2]!r}:  {got}")
 
 
 if __name__ == "__main__":

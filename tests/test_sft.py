@@ -54,7 +54,8 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tok):
 def test_pack_targets_are_the_next_assistant_tokens(tok):
     examples = [chat_example(tok, f"reverse {w}", w[::-1]) for w in ("cat", "horse", "ox", "zebra")]
     rows = sft.pack(examples, block_size=48)
-    assert sum(len(r[0]) for r in rows) == sum(len(ids) - 1 for ids, _ in examples) and all(len(r[0]) <= 48 for r in rows)
+    assert sum(len(r[0]) for r in rows) == sum(len(ids) - 1 for ids, _ in examples)
+    assert all(len(r[0]) <= 48 for r in rows)
     inputs, targets, doc = rows[0]
     first = [t for t, d in zip(targets, doc) if d == 0 and t != -1]
     assert tok.decode(first) == "tac<|end|>"  # the answer "cat"[::-1] and its <|end|>, nothing else
