@@ -173,8 +173,8 @@ def _ends_cvc(stem):  # *o: consonant-vowel-consonant, the last not w, x or y (N
 
 
 def _first_rule(word, rules):
-    """Porter's rule lists: the longest listed suffix that matches decides; if its condition on
-    the stem fails, the word is left alone."""
+    """Porter's rule lists: the first listed suffix the word ends with decides (longer suffixes
+    are listed before their tails); if its condition on the stem fails, the word stays as is."""
     for suffix, replacement, condition in rules:
         if word.endswith(suffix):
             stem = word[:len(word) - len(suffix)]

@@ -67,6 +67,21 @@ def test_bleu_edge_cases():
     assert E.bleu(["the cat"], ref, smooth="add-k") == pytest.approx(13.533528323661276, abs=1e-9)  # sacrebleu 2.6.0
 
 
+def test_bleu_smoothing_by_hand():
+    # "the dog sat on mat" vs "the cat sat on the mat": matches 4/5, 1/4, 0/3, 0/2 and BP = exp(1 - 6/5).
+    # exp smoothing gives the zero orders 100/(2*3) and 100/(4*2) percent:
+    by_hand = math.exp(1 - 6 / 5) * (80 * 25 * (100 / 6) * 12.5) ** 0.25
+    hyp, ref = ["the dog sat on mat"], [["the cat sat on the mat"]]
+    assert E.bleu(hyp, ref) == pytest.approx(by_hand, abs=1e-9)
+    assert E.bleu(hyp, ref) == pytest.approx(20.80119537801062, abs=1e-9)  # sacrebleu 2.6.0, and below
+    assert E.sentence_bleu(hyp[0], ref[0]) == pytest.approx(20.80119537801062, abs=1e-9)
+    assert E.bleu(hyp, ref, smooth="floor") == pytest.approx(11.062691203042489, abs=1e-9)
+    assert E.bleu(hyp, ref, smooth="floor", smooth_value=0.3) == pytest.approx(19.16114323211486, abs=1e-9)
+    assert E.bleu(hyp, ref, smooth="add-k") == pytest.approx(33.08516361499262, abs=1e-9)
+    assert E.bleu(hyp, ref, smooth="add-k", smooth_value=2) == pytest.approx(43.54252404797312, abs=1e-9)
+    assert E.bleu(hyp, ref, smooth="none") == 0.0
+
+
 def test_bleu_multiple_references_closest_length():
     # the closest reference length, the shorter on ties: hyp of 6 words, refs of 5 and 7 ->
     # 5, so no brevity penalty; every n-gram of the hypothesis is in the 7-word reference.
@@ -155,6 +170,9 @@ def test_meteor_by_hand():
     assert E.meteor("on the mat sat the cat", "the cat sat on the mat") == pytest.approx(0.5, abs=1e-12)
     # greedy matching from the right: the last "the" of the hypothesis takes the last "the"
     assert E.meteor("the the the", "the cat the") == pytest.approx(1 / 3, abs=1e-12)  # nltk 3.10.4
+    # the weights: alpha = 0.5 is the plain F1 of P and R; gamma = 0 switches the penalty off
+    assert E.meteor("the cats were running home", "the cat runs home", alpha=0.5, gamma=0.0) == pytest.approx(0.8 / 0.9)
+    assert E.meteor("on the mat sat the cat", "the cat sat on the mat", beta=1.0, gamma=0.25) == pytest.approx(0.75)
     assert E.meteor("", "the cat") == 0.0
     assert E.meteor("a b c", "x y z") == 0.0
 
@@ -373,7 +391,7 @@ VOCAB = ["the", "cat", "The", "Cat.", "mat,", "sat", "on", "3.5", "1,000", "x-ra
 def test_bleu_equals_sacrebleu_on_random_corpora():
     sacrebleu = pytest.importorskip("sacrebleu")
     rng = random.Random(0)
-    for _ in range(150):
+    for _ in range(100):
         n, n_refs = rng.randint(1, 4), rng.randint(1, 3)
         hyps, refs = random_sentences(rng, n, VOCAB), [random_sentences(rng, n_refs, VOCAB) for _ in range(n)]
         streams = [list(s) for s in zip(*refs)]
@@ -389,7 +407,7 @@ def test_rouge_equals_rouge_score_on_random_texts():
     rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
     rng = random.Random(1)
     scorers = {s: rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=s) for s in (False, True)}
-    for _ in range(150):
+    for _ in range(60):
         pred, refs = random_sentences(rng, 1, VOCAB)[0], random_sentences(rng, rng.randint(1, 3), VOCAB)
         for stem in (False, True):
             ours, theirs = E.rouge(pred, refs, stem), scorers[stem].score_multi(refs, pred)
@@ -410,6 +428,8 @@ def test_porter_and_meteor_equal_nltk():
         hyp, refs = random_sentences(rng, 1, VOCAB)[0], random_sentences(rng, rng.randint(1, 3), VOCAB)
         theirs = meteor_score([r.split() for r in refs], hyp.split(), wordnet=NoWordNet())
         assert E.meteor(hyp, refs) == pytest.approx(theirs, abs=1e-12)
+        theirs = meteor_score([r.split() for r in refs], hyp.split(), wordnet=NoWordNet(), alpha=0.7, beta=2.0, gamma=0.3)
+        assert E.meteor(hyp, refs, alpha=0.7, beta=2.0, gamma=0.3) == pytest.approx(theirs, abs=1e-12)
 
 
 def test_kappas_equal_sklearn_and_statsmodels():
