@@ -1,0 +1,276 @@
+"""bert.py against independent references: a float64 BERT written from Hugging Face's BertModel
+layout, exact masking statistics, the padding mask checked by perturbation, and the
+distillation loss against its formula."""
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+import bert
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+def random_hf_state_dict(vocab=50, max_len=24, n_layer=2, hidden=32, intermediate=48, seed=0):
+    """A BertModel-layout state dict with random weights (LayerNorm gains away from 1, so a
+    missed gain would show) in float64, plus the keys a real checkpoint carries that we ignore."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=0.1, shift=0.0):
+        return shift + scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+    sd = {"embeddings.word_embeddings.weight": rnd(vocab, hidden, scale=0.5),
+          "embeddings.position_embeddings.weight": rnd(max_len, hidden, scale=0.5),
+          "embeddings.token_type_embeddings.weight": rnd(2, hidden, scale=0.5),
+          "embeddings.LayerNorm.weight": rnd(hidden, shift=1.0), "embeddings.LayerNorm.bias": rnd(hidden),
+          "embeddings.position_ids": torch.arange(max_len)[None],
+          "pooler.dense.weight": rnd(hidden, hidden, scale=0.3), "pooler.dense.bias": rnd(hidden)}
+    for l in range(n_layer):
+        p = f"encoder.layer.{l}."
+        for name, (n_out, n_in) in [("attention.self.query", (hidden, hidden)), ("attention.self.key", (hidden, hidden)),
+                                    ("attention.self.value", (hidden, hidden)), ("attention.output.dense", (hidden, hidden)),
+                                    ("intermediate.dense", (intermediate, hidden)), ("output.dense", (hidden, intermediate))]:
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(n_out, n_in, scale=0.3), rnd(n_out)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(hidden, shift=1.0), rnd(hidden)
+    return sd
+
+
+def hf_reference(sd, idx, segments, attention_mask, n_head):
+    """BertModel's forward written from its layout in float64: embeddings summed then LayerNorm
+    (eps 1e-12); per layer separate Q, K, V projections, an additive -1e9 mask on padded keys,
+    softmax, output dense + residual + LayerNorm, then the erf GELU feed-forward + residual +
+    LayerNorm; the pooler is tanh(dense(h_[CLS]))."""
+    W = {k: v.double() for k, v in sd.items()}
+    B, T = idx.shape
+    C = W["embeddings.word_embeddings.weight"].size(1)
+    hd = C // n_head
+
+    def layer_norm(x, name):
+        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        return (x - mu) / torch.sqrt(var + 1e-12) * W[name + ".weight"] + W[name + ".bias"]
+
+    def dense(x, name):
+        return x @ W[name + ".weight"].T + W[name + ".bias"]
+
+    x = (W["embeddings.word_embeddings.weight"][idx] + W["embeddings.position_embeddings.weight"][:T]
+         + W["embeddings.token_type_embeddings.weight"][segments])
+    x = layer_norm(x, "embeddings.LayerNorm")
+    additive = (1.0 - attention_mask.double())[:, None, None, :] * -1e9
+    n_layer = 1 + max(int(k.split(".")[2]) for k in W if k.startswith("encoder.layer."))
+    for l in range(n_layer):
+        p = f"encoder.layer.{l}."
+        q, k, v = (dense(x, p + f"attention.self.{n}").view(B, T, n_head, hd).transpose(1, 2) for n in ("query", "key", "value"))
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + additive, dim=-1)
+        context = (probs @ v).transpose(1, 2).reshape(B, T, C)
+        x = layer_norm(dense(context, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        h = dense(x, p + "intermediate.dense")
+        h = 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))
+        x = layer_norm(dense(h, p + "output.dense") + x, p + "output.LayerNorm")
+    return x, torch.tanh(dense(x[:, 0], "pooler.dense"))
+
+
+def test_forward_matches_float64_hf_reference():
+    sd = random_hf_state_dict()
+    model = bert.from_hf_bert(sd, n_head=4).eval()
+    assert model.tok_emb.weight.dtype == torch.float64
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(bert.N_SPECIAL, 50, (3, 20), generator=g)
+    idx[:, 0] = bert.CLS
+    idx[1, 14:], idx[2, 9:] = bert.PAD, bert.PAD  # two rows end in padding
+    segments = (torch.arange(20) >= 10).long().expand(3, -1)
+    hidden = model(idx, segments)
+    ref_hidden, ref_pooled = hf_reference(sd, idx, segments, idx != bert.PAD, n_head=4)
+    torch.testing.assert_close(hidden, ref_hidden, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model.pool(hidden), ref_pooled, rtol=1e-10, atol=1e-10)
+
+
+def test_from_hf_bert_reads_bert_prefixed_pretraining_dicts():
+    """BertForPreTraining keys start with "bert." and carry cls.* heads, which are ignored."""
+    sd = random_hf_state_dict(seed=2)
+    wrapped = {"bert." + k: v for k, v in sd.items()} | {"cls.seq_relationship.weight": torch.zeros(2, 32)}
+    a, b = bert.from_hf_bert(sd, n_head=4).eval(), bert.from_hf_bert(wrapped, n_head=4).eval()
+    idx = torch.randint(bert.N_SPECIAL, 50, (2, 12))
+    torch.testing.assert_close(a(idx), b(idx), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not a BERT state dict"):
+        bert.from_hf_bert({"transformer.wte.weight": torch.zeros(3, 3)})
+
+
+def test_too_long_input_and_bad_shapes_are_clear_errors():
+    model = bert.Bert(bert.BertConfig(vocab_size=40, max_len=8, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="longer than max_len=8"):
+        model(torch.full((1, 9), 7))
+    with pytest.raises(ValueError, match="not divisible"):
+        bert.BertConfig(n_embd=30, n_head=4)
+
+
+# ----------------------------------------------------------------------------- padding
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = bert.BertConfig(**{**dict(vocab_size=40, max_len=16, n_layer=2, n_head=2, n_embd=16), **overrides})
+    return bert.Bert(cfg).double().eval()
+
+
+def test_pad_receives_no_attention():
+    """Changing what sits at a padded position changes nothing at any real position; changing a
+    real token does (so the comparison can fail)."""
+    model = tiny_model()
+    idx = torch.tensor([[bert.CLS, 9, 12, 30, 7, bert.SEP, bert.PAD, bert.PAD, bert.PAD]])
+    mask = idx != bert.PAD
+    out = model(idx, attn_mask=mask)
+    other = idx.clone()
+    other[0, 6:] = torch.tensor([21, 5, 33])  # different tokens, still marked as padding
+    torch.testing.assert_close(model(other, attn_mask=mask)[0, :6], out[0, :6], rtol=0, atol=1e-12)
+    changed = idx.clone()
+    changed[0, 3] = 22
+    assert (model(changed, attn_mask=mask)[0, [0, 1, 2, 4, 5]] - out[0, [0, 1, 2, 4, 5]]).abs().max() > 1e-3
+
+
+def test_padding_equals_the_unpadded_sequence():
+    model = tiny_model(seed=1)
+    idx = torch.tensor([[bert.CLS, 9, 12, 30, bert.SEP]])
+    padded = torch.cat([idx, torch.full((1, 4), bert.PAD)], dim=1)
+    torch.testing.assert_close(model(padded)[0, :5], model(idx)[0], rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- masking
+
+def test_masking_proportions():
+    """15% of ordinary tokens are selected; of those 80% -> [MASK], 10% -> a random ordinary
+    token, 10% kept. Each count is checked within 4 standard deviations of its binomial mean."""
+    vocab, g = 30, torch.Generator().manual_seed(0)
+    idx = torch.randint(bert.N_SPECIAL, vocab, (400, 250), generator=g)
+    inputs, targets = bert.mask_tokens(idx, vocab, generator=g)
+    selected = targets != -100
+    assert torch.equal(targets[selected], idx[selected])
+
+    def within(count, n, p):
+        assert abs(count - n * p) < 4 * math.sqrt(n * p * (1 - p)), (count, n, p)
+    n, s = idx.numel(), int(selected.sum())
+    within(s, n, 0.15)
+    masked = int((inputs[selected] == bert.MASK).sum())
+    randomised = int(((inputs[selected] != bert.MASK) & (inputs[selected] != idx[selected])).sum())
+    within(masked, s, 0.8)
+    p_other = 1 / (vocab - bert.N_SPECIAL)  # a random draw may land on the original token
+    within(randomised, s, 0.1 * (1 - p_other))
+    within(s - masked - randomised, s, 0.1 + 0.1 * p_other)
+    assert torch.equal(inputs[~selected], idx[~selected])  # unselected tokens are untouched
+    assert int((inputs[selected] < bert.N_SPECIAL).sum()) == masked  # random tokens are never special
+
+
+def test_special_tokens_are_never_masked_and_masks_are_dynamic():
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 20, (200, 64), generator=g)  # plenty of [PAD] [UNK] [CLS] [SEP] [MASK]
+    special = idx < bert.N_SPECIAL
+    inputs, targets = bert.mask_tokens(idx, 20, generator=g)
+    assert torch.equal(inputs[special], idx[special])
+    assert bool((targets[special] == -100).all())
+    _, again = bert.mask_tokens(idx, 20, generator=g)
+    assert not torch.equal(again, targets)  # a fresh mask every call: dynamic masking
+
+
+# ----------------------------------------------------------------------------- NSP and batches
+
+def test_nsp_pairs_are_half_and_half_and_true_pairs_are_consecutive():
+    # sentence j of document d is the single token 100 * d + j, so a pair tells its own story
+    docs = [[[100 * d + j] for j in range(2 + d % 5)] for d in range(30)]
+    rng, n = random.Random(0), 4000
+    pairs = [bert.nsp_pair(docs, rng) for _ in range(n)]
+    positives = sum(label for *_, label in pairs)
+    assert abs(positives - n / 2) < 4 * math.sqrt(n / 4)
+    for a, b, label in pairs:
+        same_doc = a[0] // 100 == b[0] // 100
+        assert (b[0] == a[0] + 1 and same_doc) if label else not same_doc
+
+
+def test_pack_pair_layout_and_truncation():
+    ids, seg = bert.pack_pair([5, 6, 7, 8, 9, 10], [11, 12], max_len=9)
+    assert ids == [bert.CLS, 5, 6, 7, 8, bert.SEP, 11, 12, bert.SEP]  # the longer sentence lost 2 tokens
+    assert seg == [0, 0, 0, 0, 0, 0, 1, 1, 1]
+
+
+def test_roberta_batches_are_contiguous_single_segment_text():
+    stream = list(range(bert.N_SPECIAL, 200))
+    inputs, seg, targets, is_next = bert.pretraining_batch([], stream, 4, 12, 200, False, random.Random(0),
+                                                           torch.Generator().manual_seed(0))
+    assert is_next is None and not seg.any()
+    original = torch.where(targets != -100, targets, inputs)
+    for row in original.tolist():
+        assert row[0] == bert.CLS and row[-1] == bert.SEP
+        assert row[1:-1] == list(range(row[1], row[1] + 10))  # a window of the stream
+    model = bert.BertPretraining(tiny_model(vocab_size=200).float().train(), nsp=False)
+    _, stats = model(inputs, seg, targets)
+    assert set(stats) == {"mlm", "mlm_acc"}
+
+
+def test_held_out_blocks_partition_each_document():
+    tok = bert.WordTokenizer("alpha beta gamma delta", 20)
+    texts = [" ".join(f"alpha beta{'.' if j % 2 else ' gamma.'}" for j in range(n)) for n in (30, 17, 5, 40)]
+    train, heldout = bert.split_documents(texts, tok, 0.3, random.Random(0), block=4)
+    for text, t, h in zip(texts, train, heldout):
+        every = bert.split_sentences(text, tok)
+        assert sorted(map(tuple, t + h)) == sorted(map(tuple, every))  # nothing lost, nothing shared
+    assert 0 < sum(map(len, heldout)) < sum(map(len, train))
+    with pytest.raises(SystemExit, match="too few or too short"):
+        bert.split_documents(["one sentence."], tok, 0.3, random.Random(0))
+
+
+def test_topic_task_labels_sentences_by_their_document():
+    # sentence j of document d is [100 + d] * (4 + j % 3), so its label can be read off it
+    train_docs = [[[100 + d] * (4 + j % 3) for j in range(40 - 5 * d)] for d in range(5)]
+    heldout_docs = [[[100 + d] * 5 for _ in range(3)] for d in range(5)]
+    train, test, classes = bert.topic_task(train_docs, heldout_docs, 3, 10, 16, random.Random(0))
+    assert classes == [0, 1, 2]  # the three longest documents
+    assert len(train) == 30 and len(test) == 9
+    for ids, label in train + test:
+        assert ids[0] == bert.CLS and ids[-1] == bert.SEP and set(ids[1:-1]) == {100 + classes[label]}
+
+
+# ----------------------------------------------------------------------------- distillation
+
+def test_distillation_loss_against_its_formula_and_zero_for_identical_models():
+    g = torch.Generator().manual_seed(0)
+    zs, zt, y = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.randint(0, 3, (6,), generator=g)
+    T, alpha = 2.5, 0.7
+    pt, ps = torch.softmax(zt.double() / T, -1), torch.softmax(zs.double() / T, -1)
+    kl = (pt * (pt.log() - ps.log())).sum(-1).mean()  # KL(teacher || student), mean over the batch
+    ce = -torch.log_softmax(zs.double(), -1)[torch.arange(6), y].mean()
+    expected = alpha * T * T * kl + (1 - alpha) * ce
+    torch.testing.assert_close(bert.distillation_loss(zs, zt, y, T, alpha).double(), expected, rtol=1e-5, atol=1e-6)
+
+    teacher = bert.BertClassifier(tiny_model().float(), 3).eval()
+    student = copy.deepcopy(teacher)
+    idx = torch.randint(bert.N_SPECIAL, 40, (4, 10))
+    assert bert.distillation_loss(student(idx), teacher(idx), y[:4], 2.0, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_half_depth_student_keeps_every_other_layer():
+    teacher = bert.BertClassifier(tiny_model(n_layer=4).float(), 2)
+    student = bert.half_depth(teacher)
+    assert len(student.bert.layers) == 2 and student.bert.config.n_layer == 2 and len(teacher.bert.layers) == 4
+    for s, t in zip(student.bert.layers, teacher.bert.layers[::2]):
+        for ps, pt in zip(s.parameters(), t.parameters()):
+            assert torch.equal(ps, pt) and ps.data_ptr() != pt.data_ptr()  # a copy, not shared
+
+
+# ----------------------------------------------------------------------------- config and demo
+
+def test_parse_args_errors_name_the_problem():
+    cfg = bert.parse_args(bert.RunConfig, ["--nsp=false", "--n_layer=2", "--finetune_lr=1e-4"])
+    assert (cfg.nsp, cfg.n_layer, cfg.finetune_lr) == (False, 2, 1e-4)
+    with pytest.raises(SystemExit, match="unknown option"):
+        bert.parse_args(bert.RunConfig, ["--layers=2"])
+    with pytest.raises(SystemExit, match="takes a int"):
+        bert.parse_args(bert.RunConfig, ["--n_layer=two"])
+    with pytest.raises(SystemExit, match="alpha"):
+        bert.parse_args(bert.RunConfig, ["--alpha=1.5"])
+
+
+def test_main_smoke(capsys):
+    bert.main(bert.RunConfig(vocab_size=512, max_len=32, n_layer=2, n_embd=32, n_head=2, batch_size=8,
+                             pretrain_steps=6, finetune_steps=4, n_per_class=8, device="cpu"))
+    out = capsys.readouterr().out
+    for text in ("masked-token accuracy", "NSP accuracy", "from scratch", "student, distilled", "retained"):
+        assert text in out
