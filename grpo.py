@@ -38,6 +38,7 @@ class Config:
     prompts_per_step: int = 16  # distinct problems per rollout batch
     group_size: int = 8  # G completions per problem
     updates_per_rollout: int = 2  # optimizer steps per rollout batch (mu); >1 makes the clip matter
+    epochs: int = 1  # passes over each rollout batch
     micro_batch: int = 0  # sequences per forward/backward, gradients accumulated (0 = whole minibatch)
     lr: float = 3e-4  # AdamW learning rate for GRPO
     warmup: int = 20  # steps of linear learning-rate warm-up: Adam's first steps on noisy policy gradients are large
@@ -45,13 +46,12 @@ class Config:
     eps_low: float = 0.2  # clip ratio below: rho >= 1 - eps_low
     eps_high: float = 0.0  # clip ratio above: rho <= 1 + eps_high (0 = 0.28 for dapo, eps_low otherwise)
     temperature: float = 1.0  # sampling temperature for rollouts and pass@k
-    max_new_tokens: int = 40  # completion budget; longer completions are truncated
+    max_new_tokens: int = 32  # completion budget; longer completions are truncated
     overlong_cache: int = 8  # dapo: tokens before the budget where the length penalty ramps in
     max_resample: int = 4  # dapo: rollout rounds to refill groups dropped for zero reward variance
     format_reward: float = 0.1  # reward for a well-formed completion, on top of 1.0 for the right answer
-    task: str = "col"  # experimental
-    sft_examples: int = 32  # worked examples in the format-teaching warm-up
-    sft_steps: int = 150  # SFT warm-up steps
+    sft_examples: int = 48  # worked examples in the format-teaching warm-up
+    sft_steps: int = 300  # SFT warm-up steps
     sft_lr: float = 3e-3  # SFT warm-up learning rate
     n_layer: int = 2  # model depth
     n_embd: int = 96  # model width
@@ -79,32 +79,19 @@ class Config:
 THINK_ANSWER = re.compile(r"<think>(.*?)</think><answer>(.*?)</answer>", re.S)
 
 
-def make_problem(rng, task):
-    """(question, answer, worked completion)."""
-    if task == "col":  # two-digit + one-digit, by columns
-        a, b = rng.randrange(10, 100), rng.randrange(10)
-        ones = a % 10 + b
-        trace = f"{a % 10}+{b}={ones},{a // 10}+{ones // 10}={a // 10 + ones // 10}"
-        return f"{a}+{b}", a + b, trace
-    if task == "col2":  # two-digit + two-digit, by columns
-        a, b = rng.randrange(10, 100), rng.randrange(10, 100)
-        ones = a % 10 + b % 10
-        trace = f"{a % 10}+{b % 10}={ones},{a // 10}+{b // 10}+{ones // 10}={a // 10 + b // 10 + ones // 10}"
-        return f"{a}+{b}", a + b, trace
-    if task == "sum3":  # three single digits, running sum
-        x = [rng.randrange(10) for _ in range(3)]
-        trace = f"{x[0]}+{x[1]}={x[0] + x[1]},{x[0] + x[1]}+{x[2]}={sum(x)}"
-        return "+".join(map(str, x)), sum(x), trace
-    if task == "add1":  # single digits
-        a, b = rng.randrange(10), rng.randrange(10)
-        return f"{a}+{b}", a + b, f"{a}+{b}={a + b}"
-    raise ValueError(task)
+def make_problem(rng):
+    """A two-digit plus a one-digit number, with the worked solution by columns: ones first (a
+    single-digit fact), then tens plus the carry. Returns (question, answer, worked thinking)."""
+    a, b = rng.randrange(10, 100), rng.randrange(10)
+    ones = a % 10 + b
+    return f"{a}+{b}", a + b, f"{a % 10}+{b}={ones},{a // 10}+{ones // 10}={a // 10 + ones // 10}"
 
 
-def make_problems(n, seed, task, exclude=()):
+def make_problems(n, seed, exclude=()):
+    """n distinct problems whose questions are not in exclude (there are 900 in all)."""
     rng, seen, out = random.Random(seed), set(exclude), []
     for _ in range(100 * n):
-        q, ans, trace = make_problem(rng, task)
+        q, ans, trace = make_problem(rng)
         if q not in seen:
             seen.add(q)
             out.append((q, ans, trace))
@@ -290,7 +277,7 @@ def policy_update(policy, ref, opt, batch, cfg):
     N = len(batch["prompts"])
     size, stats = N // cfg.updates_per_rollout, []
     policy.train()
-    for start in range(0, N, size):
+    for start in [s for _ in range(cfg.epochs) for s in range(0, N, size)]:
         opt.zero_grad(set_to_none=True)
         stats.append(minibatch_backward(policy, batch, slice(start, start + size), cfg))
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -316,59 +303,88 @@ def evaluate(model, tok, problems, cfg, generator):
             "length": sum(len(c) for c in sampled) / len(sampled)}
 
 
-def main(cfg):
-    device = gpt.pick_device(cfg.device)
+def sft_warmup(cfg, tok, problems, device):
+    """A tiny model from nothing, fine-tuned on a few worked examples: it learns the format
+    <think>...</think><answer>...</answer> well, the arithmetic only partly."""
     torch.manual_seed(cfg.seed)
-    steps = cfg.steps or (300 if device == "cpu" else 600)
-    held_out = make_problems(cfg.eval_problems, cfg.seed + 1, cfg.task)
-    exclude = {q for q, _, _ in held_out}
-    sft = make_problems(cfg.sft_examples, cfg.seed + 2, cfg.task, exclude)
-    tok = task_tokenizer()
-    mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer, n_head=cfg.n_head, pos="learned",
-                         n_embd=cfg.n_embd)
+    mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                         n_embd=cfg.n_embd, pos="learned")
     policy = gpt.GPT(mcfg).to(device)
-    eot = tok.eot_id
-    pairs = [(tok.encode(q + "="), tok.encode(f"<think>{t}</think><answer>{a}</answer>") + [eot]) for q, a, t in sft]
-    t0 = time.time()
+    pairs = [(tok.encode(q + "="), tok.encode(f"<think>{t}</think><answer>{a}</answer>") + [tok.eot_id])
+             for q, a, t in problems]
     gpt.finetune(policy, pairs, cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed, desc="SFT warm-up")
-    t_sft = time.time() - t0
-    g = torch.Generator(device).manual_seed(cfg.seed)
-    before = evaluate(policy, tok, held_out, cfg, g)
-    print(f"after SFT ({t_sft:.0f}s):", {k: round(v, 3) for k, v in before.items()})
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    return policy.eval()
+
+
+def train_grpo(policy, tok, cfg, steps, exclude, generator, log, evaluate_held_out):
+    """The GRPO loop: roll out G completions per problem, score, update; one log.jsonl row per step."""
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen pi_ref for the KL term
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
     rng = random.Random(cfg.seed + 3)
 
-    def sample_problems(n):
+    def sample_problems(n):  # fresh training problems, never a held-out question
         out = []
         while len(out) < n:
-            q, a, t = make_problem(rng, cfg.task)
-            if q not in exclude:
-                out.append((q, a, t))
+            problem = make_problem(rng)
+            if problem[0] not in exclude:
+                out.append(problem)
         return out
 
     bar = tqdm(range(steps), desc=f"GRPO ({cfg.loss})")
-    t0 = time.time()
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         if cfg.loss == "dapo":
-            batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, g)
+            batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, generator)
         else:
-            batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, g)
-        batch["pad"] = eot
+            batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, generator)
+        batch["pad"] = tok.eot_id
         r = seen["rewards"].view(-1, cfg.group_size)
-        log = dict(reward=float(seen["rewards"].mean()), acc=float(seen["correct"].mean()),
-                   zero_std=float((r == r[:, :1]).all(1).float().mean()), length=float(seen["lengths"].float().mean()),
-                   trunc=float(seen["truncated"].float().mean()))
-        if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:
-            log.update(policy_update(policy, ref, opt, batch, cfg))
-        bar.set_postfix(acc=f"{log['acc']:.2f}", kl=f"{log.get('kl', 0):.3f}", len=f"{log['length']:.0f}")
-        if (step + 1) % cfg.eval_every == 0:
-            res = evaluate(policy, tok, held_out, cfg, g)
-            tqdm.write(f"step {step + 1} ({time.time() - t0:.0f}s, cpu {time.process_time():.0f}s) " + " ".join(f"{k}={v:.3f}" for k, v in {**log, **res}.items()))
+        row = dict(step=step + 1, reward=float(seen["rewards"].mean()), acc=float(seen["correct"].mean()),
+                   zero_std=float((r == r[:, :1]).all(1).float().mean()),
+                   length=float(seen["lengths"].float().mean()), truncated=float(seen["truncated"].float().mean()),
+                   kl=0.0, clipped=0.0)
+        if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:  # dapo may find no signal at all
+            row.update(policy_update(policy, ref, opt, batch, cfg))
+        if (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+            row.update({"held_out_" + k: v for k, v in evaluate_held_out().items()})
+            tqdm.write(f"step {step + 1}: held-out accuracy {row['held_out_accuracy']:.0%}, "
+                       f"pass@1 {row['held_out_pass@1']:.0%}, KL {row['kl']:.3f}")
+        log.write(json.dumps(row) + "\n")
+        bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['acc']:.2f}", zero_std=f"{row['zero_std']:.2f}",
+                        kl=f"{row['kl']:.3f}", clip=f"{row['clipped']:.3f}", len=f"{row['length']:.0f}",
+                        trunc=f"{row['truncated']:.2f}")
+    return policy.eval()
+
+
+def main(cfg):
+    device = gpt.pick_device(cfg.device)
+    steps = cfg.steps or (600 if device == "cpu" else 1000)
+    t0 = time.time()
+    held_out = make_problems(cfg.eval_problems, cfg.seed + 1)
+    exclude = {q for q, _, _ in held_out}
+    tok = task_tokenizer()
+    policy = sft_warmup(cfg, tok, make_problems(cfg.sft_examples, cfg.seed + 2, exclude), device)
+    g = torch.Generator(device).manual_seed(cfg.seed)
+    before = evaluate(policy, tok, held_out, cfg, g)
+    t_sft = time.time() - t0
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "log.jsonl"), "w") as log:
+        policy = train_grpo(policy, tok, cfg, steps, exclude, g, log, lambda: evaluate(policy, tok, held_out, cfg, g))
     after = evaluate(policy, tok, held_out, cfg, g)
-    print(f"GRPO ({time.time() - t0:.0f}s):", {k: round(v, 3) for k, v in after.items()})
+    gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), policy, tok, step=steps, config=cfg)
+    k = cfg.pass_k
+    print(f"\n{len(held_out)} held-out problems (two-digit + one-digit, never in SFT or GRPO); loss={cfg.loss}, "
+          f"{steps} steps x {cfg.prompts_per_step} problems x G={cfg.group_size}")
+    print(f"{'':<34}{'before GRPO':>12}{'after GRPO':>12}")
+    for key, name in [("accuracy", "greedy accuracy"), ("pass@1", f"pass@1 (T={cfg.temperature:g}, {k} samples)"),
+                      (f"pass@{k}", f"pass@{k}"), ("format", "well-formed completions")]:
+        print(f"{name:<34}{before[key]:>12.1%}{after[key]:>12.1%}")
+    print(f"{'mean completion length (tokens)':<34}{before['length']:>12.1f}{after['length']:>12.1f}")
+    print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in {cfg.out_dir}/")
+    example = held_out[0]
+    text = policy.generate([tok.encode(example[0] + "=")], cfg.max_new_tokens, temperature=0, stop_tokens=(tok.eot_id,))
+    print(f"example: {example[0]}= {tok.decode([t for t in text[0] if t != tok.eot_id])}")
     return before, after
 
 

@@ -4,6 +4,7 @@ padding, group contiguity, DAPO's sampling and length shaping, pass@k, and a smo
 import copy
 import dataclasses
 import itertools
+import json
 import math
 import random
 
@@ -210,9 +211,16 @@ def test_pass_at_k_matches_brute_force_counting():
     assert grpo.pass_at_k(200, 3, 100) == pytest.approx(1 - math.comb(197, 100) / math.comb(200, 100))
 
 
-def test_main_smoke(tmp_path, capsys):
-    cfg = grpo.Config(steps=2, prompts_per_step=2, group_size=2, sft_examples=4, sft_steps=3, eval_problems=3,
-                      pass_k=2, n_layer=1, n_embd=32, eval_every=1, out_dir=str(tmp_path), device="cpu")
-    grpo.main(cfg)
+@pytest.mark.parametrize("loss", ["grpo", "dr_grpo", "dapo"])
+def test_main_smoke(tmp_path, capsys, loss):
+    cfg = grpo.Config(loss=loss, steps=2, prompts_per_step=2, group_size=2, sft_examples=4, sft_steps=3,
+                      eval_problems=3, pass_k=2, n_layer=1, n_embd=32, eval_every=1, out_dir=str(tmp_path), device="cpu")
+    before, after = grpo.main(cfg)
     out = capsys.readouterr().out
-    assert "before" in out and "after" in out
+    assert "before GRPO" in out and "after GRPO" in out and "greedy accuracy" in out
+    assert set(before) == set(after) == {"accuracy", "pass@1", "pass@2", "format", "length"}
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2] and "held_out_accuracy" in rows[0]
+    assert all(k in rows[1] for k in ("reward", "acc", "zero_std", "kl", "length", "clipped", "truncated"))
+    model, _, _ = gpt.load_model(str(tmp_path / "ckpt.pt"))
+    assert model.config.n_layer == 1
