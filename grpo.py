@@ -34,11 +34,11 @@ import gpt
 @dataclass
 class Config:
     loss: str = "grpo"  # grpo | dr_grpo | dapo
-    steps: int = 0  # GRPO steps (0 = 300 on CPU, 600 on CUDA)
+    steps: int = 0  # GRPO steps (0 = 700 on CPU, 1000 on CUDA)
     prompts_per_step: int = 16  # distinct problems per rollout batch
     group_size: int = 8  # G completions per problem
     updates_per_rollout: int = 2  # optimizer steps per rollout batch (mu); >1 makes the clip matter
-    epochs: int = 1  # passes over each rollout batch
+    epochs: int = 2  # passes over each rollout batch: reusing samples is what the ratio clip makes safe
     micro_batch: int = 0  # sequences per forward/backward, gradients accumulated (0 = whole minibatch)
     lr: float = 3e-4  # AdamW learning rate for GRPO
     warmup: int = 20  # steps of linear learning-rate warm-up: Adam's first steps on noisy policy gradients are large
@@ -359,7 +359,7 @@ def train_grpo(policy, tok, cfg, steps, exclude, generator, log, evaluate_held_o
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
-    steps = cfg.steps or (600 if device == "cpu" else 1000)
+    steps = cfg.steps or (700 if device == "cpu" else 1000)
     t0 = time.time()
     held_out = make_problems(cfg.eval_problems, cfg.seed + 1)
     exclude = {q for q, _, _ in held_out}
