@@ -12,9 +12,10 @@ Chen et al. 2021 (the unbiased pass@k estimator).
     python grpo.py --loss=dr_grpo    # no std scaling, constant normaliser G * max length
     python grpo.py --loss=dapo       # token-level normaliser, clip-higher, dynamic sampling
 
-On CPU (a few minutes) you see a tiny model trained from nothing learn the answer format from
-a handful of examples, a tqdm bar of GRPO steps with reward and accuracy, and a before/after
-table of held-out greedy accuracy, pass@1 and pass@8 and completion length.
+On CPU (about 5.5 minutes) you see a tiny model trained from nothing learn the answer format
+from 48 worked examples, a tqdm bar of GRPO steps (reward, accuracy, zero-std groups, KL,
+clipped fraction, length, truncation), and a before/after table on 100 held-out problems:
+greedy accuracy rises from 27% to 81% (pass@1, pass@8, format rate and length beside it).
 """
 import copy
 import json
@@ -47,7 +48,8 @@ class Config:
     eps_high: float = 0.0  # clip ratio above: rho <= 1 + eps_high (0 = 0.28 for dapo, eps_low otherwise)
     temperature: float = 1.0  # sampling temperature for rollouts and pass@k
     max_new_tokens: int = 32  # completion budget; longer completions are truncated
-    overlong_cache: int = 8  # dapo: tokens before the budget where the length penalty ramps in
+    overlong_cache: int = 3  # dapo: the length penalty ramps in over the last this many tokens of the budget (a
+    # well-formed completion is at most 28 tokens with its EOS: a ramp that starts earlier punishes right answers)
     max_resample: int = 4  # dapo: rollout rounds to refill groups dropped for zero reward variance
     format_reward: float = 0.1  # reward for a well-formed completion, on top of 1.0 for the right answer
     sft_examples: int = 48  # worked examples in the format-teaching warm-up
@@ -295,7 +297,8 @@ def evaluate(model, tok, problems, cfg, generator):
                              stop_tokens=(stop,), generator=generator, pad_id=stop)
     strip = lambda c: tok.decode(c[:-1] if c and c[-1] == stop else c)
     right = [reward(strip(c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
-    counts = [sum(reward(strip(c), ans, 0)[1] for c in sampled[i * k:(i + 1) * k]) for i, (_, ans, _) in enumerate(problems)]
+    counts = [sum(reward(strip(c), ans, 0)[1] for c in sampled[i * k:(i + 1) * k])  # right answers per problem
+              for i, (_, ans, _) in enumerate(problems)]
     return {"accuracy": sum(right) / len(problems),
             "pass@1": sum(pass_at_k(k, c, 1) for c in counts) / len(problems),
             f"pass@{k}": sum(pass_at_k(k, c, k) for c in counts) / len(problems),
