@@ -45,7 +45,7 @@ class Config:
     rollout_size: int = 64  # completions per rollout, one per prompt
     epochs: int = 4  # passes over each rollout
     minibatch: int = 16  # completions per PPO gradient step
-    lr: float = 5e-4  # policy and value learning rate
+    lr: float = 3e-4  # policy and value learning rate
     beta: float = 0.1  # weight of the per-token KL penalty to the reference
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD
@@ -278,7 +278,7 @@ def train_reward_model(base, pairs, cfg, pad_id):
     if not pairs:
         raise ValueError("no preference pairs: every pair of samples tied on the true score; "
                          "train the base policy longer (--base_steps) or draw more pairs (--rm_pairs)")
-    rm = ScalarModel(copy.deepcopy(base)).train()
+    rm = ScalarModel(copy.deepcopy(base).requires_grad_(True)).train()  # the base may be the frozen reference
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.rm_steps), desc="reward model", leave=False)

@@ -68,6 +68,16 @@ def test_reward_model_loss_starts_at_ln2_with_a_zero_head(tiny_gpt_config):
     assert ppo.bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(math.log1p(math.exp(-1)))
 
 
+def test_reward_model_trains_its_backbone_even_from_a_frozen_reference(tiny_gpt_config):
+    base = tiny_model(tiny_gpt_config).requires_grad_(False)  # main() passes the frozen pi_ref
+    prompts, chosen = random_rows(4, tiny_gpt_config.vocab_size, seed=1)
+    _, rejected = random_rows(4, tiny_gpt_config.vocab_size, seed=2)
+    rm = ppo.train_reward_model(base, list(zip(prompts, chosen, rejected)), ppo.Config(rm_steps=2), 0)
+    moved = [not torch.equal(p, q) for p, q in zip(rm.backbone.parameters(), base.parameters())]
+    assert sum(moved) > len(moved) // 2  # not only the head: the backbone learned too
+    assert not any(p.requires_grad for p in base.parameters())  # and the reference is untouched
+
+
 def test_policy_outputs_match_completion_logprobs_and_a_brute_force_entropy(tiny_gpt_config):
     policy = tiny_model(tiny_gpt_config)
     value = ppo.ScalarModel(tiny_model(tiny_gpt_config, seed=1))
