@@ -771,9 +771,11 @@ def parse_args(config_cls, argv=None):
     if "--help" in argv or "-h" in argv:
         comments = _field_comments(config_cls)
         print(f"options (--field=value) for {config_cls.__name__}:")
-        for name, f in fields.items():
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"  --{name}={default!s:<14} {comments.get(name, '')}")
+        options = {name: f"--{name}={f.default if f.default is not dataclasses.MISSING else f.default_factory()}"
+                   for name, f in fields.items()}
+        width = max(map(len, options.values()))
+        for name, option in options.items():
+            print(f"  {option:<{width}}  {comments.get(name, '')}")
         raise SystemExit(0)
     overrides = {}
     for arg in argv:
