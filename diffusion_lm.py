@@ -36,7 +36,9 @@ import gpt
 
 @dataclass
 class DiffusionConfig:
-    gen_length: int = 64  # tokens generated after a one-byte prompt; training windows are gen_length + 1
+    gen_length: int = 64  # tokens generated after a one-token prompt; training windows are gen_length + 1
+    tokenizer: str = "byte"  # byte | bpe (trained on the corpus, vocab_size tokens)
+    vocab_size: int = 512  # for tokenizer=bpe
     n_layer: int = 4  # both models: transformer blocks
     n_embd: int = 128  # both models: width
     n_head: int = 4  # both models: heads
@@ -55,7 +57,7 @@ class DiffusionConfig:
     bench: bool = False  # tokens/s against the AR twin at matched quality (loads out_dir checkpoints)
 
     @property
-    def window(self):  # the one-byte prompt plus the generated tokens
+    def window(self):  # the one-token prompt plus the generated tokens
         return self.gen_length + 1
 
     def __post_init__(self):
@@ -209,14 +211,15 @@ def val_windows(ids, seq_len, n):
 
 
 def build(cfg, tok, causal, device):
-    return gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=cfg.window, n_layer=cfg.n_layer,
+    vocab = 64 * math.ceil((tok.n_vocab + 1) / 64)  # room for [MASK] in the last row, whatever the tokenizer
+    return gpt.GPT(gpt.GPTConfig(vocab_size=vocab, block_size=cfg.window, n_layer=cfg.n_layer,
                                  n_head=cfg.n_head, n_embd=cfg.n_embd, causal=causal)).to(device)
 
 
-def load_data():
-    """The embedded corpus at byte level: (tokenizer, train ids, val ids), a 90/10 split."""
+def load_data(cfg):
+    """The embedded corpus as bytes or BPE tokens: (tokenizer, train ids, val ids), a 90/10 split."""
     text = gpt.embedded_corpus()
-    tok = gpt.Tokenizer.from_spec("byte", text)
+    tok = gpt.Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     split = int(0.9 * len(ids))
     return tok, ids[:split], ids[split:]
@@ -224,7 +227,7 @@ def load_data():
 
 def train_both(cfg, device):
     """Same data, size and steps for the diffusion model and its autoregressive twin."""
-    tok, train_ids, val_ids = load_data()
+    tok, train_ids, val_ids = load_data(cfg)
     torch.manual_seed(cfg.seed)
     diffusion = train_model(build(cfg, tok, False, device), train_ids, cfg, device, diffusion=True)
     torch.manual_seed(cfg.seed)
@@ -300,7 +303,7 @@ def bench(cfg, device):
     closest to the AR samples' quality (the AR twin's perplexity of them)."""
     diffusion, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "diffusion.pt"), device)
     ar, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ar.pt"), device)
-    x_val = val_windows(load_data()[2], cfg.window, 64).to(device)
+    x_val = val_windows(load_data(cfg)[2], cfg.window, 64).to(device)
     rows = quality_table(diffusion, ar, cfg, device)
     print_table(rows, math.exp(ar_nll(ar, x_val)), entropy_bits(x_val[:, 1:]))
     ar_row = rows[-1]
@@ -315,7 +318,7 @@ def main(cfg):
     if cfg.bench:
         return bench(cfg, device)
     diffusion, ar, tok, val_ids = train_both(cfg, device)
-    print(f"{gpt.count_params(diffusion) / 1e6:.2f}M parameters each, {cfg.steps} steps of {cfg.batch_size} x {cfg.window} bytes")
+    print(f"{gpt.count_params(diffusion) / 1e6:.2f}M parameters each, {cfg.steps} steps of {cfg.batch_size} x {cfg.window} tokens ({cfg.tokenizer})")
     x_val = val_windows(val_ids, cfg.window, 64).to(device)
     bound = elbo_nll(diffusion, x_val, cfg.n_mc, cfg.eps, torch.Generator(device).manual_seed(cfg.seed))
     ar_val = ar_nll(ar, x_val)
