@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import gpt
-import sft
 
 
 @dataclass
@@ -118,11 +117,11 @@ def make_pairs(model, tok, examples, seed):
     fraction of rejected answers that are the model's own."""
     rng, end = random.Random(seed), tok.special("<|end|>")
     pairs, own = [], 0
-    for (_, instruction, answer), guess in zip(examples, sft.answer_ids(model, tok, [x for _, x, _ in examples])):
+    for (_, instruction, answer), guess in zip(examples, gpt.chat_answers(model, tok, [x for _, x, _ in examples])):
         mistake = bool(guess) and tok.decode(guess) != answer
         rejected = guess if mistake else tok.encode(corrupt(answer, rng))  # ids as generated: no re-encoding
         own += mistake
-        prompt = sft.render_chat(sft.chat(instruction), tok, add_generation_prompt=True)
+        prompt = gpt.render_chat(gpt.chat(instruction), tok, add_generation_prompt=True)
         pairs.append((prompt, tok.encode(answer) + [end], rejected + [end]))
     return pairs, own / len(examples)
 
@@ -177,9 +176,9 @@ def sft_model(cfg, device, train_set):
     if cfg.init:
         model, tok, _ = gpt.load_model(cfg.init, device)
         return model.eval(), tok
-    model, tok = sft.base_model("", cfg.base_steps, device)
+    model, tok = gpt.base_model("", cfg.base_steps, device)
     end = tok.special("<|end|>")
-    pairs = [(sft.render_chat(sft.chat(x), tok, add_generation_prompt=True), tok.encode(a) + [end])
+    pairs = [(gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True), tok.encode(a) + [end])
              for _, x, a in train_set]
     steps = cfg.sft_steps or (600 if str(device).startswith("cuda") else 150)
     gpt.finetune(model, pairs, steps, lr=3e-3, batch_size=32, seed=cfg.seed, desc="sft")
@@ -191,7 +190,7 @@ def main(cfg):
     device = gpt.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     steps = cfg.steps or (600 if device.startswith("cuda") else 120)
-    train_set, eval_set = sft.make_task(cfg.n_train, cfg.n_eval, cfg.seed + 1)
+    train_set, eval_set = gpt.make_task(cfg.n_train, cfg.n_eval, cfg.seed + 1)
     print(f"policy: {cfg.init or 'a tiny base pretrained and briefly fine-tuned here'}")
     start, tok = sft_model(cfg, device, train_set)
     pairs, own = make_pairs(start, tok, train_set, cfg.seed)
@@ -210,7 +209,7 @@ def main(cfg):
 
         def on_eval(step):
             row = dict(variant=name, step=step, **evaluate(policy, eval_pairs, ref_eval, cfg),
-                       greedy_acc=sft.evaluate(policy, tok, eval_set)[0])
+                       greedy_acc=gpt.evaluate_instructions(policy, tok, eval_set)[0])
             history.append(row)
             tqdm.write(f"{step:>5} {row['loss']:>6.3f} {row['reward_acc']:>10.0%} {row['margin']:>7.2f} "
                        f"{row['logp_chosen']:>10.2f} {row['logp_rejected']:>10.2f} {row['greedy_acc']:>10.0%}")

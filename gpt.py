@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -650,6 +651,37 @@ class Tokenizer:
         return cls({b: i for i, b in enumerate(state["ranks"])}, state["pattern"], state["name"])
 
 
+# ----------------------------------------------------------------------------- chat template
+
+ROLES = ("system", "user", "assistant")
+
+
+def _chat_segments(messages, tok, add_generation_prompt):
+    """(token ids, spoken by the assistant?) pieces: <|role|> content <|end|> per message.
+    Content is encoded as ordinary text, so a user typing "<|end|>" cannot forge a token."""
+    end = tok.special("<|end|>")
+    for msg in messages:
+        if msg.get("role") not in ROLES:
+            raise ValueError(f"message role {msg.get('role')!r} is not one of {ROLES}")
+        assistant = msg["role"] == "assistant"
+        yield [tok.special(f"<|{msg['role']}|>")], False  # the header is the template's, not the model's
+        yield tok.encode(msg["content"]) + [end], assistant  # the model must learn to say <|end|>
+    if add_generation_prompt:
+        yield [tok.special("<|assistant|>")], False
+
+
+def render_chat(messages, tok, add_generation_prompt=False):
+    """Token ids of a conversation [{"role": ..., "content": ...}, ...]. With add_generation_prompt,
+    it ends with <|assistant|>: the prompt from which the model writes its answer."""
+    return [t for ids, _ in _chat_segments(messages, tok, add_generation_prompt) for t in ids]
+
+
+def loss_mask(messages, tok):
+    """1 for every token of render_chat(messages) that the assistant wrote (its closing <|end|>
+    included), 0 for the template and the other roles: only those tokens are trained on."""
+    return [int(assistant) for ids, assistant in _chat_segments(messages, tok, False) for _ in ids]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def unwrap(model):
@@ -729,6 +761,19 @@ def pick_device(name="auto"):
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
+def setup_distributed(device_name):
+    """(rank, world, device). Under torchrun: one process per GPU (NCCL), or gloo on CPU."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_name)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+    return rank, world, f"cuda:{local}" if cuda else "cpu"
+
+
 def autocast(device):
     """bf16 autocast on CUDA; full precision elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else nullcontext()
@@ -794,6 +839,78 @@ def parse_args(config_cls, argv=None):
 
 
 # ----------------------------------------------------------------------------- demo
+
+# The instruction task that sft.py trains on and dpo.py prefers answers in: one-line
+# instructions over a word or a number, with answers a program can check.
+
+TASKS = {  # name: (instruction template, answer), over a word or (parity) a number
+    "count": ("count the letters: {}", lambda w: str(len(w))),
+    "vowels": ("count the vowels: {}", lambda w: str(sum(c in "aeiou" for c in w))),
+    "first": ("first letter: {}", lambda w: w[0]),
+    "last": ("last letter: {}", lambda w: w[-1]),
+    "parity": ("even or odd: {}", lambda n: "odd" if int(n) % 2 else "even"),
+}
+
+
+def make_task(n_train, n_eval, seed):
+    """(train, held-out) lists of (task, instruction, answer). Words come from the embedded corpus and
+    numbers from 0-999; the held-out ones never appear in training, so accuracy measures the skill."""
+    rng = random.Random(seed)
+    words = sorted(set(re.findall(r"\b[a-z]{3,8}\b", embedded_corpus())))
+    numbers = [str(n) for n in range(1000)]
+    rng.shuffle(words), rng.shuffle(numbers)
+    pools = {"train": (words[len(words) // 10:], numbers[100:]), "eval": (words[:len(words) // 10], numbers[:100])}
+
+    def draw(split, n):
+        out = []
+        for _ in range(n):
+            name = rng.choice(list(TASKS))
+            template, answer = TASKS[name]
+            arg = rng.choice(pools[split][name == "parity"])
+            out.append((name, template.format(arg), answer(arg)))
+        return out
+    return draw("train", n_train), draw("eval", n_eval)
+
+
+def chat(instruction, answer=None):
+    return [{"role": "user", "content": instruction}] + ([{"role": "assistant", "content": answer}] if answer else [])
+
+
+def chat_answers(model, tok, instructions, batch_size=256, max_new_tokens=16):
+    """Greedy answers to instructions: the tokens the model writes before its <|end|>."""
+    end, out = tok.special("<|end|>"), []
+    for i in range(0, len(instructions), batch_size):
+        prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for x in instructions[i:i + batch_size]]
+        new = model.generate(prompts, max_new_tokens, temperature=0, stop_tokens=(end,))
+        out += [ids[:-1] if ids and ids[-1] == end else ids for ids in new]
+    return out
+
+
+def evaluate_instructions(model, tok, examples):
+    """(exact-match accuracy, mean NLL per answer token, the answers) on (task, instruction, answer)."""
+    predicted = [tok.decode(ids) for ids in chat_answers(model, tok, [x for _, x, _ in examples])]
+    accuracy = sum(p == a for p, (_, _, a) in zip(predicted, examples)) / len(examples)
+    prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for _, x, _ in examples]
+    completions = [tok.encode(a) + [tok.special("<|end|>")] for _, _, a in examples]
+    with evaluating(model):
+        nll = completion_loss(model, prompts, completions).item()
+    return accuracy, nll, predicted
+
+
+def base_model(init, steps, device):
+    """(model, tokenizer): the checkpoint at init, or a tiny byte-level GPT pretrained here on the
+    embedded corpus (4 x 128 on CPU, 6 x 384 on CUDA)."""
+    if init:
+        model, tok, _ = load_model(init, device)
+        return model.eval(), tok
+    text = embedded_corpus()
+    tok = Tokenizer.from_spec("byte", text)
+    wide = str(device).startswith("cuda")
+    cfg = GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_layer=6 if wide else 4,
+                        n_head=6 if wide else 4, n_embd=384 if wide else 128)
+    return train_tiny(cfg, text, tok, steps or (2000 if wide else 300), device), tok
+
+
 
 @dataclass
 class SampleConfig:

@@ -22,8 +22,6 @@ import copy
 import json
 import math
 import os
-import random
-import re
 import time
 from dataclasses import dataclass
 
@@ -34,7 +32,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import gpt
-from train import setup_distributed
 
 
 @dataclass
@@ -67,35 +64,13 @@ class SFTConfig:
         return [m for m in self.methods.split(",") if m]
 
 
-# ----------------------------------------------------------------------------- chat template
+# ----------------------------------------------------------------------------- chat template and task
 
-ROLES = ("system", "user", "assistant")
-
-
-def _segments(messages, tok, add_generation_prompt):
-    """(token ids, spoken by the assistant?) pieces: <|role|> content <|end|> per message.
-    Content is encoded as ordinary text, so a user typing "<|end|>" cannot forge a token."""
-    end = tok.special("<|end|>")
-    for msg in messages:
-        if msg.get("role") not in ROLES:
-            raise ValueError(f"message role {msg.get('role')!r} is not one of {ROLES}")
-        assistant = msg["role"] == "assistant"
-        yield [tok.special(f"<|{msg['role']}|>")], False  # the header is the template's, not the model's
-        yield tok.encode(msg["content"]) + [end], assistant  # the model must learn to say <|end|>
-    if add_generation_prompt:
-        yield [tok.special("<|assistant|>")], False
-
-
-def render_chat(messages, tok, add_generation_prompt=False):
-    """Token ids of a conversation [{"role": ..., "content": ...}, ...]. With add_generation_prompt,
-    it ends with <|assistant|>: the prompt from which the model writes its answer."""
-    return [t for ids, _ in _segments(messages, tok, add_generation_prompt) for t in ids]
-
-
-def loss_mask(messages, tok):
-    """1 for every token of render_chat(messages) that the assistant wrote (its closing <|end|>
-    included), 0 for the template and the other roles: only those tokens are trained on."""
-    return [int(assistant) for ids, assistant in _segments(messages, tok, False) for _ in ids]
+# The chat template (<|role|> content <|end|>, with the loss on the assistant's tokens only) and
+# the checkable instruction task live in gpt.py, beside the tokenizer's special tokens, because
+# dpo.py must render and score exactly what sft.py trained on. Read them there.
+render_chat, loss_mask, chat, answer_ids = gpt.render_chat, gpt.loss_mask, gpt.chat, gpt.chat_answers
+TASKS, make_task, evaluate, base_model = gpt.TASKS, gpt.make_task, gpt.evaluate_instructions, gpt.base_model
 
 
 # ----------------------------------------------------------------------------- packing
@@ -292,60 +267,6 @@ def weight_bytes(model):
 
 # ----------------------------------------------------------------------------- the instruction task
 
-TASKS = {  # name: (instruction template, answer), over a word or (parity) a number
-    "count": ("count the letters: {}", lambda w: str(len(w))),
-    "vowels": ("count the vowels: {}", lambda w: str(sum(c in "aeiou" for c in w))),
-    "first": ("first letter: {}", lambda w: w[0]),
-    "last": ("last letter: {}", lambda w: w[-1]),
-    "parity": ("even or odd: {}", lambda n: "odd" if int(n) % 2 else "even"),
-}
-
-
-def make_task(n_train, n_eval, seed):
-    """(train, held-out) lists of (task, instruction, answer). Words come from the embedded corpus and
-    numbers from 0-999; the held-out ones never appear in training, so accuracy measures the skill."""
-    rng = random.Random(seed)
-    words = sorted(set(re.findall(r"\b[a-z]{3,8}\b", gpt.embedded_corpus())))
-    numbers = [str(n) for n in range(1000)]
-    rng.shuffle(words), rng.shuffle(numbers)
-    pools = {"train": (words[len(words) // 10:], numbers[100:]), "eval": (words[:len(words) // 10], numbers[:100])}
-
-    def draw(split, n):
-        out = []
-        for _ in range(n):
-            name = rng.choice(list(TASKS))
-            template, answer = TASKS[name]
-            arg = rng.choice(pools[split][name == "parity"])
-            out.append((name, template.format(arg), answer(arg)))
-        return out
-    return draw("train", n_train), draw("eval", n_eval)
-
-
-def chat(instruction, answer=None):
-    return [{"role": "user", "content": instruction}] + ([{"role": "assistant", "content": answer}] if answer else [])
-
-
-def answer_ids(model, tok, instructions, batch_size=256, max_new_tokens=16):
-    """Greedy answers to instructions: the tokens the model writes before its <|end|>."""
-    end, out = tok.special("<|end|>"), []
-    for i in range(0, len(instructions), batch_size):
-        prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for x in instructions[i:i + batch_size]]
-        new = model.generate(prompts, max_new_tokens, temperature=0, stop_tokens=(end,))
-        out += [ids[:-1] if ids and ids[-1] == end else ids for ids in new]
-    return out
-
-
-def evaluate(model, tok, examples):
-    """(exact-match accuracy, mean NLL per answer token, the answers) on (task, instruction, answer)."""
-    predicted = [tok.decode(ids) for ids in answer_ids(model, tok, [x for _, x, _ in examples])]
-    accuracy = sum(p == a for p, (_, _, a) in zip(predicted, examples)) / len(examples)
-    prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for _, x, _ in examples]
-    completions = [tok.encode(a) + [tok.special("<|end|>")] for _, _, a in examples]
-    with gpt.evaluating(model):
-        nll = gpt.completion_loss(model, prompts, completions).item()
-    return accuracy, nll, predicted
-
-
 # ----------------------------------------------------------------------------- training
 
 def train_sft(model, rows, steps, lr, batch_size, device, rank=0, world=1, seed=0, desc="sft"):
@@ -384,20 +305,6 @@ def train_sft(model, rows, steps, lr, batch_size, device, rank=0, world=1, seed=
 
 # ----------------------------------------------------------------------------- demo
 
-def base_model(init, steps, device):
-    """(model, tokenizer): the checkpoint at init, or a tiny byte-level GPT pretrained here on the
-    embedded corpus (4 x 128 on CPU, 6 x 384 on CUDA)."""
-    if init:
-        model, tok, _ = gpt.load_model(init, device)
-        return model.eval(), tok
-    text = gpt.embedded_corpus()
-    tok = gpt.Tokenizer.from_spec("byte", text)
-    wide = str(device).startswith("cuda")
-    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_layer=6 if wide else 4,
-                        n_head=6 if wide else 4, n_embd=384 if wide else 128)
-    return gpt.train_tiny(cfg, text, tok, steps or (2000 if wide else 300), device), tok
-
-
 def prepare(base, method, cfg):
     """A copy of the base, set up for one method: everything trainable, or LoRA / QLoRA adapters."""
     model = copy.deepcopy(base)
@@ -410,7 +317,7 @@ def prepare(base, method, cfg):
 
 
 def main(cfg):
-    rank, world, device = setup_distributed(cfg.device)
+    rank, world, device = gpt.setup_distributed(cfg.device)
     try:
         return run(cfg, rank, world, device)
     finally:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt import (GPT, GPTConfig, Tokenizer, autocast, count_params, embedded_corpus, load_checkpoint,
-                 parse_args, pick_device, save_checkpoint, unwrap)
+                 parse_args, save_checkpoint, setup_distributed)
 
 
 @dataclass
@@ -283,19 +283,6 @@ def lr_factor(step, cfg):
 
 
 # ----------------------------------------------------------------------------- distributed and state
-
-def setup_distributed(device_name):
-    """(rank, world, device). Under torchrun: one process per GPU (NCCL), or gloo on CPU."""
-    if "RANK" not in os.environ:
-        return 0, 1, pick_device(device_name)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(local)
-    return rank, world, f"cuda:{local}" if cuda else "cpu"
-
 
 def wrap(model, cfg, device, world):
     """DDP or FSDP2 when distributed, then optionally torch.compile."""
