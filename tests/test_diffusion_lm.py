@@ -33,6 +33,26 @@ def test_loss_weights_masked_tokens_by_one_over_t_and_divides_by_all_tokens(mode
     assert loss.item() == pytest.approx(by_hand / 30, rel=1e-12)  # B * L = 30, not the number masked
 
 
+def test_maskable_noises_only_those_positions_and_divides_by_their_count(model):
+    """The infilling bound: only the middle may be masked; the rest is seen as it is, and the sum
+    is divided by the number of maskable tokens (B * 4 = 12), by hand."""
+    x = torch.randint(0, 31, (3, 10))
+    t = torch.tensor([0.3, 0.6, 0.95], dtype=torch.float64)
+    maskable = torch.zeros(3, 10, dtype=torch.bool)
+    maskable[:, 3:7] = True
+    loss = dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(5), maskable=maskable)
+    _, masked = dlm.forward_mask(x, t, 31, torch.Generator().manual_seed(5))  # the same draw
+    masked &= maskable
+    x_t = torch.where(masked, torch.full_like(x, 31), x)
+    logp = torch.log_softmax(model(x_t)[0], -1).gather(-1, x[..., None])[..., 0]
+    by_hand = sum(-logp[b, i].item() / t[b].item() for b in range(3) for i in range(10) if masked[b, i])
+    assert masked.any() and not masked[:, 3:7].all() and not masked[:, :3].any() and not masked[:, 7:].any()
+    assert loss.item() == pytest.approx(by_hand / 12, rel=1e-12)
+    everything = torch.ones_like(maskable)  # all maskable: the plain loss
+    assert dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(5), maskable=everything).item() \
+        == pytest.approx(dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(5)).item(), rel=1e-12)
+
+
 def test_forward_mask_rate_is_t():
     x = torch.zeros(4, 20_000, dtype=torch.long)
     t = torch.tensor([0.05, 0.3, 0.6, 0.95])
@@ -117,5 +137,18 @@ def test_main_smoke(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ELBO bound" in out and "infilling" in out and "autoregressive, KV cache" in out
     assert len(result["rows"]) == 5 and math.isfinite(result["elbo"])
+    assert math.isfinite(result["infill_bound"]) and math.isfinite(result["infill_ar_nll"])
     dlm.main(dataclasses.replace(cfg, bench=True))
-    assert "at matched quality" in capsys.readouterr().out
+    assert "closest quality" in capsys.readouterr().out
+
+
+def test_bench_verdict_skips_degenerate_rows_and_says_when_quality_is_not_matched():
+    ar = ("autoregressive", 1.0, 1000.0, 3.0, 4.5)
+    collapsed = ("low_confidence, 64 steps", 1.0, 500.0, 3.1, 0.8)  # best perplexity, but all spaces
+    far = ("random, 64 steps", 1.0, 250.0, 30.0, 4.6)
+    near = ("random, 16 steps", 0.25, 800.0, 3.2, 4.4)
+    verdict = dlm.bench_verdict([collapsed, far], ar, data_entropy=4.5)
+    assert "random, 64 steps" in verdict and "NOT matched (10.0x" in verdict and "0.25x" in verdict
+    verdict = dlm.bench_verdict([collapsed, far, near], ar, data_entropy=4.5)
+    assert "random, 16 steps" in verdict and "at matched quality diffusion runs at 0.80x" in verdict
+    assert "degenerate" in dlm.bench_verdict([collapsed], ar, data_entropy=4.5)
