@@ -597,39 +597,26 @@ def main(cfg):
 
 
 def bench(cfg, device, sizes=(1_000, 10_000, 100_000), n_queries=50):
-    """Per-query latency vs corpus size. Peers in the same run: exact dense search for LSH, and
-    rank_bm25 (scores every document per query term) for our inverted-index BM25 when installed.
+    """Per-query latency vs corpus size, LSH against its peer in the same run: exact dense search.
     LSH grows its codes with the corpus, log2(N/2) bits (about two chunks per bucket), 16 tables,
-    probe radius 1."""
-    try:
-        from rank_bm25 import BM25Okapi
-    except ImportError:
-        BM25Okapi = None
-        print("rank_bm25 is not installed (pip install rank-bm25): the BM25 peer column is skipped")
+    probe radius 1. BM25 is timed here too; bench/bm25_vs_rank_bm25.py compares it with rank_bm25."""
     chunks, facts = make_knowledge_base(max(sizes) // 5, cfg.chunk_size, cfg.chunk_overlap, cfg.seed)
     train, test = split_questions(facts, cfg.test_frac, cfg.seed)
     bi = train_bi_encoder(BiEncoder(Vocab(chunks), cfg.n_embd, cfg.n_layer).to(device), train, chunks,
                           cfg.encoder_steps // 3, cfg.batch_size, cfg.tau, cfg.seed)
     all_embs = np.concatenate([bi.embed(chunks[i:i + 8192]) for i in tqdm(range(0, max(sizes), 8192), desc="embed", leave=False)])
-    print(f"{'chunks':>8}{'BM25 ms':>9}{'rank_bm25 ms':>13}{'x faster':>9}{'dense ms':>9}{'LSH ms':>8}"
-          f"{'x faster':>9}{'LSH recall@10':>14}")
+    print(f"{'chunks':>8}{'BM25 ms':>9}{'dense ms':>9}{'LSH ms':>8}{'x faster':>9}{'LSH recall@10':>14}")
     for n in sizes:
         docs, embs = chunks[:n], all_embs[:n]
         queries = [q for q, fact in test if max(fact["relevant"]) < n][:n_queries]
         query_embs = bi.embed(queries)
         ours, index = BM25(docs), LSHIndex(embs, 16, round(math.log2(n / 2)), cfg.seed)
         t_bm25 = timed(lambda: [top_k(ours.scores(q), 10) for q in queries]) / len(queries)
-        t_peer = math.nan
-        if BM25Okapi is not None:
-            peer = BM25Okapi([words(d) for d in docs])
-            t_peer = timed(lambda: [top_k(peer.get_scores(words(q)), 10) for q in queries]) / len(queries)
-            assert np.allclose(peer.get_scores(words(queries[0])), ours.scores(queries[0])), "BM25 disagrees with rank_bm25"
         t_dense = timed(lambda: [dense_search(e, embs, 10) for e in query_embs]) / len(queries)
         t_lsh = timed(lambda: [index.search(e, 10, 1) for e in query_embs]) / len(queries)
         exact = [set(dense_search(e, embs, 10)[0].tolist()) for e in query_embs]
         recall = np.mean([len(set(index.search(e, 10, 1)[0].tolist()) & x) / 10 for e, x in zip(query_embs, exact)])
-        print(f"{n:>8}{1e3 * t_bm25:>9.3f}{1e3 * t_peer:>13.3f}{t_peer / t_bm25:>9.1f}{1e3 * t_dense:>9.3f}"
-              f"{1e3 * t_lsh:>8.3f}{t_dense / t_lsh:>9.1f}{recall:>14.3f}")
+        print(f"{n:>8}{1e3 * t_bm25:>9.3f}{1e3 * t_dense:>9.3f}{1e3 * t_lsh:>8.3f}{t_dense / t_lsh:>9.1f}{recall:>14.3f}")
 
 
 def timed(fn, repeats=3):

@@ -183,3 +183,18 @@ def test_main_smoke(capsys):
     for row in ("BM25", "dense (bi-encoder)", "hybrid (RRF, k=60)", "hybrid + re-rank", "dense + HyDE",
                 "gold passage (ceiling)", "recall@10 vs exact"):
         assert row in out
+
+
+def test_bm25_bench_agrees_with_rank_bm25_and_prints_the_ratio(capsys):
+    """bench/bm25_vs_rank_bm25.py refuses to time anything unless every score matches the peer."""
+    pytest.importorskip("rank_bm25")
+    path = rag.__file__.replace("rag.py", "bench/bm25_vs_rank_bm25.py")
+    spec = importlib.util.spec_from_file_location("bm25_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(module.BenchConfig(sizes="200,500", n_queries=5))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["chunks", "rag.BM25", "ms"]
+    sizes = [line.split()[0] for line in lines[1:3]]
+    diffs = [float(line.split()[-1]) for line in lines[1:3]]
+    assert sizes == ["200", "500"] and max(diffs) < 1e-9
