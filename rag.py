@@ -417,7 +417,22 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
     return model.eval()
 
 
-def train_cross_encoder(model, train, chunks, hard_negatives, steps, n_negatives, seed=0, lr=2e-3, n_questions=8):
+def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
+    """For each training question, the retrieved chunks that are not relevant, in retrieval order.
+    Only these: the re-ranker is tested on exactly such candidates. (With random negatives mixed
+    in, half its training went on easy cases and it re-ranked worse than the RRF list it was
+    given.) Random chunks fill a list only where fewer than n_negatives were retrieved."""
+    rng, out = random.Random(seed), []
+    for ranking, (_, fact) in zip(rankings, train):
+        hard = [c for c in ranking if c not in fact["relevant"]]
+        if len(hard) < n_negatives:
+            pool = [c for c in range(n_chunks) if c not in hard and c not in fact["relevant"]]
+            hard += rng.sample(pool, min(len(pool), n_negatives - len(hard)))
+        out.append(hard)
+    return out
+
+
+def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, seed=0, lr=2e-3, n_questions=8):
     """Listwise: each question against its positive and n_negatives hard negatives (retrieved but
     not relevant); cross-entropy with the positive as the target class."""
     rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
@@ -427,7 +442,7 @@ def train_cross_encoder(model, train, chunks, hard_negatives, steps, n_negatives
         queries, passages = [], []
         for i in rng.sample(range(len(train)), n_questions):
             question, fact = train[i]
-            candidates = [rng.choice(sorted(fact["relevant"]))] + rng.sample(hard_negatives[i], n_negatives)
+            candidates = [rng.choice(sorted(fact["relevant"]))] + rng.sample(negatives[i], n_negatives)
             queries += [question] * len(candidates)
             passages += [chunks[c] for c in candidates]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -560,11 +575,7 @@ def main(cfg):
                           cfg.batch_size, cfg.tau, cfg.seed)
     doc_embs, train_questions = bi.embed(chunks), [q for q, _ in train]
     _, _, hybrid = search_all(train_questions, bm25, bi.embed(train_questions), doc_embs, cfg.rerank_depth)
-    rng = random.Random(cfg.seed)
-    hard = [[c for c in ranking if c not in fact["relevant"]] for ranking, (_, fact) in zip(hybrid, train)]
-    for h, (_, fact) in zip(hard, train):  # after the hard negatives, a few random ones
-        randoms = rng.sample(range(len(chunks)), min(len(chunks), 3 * cfg.n_negatives))
-        h += [c for c in randoms if c not in h and c not in fact["relevant"]]
+    hard = hard_negatives(hybrid, train, len(chunks), cfg.n_negatives, cfg.seed)
     cross = train_cross_encoder(CrossEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, hard,
                                 cfg.cross_steps, cfg.n_negatives, cfg.seed)
     reader, tok = train_reader(train, chunks, hard, cfg, cfg.reader_steps or (6000 if cuda else 2500),

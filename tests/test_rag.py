@@ -198,3 +198,14 @@ def test_bm25_bench_agrees_with_rank_bm25_and_prints_the_ratio(capsys):
     sizes = [line.split()[0] for line in lines[1:3]]
     diffs = [float(line.split()[-1]) for line in lines[1:3]]
     assert sizes == ["200", "500"] and max(diffs) < 1e-9
+
+
+def test_hard_negatives_keep_retrieval_order_drop_relevant_and_fill_only_when_short():
+    train = [("q0", {"relevant": {3}}), ("q1", {"relevant": {5, 6}})]
+    rankings = [[3, 9, 1, 4, 7], [5, 2]]  # q1 retrieved only one non-relevant chunk
+    negatives = rag.hard_negatives(rankings, train, n_chunks=10, n_negatives=3, seed=0)
+    assert negatives[0] == [9, 1, 4, 7]  # every retrieved non-relevant chunk, in order, no random ones
+    assert negatives[1][0] == 2 and len(negatives[1]) == 3  # topped up to n_negatives
+    assert len(set(negatives[1])) == 3 and not set(negatives[1]) & {5, 6}
+    tiny = rag.hard_negatives([[0]], [("q", {"relevant": {0}})], n_chunks=2, n_negatives=5)
+    assert tiny == [[1]]  # the only chunk left: never a relevant one, never a repeat
