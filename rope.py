@@ -41,7 +41,7 @@ class Config:
     d_model: int = 64  # model width
     n_head: int = 4  # attention heads (head dim = d_model / n_head)
     n_layer: int = 2  # transformer blocks
-    steps: int = 0  # training steps per encoding; 0 = 400 on CPU, 2000 on CUDA
+    steps: int = 0  # training steps per encoding; 0 = 600 on CPU, 2000 on CUDA
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # AdamW peak learning rate, cosine-decayed to 10%
     n_eval: int = 200  # fresh sequences per evaluation length
