@@ -143,12 +143,13 @@ def test_main_smoke(tmp_path, capsys):
 
 
 def test_bench_verdict_skips_degenerate_rows_and_says_when_quality_is_not_matched():
-    ar = ("autoregressive", 1.0, 1000.0, 3.0, 4.5)
-    collapsed = ("low_confidence, 64 steps", 1.0, 500.0, 3.1, 0.8)  # best perplexity, but all spaces
-    far = ("random, 64 steps", 1.0, 250.0, 30.0, 4.6)
-    near = ("random, 16 steps", 0.25, 800.0, 3.2, 4.4)
+    ar = dlm.Row("autoregressive", 1.0, 1000.0, 100.0, 3.0, 4.5)
+    collapsed = dlm.Row("low_confidence, 64 steps", 1.0, 500.0, 50.0, 3.1, 0.8)  # best perplexity, but all spaces
+    far = dlm.Row("random, 64 steps", 1.0, 250.0, 50.0, 30.0, 4.6)
+    near = dlm.Row("random, 16 steps", 0.25, 800.0, 400.0, 3.2, 4.4)
     verdict = dlm.bench_verdict([collapsed, far], ar, data_entropy=4.5)
-    assert "random, 64 steps" in verdict and "NOT matched (10.0x" in verdict and "0.25x" in verdict
+    assert "random, 64 steps" in verdict and "NOT matched (10.0x" in verdict
+    assert "0.25x the AR twin's tokens/s in a batch and 0.50x for one sample alone" in verdict
     verdict = dlm.bench_verdict([collapsed, far, near], ar, data_entropy=4.5)
-    assert "random, 16 steps" in verdict and "at matched quality diffusion runs at 0.80x" in verdict
+    assert "random, 16 steps" in verdict and "at matched quality diffusion runs at 0.80x" in verdict and "4.00x" in verdict
     assert "degenerate" in dlm.bench_verdict([collapsed], ar, data_entropy=4.5)
