@@ -352,8 +352,12 @@ def bench(cfg, device):
     entropy is below 90% of the data's are degenerate (repetition scores well on perplexity) and
     are not matched. Quality counts as matched within 10% of the AR samples' perplexity. Times
     are the best of 5 runs."""
-    diffusion, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "diffusion.pt"), device)
-    ar, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ar.pt"), device)
+    paths = [os.path.join(cfg.out_dir, f"{name}.pt") for name in ("diffusion", "ar")]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"--bench times the checkpoints of a training run; missing {', '.join(missing)}: "
+                                f"run python diffusion_lm.py first, with the same --out_dir")
+    (diffusion, _, _), (ar, _, _) = (gpt.load_model(p, device) for p in paths)
     x_val = val_windows(load_data(cfg)[2], cfg.window, 64).to(device)
     rows = quality_table(diffusion, ar, cfg, device, repeats=5)
     data_entropy = entropy_bits(x_val[:, 1:])

@@ -153,3 +153,8 @@ def test_bench_verdict_skips_degenerate_rows_and_says_when_quality_is_not_matche
     verdict = dlm.bench_verdict([collapsed, far, near], ar, data_entropy=4.5)
     assert "random, 16 steps" in verdict and "at matched quality diffusion runs at 0.80x" in verdict and "4.00x" in verdict
     assert "degenerate" in dlm.bench_verdict([collapsed], ar, data_entropy=4.5)
+
+
+def test_bench_without_checkpoints_says_which_run_makes_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run python diffusion_lm.py first"):
+        dlm.main(dlm.DiffusionConfig(out_dir=str(tmp_path), bench=True, device="cpu"))
