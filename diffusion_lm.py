@@ -26,6 +26,7 @@ example.
 import collections
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ import gpt
 class DiffusionConfig:
     gen_length: int = 64  # tokens generated after a one-token prompt; training windows are gen_length + 1
     tokenizer: str = "byte"  # byte | bpe (trained on the corpus, vocab_size tokens)
+    collapse_spaces: bool = True  # squeeze runs of spaces (else low-confidence decoding writes only spaces)
     vocab_size: int = 512  # for tokenizer=bpe
     n_layer: int = 4  # both models: transformer blocks
     n_embd: int = 128  # both models: width
@@ -227,6 +229,8 @@ def build(cfg, tok, causal, device):
 def load_data(cfg):
     """The embedded corpus as bytes or BPE tokens: (tokenizer, train ids, val ids), a 90/10 split."""
     text = gpt.embedded_corpus()
+    if cfg.collapse_spaces:  # one space per run of spaces or tabs, at most one blank line
+        text = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+", " ", text))
     tok = gpt.Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     split = int(0.9 * len(ids))

@@ -158,3 +158,12 @@ def test_bench_verdict_skips_degenerate_rows_and_says_when_quality_is_not_matche
 def test_bench_without_checkpoints_says_which_run_makes_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="run python diffusion_lm.py first"):
         dlm.main(dlm.DiffusionConfig(out_dir=str(tmp_path), bench=True, device="cpu"))
+
+
+def test_collapse_spaces_squeezes_runs_and_keeps_words():
+    _, kept, _ = dlm.load_data(dlm.DiffusionConfig(collapse_spaces=False))
+    tok, squeezed, _ = dlm.load_data(dlm.DiffusionConfig())
+    text, original = tok.decode(squeezed.tolist()), tok.decode(kept.tolist())
+    assert "  " in original and "  " not in text and "\t" not in text and "\n\n\n" not in text
+    words = text.split()[:-1]  # the 90% split can cut the last word
+    assert words == original.split()[:len(words)]  # the same words in the same order
