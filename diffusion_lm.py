@@ -27,7 +27,6 @@ import collections
 import math
 import os
 import re
-import time
 from dataclasses import dataclass
 
 import torch
@@ -249,16 +248,6 @@ def train_both(cfg, device):
     return diffusion, ar, tok, val_ids
 
 
-def timed(fn, repeats=1):
-    """fn's last output and its best wall time over `repeats` runs, in seconds."""
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
 def entropy_bits(x):
     """Unigram entropy of the tokens in x, in bits: low values flag repetitive, degenerate text
     that a perplexity judge alone would reward."""
@@ -293,8 +282,8 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
         for steps in [int(s) for s in cfg.step_counts.split(",")]:
             samplers[f"{remasking}, {steps} steps"] = diffusion_sampler(steps, block, remasking)
     samplers["autoregressive, KV cache"] = ar_sampler
-    batched = {name: timed(lambda: run(n), repeats) for name, run in samplers.items()}
-    alone = {name: timed(lambda: run(1), repeats)[1] for name, run in samplers.items()}
+    batched = {name: gpt.best_time(lambda: run(n), repeats) for name, run in samplers.items()}
+    alone = {name: gpt.best_time(lambda: run(1), repeats)[1] for name, run in samplers.items()}
     rows = []
     for name, ((x, passes), secs) in batched.items():
         rows.append(Row(name, passes / L, n * L / secs, L / alone[name], math.exp(ar_nll(ar, x)),

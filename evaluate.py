@@ -22,7 +22,6 @@ copy this file without gpt.py and `from evaluate import bleu, rouge, meteor` sti
 """
 import collections
 import math
-import os
 import random
 import re
 import time
@@ -856,11 +855,7 @@ def bench(model, tok, world, repeats=3):
     timings = {}
     for name, run in [("batched (ours)", lambda: option_logprobs(model, tok, prompts, options)),
                       ("one forward per option", lambda: [option_logprobs(model, tok, [p], [o])[0] for p, o in rows])]:
-        best = math.inf
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            scores = run()
-            best = min(best, time.perf_counter() - t0)
+        scores, best = gpt.best_time(run, repeats)
         timings[name] = (best, scores)
     (fast, ours), (slow, naive) = timings.values()
     worst = max(abs(x - y) for x, y in zip(ours, naive))

@@ -779,6 +779,17 @@ def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else nullcontext()
 
 
+def best_time(fn, repeats=3):
+    """(fn's last output, its best wall time over `repeats` runs in seconds): the minimum is the run
+    least disturbed by everything else on the machine."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
+
+
 def embedded_corpus():
     """Python's own reference documentation (about 460 kB of English), present wherever CPython is."""
     from pydoc_data import topics
@@ -940,12 +951,9 @@ def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
 
 
 def tokens_per_second(model, prompt, new_tokens, use_cache, repeats=1):
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = model.generate([prompt], new_tokens, temperature=0, use_cache=use_cache)
-        best = min(best, time.perf_counter() - t0)
-    return len(out[0]) / best
+    generate = lambda: model.generate([prompt], new_tokens, temperature=0, use_cache=use_cache)  # noqa: E731
+    out, seconds = best_time(generate, repeats)
+    return len(out[0]) / seconds
 
 
 def bench(device):

@@ -21,7 +21,6 @@ metrics) needs only torch and numpy; the reader and HyDE use gpt.py.
 import math
 import random
 import re
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -622,22 +621,12 @@ def bench(cfg, device, sizes=(1_000, 10_000, 100_000), n_queries=50):
         queries = [q for q, fact in test if max(fact["relevant"]) < n][:n_queries]
         query_embs = bi.embed(queries)
         ours, index = BM25(docs), LSHIndex(embs, 16, round(math.log2(n / 2)), cfg.seed)
-        t_bm25 = timed(lambda: [top_k(ours.scores(q), 10) for q in queries]) / len(queries)
-        t_dense = timed(lambda: [dense_search(e, embs, 10) for e in query_embs]) / len(queries)
-        t_lsh = timed(lambda: [index.search(e, 10, 1) for e in query_embs]) / len(queries)
+        t_bm25 = gpt.best_time(lambda: [top_k(ours.scores(q), 10) for q in queries])[1] / len(queries)
+        t_dense = gpt.best_time(lambda: [dense_search(e, embs, 10) for e in query_embs])[1] / len(queries)
+        t_lsh = gpt.best_time(lambda: [index.search(e, 10, 1) for e in query_embs])[1] / len(queries)
         exact = [set(dense_search(e, embs, 10)[0].tolist()) for e in query_embs]
         recall = np.mean([len(set(index.search(e, 10, 1)[0].tolist()) & x) / 10 for e, x in zip(query_embs, exact)])
         print(f"{n:>8}{1e3 * t_bm25:>9.3f}{1e3 * t_dense:>9.3f}{1e3 * t_lsh:>8.3f}{t_dense / t_lsh:>9.1f}{recall:>14.3f}")
-
-
-def timed(fn, repeats=3):
-    """Best wall time of a few runs, in seconds."""
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ bench checks that on every size before it times anything.
 Prints per-query latency (best of 3 runs over 50 held-out questions, top 10 kept) at 1k, 10k
 and 100k chunks of rag.py's generated knowledge base, and the speed-up.
 """
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -48,8 +47,9 @@ def main(cfg):
         diff = max(np.abs(peer.get_scores(rag.words(q)) - ours.scores(q)).max() for q in queries)
         if not diff < 1e-9:
             raise SystemExit(f"scores disagree with rank_bm25 at {n} chunks: max difference {diff:.3g}")
-        t_ours = rag.timed(lambda: [rag.top_k(ours.scores(q), 10) for q in queries]) / len(queries)
-        t_peer = rag.timed(lambda: [rag.top_k(peer.get_scores(rag.words(q)), 10) for q in queries]) / len(queries)
+        t_ours = gpt.best_time(lambda: [rag.top_k(ours.scores(q), 10) for q in queries])[1] / len(queries)
+        t_peer = gpt.best_time(lambda: [rag.top_k(peer.get_scores(rag.words(q)), 10) for q in queries])[1]
+        t_peer /= len(queries)
         print(f"{n:>8}{1e3 * t_ours:>13.3f}{1e3 * t_peer:>14.3f}{t_peer / t_ours:>7.0f}x{diff:>18.1e}")
     print("ratio: rank_bm25's time over ours (higher = ours faster)")
 

@@ -12,7 +12,6 @@ the same code on the whole validation split, so the losses compare exactly.
 
 Prints ms/iter for both (training steps only, evals excluded), their ratio, and both val losses.
 """
-import dataclasses
 import os
 import pickle
 import re

@@ -2,7 +2,6 @@
 with copied weights, F.cross_entropy's label smoothing, the paper's formulas in float64, and
 worked examples."""
 import math
-import random
 
 import pytest
 import torch

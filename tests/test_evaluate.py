@@ -5,6 +5,7 @@ against published examples (sacrebleu's README, NLTK's docstrings, Wikipedia), a
 computations; when those packages are installed, the tests at the end also compare with them
 directly on random inputs. The model-based parts are checked against float64 brute force."""
 import math
+import os
 import random
 import subprocess
 import sys
@@ -255,7 +256,7 @@ def test_metrics_need_neither_torch_nor_gpt():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['gpt'] = None; import evaluate as E; "
             "print(round(E.bleu(['a b c d'], [['a b c d']]), 6), E.rouge('a b', 'a b')['rouge1'][2], "
             "E.meteor('a b', 'a b') > 0.9, E.fleiss_kappa([[2, 0], [0, 2]]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=E.os.path.dirname(E.__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(E.__file__))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["100.0", "1.0", "True", "1.0"]
 

@@ -485,3 +485,15 @@ def test_finetune_learns_a_mapping(tiny_gpt_config):
     gpt.finetune(model, pairs, steps=400, lr=1e-2, batch_size=32)
     out = model.generate([p for p, _ in pairs], 2, temperature=0)
     assert sum(o == c for o, (_, c) in zip(out, pairs)) == len(pairs)
+
+
+def test_best_time_runs_fn_repeats_times_and_returns_its_output_and_the_fastest_run():
+    import time
+    calls = []
+
+    def fn():
+        calls.append(None)
+        time.sleep(0.02 if len(calls) == 1 else 0.0)  # the first run is the slow one
+        return len(calls)
+    out, seconds = gpt.best_time(fn, repeats=3)
+    assert out == 3 and len(calls) == 3 and seconds < 0.015

@@ -3,7 +3,6 @@ and gradient accumulation, the schedule and Muon match their definitions, and ba
 clearly without touching what is on disk."""
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
