@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import evaluate as E
 import gpt
+from conftest import require
 
 
 # ----------------------------------------------------------------------------- BLEU
@@ -390,7 +391,7 @@ VOCAB = ["the", "cat", "The", "Cat.", "mat,", "sat", "on", "3.5", "1,000", "x-ra
 
 
 def test_bleu_equals_sacrebleu_on_random_corpora():
-    sacrebleu = pytest.importorskip("sacrebleu")
+    sacrebleu = require("sacrebleu")
     rng = random.Random(0)
     for _ in range(100):
         n, n_refs = rng.randint(1, 4), rng.randint(1, 3)
@@ -405,7 +406,7 @@ def test_bleu_equals_sacrebleu_on_random_corpora():
 
 
 def test_rouge_equals_rouge_score_on_random_texts():
-    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    rouge_scorer = require("rouge_score.rouge_scorer")
     rng = random.Random(1)
     scorers = {s: rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=s) for s in (False, True)}
     for _ in range(60):
@@ -417,7 +418,7 @@ def test_rouge_equals_rouge_score_on_random_texts():
 
 
 def test_porter_and_meteor_equal_nltk():
-    pytest.importorskip("nltk")
+    require("nltk")
     from nltk.stem.porter import PorterStemmer
     from nltk.translate.meteor_score import meteor_score
     from pydoc_data import topics
@@ -434,8 +435,8 @@ def test_porter_and_meteor_equal_nltk():
 
 
 def test_kappas_equal_sklearn_and_statsmodels():
-    metrics = pytest.importorskip("sklearn.metrics")
-    inter_rater = pytest.importorskip("statsmodels.stats.inter_rater")
+    metrics = require("sklearn.metrics")
+    inter_rater = require("statsmodels.stats.inter_rater")
     rng = random.Random(3)
     for _ in range(50):
         a = [rng.choice("xyz") for _ in range(20)]
@@ -446,3 +447,14 @@ def test_kappas_equal_sklearn_and_statsmodels():
             for _ in range(6):
                 row[rng.randrange(4)] += 1
         assert E.fleiss_kappa(counts) == pytest.approx(inter_rater.fleiss_kappa(counts), abs=1e-12)
+
+
+def test_a_promised_reference_that_is_missing_fails_instead_of_skipping(monkeypatch):
+    """CI sets REQUIRE_REFERENCES=1: there the comparisons above must run, never skip."""
+    import conftest
+    monkeypatch.setattr(conftest, "REQUIRED", True)
+    with pytest.raises(ModuleNotFoundError):
+        conftest.require("no_such_reference_package")
+    monkeypatch.setattr(conftest, "REQUIRED", False)
+    with pytest.raises(pytest.skip.Exception):
+        conftest.require("no_such_reference_package")

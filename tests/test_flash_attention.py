@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import flash_attention as fa
+from conftest import TRITON_PROMISED, require
 
 
 def rand_qkv(Lq, Lk, d=8, B=2, H=3, dtype=torch.float64, seed=0):
@@ -119,12 +120,12 @@ triton_here = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRETED),
 
 @pytest.fixture
 def triton_device():
-    pytest.importorskip("triton")
+    require("triton", TRITON_PROMISED)
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def test_triton_under_interpreter():
-    pytest.importorskip("triton")
+    require("triton", TRITON_PROMISED)
     if torch.cuda.is_available() or INTERPRETED:
         pytest.skip("the test_triton_* cases run in this process")
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import rag
+from conftest import require
 
 
 # ----------------------------------------------------------------------------- BM25
@@ -187,7 +188,7 @@ def test_main_smoke(capsys):
 
 def test_bm25_bench_agrees_with_rank_bm25_and_prints_the_ratio(capsys):
     """bench/bm25_vs_rank_bm25.py refuses to time anything unless every score matches the peer."""
-    pytest.importorskip("rank_bm25")
+    require("rank_bm25")
     path = rag.__file__.replace("rag.py", "bench/bm25_vs_rank_bm25.py")
     spec = importlib.util.spec_from_file_location("bm25_bench", path)
     module = importlib.util.module_from_spec(spec)
