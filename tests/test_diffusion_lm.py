@@ -2,9 +2,11 @@
 (commit counts, committed tokens frozen, no [MASK] emitted, prefix and suffix kept)."""
 import dataclasses
 import math
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import diffusion_lm as dlm
 import gpt
@@ -15,6 +17,23 @@ def model():
     torch.manual_seed(0)
     cfg = gpt.GPTConfig(vocab_size=32, block_size=40, n_layer=2, n_head=2, n_embd=32, causal=False)
     return gpt.GPT(cfg).double().eval()
+
+
+class SetLogits(torch.nn.Module):
+    """A stand-in model whose logits (T, V) are set by hand, whatever its input; it records each
+    input and, given targets, returns gpt.GPT's next-token loss (row i scores targets[:, i])."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.config = types.SimpleNamespace(vocab_size=logits.size(-1))  # [MASK] = V - 1
+        self.lm_head = torch.nn.Linear(1, 1)  # sample() reads the device from lm_head
+        self.logits, self.inputs = logits, []
+
+    def forward(self, idx, targets=None):
+        self.inputs.append(idx.clone())
+        logits = self.logits[:idx.size(1)].expand(idx.size(0), -1, -1)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
 
 
 def test_loss_weights_masked_tokens_by_one_over_t_and_divides_by_all_tokens(model):
@@ -100,19 +119,52 @@ def test_sampler_invariants(model, remasking, temperature, block):
                            history=history)
     mask = dlm.mask_id(model)
     assert passes == 6 == len(history)
-    assert sum(k for _, k in history) == 12  # per-step commits add up to the generated length
     before = torch.full_like(x, mask)
     before[:, :3], before[:, -2:] = torch.tensor(prefix), torch.tensor(suffix)
     for step, (seq, k) in enumerate(history):
         assert ((before != mask) <= (seq == before)).all()  # what was committed never changes
         newly = (before == mask) & (seq != mask)
-        assert (newly.sum(1) == k).all()  # exactly k commits per sequence this step
+        assert newly.sum(1).tolist() == [k] * 3 == [2] * 3  # 12 tokens in 6 steps: 2 a step, by hand
         if block:  # semi-autoregressive: step s only touches block s // (steps per block)
             lo = 3 + (step // (6 // (12 // block))) * block
             assert not newly[:, :lo].any() and not newly[:, lo + block:].any()
         before = seq
     assert not (x == mask).any()
     assert x[:, :3].tolist() == [prefix] * 3 and x[:, -2:].tolist() == [suffix] * 3
+
+
+@pytest.mark.parametrize("block", [0, 4])
+def test_low_confidence_commits_the_most_confident_positions(block):
+    """Greedy low-confidence decoding of 8 tokens after a 1-token prefix in 4 steps commits, at
+    each step, the 2 masked positions (of the current block) whose top probability is highest,
+    ranked here by hand from the softmax of logits set by hand ([MASK] excluded)."""
+    logits = 3 * torch.randn(9, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    history = []
+    x, _ = dlm.sample(SetLogits(logits), 8, 4, block_length=block, prefix=[0], history=history)
+    confidence, token = torch.softmax(logits[:, :5], -1).max(-1)  # [MASK] = 5 is never proposed
+    blocks = [range(1, 9)] if not block else [range(1, 5), range(5, 9)]
+    ranked = [sorted(b, key=lambda i: -confidence[i].item()) for b in blocks]
+    expected = [set(r[j:j + 2]) for r in ranked for j in range(0, len(r), 2)]
+    before = torch.tensor([[0] + [5] * 8])
+    for (seq, _), positions in zip(history, expected, strict=True):
+        assert set(((before == 5) & (seq != 5))[0].nonzero()[:, 0].tolist()) == positions
+        before = seq
+    assert x[0, 1:].tolist() == token[1:].tolist()  # greedy: each position's argmax
+
+
+def test_stratified_t_puts_one_draw_in_each_stratum_and_weights_by_one_over_t():
+    """t = eps + (1 - eps) * ((u + b/B) mod 1): sorted, the B draws are (1 - eps)/B apart. Each row
+    masks a fraction ~ t_b of its 20,000 tokens (binomial sd <= 0.0035, so 0.02 is > 4 sd on a
+    difference). A model uniform over V = 8 pays log 8 per masked token, so the 1/t-weighted
+    loss is log 8 in expectation; with t >= eps = 0.2 each row's m_b / (t_b L) has relative sd
+    <= sqrt(0.8 / (0.2 * 20,000)) = 0.014, and 5% is > 5 sd of the mean of 4 rows."""
+    model = SetLogits(torch.zeros(20_000, 8, dtype=torch.float64))
+    x = torch.zeros(4, 20_000, dtype=torch.long)
+    loss = dlm.diffusion_loss(model, x, eps=0.2, generator=torch.Generator().manual_seed(0))
+    rate = (model.inputs[-1] == 7).double().mean(1).sort().values  # ~ the sorted t_b
+    assert rate[0] > 0.2 - 0.02
+    assert torch.allclose(rate.diff(), torch.full((3,), 0.2, dtype=torch.float64), atol=0.02)
+    assert loss.item() == pytest.approx(math.log(8), rel=0.05)
 
 
 def test_gumbel_sampling_draws_from_the_softmax():
