@@ -123,7 +123,8 @@ class LearnedPositions(nn.Module):
 def rope_frequencies(head_dim, base=10000.0, scaling=None):
     """theta_i = base^(-2i/d) for i < d/2 (float64: never bf16), and the attention factor to
     multiply q and k by. scaling = {"type": "linear" | "ntk" | "yarn", "factor": s,
-    "original_len": L (yarn), "beta_fast": 32, "beta_slow": 1 (yarn)} stretches the context s times."""
+    "original_len": L (yarn), "beta_fast": 32, "beta_slow": 1 (yarn), "ramp": "paper" (yarn: the
+    paper's ramp, not the released one)} stretches the context s times."""
     if head_dim % 2:
         raise ValueError(f"RoPE rotates pairs of dimensions: head_dim={head_dim} must be even")
     exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim  # 2i/d
@@ -136,12 +137,22 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
     if kind == "ntk":  # base' = base * s^(d/(d-2)): theta_0 = 1 unchanged, the lowest frequency exactly / s
         return (base * s ** (head_dim / (head_dim - 2))) ** -exponent, 1.0
     if kind == "yarn":
-        # r_i = L / lambda_i: how many turns dimension i makes over the original context L. Fast ones
+        # r_i = L theta_i / 2 pi: the turns pair i makes over the original context L. Fast pairs
         # (r > beta_fast) resolve nearby tokens and are kept; slow ones (r < beta_slow) never saw a
         # full turn and are interpolated; a linear ramp gamma blends those in between.
-        rotations = scaling["original_len"] * theta / (2 * math.pi)
-        beta_fast, beta_slow = scaling.get("beta_fast", 32.0), scaling.get("beta_slow", 1.0)
-        gamma = ((rotations - beta_slow) / (beta_fast - beta_slow)).clamp(0, 1)
+        L = scaling["original_len"]
+        fast, slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
+        if scaling.get("ramp") == "paper":  # Peng et al., "NTK-by-parts": gamma linear in r_i
+            gamma = ((L * theta / (2 * math.pi) - slow) / (fast - slow)).clamp(0, 1)
+        else:  # the released code (the authors', HF's "yarn"), which YaRN models were tuned with:
+            # linear in the index i between the pairs turning beta_fast and beta_slow times (bounds
+            # rounded outwards; a width of 1e-3 when they meet, as theirs)
+
+            def pair(r):  # i(r) = d ln(L / (2 pi r)) / (2 ln base): the pair turning r times over L
+                return head_dim * math.log(L / (2 * math.pi * r)) / (2 * math.log(base))
+            low, high = max(math.floor(pair(fast)), 0), min(math.ceil(pair(slow)), head_dim - 1)
+            i = torch.arange(head_dim // 2, dtype=torch.float64)
+            gamma = 1 - ((i - low) / ((high - low) or 1e-3)).clamp(0, 1)
         # sqrt(1/t) = 0.1 ln(s) + 1 on q and k each: softmax temperature for the longer context
         return theta / s * (1 - gamma) + theta * gamma, 0.1 * math.log(s) + 1
     raise ValueError(f"unknown RoPE scaling type {kind!r}; choose linear, ntk or yarn")

@@ -153,13 +153,64 @@ def test_ntk_keeps_the_fastest_pair_and_slows_the_slowest_by_s():
     assert ((ntk <= theta) & (ntk >= theta / s - 1e-18)).all()
 
 
-def test_yarn_keeps_fast_pairs_interpolates_slow_ones_and_ramps_between():
-    """Llama's sizes (head_dim 128, L = 4096), s = 8: pairs turning more than beta_fast = 32 times
-    over L stay put, pairs turning less than beta_slow = 1 time are divided by s exactly, the
-    rest blend linearly; the attention factor is 0.1 ln s + 1 (Peng et al. 2023, eq. 17-22)."""
+def yarn_as_released(d, base, s, L, beta_fast=32, beta_slow=1):
+    """YaRN as its authors released it (github.com/jquesnelle/yarn,
+    scaled_rope/LlamaYaRNScaledRotaryEmbedding.py) and as Hugging Face runs rope_type="yarn"
+    (_compute_yarn_parameters): the pair turning r times over L is
+    i(r) = d ln(L / (2 pi r)) / (2 ln base); low = max(floor(i(beta_fast)), 0),
+    high = min(ceil(i(beta_slow)), d - 1); for each pair j,
+    ramp = clamp((j - low)/(high - low), 0, 1) (high - low = 0.001 when equal) and
+    theta'_j = theta_j / s * ramp + theta_j * (1 - ramp); mscale = 0.1 ln s + 1. Python floats."""
+    def index(r):
+        return d * math.log(L / (2 * math.pi * r)) / (2 * math.log(base))
+    low, high = max(math.floor(index(beta_fast)), 0), min(math.ceil(index(beta_slow)), d - 1)
+    out = []
+    for j in range(d // 2):
+        theta = base ** (-2 * j / d)
+        ramp = min(max((j - low) / (high - low if high != low else 0.001), 0.0), 1.0)
+        out.append(theta / s * ramp + theta * (1 - ramp))
+    return torch.tensor(out, dtype=torch.float64), 0.1 * math.log(s) + 1
+
+
+@pytest.mark.parametrize("d,base,s,L,betas", [
+    (128, 1e4, 8, 4096, (32, 1)), (64, 5e5, 4, 8192, (32, 1)), (128, 1e6, 16, 2048, (16, 2)),
+    (16, 1e4, 4, 32, (32, 1)),  # the demo's sizes: low = 0, high = 2
+    (16, 1e4, 2, 6, (32, 1))])  # low = high = 0
+def test_yarn_matches_the_released_implementation(d, base, s, L, betas):
+    yarn, factor = R.rope_frequencies(d, base, {"type": "yarn", "factor": s, "original_len": L,
+                                                "beta_fast": betas[0], "beta_slow": betas[1]})
+    expected, mscale = yarn_as_released(d, base, s, L, *betas)
+    torch.testing.assert_close(yarn, expected, rtol=1e-13, atol=0)  # float64 both: rounding only
+    assert math.isclose(factor, mscale, rel_tol=1e-15)
+
+
+def test_yarn_worked_example_llama_sizes():
+    """d = 128, base = 10000, s = 8, original L = 4096, beta_fast = 32, beta_slow = 1 (Llama 2 to
+    32k, the paper's setting). The literal values were printed by Hugging Face transformers 5.24
+    (ROPE_INIT_FUNCTIONS["yarn"], max_position_embeddings = 32768), which computes in float32,
+    hence rtol 1e-6.
+    By hand: i(32) = 20.94 and i(1) = 45.03, so pairs 0..20 keep theta, pairs 46.. get theta / 8,
+    and pair 33 sits halfway: theta_33 * (0.5 / 8 + 0.5)."""
+    scaling = {"type": "yarn", "factor": 8, "original_len": 4096}
+    yarn, factor = R.rope_frequencies(128, 10000.0, scaling)
+    hf = {0: 1.0, 20: 0.05623412877321243, 21: 0.04705791920423508, 25: 0.022776277735829353,
+          33: 0.004871049430221319, 40: 0.0010338216088712215, 45: 0.0002443153061904013,
+          46: 0.00016669018077664077, 63: 1.4434774129767902e-05}
+    for i, value in hf.items():
+        assert math.isclose(yarn[i], value, rel_tol=1e-6), (i, float(yarn[i]), value)
+    assert math.isclose(yarn[33], 10000 ** (-66 / 128) * (0.5 / 8 + 0.5), rel_tol=1e-12)
+    assert math.isclose(factor, 1.2079441541679836, rel_tol=1e-12)  # HF's attention_factor
+
+
+def test_yarn_paper_ramp_keeps_fast_pairs_interpolates_slow_ones_and_ramps_between():
+    """The paper's own ramp (Peng et al. 2023, "NTK-by-parts"), linear in the turn count r: pairs
+    turning more than beta_fast = 32 times over L stay put, pairs turning less than beta_slow = 1
+    time are divided by s exactly, the rest blend linearly. At Llama's sizes it differs from the
+    released ramp by up to 57%, so it is an option, not the default."""
     d, L, s = 128, 4096, 8.0
     theta, _ = R.rope_frequencies(d, 10000.0)
-    yarn, factor = R.rope_frequencies(d, 10000.0, {"type": "yarn", "factor": s, "original_len": L})
+    yarn, factor = R.rope_frequencies(d, 10000.0, {"type": "yarn", "factor": s, "original_len": L,
+                                                   "ramp": "paper"})
     turns = L * theta / (2 * math.pi)
     fast, slow = turns > 32, turns < 1
     assert fast.sum() > 10 and slow.sum() > 10
@@ -169,7 +220,9 @@ def test_yarn_keeps_fast_pairs_interpolates_slow_ones_and_ramps_between():
     gamma = (turns[between] - 1) / 31
     torch.testing.assert_close(yarn[between], theta[between] * ((1 - gamma) / s + gamma), rtol=1e-12, atol=0)
     assert math.isclose(factor, 0.1 * math.log(8) + 1)
-    x = rand(1, 1, 1, d)  # so at short positions the fast half of each vector rotates as before
+    released, _ = yarn_as_released(d, 10000.0, s, L)
+    assert 0.5 < (1 - yarn / released).abs().max() < 0.6  # pair 36: 0.00258 released, 0.00112 paper
+    x = rand(1, 1, 1, d)  # at short positions the fast half of each vector rotates as before
     keep = torch.cat([fast, fast])
     y_plain = R.apply_rope(x, torch.tensor([7]), theta)
     y_yarn = R.apply_rope(x, torch.tensor([7]), yarn)
