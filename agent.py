@@ -64,7 +64,8 @@ class Tool:
 
 def validate(arguments, schema):
     """Problems with arguments under a flat JSON schema (types, required, enum, no unknown
-    keys), each a sentence that says what to fix; [] when valid."""
+    keys), each a sentence that says what to fix; [] when valid. Raises ValueError on a schema
+    type it cannot check (the tool's fault, not the caller's)."""
     if not isinstance(arguments, dict):
         return [f"arguments must be a JSON object, got {type(arguments).__name__}"]
     properties, problems = schema.get("properties", {}), []
@@ -79,6 +80,9 @@ def validate(arguments, schema):
             problems.append(f"unknown argument {key!r}; expected {sorted(properties)}")
             continue
         spec = properties[key]
+        if spec.get("type") not in checks:
+            raise ValueError(f"schema of {key!r} has type {spec.get('type')!r}; "
+                             f"validate checks only {sorted(checks)}")
         if not checks[spec["type"]](value):
             problems.append(f"argument {key!r} must be {spec['type']}, got {json.dumps(value)}")
         elif "enum" in spec and value not in spec["enum"]:
@@ -102,13 +106,13 @@ class ToolRegistry:
             return dict(content=f"unknown tool {name!r}; available tools: {', '.join(self.tools)}", is_error=True,
                         error="unknown_tool")
         tool = self.tools[name]
-        problems = validate(arguments, tool.parameters)
-        if problems:
-            return dict(content=f"invalid arguments for {name}: " + "; ".join(problems), is_error=True,
-                        error="wrong_arguments")
-        try:
+        try:  # a tool's failure (or a schema validate cannot check) is an observation, not a crash
+            problems = validate(arguments, tool.parameters)
+            if problems:
+                return dict(content=f"invalid arguments for {name}: " + "; ".join(problems),
+                            is_error=True, error="wrong_arguments")
             return dict(content=str(tool.fn(**arguments)), is_error=False, error=None)
-        except Exception as e:  # a tool's failure is an observation for the model, never a crash
+        except Exception as e:
             return dict(content=f"{name} failed: {e}", is_error=True, error="tool_error")
 
 

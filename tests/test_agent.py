@@ -92,6 +92,14 @@ def test_malicious_call_through_the_registry_is_an_error_observation(no_eval):
     assert result["is_error"] and result["error"] == "tool_error" and "only numbers" in result["content"]
 
 
+@pytest.mark.parametrize("spec", [{"type": "array"}, {"type": "object"}, {}])
+def test_a_schema_validate_cannot_check_is_a_tool_error_not_an_exception(spec):
+    schema = {"type": "object", "properties": {"tags": spec}}
+    registry = agent.ToolRegistry([agent.Tool("tag", "Tag it.", schema, lambda tags: "tagged")])
+    result = registry.call_tool("tag", {"tags": ["a"]})  # the registry's contract: never raise
+    assert result["is_error"] and result["error"] == "tool_error" and "schema" in result["content"]
+
+
 def test_unit_conversion_known_values():
     assert agent.convert_units(1, "mi", "km") == "1.61"  # 1.609344 km
     assert agent.convert_units(100, "C", "F") == "212"
