@@ -395,8 +395,8 @@ def main(cfg):
     g = torch.Generator(device).manual_seed(cfg.seed)
     bound, ar_val = validation_nll(diffusion, ar, x_val, cfg.n_mc, cfg.eps, g)
     print(f"\nvalidation NLL per token of the last {cfg.gen_length} given the first: diffusion "
-          f"ELBO bound <= {bound:.3f} nats (ppl <= {math.exp(bound):.2f}, {cfg.n_mc} Monte Carlo draws "
-          f"of t); autoregressive {ar_val:.3f} nats (ppl {math.exp(ar_val):.2f})")
+          f"ELBO bound <= {bound:.3f} nats (ppl <= {math.exp(bound):.2f}, {cfg.n_mc} Monte Carlo "
+          f"draws of t); autoregressive {ar_val:.3f} nats (ppl {math.exp(ar_val):.2f})")
     rows = quality_table(diffusion, ar, cfg, device)
     print_table(rows, math.exp(ar_val), entropy_bits(x_val[:, 1:]), cfg.n_samples)
     show_trajectory(diffusion, tok, cfg, device)
