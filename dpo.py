@@ -84,15 +84,31 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 
 def sequence_logps(model, prompts, chosen, rejected):
     """Summed log pi(y|x) of chosen and rejected completions, (B,) each, from one forward pass
-    over the 2B rows. Masks come from lengths (gpt.completion_logprobs), so padding is inert."""
-    logp, _ = gpt.completion_logprobs(model, prompts + prompts, chosen + rejected)  # (2B, Tc), 0 past the end
+    over the 2B rows. Masks come from lengths (gpt.completion_logprobs), so padding is inert.
+    Policy and reference both pass here, so both get the same autocast: a bf16 policy against
+    an fp32 reference would start from a margin of rounding noise instead of 0."""
+    with gpt.autocast(next(model.parameters()).device):
+        logp, _ = gpt.completion_logprobs(model, prompts + prompts, chosen + rejected)  # (2B, Tc)
     total = logp.sum(-1)
     return total[:len(prompts)], total[len(prompts):]
 
 
+def batch_loss(policy, ref, prompts, chosen, rejected, cfg):
+    """The training loss on one batch, and its per-pair DPO losses and implicit rewards. The
+    frozen reference is scored on the same rows in the same way, so only the weights differ
+    between the two passes: at step 0 (without dropout) the margin is exactly 0, bf16 or not."""
+    pi_w, pi_l = sequence_logps(policy, prompts, chosen, rejected)
+    with torch.no_grad():
+        ref_w, ref_l = sequence_logps(ref, prompts, chosen, rejected)
+    losses, r_w, r_l = dpo_loss(pi_w, pi_l, ref_w, ref_l, cfg.beta, cfg.loss, cfg.label_smoothing)
+    n_w = torch.tensor([len(c) for c in chosen], device=pi_w.device)  # |y_w|, <|end|> included
+    # RPO: + alpha * (-log pi(y_w|x) / |y_w|), each chosen answer's NLL per token (Pang et al. 2024)
+    return losses.mean() - cfg.rpo_alpha * (pi_w / n_w).mean(), losses, r_w, r_l
+
+
 def all_logps(model, pairs, batch_size=64):
     """Summed log-probs of every pair's chosen and rejected answers, (N,) each, in eval mode and
-    without autograd: the frozen reference's are computed once this way, before training."""
+    without autograd: the frozen reference's held-out ones are computed once this way."""
     with gpt.evaluating(model):
         out = [sequence_logps(model, *map(list, zip(*pairs[i:i + batch_size])))
                for i in range(0, len(pairs), batch_size)]
@@ -138,11 +154,11 @@ def evaluate(policy, pairs, ref_logps, cfg):
                 logp_rejected=rejected.mean().item(), prefers_chosen=(chosen > rejected).float().mean().item())
 
 
-def train_dpo(policy, pairs, ref_logps, cfg, steps, on_eval):
-    """AdamW with a cosine lr on the DPO loss over random batches of pairs; the reference
-    log-probs were computed once beforehand. on_eval(step) runs every eval_interval steps."""
+def train_dpo(policy, ref, pairs, cfg, steps, on_eval):
+    """AdamW with a cosine lr on batch_loss over random batches of pairs. on_eval(step) runs
+    every eval_interval steps."""
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
-    g, device = torch.Generator().manual_seed(cfg.seed), next(policy.parameters()).device
+    g = torch.Generator().manual_seed(cfg.seed)
     interval = cfg.eval_interval or max(1, steps // 4)
     bar = tqdm(range(steps), desc=f"dpo ({cfg.loss})", leave=False)
     for step in bar:
@@ -153,13 +169,7 @@ def train_dpo(policy, pairs, ref_logps, cfg, steps, on_eval):
         rows = torch.randint(len(pairs), (cfg.batch_size,), generator=g)
         prompts, chosen, rejected = map(list, zip(*[pairs[i] for i in rows.tolist()]))
         policy.train()
-        with gpt.autocast(device):
-            pi_w, pi_l = sequence_logps(policy, prompts, chosen, rejected)
-        losses, r_w, r_l = dpo_loss(pi_w, pi_l, ref_logps[0][rows], ref_logps[1][rows], cfg.beta, cfg.loss,
-                                    cfg.label_smoothing)
-        loss = losses.mean()
-        if cfg.rpo_alpha:  # + alpha * (-log pi(y_w|x) / |y_w|): holds the chosen likelihood up
-            loss = loss - cfg.rpo_alpha * (pi_w / torch.tensor([len(c) for c in chosen], device=device)).mean()
+        loss, losses, r_w, r_l = batch_loss(policy, ref, prompts, chosen, rejected, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -197,7 +207,7 @@ def main(cfg):
     eval_pairs, _ = make_pairs(start, tok, eval_set, cfg.seed + 1)
     print(f"{len(pairs)} preference pairs; {own:.0%} of the rejected answers are the model's own mistakes")
     ref = copy.deepcopy(start).requires_grad_(False).eval()  # frozen pi_ref
-    ref_train, ref_eval = all_logps(ref, pairs), all_logps(ref, eval_pairs)
+    ref_eval = all_logps(ref, eval_pairs)  # in the batches evaluate() scores the policy in
     os.makedirs(cfg.out_dir, exist_ok=True)
     histories = {}
     for alpha in [0.0] + ([cfg.rpo_alpha] if cfg.rpo_alpha else []):
@@ -216,7 +226,7 @@ def main(cfg):
             with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-        train_dpo(policy, pairs, ref_train, dataclasses.replace(cfg, rpo_alpha=alpha), steps, on_eval)
+        train_dpo(policy, ref, pairs, dataclasses.replace(cfg, rpo_alpha=alpha), steps, on_eval)
         histories[name] = history
     gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), policy, tok, step=steps, config=cfg)
     report(histories)

@@ -110,6 +110,30 @@ def test_padding_does_not_change_the_logps(model, tok):
     torch.testing.assert_close(cached_l, alone_l, rtol=0, atol=1e-10)
 
 
+def test_bf16_autocast_policy_equal_to_reference_has_margin_0(tmp_path, tok, monkeypatch):
+    """gpt.autocast is bf16 on CUDA; CPU bf16 autocast stands in for it here. With lr = 0 the
+    policy stays equal to the reference, so every implicit reward, in training and held out, is
+    exactly 0 and every loss is ln 2: the reference must be scored as the policy is (the old code
+    scored a bf16 policy against an fp32 reference, a margin of bf16 rounding noise at step 0)."""
+    monkeypatch.setattr(gpt, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen, dpo_loss = [], dpo.dpo_loss
+
+    def recording(*args, **kwargs):
+        seen.append(dpo_loss(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(dpo, "dpo_loss", recording)
+    init = str(tmp_path / "init.pt")
+    torch.manual_seed(0)
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, n_layer=2, n_head=2, n_embd=32)
+    gpt.save_checkpoint(init, gpt.GPT(cfg), tok)
+    dpo.main(dpo.DPOConfig(init=init, steps=1, batch_size=4, lr=0.0, rpo_alpha=0, n_train=8,
+                           n_eval=4, eval_interval=1, out_dir=str(tmp_path / "out"), device="cpu"))
+    assert len(seen) == 3  # held out at step 0, the training step, held out at step 1
+    for losses, r_w, r_l in seen:
+        assert (r_w == 0).all() and (r_l == 0).all()  # beta (log pi - log ref), exactly
+        torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)), rtol=0, atol=0)
+
+
 def test_corrupt_gives_a_plausible_wrong_answer():
     import random
     rng = random.Random(0)
