@@ -257,18 +257,21 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
-    def forward(self, x, rope, bias):
+    def forward(self, x, rope, bias, cache=None):  # cache: [k, v] of earlier calls, grown in place
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if rope is not None:  # rope = (positions, theta, attention_factor)
             positions, theta, factor = rope
             q = apply_rope(q, positions, theta, attention_factor=factor)
             k = apply_rope(k, positions, theta, attention_factor=factor)
-        if bias is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # bias (H, T, T) plus the causal mask as -inf
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype).masked_fill(~causal, -math.inf))
+        if cache:  # earlier keys were rotated at their own positions: they are kept as they are
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        if cache is not None:
+            cache[:] = [k, v]
+        # the T queries are the last of T_k positions: query i sees keys up to T_k - T + i
+        causal = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+        mask = causal if bias is None else bias.to(q.dtype).masked_fill(~causal, -math.inf)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
 
@@ -288,23 +291,26 @@ class TinyLM(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model, n_head) for _ in range(n_layer))
         self.ln_f, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab)
 
-    def forward(self, idx, rope_scaling=None):  # idx (B, T) -> logits (B, T, vocab)
+    def forward(self, idx, rope_scaling=None, cache=None):
+        """idx (B, T) -> logits (B, T, vocab). cache: None, or one list per block ([] at first)
+        keeping the keys and values of earlier calls; idx then continues where they stopped."""
+        start = cache[0][0].size(2) if cache and cache[0] else 0
         T = idx.size(1)
-        positions = torch.arange(T, device=idx.device)
+        positions = torch.arange(start, start + T, device=idx.device)
         x = self.embed(idx)  # (B, T, d_model)
         rope = bias = None
         if self.encoding == "learned":
             x = x + self.positions(positions)
         elif self.encoding == "sinusoidal":
-            x = x + sinusoidal_positions(T, x.size(-1)).to(x.device)
+            x = x + sinusoidal_positions(start + T, x.size(-1))[start:].to(x.device)
         elif self.encoding == "rope":
             rope = (positions, *rope_frequencies(self.head_dim, self.rope_base, rope_scaling))
         elif self.encoding == "alibi":
-            bias = alibi_bias(self.n_head, T).to(x.device)
+            bias = alibi_bias(self.n_head, T, start + T).to(x.device)
         elif self.encoding == "t5":
-            bias = self.t5(T)
-        for block in self.blocks:
-            x = block(x, rope, bias)
+            bias = self.t5(T, start + T)
+        for block, block_cache in zip(self.blocks, cache or [None] * len(self.blocks)):
+            x = block(x, rope, bias, block_cache)
         return self.head(self.ln_f(x))
 
 

@@ -43,13 +43,18 @@ def test_rotation_preserves_norm(layout):
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=1e-12)
 
 
-def test_both_layouts_are_complex_multiplication():
+@pytest.mark.parametrize("per_row", [False, True])
+def test_both_layouts_are_complex_multiplication(per_row):
     """Pair (a, b) at position m becomes (a + ib) e^{i m theta_i}: interleaved pairs (x_2i, x_2i+1),
-    half pairs (x_i, x_i+d/2)."""
+    half pairs (x_i, x_i+d/2). Positions (T,) are shared; (B, T) give each row its own (a row
+    that starts after a cache, or after left padding)."""
     x, d = rand(2, 3, 10, 16), 16
     positions = torch.arange(10) * 13
+    positions = torch.stack([positions, positions + 5]) if per_row else positions
     theta, _ = R.rope_frequencies(d, base=500.0)
-    turn = torch.polar(torch.ones(10, d // 2, dtype=torch.float64), positions[:, None] * theta)  # (T, d/2)
+    angles = positions[..., None] * theta  # (T, d/2) or (B, T, d/2)
+    angles = angles[:, None] if per_row else angles  # (B, 1, T, d/2): the same for every head
+    turn = torch.polar(torch.ones_like(angles), angles)
     inter = torch.view_as_real(torch.view_as_complex(x.view(2, 3, 10, d // 2, 2).contiguous()) * turn).flatten(-2)
     torch.testing.assert_close(R.apply_rope(x, positions, theta, "interleaved"), inter, rtol=1e-12, atol=1e-12)
     z = torch.complex(x[..., :d // 2], x[..., d // 2:]) * turn
@@ -82,27 +87,23 @@ def test_weights_converted_between_layouts_give_the_same_scores():
                                scores(W_q, W_k, "interleaved"), rtol=1e-12, atol=1e-12)
 
 
-def test_cached_decoding_at_an_offset_equals_the_full_forward():
-    """Keys rotated when they enter the cache plus each new query rotated at its own position give
-    the full causal attention, row by row; per-row positions (B, T) work for batches that start at
-    different offsets (left padding)."""
-    B, H, T, d = 2, 2, 10, 8
-    q, k, v = rand(B, H, T, d, seed=1), rand(B, H, T, d, seed=2), rand(B, H, T, d, seed=3)
-    theta, factor = R.rope_frequencies(d, scaling={"type": "yarn", "factor": 4, "original_len": 4})
-    pos = torch.arange(T)
-    full = F.scaled_dot_product_attention(R.apply_rope(q, pos, theta, attention_factor=factor),
-                                          R.apply_rope(k, pos, theta, attention_factor=factor), v, is_causal=True)
-    k_cache = R.apply_rope(k[:, :, :4], pos[:4], theta, attention_factor=factor)  # a 4-token prompt
-    rows = [full[:, :, :4]]
-    for t in range(4, T):
-        k_cache = torch.cat([k_cache, R.apply_rope(k[:, :, t:t + 1], pos[t:t + 1], theta, attention_factor=factor)], 2)
-        q_t = R.apply_rope(q[:, :, t:t + 1], pos[t:t + 1], theta, attention_factor=factor)
-        rows.append(F.scaled_dot_product_attention(q_t, k_cache, v[:, :, :t + 1]))
-    torch.testing.assert_close(torch.cat(rows, 2), full, rtol=1e-12, atol=1e-12)
-    per_row = torch.stack([pos, pos + 5])  # (B, T): row 1 starts at position 5
-    both = R.apply_rope(q, per_row, theta)
-    torch.testing.assert_close(both[1], R.apply_rope(q[1:], pos + 5, theta)[0], rtol=0, atol=0)
-    torch.testing.assert_close(both[0], R.apply_rope(q[:1], pos, theta)[0], rtol=0, atol=0)
+@pytest.mark.parametrize("encoding", R.ENCODINGS)
+def test_cached_decoding_at_an_offset_equals_the_full_forward(encoding):
+    """TinyLM given a 5-token prompt, then one token at a time, then the last 3 at once, each call
+    continuing from its cache, gives the logits of one causal pass over the whole sequence
+    (float64): cached keys stay rotated at their absolute positions, and positions, biases and the
+    causal mask are those of queries that come after the cached keys."""
+    torch.manual_seed(0)
+    model = R.TinyLM(encoding, vocab=11, d_model=16, n_head=2, n_layer=2, max_len=16).double().eval()
+    idx = torch.randint(0, 11, (2, 12), generator=torch.Generator().manual_seed(1))
+    scaling = {"type": "yarn", "factor": 4, "original_len": 4} if encoding == "rope" else None
+    full = model(idx, scaling)
+    cache = [[] for _ in model.blocks]
+    pieces = [model(idx[:, :5], scaling, cache)]
+    pieces += [model(idx[:, t:t + 1], scaling, cache) for t in range(5, 9)]
+    pieces.append(model(idx[:, 9:], scaling, cache))
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-10, atol=1e-10)
+    assert cache[0][0].shape == (2, 2, 12, 8)  # (B, n_head, T, head_dim): every key, once
 
 
 def test_angles_stay_float32_under_bf16_autocast_and_exact_at_32k():
