@@ -1,6 +1,7 @@
 """dpo.py against independent references: the losses and their gradients written out with the
 math module, ln 2 at the start, and log-probs computed one pair at a time in float64."""
 import copy
+import dataclasses
 import math
 import os
 
@@ -132,6 +133,38 @@ def test_bf16_autocast_policy_equal_to_reference_has_margin_0(tmp_path, tok, mon
     for losses, r_w, r_l in seen:
         assert (r_w == 0).all() and (r_l == 0).all()  # beta (log pi - log ref), exactly
         torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)), rtol=0, atol=0)
+
+
+def test_rpo_loss_matches_the_formula_with_padding(model, tok):
+    """batch_loss with policy != reference over pairs of different lengths (so rows are padded)
+    equals the formula computed one pair at a time, unpadded, in float64:
+        L = mean_i -log sigma(beta h_i) + alpha mean_i (-log pi(y_w,i|x_i) / |y_w,i|),
+    the NLL term of Pang et al. 2024 (RPO): each chosen answer's NLL divided by its own length
+    (here 4, 2, 5 and 4 tokens, <|end|> included), not by the padded width or the batch's tokens."""
+    torch.manual_seed(1)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the policy has moved away from the reference
+    pairs = make_pairs(tok)
+
+    def logp(m, prompt, completion):  # sum_t log pi(c_t | prompt, c_<t) from one unpadded row
+        logits, _ = m(torch.tensor([prompt + completion]))
+        logprobs = torch.log_softmax(logits[0, len(prompt) - 1:-1].double(), -1)
+        return logprobs.gather(1, torch.tensor(completion)[:, None]).sum().item()
+    cfg = dpo.DPOConfig(beta=0.3, rpo_alpha=0.7)
+    expected_dpo, expected_nll = [], []
+    for p, w, l in pairs:
+        h = (logp(model, p, w) - logp(ref, p, w)) - (logp(model, p, l) - logp(ref, p, l))
+        expected_dpo.append(math.log(1 + math.exp(-cfg.beta * h)))  # -log sigma(beta h)
+        expected_nll.append(-logp(model, p, w) / len(w))
+    assert len({len(w) for _, w, _ in pairs}) > 2  # padding and distinct lengths really occur
+    expected = sum(expected_dpo) / len(pairs) + cfg.rpo_alpha * sum(expected_nll) / len(pairs)
+    loss, losses, _, _ = dpo.batch_loss(model, ref, *batch(pairs), cfg)
+    assert losses.tolist() == pytest.approx(expected_dpo, abs=1e-10)
+    assert loss.item() == pytest.approx(expected, abs=1e-10)
+    no_nll = dpo.batch_loss(model, ref, *batch(pairs), dataclasses.replace(cfg, rpo_alpha=0))[0]
+    assert no_nll.item() == pytest.approx(sum(expected_dpo) / len(pairs), abs=1e-10)
 
 
 def test_corrupt_gives_a_plausible_wrong_answer():
