@@ -43,7 +43,7 @@ class Config:
     micro_batch: int = 0  # sequences per forward/backward, gradients accumulated (0 = whole minibatch)
     lr: float = 3e-4  # AdamW learning rate for GRPO
     warmup: int = 20  # steps of linear learning-rate warm-up: Adam's first steps on noisy policy gradients are large
-    beta: float = 0.01  # weight of the k3 KL penalty to the frozen reference
+    beta: float = -1.0  # weight of the k3 KL penalty to pi_ref (-1 = 0 for dapo, 0.01 otherwise)
     eps_low: float = 0.2  # clip ratio below: rho >= 1 - eps_low
     eps_high: float = 0.0  # clip ratio above: rho <= 1 + eps_high (0 = 0.28 for dapo, eps_low otherwise)
     temperature: float = 1.0  # sampling temperature for rollouts and pass@k
@@ -74,6 +74,8 @@ class Config:
             raise ValueError(f"prompts_per_step*group_size={self.prompts_per_step * self.group_size} does not split "
                              f"into updates_per_rollout={self.updates_per_rollout} equal minibatches")
         self.eps_high = self.eps_high or (0.28 if self.loss == "dapo" else self.eps_low)
+        if self.beta == -1:  # DAPO drops the KL term: a reasoning policy must move far from pi_ref
+            self.beta = 0.0 if self.loss == "dapo" else 0.01
 
 
 # ----------------------------------------------------------------------------- the task
@@ -225,14 +227,15 @@ def merge(a, b):
 
 
 def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
-    """DAPO's dynamic sampling: drop groups whose rewards are all equal (no gradient) and sample
-    more problems until the batch is full again, for at most max_resample rounds."""
+    """DAPO's dynamic sampling: drop groups whose answers are all right or all wrong (Yu et al.
+    filter on accuracy, not on the length-shaped reward) and sample more problems until the
+    batch is full again, for at most max_resample rounds."""
     batch, stats = None, None
     for _ in range(cfg.max_resample):
         new = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, generator)
         stats = stats or new  # the first round's statistics are the policy's honest ones
-        r = new["rewards"].view(-1, cfg.group_size)
-        new = select_groups(new, (r != r[:, :1]).any(1), cfg.group_size)
+        c = new["correct"].view(-1, cfg.group_size)
+        new = select_groups(new, (c != c[:, :1]).any(1), cfg.group_size)
         batch = new if batch is None else merge(batch, new)
         if len(batch["prompts"]) >= cfg.prompts_per_step * cfg.group_size:
             break

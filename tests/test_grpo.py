@@ -187,6 +187,30 @@ def test_dynamic_sampling_keeps_only_groups_with_reward_variance(monkeypatch):
     assert first["rewards"].tolist() == [1.0, 1.0, 0.0, 1.0]  # statistics come from the first round
 
 
+def test_dapo_drops_the_kl_term_by_default():
+    assert grpo.Config(loss="dapo").beta == 0.0  # Yu et al. 2025 remove the KL penalty
+    assert grpo.Config().beta == grpo.Config(loss="dr_grpo").beta == 0.01
+    assert grpo.Config(loss="dapo", beta=0.05).beta == 0.05
+
+
+def test_dynamic_sampling_filters_on_accuracy_not_on_the_shaped_reward(monkeypatch):
+    # Yu et al. 2025 keep a prompt only if 0 < |{correct outputs}| < G. Round 1: group 0 is
+    # all right but the length penalty spreads its rewards; group 1 is mixed. Round 2: group 0
+    # is mixed; group 1 is all wrong.
+    cfg = grpo.Config(loss="dapo", group_size=2, prompts_per_step=2, max_resample=2)
+    rounds = iter([([1.1, 0.6, 1.1, 0.1], [1, 1, 1, 0]), ([0.1, 1.1, 0.0, 0.1], [0, 1, 0, 0])])
+
+    def fake_rollout(policy, tok, problems, cfg, generator):
+        r, c = next(rounds)
+        return dict(prompts=[[i] for i in range(4)], completions=[[7]] * 4, rewards=torch.tensor(r),
+                    correct=torch.tensor(c, dtype=torch.float), lengths=torch.ones(4),
+                    truncated=torch.zeros(4, dtype=torch.bool))
+    monkeypatch.setattr(grpo, "rollout", fake_rollout)
+    batch, _ = grpo.dynamic_rollout(None, None, lambda n: [None] * n, cfg, None)
+    assert batch["correct"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert batch["rewards"].tolist() == pytest.approx([1.1, 0.1, 0.1, 1.1])
+
+
 def test_overlong_penalty_ramps_over_the_cache():
     lengths = torch.tensor([4, 6, 8, 10, 12])
     # budget 10, cache 4: no penalty up to 6 tokens, then -(len - 6)/4, at most -1
