@@ -18,10 +18,10 @@ confident predictions (low-confidence remasking) or random ones, optionally bloc
     python diffusion_lm.py --bench         # tokens/s vs the AR twin at the closest sample quality
 
 On CPU (a few minutes) you see both models train on the embedded corpus, then a table over
-diffusion step counts (forward passes per token, tokens/s batched and for one sample alone, the
-AR twin's perplexity of the samples) next to the autoregressive baseline, the ELBO bound beside
-the AR validation NLL, the denoising trajectory of one sample, and infilling: a bound and an
-example.
+both orders, one block or blocks of 8, and diffusion step counts (forward passes per token,
+tokens/s batched and for one sample alone, the AR twin's perplexity of the samples) next to the
+autoregressive baseline, the ELBO bound beside the AR validation NLL, the denoising trajectory
+of one sample, and infilling: a bound and an example.
 """
 import collections
 import math
@@ -50,7 +50,7 @@ class DiffusionConfig:
     lr: float = 2e-3  # peak AdamW learning rate (cosine decay to 10%)
     eps: float = 1e-3  # t ~ U(eps, 1): keeps 1/t finite
     step_counts: str = "8,16,32,64"  # diffusion sampling step counts compared in the table
-    block_length: int = 8  # low-confidence sampling fills blocks of this many tokens left to right (0 = one block)
+    block_length: int = 8  # the table decodes both orders in one block and in blocks of this many
     temperature: float = 1.0  # sampling temperature for both models (0 = greedy)
     n_samples: int = 64  # samples per row of the table
     n_mc: int = 16  # Monte Carlo draws of t for the ELBO bound
@@ -286,10 +286,14 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
         return torch.tensor([start + o for o in out], device=device), L
 
     samplers = {}  # name: fn(batch) -> (tokens (batch, 1 + L), forward passes)
-    for remasking in ("random", "low_confidence"):  # random: MDLM's ancestral order; low-confidence: LLaDA's
-        block = 0 if remasking == "random" else cfg.block_length
-        for steps in [int(s) for s in cfg.step_counts.split(",")]:
-            samplers[f"{remasking}, {steps} steps"] = diffusion_sampler(steps, block, remasking)
+    # random: MDLM's ancestral order; low-confidence: LLaDA's. Each order under each block schedule,
+    # so that two rows differ in one thing only (block_length = L is one block)
+    for remasking in ("random", "low_confidence"):
+        for block in sorted({0, cfg.block_length % L}):
+            schedule = f"blocks of {block}" if block else "one block"
+            for steps in [int(s) for s in cfg.step_counts.split(",")]:
+                name = f"{remasking}, {schedule}, {steps} steps"
+                samplers[name] = diffusion_sampler(steps, block, remasking)
     samplers["autoregressive, KV cache"] = ar_sampler
     batched = {name: gpt.best_time(lambda: run(n), repeats) for name, run in samplers.items()}
     alone = {name: gpt.best_time(lambda: run(1), repeats)[1] for name, run in samplers.items()}
@@ -302,12 +306,12 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
 
 def print_table(rows, data_ppl, data_entropy, n_samples):
     batch = f"tok/s, {n_samples} at once"
-    print(f"\n{'sampler':<26}{'passes/token':>13}{batch:>20}{'tok/s, 1 alone':>16}{'AR ppl of samples':>19}"
-          f"{'entropy (bits)':>16}")
+    print(f"\n{'sampler':<38}{'passes/token':>13}{batch:>20}{'tok/s, 1 alone':>16}"
+          f"{'AR ppl of samples':>19}{'entropy (bits)':>16}")
     for r in rows:
-        print(f"{r.name:<26}{r.passes_per_token:>13.3f}{r.tokens_per_s:>20.0f}{r.tokens_per_s_alone:>16.0f}"
-              f"{r.ppl:>19.2f}{r.entropy:>16.2f}")
-    print(f"{'held-out data':<26}{'':>13}{'':>20}{'':>16}{data_ppl:>19.2f}{data_entropy:>16.2f}")
+        print(f"{r.name:<38}{r.passes_per_token:>13.3f}{r.tokens_per_s:>20.0f}"
+              f"{r.tokens_per_s_alone:>16.0f}{r.ppl:>19.2f}{r.entropy:>16.2f}")
+    print(f"{'held-out data':<38}{'':>13}{'':>20}{'':>16}{data_ppl:>19.2f}{data_entropy:>16.2f}")
 
 
 def show_trajectory(diffusion, tok, cfg, device):

@@ -204,10 +204,31 @@ def test_main_smoke(tmp_path, capsys):
     result = dlm.main(cfg)
     out = capsys.readouterr().out
     assert "ELBO bound" in out and "infilling" in out and "autoregressive, KV cache" in out
-    assert len(result["rows"]) == 5 and math.isfinite(result["elbo"])
+    assert len(result["rows"]) == 9 and math.isfinite(result["elbo"])  # 2 x 2 x 2 step counts, AR
     assert math.isfinite(result["infill_bound"]) and math.isfinite(result["infill_ar_nll"])
     dlm.main(dataclasses.replace(cfg, bench=True))
     assert "closest quality" in capsys.readouterr().out
+
+
+def test_table_compares_both_orders_under_each_block_schedule(monkeypatch):
+    """One change at a time: random and low-confidence each run with one block and with blocks of
+    block_length, at every step count, and each row's name says which (the samples are stubbed:
+    only the arguments each row decodes with are checked)."""
+    calls = []
+
+    def fake_sample(model, length, steps, block_length, remasking, *args, n=1, **kwargs):
+        calls.append((remasking, block_length, steps))
+        return torch.zeros(n, 1 + length, dtype=torch.long), steps
+
+    monkeypatch.setattr(dlm, "sample", fake_sample)
+    cfg = dlm.DiffusionConfig(gen_length=16, step_counts="4,16", block_length=4, n_samples=2)
+    ar = gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=17, n_layer=1, n_head=2, n_embd=16))
+    rows = dlm.quality_table(None, ar, cfg, "cpu")
+    grid = {(r, b, s) for r in ("random", "low_confidence") for b in (0, 4) for s in (4, 16)}
+    assert set(calls) == grid and len(calls) == 2 * len(grid)  # batched, then one sample alone
+    names = [row.name for row in rows[:-1]]
+    assert len(set(names)) == 8 and sum("one block" in n for n in names) == 4
+    assert sum("blocks of 4" in n for n in names) == 4
 
 
 def test_bench_verdict_skips_degenerate_rows_and_says_when_quality_is_not_matched():
