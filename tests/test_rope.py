@@ -106,23 +106,43 @@ def test_cached_decoding_at_an_offset_equals_the_full_forward(encoding):
     assert cache[0][0].shape == (2, 2, 12, 8)  # (B, n_head, T, head_dim): every key, once
 
 
-def test_angles_stay_float32_under_bf16_autocast_and_exact_at_32k():
-    """bf16 has 8 bits of mantissa: positions 32768 and 32769 would round to the same number.
-    The angles must come out as in double precision (Python's math) whatever the autocast."""
+def rotate_half_reference(x, angles):  # float64 complex product, half layout; angles (T, d/2)
+    half = x.size(-1) // 2
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([z.real, z.imag], -1)
+
+
+def test_angles_are_exact_at_32k_for_float32_inputs():
+    """The angles must come out as in double precision (Python's math), even where float32 or
+    bf16 positions would be off (bf16 cannot tell 32768 from 32769)."""
     head_dim = 64
     theta, _ = R.rope_frequencies(head_dim)
     x = torch.ones(1, 1, 2, head_dim)  # float32; half layout: pair i is (x_i, x_{i+32}) = (1, 1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = R.apply_rope(x, torch.tensor([32768, 32769]), theta)
+    y = R.apply_rope(x, torch.tensor([32768, 32769]), theta)
     assert y.dtype == torch.float32
     for row, m in enumerate([32768, 32769]):
         for i in (0, 1, 5, 31):
             angle = m * 10000.0 ** (-2 * i / head_dim)  # (1, 1) rotated: (cos - sin, sin + cos)
             assert abs(y[0, 0, row, i] - (math.cos(angle) - math.sin(angle))) < 1e-6
             assert abs(y[0, 0, row, i + 32] - (math.sin(angle) + math.cos(angle))) < 1e-6
-    xb = torch.randn(1, 1, 1, head_dim).bfloat16()  # bf16 in, bf16 out: only the final rounding
-    exact = R.apply_rope(xb.double(), torch.tensor([32769]), theta)
-    assert (R.apply_rope(xb, torch.tensor([32769]), theta).double() - exact).abs().max() <= 2 ** -8 * exact.abs().max()
+
+
+def test_bf16_inputs_are_rotated_as_in_float64_then_rounded_once():
+    """A bf16 input, rotated, equals the float64 rotation of the same numbers up to one rounding
+    of the output to bf16: |y - y_64| <= 2^-8 |y_64| (bf16 keeps 8 significant bits and rounds to
+    nearest), plus 1e-6 max|x| for the float32 arithmetic before it. Angles computed in bf16
+    (32769 becomes 32768, theta_i keeps 3 digits) break that bound, so the check can fail."""
+    d = 64
+    theta = torch.tensor([10000.0 ** (-2 * i / d) for i in range(d // 2)], dtype=torch.float64)
+    positions = torch.tensor([0, 7, 1000, 32768, 32769])
+    x = rand(2, 3, 5, d).bfloat16()
+    y = R.apply_rope(x, positions, R.rope_frequencies(d)[0])
+    assert y.dtype == torch.bfloat16
+    exact = rotate_half_reference(x.double(), positions[:, None].double() * theta)
+    bound = 2 ** -8 * exact.abs() + 1e-6 * x.double().abs().max()
+    assert ((y.double() - exact).abs() <= bound).all()
+    bf16_angles = (positions[:, None].bfloat16() * theta.bfloat16()).double()
+    assert ((rotate_half_reference(x.double(), bf16_angles) - exact).abs() > bound).any()
 
 
 # ----------------------------------------------------------------------------- context extension
