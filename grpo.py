@@ -70,6 +70,8 @@ class Config:
             raise ValueError(f"loss={self.loss!r}; choose grpo, dr_grpo or dapo")
         if self.group_size < 2:
             raise ValueError(f"group_size={self.group_size}: a group needs at least 2 completions to have a baseline")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature}: GRPO needs sampled groups; use > 0")
         if (self.prompts_per_step * self.group_size) % self.updates_per_rollout:
             raise ValueError(f"prompts_per_step*group_size={self.prompts_per_step * self.group_size} does not split "
                              f"into updates_per_rollout={self.updates_per_rollout} equal minibatches")
@@ -245,15 +247,33 @@ def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
 
 # ----------------------------------------------------------------------------- training
 
+class Tempered(torch.nn.Module):
+    """The model as the sampler sees it, softmax(logits / T): rollouts are drawn at T, so the old,
+    new and reference log-probs must be taken at T too, or the ratio is off-policy."""
+
+    def __init__(self, model, temperature):
+        super().__init__()
+        self.model, self.temperature = model, temperature
+
+    def forward(self, idx, attn_mask=None):
+        return self.model(idx, attn_mask=attn_mask)[0] / self.temperature, None
+
+
+def logprobs(model, batch, rows, cfg):
+    """log pi_T(o_t | q, o_<t) for the rows (a slice) of a batch: (n, T), and the mask."""
+    prompts, completions = batch["prompts"][rows], batch["completions"][rows]
+    tempered = Tempered(model, cfg.temperature)
+    return gpt.completion_logprobs(tempered, prompts, completions, batch["pad"])
+
+
 def score_batch(policy, ref, batch, cfg):
     """Add what the loss needs from a rollout batch: advantages (N,), and old_logp, ref_logp and
     the completion mask (N, T), each in one no-grad pass before any update."""
-    pad = batch["pad"]
     scale = "none" if cfg.loss == "dr_grpo" else "group"
     batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, scale)
     with gpt.evaluating(policy, ref):
-        batch["old_logp"], batch["mask"] = gpt.completion_logprobs(policy, batch["prompts"], batch["completions"], pad)
-        batch["ref_logp"], _ = gpt.completion_logprobs(ref, batch["prompts"], batch["completions"], pad)
+        batch["old_logp"], batch["mask"] = logprobs(policy, batch, slice(None), cfg)
+        batch["ref_logp"], _ = logprobs(ref, batch, slice(None), cfg)
     return batch
 
 
@@ -265,7 +285,7 @@ def minibatch_backward(policy, batch, rows, cfg):
     n, micro, stats = weights.size(0), cfg.micro_batch or weights.size(0), []
     for m in range(0, n, micro):
         r = slice(rows.start + m, rows.start + min(m + micro, n))
-        logp, _ = gpt.completion_logprobs(policy, batch["prompts"][r], batch["completions"][r], batch["pad"])
+        logp, _ = logprobs(policy, batch, r, cfg)
         T = logp.size(1)  # this micro-batch's longest completion; the rest of the row is padding
         loss, s = grpo_loss(logp, batch["old_logp"][r, :T], batch["ref_logp"][r, :T], batch["advantages"][r],
                             batch["mask"][r, :T], cfg.loss, cfg.eps_low, cfg.eps_high, cfg.beta,

@@ -20,6 +20,11 @@ def tiny_model(cfg, seed=0):
     return gpt.GPT(cfg).eval()
 
 
+def float64_model(cfg):
+    """RoPE's tables are float32 whatever the model: learned positions keep it all in float64."""
+    return tiny_model(dataclasses.replace(cfg, pos="learned")).double()
+
+
 def random_batch(n, vocab, seed=0, G=2):
     """n (prompt, completion) token lists of varied lengths, in contiguous groups of G prompts."""
     rng = random.Random(seed)
@@ -142,6 +147,24 @@ def test_ratio_is_one_and_kl_zero_at_init(tiny_gpt_config):
     assert torch.equal(batch["ref_logp"], batch["old_logp"])
     _, stats = grpo.grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], mask, "grpo", beta=0.1)
     assert stats["kl"] == 0.0 and stats["clipped"] == 0.0
+
+
+def test_log_probs_are_taken_at_the_sampling_temperature(tiny_gpt_config):
+    model = float64_model(tiny_gpt_config)
+    cfg = grpo.Config(group_size=2, prompts_per_step=4, temperature=0.6, max_new_tokens=9, beta=0.1)
+    batch = scored_batch(model, cfg)
+    for row, (p, c) in enumerate(zip(batch["prompts"], batch["completions"])):
+        with torch.no_grad():  # the distribution the sampler draws from, row alone, unpadded
+            logits = model(torch.tensor([p + c]))[0][0, len(p) - 1:-1]
+            probs = gpt.next_token_probs(logits, temperature=0.6)
+        expected = probs.log().gather(1, torch.tensor(c)[:, None]).squeeze(1)
+        torch.testing.assert_close(batch["old_logp"][row, :len(c)], expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(batch["ref_logp"], batch["old_logp"], rtol=0, atol=0)
+    # the new log-probs too: the unmoved policy has ratio 1 and KL 0 to the tempered reference
+    stats = grpo.minibatch_backward(model, batch, slice(0, 8), cfg)
+    assert stats["clipped"] == 0 and stats["kl"] < 1e-12
+    with pytest.raises(ValueError, match="temperature=0"):  # greedy groups: log pi_0 is undefined
+        grpo.Config(temperature=0)
 
 
 def test_logprobs_ignore_left_padding_and_keep_eos_when_pad_is_eos(tiny_gpt_config):
