@@ -296,15 +296,16 @@ def minibatch_backward(policy, batch, rows, cfg):
 
 
 def policy_update(policy, ref, opt, batch, cfg):
-    """updates_per_rollout optimizer steps over equal minibatches of one rollout batch. old_logp
-    comes from the policy before the first step, so the first minibatch's ratio is exactly 1."""
+    """updates_per_rollout optimizer steps per epoch over minibatches of one rollout batch, their
+    sizes within one row of each other even when DAPO refilled only part of it. old_logp comes
+    from the policy before the first step, so the first minibatch's ratio is exactly 1."""
     score_batch(policy, ref, batch, cfg)
-    N = len(batch["prompts"])
-    size, stats = N // cfg.updates_per_rollout, []
+    N, u, stats = len(batch["prompts"]), cfg.updates_per_rollout, []
+    bounds = [N * i // u for i in range(u + 1)]
     policy.train()
-    for start in [s for _ in range(cfg.epochs) for s in range(0, N, size)]:
+    for start, end in [b for _ in range(cfg.epochs) for b in zip(bounds, bounds[1:])]:
         opt.zero_grad(set_to_none=True)
-        stats.append(minibatch_backward(policy, batch, slice(start, start + size), cfg))
+        stats.append(minibatch_backward(policy, batch, slice(start, end), cfg))
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
     policy.eval()

@@ -137,6 +137,23 @@ def test_micro_batched_accumulation_equals_the_full_batch(tiny_gpt_config, loss_
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
 
 
+def test_a_partly_refilled_batch_splits_into_fair_minibatches(monkeypatch):
+    # 16 rows (DAPO refilled 4 of 6 groups of G=4) over updates_per_rollout=3: old code cut
+    # minibatches of 16 // 3 = 5 rows and added a fourth optimizer step of 1 row
+    cfg = grpo.Config(loss="dapo", group_size=4, prompts_per_step=6, updates_per_rollout=3)
+    seen = []
+    monkeypatch.setattr(grpo, "minibatch_backward", lambda m, b, rows, c: seen.append(rows) or {})
+    monkeypatch.setattr(grpo, "score_batch", lambda policy, ref, b, c: b)
+    model = torch.nn.Linear(1, 1)
+    batch = dict(prompts=[[1]] * 16)
+    grpo.policy_update(model, None, torch.optim.SGD(model.parameters()), batch, cfg)
+    sizes = [r.stop - r.start for r in seen]
+    assert len(seen) == cfg.updates_per_rollout * cfg.epochs  # one optimizer step per minibatch
+    assert max(sizes) - min(sizes) <= 1  # a fair share each: 5, 5 and 6 rows
+    for epoch in (seen[:3], seen[3:]):  # every row once per epoch
+        assert [i for r in epoch for i in range(r.start, r.stop)] == list(range(16))
+
+
 def test_ratio_is_one_and_kl_zero_at_init(tiny_gpt_config):
     model = tiny_model(tiny_gpt_config)
     cfg = grpo.Config(group_size=2, prompts_per_step=4, beta=0.1)
