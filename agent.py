@@ -110,7 +110,7 @@ class ToolRegistry:
             problems = validate(arguments, tool.parameters)
             if problems:
                 return dict(content=f"invalid arguments for {name}: " + "; ".join(problems),
-                            is_error=True, error="wrong_arguments")
+                            is_error=True, error="invalid_arguments")
             return dict(content=str(tool.fn(**arguments)), is_error=False, error=None)
         except Exception as e:
             return dict(content=f"{name} failed: {e}", is_error=True, error="tool_error")
@@ -397,9 +397,10 @@ def run_agent(policy, task, registry, max_steps=5):
     """Observe (the transcript) -> plan and act (policy writes a thought and a call) -> the result
     is the next observation. Ends on final_answer, on a repeated identical call (a loop) or after
     max_steps turns. policy(transcript) -> the model's next turn as text. Returns the episode:
-    answer, stop reason, events (for the failure taxonomy) and the transcript."""
-    transcript, events, calls = system_prompt(registry) + "<|user|>" + task + "<|assistant|>", [], []
-    episode = dict(answer=None, stop="max_steps", events=events, n_tool_results=0)
+    answer, stop reason, events, the calls made [(name, arguments, result)] and the transcript."""
+    transcript = system_prompt(registry) + "<|user|>" + task + "<|assistant|>"
+    events, calls, seen = [], [], set()
+    episode = dict(answer=None, stop="max_steps", events=events, calls=calls)
     for _ in range(max_steps):
         turn = policy(transcript)
         transcript += turn if turn.endswith(END) else turn + END
@@ -409,19 +410,18 @@ def run_agent(policy, task, registry, max_steps=5):
             events.append("invalid_format")
             transcript += observation(f"error: {e}")
             continue
-        call = (name, json.dumps(arguments, sort_keys=True))
-        if call in calls:  # the same call again cannot tell the model anything new
+        key = (name, json.dumps(arguments, sort_keys=True))
+        if key in seen:  # the same call again cannot tell the model anything new
             events.append("loop")
             episode["stop"] = "loop"
             break
-        calls.append(call)
+        seen.add(key)
         result = registry.call_tool(name, arguments)
+        calls.append((name, arguments, result))
         if result["error"]:
             events.append(result["error"])
-        elif name != "final_answer":
-            episode["n_tool_results"] += 1
-            if result["content"] == "":
-                events.append("empty_result")
+        elif name != "final_answer" and result["content"] == "":
+            events.append("empty_result")
         if name == "final_answer" and not result["is_error"]:
             episode.update(answer=result["content"], stop="final_answer")
             break
@@ -531,12 +531,39 @@ def train_agent(cfg, device):
     return model, tok
 
 
-TAXONOMY = ["invalid_format", "unknown_tool", "wrong_arguments", "tool_error", "empty_result", "max_steps", "loop",
+TAXONOMY = ["tool_not_called", "invalid_format", "wrong_tool", "hallucinated_tool",
+            "wrong_arguments", "invalid_arguments", "tool_error", "empty_result",
             "wrong_use_of_output"]
 
 
+def classify(episode, task):
+    """The one failure kind of a failed episode, judged against the expert's calls: a tool that
+    does not exist; else the first expert call the model did not make with the expert's result
+    (its last try invalid, failing, or schema-valid with wrong values, e.g. a miscopied digit; or
+    never tried, another tool in its place); else how it used the outputs it had."""
+    calls, expert = episode["calls"], make_registry(House(task["temperatures"]))
+    if any(result["error"] == "unknown_tool" for _, _, result in calls):
+        return "hallucinated_tool"
+    foreign = any(name not in [needed for _, needed, _ in task["calls"]] for name, _, _ in calls)
+    empty = False
+    for k, (_, tool, arguments) in enumerate(task["calls"][:-1]):  # the expert's, final aside
+        expected = expert.call_tool(tool, arguments)
+        tries = [result for name, _, result in calls if name == tool]
+        if expected in tries:  # the same output as the expert's, whatever the spelling ("89*347")
+            empty = empty or expected["content"] == ""
+        elif tries:
+            return tries[-1]["error"] or "wrong_arguments"
+        elif foreign:  # a tool the expert never needed, in place of this one
+            return "wrong_tool"
+        elif k == 0:
+            return "invalid_format" if "invalid_format" in episode["events"] else "tool_not_called"
+        else:
+            break  # an earlier output called for this call and the model did not make it
+    return "empty_result" if empty else "wrong_use_of_output"
+
+
 def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
-    """Success rate per family and failure counts (episodes showing each failure) on held-out tasks."""
+    """Success rate per family, and failed episodes counted by their one failure kind (classify)."""
     wins, failures = {f: [] for f in FAMILIES}, dict.fromkeys(TAXONOMY, 0)
     for task in tasks:
         house = House(task["temperatures"])
@@ -544,11 +571,8 @@ def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
         episode = run_agent(GPTPolicy(model, tok, registry, constrained), task["text"], registry, max_steps)
         ok = episode["answer"] == task["answer"] and house.setpoint == task["setpoint"]
         wins[task["family"]].append(ok)
-        for event in set(episode["events"]):
-            failures[event] += 1
-        if not ok and episode["stop"] == "final_answer" and episode["n_tool_results"]:
-            failures["wrong_use_of_output"] += 1  # tools answered without error, the answer is still wrong
-            # (this includes schema-valid calls with mistyped values, e.g. a digit copied wrong)
+        if not ok:
+            failures[classify(episode, task)] += 1
     return {f: sum(w) / max(len(w), 1) for f, w in wins.items()}, failures
 
 
@@ -568,7 +592,7 @@ def main(cfg):
     print(f"{'condition':<22}" + "".join(f"{f:>12}" for f in FAMILIES))
     for name, (wins, _) in results.items():
         print(f"{name:<22}" + "".join(f"{wins[f]:>12.0%}" for f in FAMILIES))
-    print(f"\nfailure taxonomy (episodes with each failure, of {len(tasks)})")
+    print(f"\nfailure taxonomy (failed episodes by their one failure kind, of {len(tasks)})")
     print(f"{'failure':<22}" + "".join(f"{name:>22}" for name in results))
     for kind in TAXONOMY:
         print(f"{kind:<22}" + "".join(f"{failures[kind]:>22}" for _, failures in results.values()))
