@@ -142,19 +142,52 @@ def test_nf4_levels_match_the_paper():
     torch.testing.assert_close(sft.NF4, torch.tensor(NF4_PAPER), rtol=0, atol=1e-6)
 
 
+def double_quantised_absmax(q):
+    """c'_b = e4m3 code * s_k + mean in float64 from the stored tensors: the reference decoder."""
+    codes = q["absmax_codes"].double()
+    codes = F.pad(codes, (0, -len(codes) % 256)).view(-1, 256)  # one row per fp32 scale s_k
+    codes = (codes * q["absmax_scale"].double()[:, None]).flatten()[:len(q["absmax_codes"])]
+    return codes + q["absmax_mean"].double()
+
+
+def test_double_quantised_constants_are_e4m3_within_its_bound():
+    """QLoRA's double quantisation (Dettmers et al. 2023): the absmax constants c_b, minus their
+    mean m (kept in fp32), go to 8-bit floats in blocks of 256, each with an fp32 scale s_k that
+    maps the block's largest |c_b - m| to 448, e4m3's largest value. e4m3 keeps 3 mantissa bits,
+    so rounding to nearest errs by at most half a step: 2^-4 |x| for a normal x (in [2^e, 2^(e+1))
+    the step is 2^(e-3)) and 2^-10 for a subnormal one (|x| < 2^-6, step 2^-9); |x| <= 448 never
+    saturates. So |c_b - c'_b| <= s_k max(2^-4 |x_b|, 2^-10) with x_b = (c_b - m) / s_k exact."""
+    torch.manual_seed(0)
+    w = torch.randn(130, 300) * torch.logspace(-3, 0, 130)[:, None]  # constants over 3 decades
+    q = sft.quantize_nf4(w)
+    assert q["absmax_codes"].dtype == torch.float8_e4m3fn
+    assert q["absmax_scale"].dtype == q["absmax_mean"].dtype == torch.float32
+    c = F.pad(w.flatten(), (0, -w.numel() % 64)).view(-1, 64).abs().amax(1).double()  # 610 blocks
+    m = q["absmax_mean"].double()
+    torch.testing.assert_close(m, c.mean(), rtol=1e-6, atol=0)  # an fp32 mean of 610 numbers
+    centred = F.pad(c - m, (0, -len(c) % 256)).view(-1, 256)  # 3 blocks of 256, the last padded
+    s = q["absmax_scale"].double()
+    torch.testing.assert_close(s, centred.abs().amax(1) / 448, rtol=1e-6, atol=0)
+    s_b = s.repeat_interleave(256)[:len(c)]  # the scale of each constant's block
+    bound = s_b * torch.maximum((c - m).abs() / s_b / 16, torch.tensor(2.0 ** -10))
+    error = (c - double_quantised_absmax(q)).abs()
+    assert (error <= bound * (1 + 1e-5)).all()  # 1e-5: fp32 rounding of c - m and of x, 2^-24 each
+    assert (error / bound).max() > 0.5  # a real 8-bit float rounding, not a lossless copy
+
+
 def test_nf4_round_trip_is_within_the_format_bound():
     """|w - w'| <= (largest NF4 gap / 2) * c_b + |c_b - c'_b| for every weight of block b, where
-    c_b is its absmax and c'_b the double-quantised one; codes are the brute-force nearest level."""
+    c_b is its absmax and c'_b the double-quantised one; codes are the brute-force nearest level;
+    dequantize_nf4 equals NF4_PAPER[code] * c'_b computed in float64."""
     torch.manual_seed(0)
     w = torch.randn(300, 100) * 0.02
     w[5, 7], w[200, 3] = 0.5, -0.3  # outliers: their blocks get coarse steps, the others do not
     q = sft.quantize_nf4(w)
-    error = (w - sft.dequantize_nf4(q)).abs().flatten()
-    blocks = F.pad(w.flatten(), (0, -w.numel() % 64)).view(-1, 64)  # 30000 weights = 468.75 blocks: padded
+    dequantized = sft.dequantize_nf4(q)
+    error = (w - dequantized).abs().flatten()
+    blocks = F.pad(w.flatten(), (0, -w.numel() % 64)).view(-1, 64)  # 468.75 blocks: padded
     c = blocks.abs().amax(1).double()
-    c_dq = (F.pad(q["absmax_codes"].double(), (0, -len(c) % 256)).view(-1, 256) / 127
-            * q["absmax_scale"].double()[:, None]).flatten()[:len(c)] + q["absmax_mean"].double()
-    assert ((c - c_dq).abs().view(-1)[:256] <= q["absmax_scale"][0] / 254 + 1e-9).all()  # 8-bit rounding
+    c_dq = double_quantised_absmax(q)
     gap = (sft.NF4[1:] - sft.NF4[:-1]).max().double()
     bound = (gap / 2 * c + (c - c_dq).abs()).repeat_interleave(64)[:w.numel()]
     assert (error.double() <= bound * (1 + 1e-6)).all()
@@ -162,6 +195,10 @@ def test_nf4_round_trip_is_within_the_format_bound():
     nearest = (blocks.double()[..., None] / c[:, None, None] - sft.NF4.double()).abs().argmin(-1).flatten()
     codes = torch.stack([q["codes"] >> 4, q["codes"] & 15], -1).flatten().long()
     assert (codes == nearest).float().mean() > 0.999  # ties at exact midpoints may go either way
+    reference = (torch.tensor(NF4_PAPER, dtype=torch.float64)[codes].view(-1, 64) * c_dq[:, None])
+    # fp32 evaluation of code * s_k + m and of the product: a few roundings of 2^-24 times max c
+    torch.testing.assert_close(dequantized.double().flatten(), reference.flatten()[:w.numel()],
+                               rtol=0, atol=float(c.max()) * 2 ** -20)
     bits = 8 * sum(t.numel() * t.element_size() for k, t in q.items() if k != "shape") / w.numel()
     assert 4 + 8 / 64 < bits < 4.2  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks (+ padding)
 
