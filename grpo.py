@@ -9,7 +9,7 @@ Papers: Shao et al. 2024 (DeepSeekMath, GRPO), Liu et al. 2025 (Dr. GRPO), Yu et
 Chen et al. 2021 (the unbiased pass@k estimator).
 
     python grpo.py                   # SFT warm-up on a few examples, then GRPO on arithmetic
-    python grpo.py --loss=dr_grpo    # no std scaling, constant normaliser G * max length
+    python grpo.py --loss=dr_grpo    # no std scaling, constant normaliser: rows x token budget
     python grpo.py --loss=dapo       # token-level normaliser, clip-higher, dynamic sampling
 
 On CPU (about 5.5 minutes) you see a tiny model trained from nothing learn the answer format
@@ -145,12 +145,16 @@ def token_weights(mask, loss_type, max_len=None):
     """w (B, T) such that the loss is sum_t w_t * l_t, i.e. each variant's normaliser:
     grpo    1 / (|o_i| * B)        the mean over each sequence, then over sequences
     dr_grpo 1 / (B * max_len)      a constant: no bias towards short correct/long wrong answers
-    dapo    1 / sum_i |o_i|        every token of the batch counts the same"""
+    dapo    1 / sum_i |o_i|        every token of the batch counts the same
+    B is the minibatch's rows and max_len the completion budget, as in Liu et al.'s code: each
+    completion's token sum over generate_max_length, then the mean over the minibatch."""
     mask = mask.float()
     if loss_type == "grpo":
         return mask / (mask.sum(1, keepdim=True).clamp(min=1) * mask.size(0))
     if loss_type == "dr_grpo":
-        return mask / (mask.size(0) * (max_len or mask.size(1)))
+        if not max_len:  # the batch's own width would make the normaliser vary batch to batch
+            raise ValueError("dr_grpo divides by the token budget: pass max_len=max_new_tokens")
+        return mask / (mask.size(0) * max_len)
     if loss_type == "dapo":
         return mask / mask.sum().clamp(min=1)
     raise ValueError(f"loss_type={loss_type!r}; choose grpo, dr_grpo or dapo")

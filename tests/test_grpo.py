@@ -71,12 +71,40 @@ def test_token_weights_are_each_variants_normaliser():
         grpo.token_weights(mask, "ppo")
 
 
+def test_dr_grpo_divides_by_rows_times_the_budget_as_the_papers_code_does(tiny_gpt_config):
+    # Liu et al. 2025's code (oat, critic_type="drgrpo") sums each completion's token losses,
+    # divides by the constant generate_max_length, then takes the mean over the minibatch's
+    # rows; TRL's loss_type="dr_grpo" divides by batch size x max_completion_length. Worked
+    # example: 3 rows of 2, 4 and 1 real tokens, budget 9, rows x budget = 27 for every token.
+    mask = torch.arange(5)[None] < torch.tensor([2, 4, 1])[:, None]
+    torch.testing.assert_close(grpo.token_weights(mask, "dr_grpo", max_len=9), mask / 27.0)
+    with pytest.raises(ValueError, match="max_len"):  # the batch's own width is not a constant
+        grpo.token_weights(mask, "dr_grpo")
+    # and the update uses it: minibatch_backward's gradient is that of the paper's formula
+    model = float64_model(tiny_gpt_config)
+    # budget 8 and 4 rows: the float32 token weight 1/32 is exact, so float64 agreement is too
+    cfg = grpo.Config(loss="dr_grpo", group_size=2, prompts_per_step=4, beta=0.0, max_new_tokens=8)
+    batch = scored_batch(model, cfg)
+    rows = slice(2, 6)
+    model.zero_grad()
+    grpo.minibatch_backward(model, batch, rows, cfg)
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logp, mask = gpt.completion_logprobs(model, batch["prompts"][rows], batch["completions"][rows])
+    ratio = torch.exp(logp - batch["old_logp"][rows, :logp.size(1)])
+    per_token = -batch["advantages"][rows, None] * ratio * mask
+    (per_token.sum(-1) / 8).mean().backward()  # sum over tokens / budget, mean over rows
+    for p, g in zip(model.parameters(), ours):
+        torch.testing.assert_close(g, p.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_loss_at_ratio_one_is_the_weighted_advantage_sum():
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
     logp = torch.full((2, 4), -1.0) * mask
     A = torch.tensor([2.0, -1.0])
     for loss_type, expected in [("grpo", -(2 * 3 / 6 - 1 / 2)), ("dr_grpo", -(2 * 3 - 1) / 8), ("dapo", -(2 * 3 - 1) / 4)]:
-        loss, stats = grpo.grpo_loss(logp, logp, logp, A, mask, loss_type)
+        weights = grpo.token_weights(mask, loss_type, max_len=4)  # dr_grpo: B * budget = 2 * 4
+        loss, stats = grpo.grpo_loss(logp, logp, logp, A, mask, loss_type, weights=weights)
         assert loss.item() == pytest.approx(expected)
         assert stats["kl"] == 0 and stats["clipped"] == 0
 
