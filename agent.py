@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
+from tqdm import tqdm
 
 import gpt
 
@@ -565,7 +566,8 @@ def classify(episode, task):
 def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
     """Success rate per family, and failed episodes counted by their one failure kind (classify)."""
     wins, failures = {f: [] for f in FAMILIES}, dict.fromkeys(TAXONOMY, 0)
-    for task in tasks:
+    desc = f"eval: {'tools' if with_tools else 'no tools'}{', constrained' if constrained else ''}"
+    for task in tqdm(tasks, desc=desc, leave=False):
         house = House(task["temperatures"])
         registry = make_registry(house if with_tools else None)
         episode = run_agent(GPTPolicy(model, tok, registry, constrained), task["text"], registry, max_steps)

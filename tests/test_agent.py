@@ -247,6 +247,11 @@ def test_successful_episodes_count_no_failure(monkeypatch, task, turns):
     assert sum(failures_of(monkeypatch, task, *turns).values()) == 0
 
 
+def test_evaluation_shows_a_progress_bar(monkeypatch, capsys):
+    failures_of(monkeypatch, MULTIPLY, final("30883"))
+    assert "0/1" in capsys.readouterr().err  # tqdm's bar over the one episode
+
+
 # ----------------------------------------------------------------------------- constrained decoding
 
 def decode_call(tok, names, logits_fn, max_call=40, max_thought=8):
