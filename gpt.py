@@ -318,8 +318,10 @@ class GPT(nn.Module):
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                  allowed_tokens=None, use_cache=True, generator=None, pad_id=0):
         """Sample continuations of a batch of token lists, left-padded so they end together.
-        temperature=0 is greedy. allowed_tokens(generated (B, t)) -> bool (B, vocab) constrains
-        each step. Returns the new tokens of each prompt, up to and including its first stop token."""
+        temperature=0 is greedy. allowed_tokens(generated (b, t)) -> bool (b, vocab) constrains
+        each step; it gets only the b unfinished rows, in batch order, since a finished row's
+        tokens may no longer parse. Returns the new tokens of each prompt, up to and including its
+        first stop token."""
         idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
@@ -330,7 +332,7 @@ class GPT(nn.Module):
         h = self.hidden(idx, valid, cache)
         for t in range(max_new_tokens):
             logits = upcast(self.lm_head(h[:, -1]))  # (B, vocab)
-            allowed = allowed_tokens(out[:, :t]) if allowed_tokens is not None else None
+            allowed = None if allowed_tokens is None else constrain(allowed_tokens, out[:, :t], done)
             token = sample_next(logits, temperature, top_k, top_p, allowed, generator).masked_fill(done, pad_id)
             out[:, t] = token
             stopped = ~done & torch.isin(token, stops)
@@ -389,6 +391,19 @@ def pad_left(seqs, pad_id, device=None, width=None):
     lengths = torch.tensor([len(s) for s in seqs])
     valid = torch.arange(width)[None, :] >= (width - lengths)[:, None]
     return idx.to(device), valid.to(device)
+
+
+def constrain(allowed_tokens, generated, done):
+    """The (B, vocab) mask for step t = generated.size(1): allowed_tokens' for the unfinished rows,
+    everything for the finished ones, which it never sees."""
+    rows = (~done).nonzero().flatten()
+    allowed = allowed_tokens(generated[rows])  # (b, vocab)
+    empty = (~allowed.any(-1)).nonzero().flatten().tolist()
+    if empty:  # softmax over no token is NaN, and argmax would pick token 0 unseen
+        raise ValueError(f"allowed_tokens allows no token for row {int(rows[empty[0]])} at step "
+                         f"{generated.size(1)}: every unfinished row needs at least one allowed token")
+    full = torch.ones(len(done), allowed.size(1), dtype=torch.bool, device=allowed.device)
+    return full.index_copy(0, rows, allowed)
 
 
 def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None):

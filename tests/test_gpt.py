@@ -151,6 +151,37 @@ def test_allowed_token_mask_is_obeyed(tiny_gpt_config):
     assert seen[0] == (2, 0) and seen[-1] == (2, 9)  # called every step with what was generated so far
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_an_allowed_mask_that_leaves_a_row_no_token_is_an_error(tiny_gpt_config, temperature):
+    model = make_model(tiny_gpt_config)
+
+    def empty_row_1_at_step_2(generated):
+        allowed = torch.ones(generated.size(0), 64, dtype=torch.bool)
+        allowed[1] = generated.size(1) != 2
+        return allowed
+    with pytest.raises(ValueError, match="row 1 at step 2"):
+        model.generate([[1, 2], [5]], 6, temperature=temperature, allowed_tokens=empty_row_1_at_step_2,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def test_the_constraint_never_sees_a_finished_row(tiny_gpt_config):
+    """A finished row is not passed to allowed_tokens (a parser-like constraint could fail on the
+    tokens after a stop); the other rows still get it, in batch order, and decode as alone."""
+    model = make_model(tiny_gpt_config)
+    prompts = [[1, 2, 3], [7, 8], [4]]
+    free = model.generate(prompts, 12, temperature=0)
+    stop = next(t for t in free[0] if t not in free[1][:8] + free[2][:8])
+    seen = []
+
+    def everything(generated):
+        assert not torch.isin(generated, torch.tensor([stop])).any(), "a finished row was consulted"
+        seen.append(generated.size(0))
+        return torch.ones(generated.size(0), 64, dtype=torch.bool)
+    out = model.generate(prompts, 12, temperature=0, stop_tokens=[stop], allowed_tokens=everything)
+    assert out == [model.generate([p], 12, temperature=0, stop_tokens=[stop])[0] for p in prompts]
+    assert seen[0] == 3 and seen[-1] < 3  # row 0 stopped, and the callback got fewer rows after
+
+
 def test_top_p_keeps_exactly_the_smallest_nucleus():
     torch.manual_seed(0)
     logits = torch.randn(200, 12) * 2
