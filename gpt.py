@@ -347,7 +347,8 @@ class GPT(nn.Module):
     def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(), length_penalty=1.0):
         """Keep the beam_size most probable partial continuations; a hypothesis that emits a stop
         token is finished, and the search ends once beam_size are finished (or at the length
-        limit). Returns the finished one with the best log p / len^length_penalty."""
+        limit, where the live beams join the finished ones, as in Hugging Face's finalize).
+        Returns the hypothesis with the best log p / len^length_penalty."""
         idx, _ = self._prepare([prompt], max_new_tokens, 0)
         cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
         h = self.hidden(idx.expand(beam_size, -1), cache=cache)
@@ -376,8 +377,9 @@ class GPT(nn.Module):
             beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
             cache.reorder(torch.tensor(parents, device=idx.device))
             h = self.hidden(torch.tensor(tokens, device=idx.device)[:, None], cache=cache)
-        if not finished:  # nothing stopped: rank the live beams instead
-            finished = [(s / max(len(b), 1) ** length_penalty, b) for s, b in zip(scores.tolist(), beams) if s > -math.inf]
+        else:  # no break: the length limit ended it, and a live beam may beat the finished
+            finished += [(s / max(len(b), 1) ** length_penalty, b)
+                         for s, b in zip(scores.tolist(), beams) if s > -math.inf]
         return max(finished, key=lambda f: f[0])[1]
 
 

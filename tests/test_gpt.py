@@ -1,6 +1,7 @@
 """gpt.py against independent references: a float64 re-derivation of the forward pass, brute
 force over small vocabularies, exact distributions, and worked examples."""
 import collections
+import itertools
 import math
 import os
 import random
@@ -233,6 +234,28 @@ def test_wide_beam_finds_the_most_probable_sequence():
     assert model.beam_search(prompt, beam_size=36, max_new_tokens=3) == best
     assert model.generate([prompt], 3, temperature=0)[0] != best  # so the test tells search from greedy
     assert model.beam_search(prompt, beam_size=2, max_new_tokens=3) != best  # and a narrow beam misses too
+
+
+def test_wide_beam_with_stop_token_and_length_penalty_matches_brute_force():
+    """V=4 with stop token 0, 3 new tokens, beam 36 = 3^2 live beams x 4 tokens: every candidate
+    of every step is kept, so the search is exact. The answer must be the best of all 40 possible
+    hypotheses by log p / len^length_penalty: finished ones (ending in the stop token) and the
+    ones still live at the length limit, ranked together as in Hugging Face's finalize."""
+    V, N, stop, winners = 4, 3, 0, set()
+    hyps = [list(s) for n in range(1, N + 1) for s in itertools.product(range(V), repeat=n)
+            if stop not in s[:-1] and (s[-1] == stop or n == N)]
+    lengths = torch.tensor([len(h) for h in hyps], dtype=torch.float64)
+    for seed in range(4):
+        cfg = gpt.GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_embeddings=False)
+        model = make_model(cfg, seed=seed)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(5)
+        logp, _ = gpt.completion_logprobs(model, [[1, 2]] * len(hyps), hyps)
+        for length_penalty in (0.5, 2.0):
+            best = hyps[(logp.sum(-1) / lengths ** length_penalty).argmax()]
+            assert model.beam_search([1, 2], 36, N, [stop], length_penalty) == best
+            winners.add("finished" if best[-1] == stop else "live")
+    assert winners == {"finished", "live"}  # both kinds win somewhere, so both are compared
 
 
 def test_speculative_greedy_equals_target_greedy(tiny_gpt_config):
