@@ -333,13 +333,22 @@ def chars_to_finish(state, names):
     return {"object": 2, "after": 2, "value": 3, "string": 3, "escape": 4, "done": 0}[kind]
 
 
+CALL_START = ("lit", '{"name": "', 0, ("name", ""))
+
+
 class CallConstraint:
     """allowed_tokens for gpt.generate. Before <|tool_call|>: any ordinary token (the plan), up to
     max_thought tokens, then <|tool_call|> is forced. After it: only tokens that keep the call a
-    valid prefix that can still be closed within max_call tokens; once closed, only <|end|>."""
+    valid prefix that can still be closed within max_call tokens; once closed, only <|end|>.
+    budget: new tokens in all; GPTPolicy lowers it near the context limit, and the plan yields."""
 
     def __init__(self, tok, tool_names, vocab_size, max_thought=32, max_call=64):
         self.names, self.max_thought, self.max_call = tuple(tool_names), max_thought, max_call
+        self.min_call = chars_to_finish(CALL_START, self.names) + 1  # its characters, then <|end|>
+        if max_call < self.min_call:
+            raise ValueError(f"max_call={max_call} cannot hold the shortest call of {self.names} "
+                             f"({self.min_call} tokens with <|end|>): raise max_call")
+        self.budget = max_thought + 1 + max_call
         self.call_id, self.end_id = tok.special(TOOL_CALL), tok.special(END)
         self.texts, self.by_first = {}, {}  # ordinary ASCII token id -> text; first character -> [(id, text)]
         for i in range(tok.eot_id):
@@ -356,16 +365,17 @@ class CallConstraint:
         return allowed.to(generated.device)
 
     def allowed_for(self, tokens):
-        if self.call_id not in tokens:
-            return (list(self.texts) if len(tokens) < self.max_thought else []) + [self.call_id]
+        if self.call_id not in tokens:  # the plan, while the shortest call still fits after it
+            plan = len(tokens) < min(self.max_thought, self.budget - 1 - self.min_call)
+            return (list(self.texts) if plan else []) + [self.call_id]
         start = tokens.index(self.call_id) + 1
-        state = ("lit", '{"name": "', 0, ("name", ""))
+        state = CALL_START
         for t in tokens[start:]:
             for c in self.texts[t]:
                 state = step(state, c, self.names)
         if state == ("done",):
             return [self.end_id]
-        left = self.max_call - (len(tokens) - start) - 1  # tokens left after this one, <|end|> included
+        left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this one
         ok = []
         for first, group in self.by_first.items():
             if step(state, first, self.names) is None:  # most groups fail on their first character
@@ -445,8 +455,10 @@ class GPTPolicy:
     def __call__(self, transcript):
         ids = self.tok.encode(transcript, allow_special=True)
         budget = min(self.max_new_tokens, self.model.config.block_size - len(ids))
-        if budget < 1:
-            return ""  # the context is full: an invalid turn, and the loop runs out of steps
+        if budget < (1 + self.constraint.min_call if self.constraint else 1):
+            return ""  # no room for a (whole) call: an invalid turn, and the loop runs out of steps
+        if self.constraint:
+            self.constraint.budget = budget
         out = self.model.generate([ids], budget, temperature=0, stop_tokens=(self.tok.special(END),),
                                   allowed_tokens=self.constraint)
         return self.tok.decode(out[0])

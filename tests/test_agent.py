@@ -288,6 +288,26 @@ def test_constrained_policy_with_a_random_model_always_calls_a_real_tool(tok):
         assert name in registry.tools and isinstance(arguments, dict)
 
 
+def test_a_max_call_below_the_shortest_call_is_refused_up_front(tok):
+    # the shortest call: {"name": "calculator", "arguments": {}} is 39 characters, then <|end|>
+    with pytest.raises(ValueError, match="max_call=39"):
+        agent.CallConstraint(tok, ("calculator", "final_answer"), tok.model_vocab_size, max_call=39)
+    agent.CallConstraint(tok, ("calculator", "final_answer"), tok.model_vocab_size, max_call=40)
+
+
+def test_constrained_policy_closes_its_call_in_the_context_left(tok):
+    registry = agent.make_registry(agent.House({"bedroom": 18}))
+    prompt = agent.system_prompt(registry) + "<|user|>What is 12 * 34?<|assistant|>"
+    block_size = len(tok.encode(prompt, allow_special=True)) + 60  # room for 60 of 8 + 1 + 64
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=block_size, n_layer=1,
+                                  n_head=2, n_embd=32))
+    torch.nn.init.zeros_(model.lm_head.weight)  # flat logits: greedy takes the lowest allowed id,
+    # so the plan, keys and strings run on until the constraint closes them
+    turn = agent.GPTPolicy(model, tok, registry, max_thought=8, max_call=64)(prompt)
+    _, name, arguments = agent.parse_tool_call(turn)
+    assert name in registry.tools and isinstance(arguments, dict)
+
+
 def test_main_smoke(capsys):
     agent.main(agent.AgentConfig(n_train=60, n_eval=1, steps=3, n_embd=32, device="cpu", max_steps=1))
     out = capsys.readouterr().out
