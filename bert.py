@@ -114,12 +114,13 @@ class Bert(nn.Module):
 
     def forward(self, idx, segments=None, attn_mask=None):
         """Hidden states (B, T, n_embd). idx: (B, T) token ids; segments: (B, T) 0 for sentence A,
-        1 for B (default all 0); attn_mask: (B, T) True for real tokens (default idx != [PAD])."""
+        1 for B (default all 0); attn_mask: (B, T) True or 1 for real tokens, bool or integer as
+        Hugging Face passes it (default idx != [PAD])."""
         B, T = idx.shape
         if T > self.config.max_len:
             raise ValueError(f"input of {T} tokens is longer than max_len={self.config.max_len}: truncate it")
         segments = torch.zeros_like(idx) if segments is None else segments
-        attn_mask = idx != PAD if attn_mask is None else attn_mask
+        attn_mask = idx != PAD if attn_mask is None else attn_mask.bool()  # HF passes 0/1 ints
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device)) + self.seg_emb(segments)
         x = self.drop(self.emb_ln(x))  # (B, T, C)
         key_mask = None if bool(attn_mask.all()) else attn_mask[:, None, None, :]  # (B, 1, 1, T); None: no padding, fast path

@@ -97,6 +97,22 @@ def test_from_hf_bert_reads_bert_prefixed_pretraining_dicts():
         bert.from_hf_bert({"transformer.wte.weight": torch.zeros(3, 3)})
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_attention_mask_may_be_hugging_faces_0_1_integers(dtype):
+    """HF's tokenizers give attention_mask as 0/1 integers (1 = real token). Position 5 of row 0
+    is masked although it is no [PAD], so the mask is read, not rebuilt from the ids."""
+    sd = random_hf_state_dict()
+    model = bert.from_hf_bert(sd, n_head=4).eval()
+    idx = torch.randint(bert.N_SPECIAL, 50, (2, 12), generator=torch.Generator().manual_seed(3))
+    idx[1, 8:] = bert.PAD
+    mask = idx != bert.PAD
+    mask[0, 5] = False
+    segments = torch.zeros_like(idx)
+    ref_hidden, _ = hf_reference(sd, idx, segments, mask, n_head=4)
+    hidden = model(idx, segments, mask.to(dtype))
+    torch.testing.assert_close(hidden, ref_hidden, rtol=1e-10, atol=1e-10)
+
+
 def test_too_long_input_and_bad_shapes_are_clear_errors():
     model = bert.Bert(bert.BertConfig(vocab_size=40, max_len=8, n_layer=1, n_head=2, n_embd=16))
     with pytest.raises(ValueError, match="longer than max_len=8"):
