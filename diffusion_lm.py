@@ -15,6 +15,7 @@ confident predictions (low-confidence remasking) or random ones, optionally bloc
 
     python diffusion_lm.py                 # train both models, then the steps/speed/quality table
     python diffusion_lm.py --block_length=16 --temperature=0.8
+    python diffusion_lm.py --data=notes.txt --tokenizer=bpe
     python diffusion_lm.py --bench         # tokens/s vs the AR twin at the closest sample quality
 
 On CPU (a few minutes) you see both models train on the embedded corpus, then a table over
@@ -57,15 +58,41 @@ class DiffusionConfig:
     out_dir: str = "out/diffusion_lm"  # checkpoints of both models
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 1337  # data order, masking and sampling
+    data: str = "embedded"  # embedded (Python's docs) | the path of a local UTF-8 text file
     bench: bool = False  # tokens/s against the AR twin at the closest quality (loads out_dir checkpoints)
 
     @property
     def window(self):  # the one-token prompt plus the generated tokens
         return self.gen_length + 1
 
-    def __post_init__(self):
-        if not 0 < self.eps < 1:
-            raise ValueError(f"eps={self.eps} must lie in (0, 1)")
+    def __post_init__(self):  # every field, before any work: a bad one would fail after training
+        problems = [  # (bad, the one-line error), in the order they are reported
+            (self.gen_length < 2, f"gen_length={self.gen_length} must be at least 2"),
+            (self.tokenizer not in ("byte", "bpe"), f"tokenizer={self.tokenizer!r}: byte or bpe"),
+            (self.vocab_size < 256, f"vocab_size={self.vocab_size} must be at least the 256 bytes"),
+            *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1")
+              for f in ("n_layer", "n_embd", "n_head", "batch_size", "n_samples", "n_mc")],
+            (self.steps < 0, f"steps={self.steps} must be 0 (the device's default) or more"),
+            (self.lr <= 0, f"lr={self.lr} must be positive"),
+            (not 0 < self.eps < 1, f"eps={self.eps} must lie in (0, 1)"),
+            (self.block_length < 0 or self.block_length and self.gen_length % self.block_length,
+             f"block_length={self.block_length} must divide gen_length={self.gen_length}, or be 0"),
+            (self.temperature < 0, f"temperature={self.temperature} must be 0 (greedy) or more"),
+            (not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device),
+             f"device={self.device!r}: choose auto, cpu, cuda, cuda:N or mps"),
+            (self.data != "embedded" and not os.path.isfile(self.data),
+             f"data={self.data!r}: no such file; pass embedded or a local UTF-8 text file"),
+            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a directory")]
+        for bad, error in problems:
+            if bad:
+                raise ValueError(error)
+        if self.n_embd % (2 * self.n_head):  # RoPE rotates pairs of channels in each head
+            raise ValueError(f"n_head={self.n_head} must split n_embd={self.n_embd} in even widths")
+        n_blocks = self.gen_length // (self.block_length or self.gen_length)
+        counts = self.step_counts.split(",")
+        if not all(c.isdecimal() and int(c) > 0 and int(c) % n_blocks == 0 for c in counts):
+            raise ValueError(f"step_counts={self.step_counts!r}: list multiples of the {n_blocks} "
+                             f"blocks (gen_length / block_length), e.g. {n_blocks},{2 * n_blocks}")
 
 
 # ----------------------------------------------------------------------------- the process
@@ -235,12 +262,24 @@ def build(cfg, tok, causal, device):
 
 
 def load_data(cfg):
-    """The embedded corpus as bytes or BPE tokens: (tokenizer, train ids, val ids), a 90/10 split."""
-    text = gpt.embedded_corpus()
+    """The corpus as bytes or BPE tokens: (tokenizer, train ids, val ids), a 90/10 split."""
+    if cfg.data == "embedded":
+        text = gpt.embedded_corpus()
+    else:
+        try:
+            with open(cfg.data, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: --data={cfg.data} is not readable UTF-8 text ({e})") from None
+    if not text.strip():
+        raise SystemExit(f"error: --data={cfg.data} is empty: pass a text file")
     if cfg.collapse_spaces:  # one space per run of spaces or tabs, at most one blank line
         text = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+", " ", text))
     tok = gpt.Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    if len(ids) < 10 * (cfg.window + 2):  # the 10% held out must hold a window and its target
+        raise SystemExit(f"error: --data={cfg.data} has {len(ids)} tokens, too few for windows of "
+                         f"{cfg.window}: use a longer file or a smaller --gen_length")
     split = int(0.9 * len(ids))
     return tok, ids[:split], ids[split:]
 

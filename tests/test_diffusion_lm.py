@@ -249,6 +249,31 @@ def test_bench_without_checkpoints_says_which_run_makes_them(tmp_path):
         dlm.main(dlm.DiffusionConfig(out_dir=str(tmp_path), bench=True, device="cpu"))
 
 
+@pytest.mark.parametrize("field,value", [
+    ("step_counts", "8,x"), ("step_counts", "8,12"), ("step_counts", "0,8"), ("step_counts", ""),
+    ("gen_length", 1), ("block_length", 5), ("block_length", -8), ("tokenizer", "gpt2"),
+    ("vocab_size", 100), ("n_layer", 0), ("n_embd", 0), ("n_head", 3), ("steps", -1),
+    ("batch_size", 0), ("lr", 0.0), ("eps", 1.0), ("temperature", -0.5), ("n_samples", 0),
+    ("n_mc", 0), ("device", "gpu"), ("data", "no/such/file.txt"), ("out_dir", __file__)])
+def test_every_field_is_checked_before_any_work(field, value):
+    """A bad value stops the run at parse time, in one line that names the field, instead of
+    after 800 training steps (as --step_counts=8,x did)."""
+    with pytest.raises(SystemExit, match=rf"^error: [^\n]*\b{field}=[^\n]*$"):
+        gpt.parse_args(dlm.DiffusionConfig, [f"--{field}={value}"])
+
+
+def test_data_reads_a_local_text_file_and_names_it_when_empty_or_not_utf8(tmp_path):
+    path = tmp_path / "notes.txt"
+    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(40))
+    path.write_text(text, encoding="utf-8")
+    tok, train_ids, val_ids = dlm.load_data(dlm.DiffusionConfig(data=str(path), gen_length=8))
+    assert tok.decode(train_ids.tolist() + val_ids.tolist()) == text  # the file, bytes for bytes
+    for content in (b"", b"caf\xe9 au lait\n" * 100, b"too short\n"):  # empty; Latin-1; short
+        path.write_bytes(content)
+        with pytest.raises(SystemExit, match=rf"^error: --data={path} [^\n]*$"):
+            dlm.load_data(dlm.DiffusionConfig(data=str(path)))
+
+
 def test_collapse_spaces_squeezes_runs_and_keeps_words():
     _, kept, _ = dlm.load_data(dlm.DiffusionConfig(collapse_spaces=False))
     tok, squeezed, _ = dlm.load_data(dlm.DiffusionConfig())
