@@ -80,6 +80,23 @@ def test_top_k_equals_a_stable_full_sort():
         assert rag.top_k(scores, k).tolist() == np.argsort(-scores, kind="stable")[:k].tolist()
 
 
+def test_retrieval_table_reports_hit_at_1_precision_and_the_ceiling(capsys):
+    # query 0 has two relevant chunks, so Recall@1 can reach 1/2 at most while hit@1 can reach 1;
+    # ranking [4, 7, ...] puts a relevant chunk first: hit@1 = P@1 = 1, Recall@1 = 1/2;
+    # query 1 (relevant {3}) finds it at rank 2: hit@1 = 0, Recall@1 = 0, P@5 = 1/5.
+    rankings, relevant = [[4, 7, 1, 2, 5], [6, 3, 0, 1, 2]], [{4, 7}, {3}]
+    rag.print_retrieval_table({"worked example": rankings}, relevant, n_chunks=8)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    header = lines[1].split()
+    row = dict(zip(header[1:], lines[2].split()[-len(header) + 1:]))
+    assert row["Recall@1"] == "0.250" and row["hit@1"] == "0.500"  # (1/2 + 0) / 2 and (1 + 0) / 2
+    assert row["P@5"] == f"{(2 / 5 + 1 / 5) / 2:.3f}"
+    # the best any ranking can do: every relevant chunk first (Recall@1 (1/2 + 1) / 2 = 0.75)
+    ideal = dict(zip(header[1:], lines[3].split()[-len(header) + 1:]))
+    assert lines[3].startswith("ideal") and ideal["Recall@1"] == "0.750"
+    assert ideal["hit@1"] == "1.000"
+
+
 # ----------------------------------------------------------------------------- fusion and search
 
 def test_reciprocal_rank_fusion_is_exact():
