@@ -103,8 +103,9 @@ class BM25:
     """Okapi BM25 over an inverted index: each (term, document) weight is precomputed, so a query
     touches only the postings of its own terms. idf(t) = ln((N - n_t + 0.5) / (n_t + 0.5)) is
     negative for a term in more than half the documents; as rank_bm25 does, such terms get the
-    floor eps * (mean idf over the vocabulary), eps = 0.25, so a common word never counts against a
-    document. (Lucene avoids the sign problem with ln(1 + (N - n + 0.5)/(n + 0.5)) instead.)"""
+    floor eps * (mean idf over the vocabulary), eps = 0.25. That floor is positive only while the
+    mean idf is: where most terms are common it is negative, and a common query word then lowers
+    every score it touches. (Lucene's ln(1 + (N - n + 0.5)/(n + 0.5)) is never negative.)"""
 
     def __init__(self, docs, k1=1.5, b=0.75, eps=0.25):
         tokenized = [words(d) for d in docs]

@@ -39,6 +39,27 @@ def test_bm25_repeated_query_term_counts_twice_and_unknown_terms_score_zero():
     assert not bm25.scores("zebra").any()
 
 
+def test_bm25_floor_is_negative_when_most_terms_are_common():
+    # N = 4. a, b, e are in 3 documents: idf = ln(1.5 / 3.5) < 0; c, d in 1: idf = ln(3.5 / 1.5).
+    # mean idf = (3 ln(3/7) + 2 ln(7/3)) / 5 = ln(3/7) / 5 < 0, so the floor 0.25 * mean idf is
+    # negative too: the common word "a" lowers the score of every document that contains it,
+    # and "d", with no query word at all, outranks "a b e" (rank_bm25 0.2.2 does the same).
+    docs = ["a b e", "a b e", "a b e c", "d"]
+    k1, b, avgdl = 1.5, 0.75, 11 / 4
+    floor = 0.25 * math.log(3 / 7) / 5
+
+    def term(idf, length):  # f = 1
+        return idf * (k1 + 1) / (1 + k1 * (1 - b + b * length / avgdl))
+
+    expected = [term(floor, 3), term(floor, 3), term(floor, 4) + term(math.log(7 / 3), 4), 0.0]
+    scores = rag.BM25(docs).scores("a c")
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+    assert floor < 0 and scores[0] < scores[3] == 0.0
+    rank_bm25 = require("rank_bm25")
+    peer = rank_bm25.BM25Okapi([rag.words(d) for d in docs]).get_scores(["a", "c"])
+    np.testing.assert_allclose(scores, peer, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- metrics
 
 def test_metrics_worked_example():
