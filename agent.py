@@ -356,7 +356,7 @@ class CallConstraint:
             if piece and piece.isascii():
                 self.texts[i] = piece.decode()
                 self.by_first.setdefault(self.texts[i][0], []).append((i, self.texts[i]))
-        self.vocab_size = vocab_size
+        self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
 
     def __call__(self, generated):  # generated (B, t) -> allowed (B, vocab)
         allowed = torch.zeros(generated.size(0), self.vocab_size, dtype=torch.bool)
@@ -376,19 +376,24 @@ class CallConstraint:
         if state == ("done",):
             return [self.end_id]
         left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this one
-        ok = []
-        for first, group in self.by_first.items():
-            if step(state, first, self.names) is None:  # most groups fail on their first character
-                continue
-            for i, text in group:
-                s = state
-                for c in text:
-                    s = step(s, c, self.names)
-                    if s is None:
-                        break
-                if s is not None and chars_to_finish(s, self.names) + 1 <= left:
-                    ok.append(i)
-        return ok
+        return [i for i, need in self.moves(state) if need + 1 <= left]
+
+    def moves(self, state):
+        """[(token, characters that close the call after it)] for each token the call can take."""
+        if state not in self.moves_from:
+            self.moves_from[state] = []
+            for first, group in self.by_first.items():
+                if step(state, first, self.names) is None:  # most groups fail on the first character
+                    continue
+                for i, text in group:
+                    s = state
+                    for c in text:
+                        s = step(s, c, self.names)
+                        if s is None:
+                            break
+                    if s is not None:
+                        self.moves_from[state].append((i, chars_to_finish(s, self.names)))
+        return self.moves_from[state]
 
 
 # ----------------------------------------------------------------------------- the ReAct loop
