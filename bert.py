@@ -190,19 +190,28 @@ class BertClassifier(nn.Module):
 
 # ----------------------------------------------------------------------------- Hugging Face weights
 
-def from_hf_bert(state_dict, n_head=None):
+HF_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                  "layer_norm_eps")
+
+
+def from_hf_bert(state_dict, config):
     """A Bert from a Hugging Face BertModel (or BertFor*, whose keys start with "bert.") state
-    dict. HF keeps Q, K and V as three Linears; we stack them into one. Released BERTs have
-    64-wide heads, so n_head defaults to hidden / 64. Head weights (cls.*) are ignored."""
+    dict and its config.json as a dict. HF keeps Q, K and V as three Linears; we stack them into
+    one. The head count is not in the weights, so it comes from the config, never a guess. Head
+    weights (cls.*) are ignored."""
+    missing = [k for k in HF_CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"config lacks {missing}: pass the model's config.json as a dict")
     sd = {k.removeprefix("bert.").replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
           for k, v in state_dict.items()}
     if "embeddings.word_embeddings.weight" not in sd:
         raise ValueError("not a BERT state dict: embeddings.word_embeddings.weight is missing")
-    vocab, C = sd["embeddings.word_embeddings.weight"].shape
     n_layer = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
-    cfg = BertConfig(vocab_size=vocab, max_len=sd["embeddings.position_embeddings.weight"].size(0), n_layer=n_layer,
-                     n_head=n_head or C // 64, n_embd=C, mlp_hidden=sd["encoder.layer.0.intermediate.dense.weight"].size(0),
-                     n_segments=sd["embeddings.token_type_embeddings.weight"].size(0), norm_eps=1e-12)
+    cfg = BertConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
+                     n_layer=config["num_hidden_layers"], n_head=config["num_attention_heads"],
+                     n_embd=config["hidden_size"], mlp_hidden=config["intermediate_size"],
+                     n_segments=config["type_vocab_size"], norm_eps=config["layer_norm_eps"])
     ours = {"tok_emb.weight": "embeddings.word_embeddings.weight", "pos_emb.weight": "embeddings.position_embeddings.weight",
             "seg_emb.weight": "embeddings.token_type_embeddings.weight", "emb_ln.weight": "embeddings.LayerNorm.weight",
             "emb_ln.bias": "embeddings.LayerNorm.bias", "pooler.weight": "pooler.dense.weight", "pooler.bias": "pooler.dense.bias"}
@@ -215,9 +224,11 @@ def from_hf_bert(state_dict, n_head=None):
                                  ("fc", "intermediate.dense"), ("proj", "output.dense"), ("ln_2", "output.LayerNorm")]:
                 ours[q + f"{mine}.{kind}"] = sd[p + f"{theirs}.{kind}"]
     model = Bert(cfg).to(sd["embeddings.word_embeddings.weight"].dtype)
-    missing, _ = model.load_state_dict(ours, strict=False)
-    if set(missing) - {"pooler.weight", "pooler.bias"}:
-        raise ValueError(f"state dict lacks {sorted(set(missing) - {'pooler.weight', 'pooler.bias'})}")
+    missing, unexpected = model.load_state_dict(ours, strict=False)  # differing shapes raise here
+    missing = sorted(set(missing) - {"pooler.weight", "pooler.bias"})
+    if missing or unexpected:
+        raise ValueError(f"state dict and config disagree ({n_layer} layers in the weights, "
+                         f"{cfg.n_layer} in the config): missing {missing}, extra {unexpected}")
     return model
 
 

@@ -37,11 +37,20 @@ def random_hf_state_dict(vocab=50, max_len=24, n_layer=2, hidden=32, intermediat
     return sd
 
 
-def hf_reference(sd, idx, segments, attention_mask, n_head):
+def hf_config(vocab=50, max_len=24, n_layer=2, hidden=32, intermediate=48, n_head=4, eps=1e-12):
+    """The config.json of such a BertModel, keys and spelling as Hugging Face writes them."""
+    return {"architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
+            "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": n_layer,
+            "num_attention_heads": n_head, "intermediate_size": intermediate,
+            "max_position_embeddings": max_len, "type_vocab_size": 2, "layer_norm_eps": eps,
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+
+
+def hf_reference(sd, idx, segments, attention_mask, n_head, eps=1e-12):
     """BertModel's forward written from its layout in float64: embeddings summed then LayerNorm
-    (eps 1e-12); per layer separate Q, K, V projections, an additive -1e9 mask on padded keys,
-    softmax, output dense + residual + LayerNorm, then the erf GELU feed-forward + residual +
-    LayerNorm; the pooler is tanh(dense(h_[CLS]))."""
+    (eps 1e-12 unless told); per layer separate Q, K, V projections, an additive -1e9 mask on
+    padded keys, softmax, output dense + residual + LayerNorm, then the erf GELU feed-forward +
+    residual + LayerNorm; the pooler is tanh(dense(h_[CLS]))."""
     W = {k: v.double() for k, v in sd.items()}
     B, T = idx.shape
     C = W["embeddings.word_embeddings.weight"].size(1)
@@ -49,7 +58,7 @@ def hf_reference(sd, idx, segments, attention_mask, n_head):
 
     def layer_norm(x, name):
         mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-        return (x - mu) / torch.sqrt(var + 1e-12) * W[name + ".weight"] + W[name + ".bias"]
+        return (x - mu) / torch.sqrt(var + eps) * W[name + ".weight"] + W[name + ".bias"]
 
     def dense(x, name):
         return x @ W[name + ".weight"].T + W[name + ".bias"]
@@ -73,7 +82,7 @@ def hf_reference(sd, idx, segments, attention_mask, n_head):
 
 def test_forward_matches_float64_hf_reference():
     sd = random_hf_state_dict()
-    model = bert.from_hf_bert(sd, n_head=4).eval()
+    model = bert.from_hf_bert(sd, hf_config()).eval()
     assert model.tok_emb.weight.dtype == torch.float64
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(bert.N_SPECIAL, 50, (3, 20), generator=g)
@@ -90,11 +99,11 @@ def test_from_hf_bert_reads_bert_prefixed_pretraining_dicts():
     """BertForPreTraining keys start with "bert." and carry cls.* heads, which are ignored."""
     sd = random_hf_state_dict(seed=2)
     wrapped = {"bert." + k: v for k, v in sd.items()} | {"cls.seq_relationship.weight": torch.zeros(2, 32)}
-    a, b = bert.from_hf_bert(sd, n_head=4).eval(), bert.from_hf_bert(wrapped, n_head=4).eval()
+    a, b = bert.from_hf_bert(sd, hf_config()).eval(), bert.from_hf_bert(wrapped, hf_config()).eval()
     idx = torch.randint(bert.N_SPECIAL, 50, (2, 12))
     torch.testing.assert_close(a(idx), b(idx), rtol=0, atol=0)
     with pytest.raises(ValueError, match="not a BERT state dict"):
-        bert.from_hf_bert({"transformer.wte.weight": torch.zeros(3, 3)})
+        bert.from_hf_bert({"transformer.wte.weight": torch.zeros(3, 3)}, hf_config())
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
@@ -102,7 +111,7 @@ def test_attention_mask_may_be_hugging_faces_0_1_integers(dtype):
     """HF's tokenizers give attention_mask as 0/1 integers (1 = real token). Position 5 of row 0
     is masked although it is no [PAD], so the mask is read, not rebuilt from the ids."""
     sd = random_hf_state_dict()
-    model = bert.from_hf_bert(sd, n_head=4).eval()
+    model = bert.from_hf_bert(sd, hf_config()).eval()
     idx = torch.randint(bert.N_SPECIAL, 50, (2, 12), generator=torch.Generator().manual_seed(3))
     idx[1, 8:] = bert.PAD
     mask = idx != bert.PAD
@@ -111,6 +120,31 @@ def test_attention_mask_may_be_hugging_faces_0_1_integers(dtype):
     ref_hidden, _ = hf_reference(sd, idx, segments, mask, n_head=4)
     hidden = model(idx, segments, mask.to(dtype))
     torch.testing.assert_close(hidden, ref_hidden, rtol=1e-10, atol=1e-10)
+
+
+def test_head_count_and_eps_come_from_the_config_never_a_guess():
+    """hidden 128 in 8 heads of 16: the old hidden / 64 guess would have built 2 heads of 64, a
+    different function (checked below). A config that lacks a key, or disagrees with the
+    weights, is an error that says so."""
+    sd = random_hf_state_dict(hidden=128, intermediate=64, seed=4)
+    config = hf_config(hidden=128, intermediate=64, n_head=8, eps=1e-5)
+    model = bert.from_hf_bert(sd, config).eval()
+    assert (model.config.n_head, model.config.norm_eps) == (8, 1e-5)
+    idx = torch.randint(bert.N_SPECIAL, 50, (2, 10), generator=torch.Generator().manual_seed(5))
+    segments = torch.zeros_like(idx)
+    ref_hidden, _ = hf_reference(sd, idx, segments, idx != bert.PAD, n_head=8, eps=1e-5)
+    torch.testing.assert_close(model(idx, segments), ref_hidden, rtol=1e-10, atol=1e-10)
+    guessed, _ = hf_reference(sd, idx, segments, idx != bert.PAD, n_head=2, eps=1e-5)
+    assert (guessed - ref_hidden).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"config lacks \['num_attention_heads'\]"):
+        bert.from_hf_bert(sd, {k: v for k, v in config.items() if k != "num_attention_heads"})
+    with pytest.raises(TypeError, match="config"):
+        bert.from_hf_bert(sd)
+    for n_layer in (1, 3):  # a layer too many in the weights, or one missing
+        with pytest.raises(ValueError, match=f"2 layers in the weights, {n_layer} in the config"):
+            bert.from_hf_bert(sd, config | {"num_hidden_layers": n_layer})
+    with pytest.raises(RuntimeError, match="size mismatch for tok_emb.weight"):
+        bert.from_hf_bert(sd, config | {"vocab_size": 60})
 
 
 def test_too_long_input_and_bad_shapes_are_clear_errors():
