@@ -15,8 +15,9 @@ are themselves quantised to 8-bit floats (double quantisation).
 On CPU you see a tiny base pretrained for a minute, then three fine-tunes on one-line
 instructions (count the letters or the vowels of a word, its first or last letter, the parity
 of a number), and a table of held-out exact-match accuracy before and after, per method and per
-task, with trainable parameters and weight memory. The full fine-tune is saved to
-out/sft/ckpt.pt, where `python dpo.py --init=out/sft/ckpt.pt` can start.
+task, with trainable parameters and weight memory. Each method is saved as a plain GPT:
+out/sft/ckpt.pt (full), ckpt_lora.pt and ckpt_qlora.pt (adapters merged into W), where
+`python dpo.py --init=out/sft/ckpt.pt` can start.
 """
 import copy
 import json
@@ -48,7 +49,7 @@ class SFTConfig:
     lora_targets: str = "c_attn,c_proj,c_fc"  # Linear layers in each block (by name) that get adapters
     n_train: int = 4000  # training instructions
     n_eval: int = 200  # held-out instructions, over words and numbers never seen in training
-    out_dir: str = "out/sft"  # ckpt.pt (the full fine-tune) and log.jsonl
+    out_dir: str = "out/sft"  # ckpt.pt (full), ckpt_lora.pt, ckpt_qlora.pt (merged) and log.jsonl
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 1337  # data, initialisation and batch order
 
@@ -258,6 +259,23 @@ def unmerge(model):
     return model
 
 
+@torch.no_grad()
+def merged_state(model):
+    """The state dict of a plain gpt.GPT equal to a LoRA or QLoRA model, as gpt.load_model reads:
+    each adapter folded in, W' = W + (alpha/r) B A, with W dequantised from NF4 for QLoRA."""
+    with torch.device("meta"):
+        names = gpt.GPT(model.config).state_dict()
+    state = {}
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        layer = model.get_submodule(parent)
+        if isinstance(layer, LoRALinear) and attr == "weight":
+            state[name] = layer.base_weight() + (0 if layer.merged else layer.delta())
+        else:
+            state[name] = getattr(layer, attr)
+    return state
+
+
 def trainable_params(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -361,8 +379,12 @@ def run(cfg, rank, world, device):
         if method == "lora":  # merging folds B A into W: same answers, no adapter cost at inference
             merged = evaluate(merge_lora(model), tok, eval_set[:50])[2]
             say(f"LoRA merged into W: {sum(m == o for m, o in zip(merged, outputs['lora']))}/50 answers unchanged")
-        if method == "full" and master:
-            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step=steps, config=cfg)
+        if master:  # every method as a plain GPT that gpt.load_model and dpo.py --init can read
+            path = os.path.join(cfg.out_dir, "ckpt.pt" if method == "full" else f"ckpt_{method}.pt")
+            merged = None if method == "full" else merged_state(model)
+            gpt.save_checkpoint(path, model, tok, step=steps, config=cfg, model_state=merged)
+            note = {"full": "", "lora": ", adapters merged", "qlora": ", W dequantised, adapters merged"}
+            say(f"saved {path} (a plain GPT{note[method]})")
     if master:
         report(results, outputs, eval_set, cfg, gpt.count_params(base))
     return results

@@ -221,6 +221,29 @@ def test_qlora_freezes_the_base_in_4_bit(tiny_gpt_config):
         sft.merge_lora(model)
 
 
+@pytest.mark.parametrize("quantize", [False, True])
+def test_merged_state_is_a_plain_gpt_with_the_adapters_in(tiny_gpt_config, tmp_path, tok, quantize):
+    """The checkpoint of a LoRA (or QLoRA) model is a plain gpt.GPT that gpt.load_model reads and
+    that gives the adapted model's logits: W' = W + (alpha/r) B A, W dequantised for QLoRA."""
+    cfg = dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size)
+    model = sft.apply_lora(make_model(cfg), r=4, alpha=8, quantize=quantize)
+    torch.manual_seed(1)
+    for layer in sft.lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.1)  # a trained-looking, non-zero update
+    path = str(tmp_path / "ckpt.pt")
+    x = torch.randint(0, 64, (2, 12))
+    expected = model(x)[0]
+    assert not torch.allclose(expected, make_model(cfg)(x)[0])  # the adapters do change the logits
+    for merge_first in [False] if quantize else [False, True]:  # main merges LoRA in place first
+        if merge_first:
+            sft.merge_lora(model)
+        gpt.save_checkpoint(path, model, tok, model_state=sft.merged_state(model))
+        _, _, ckpt = gpt.load_model(path)  # loads strictly: exactly a plain GPT's keys and shapes
+        plain = make_model(cfg)
+        plain.load_state_dict(ckpt["model"])  # in float64 (load_model builds float32) to compare
+        torch.testing.assert_close(plain(x)[0], expected, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- the demo, single and DDP
 
 @pytest.fixture
@@ -245,6 +268,12 @@ def test_main_smoke_and_learning(tiny_init, tmp_path):
     assert results["qlora"]["weight_bytes"] < results["lora"]["weight_bytes"]
     model, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))  # the full fine-tune, a plain GPT
     assert gpt.count_params(model) == results["full"]["trainable"]
+    eval_set = sft.make_task(cfg.n_train, cfg.n_eval, cfg.seed)[1]
+    for method in ("lora", "qlora"):  # merged into plain GPTs: the adapted models' answer NLL
+        model, tok, _ = gpt.load_model(os.path.join(cfg.out_dir, f"ckpt_{method}.pt"))
+        nll = sft.evaluate(model, tok, eval_set)[1]
+        # float32: W + (alpha/r) B A rounds apart from the two-branch forward, ~1e-7 per weight
+        assert nll == pytest.approx(results[method]["nll_after"], rel=1e-5)
     with pytest.raises(ValueError, match="methods"):
         sft.SFTConfig(methods="full,prefix")
 
