@@ -357,6 +357,7 @@ class CallConstraint:
                 self.texts[i] = piece.decode()
                 self.by_first.setdefault(self.texts[i][0], []).append((i, self.texts[i]))
         self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
+        self.last = ([], CALL_START)  # the last call prefix seen and the automaton's state after it
 
     def __call__(self, generated):  # generated (B, t) -> allowed (B, vocab)
         allowed = torch.zeros(generated.size(0), self.vocab_size, dtype=torch.bool)
@@ -369,10 +370,12 @@ class CallConstraint:
             plan = len(tokens) < min(self.max_thought, self.budget - 1 - self.min_call)
             return (list(self.texts) if plan else []) + [self.call_id]
         start = tokens.index(self.call_id) + 1
-        state = CALL_START
-        for t in tokens[start:]:
+        call = tokens[start:]  # decoding adds a token a step: step only the new ones
+        done, state = self.last if self.last[0] == call[:len(self.last[0])] else ([], CALL_START)
+        for t in call[len(done):]:
             for c in self.texts[t]:
                 state = step(state, c, self.names)
+        self.last = (call, state)
         if state == ("done",):
             return [self.end_id]
         left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this one
