@@ -287,12 +287,12 @@ def step(state, c, names):
         if c == "}":
             return ("lit", "}", 0, ("done",))
         if kind == "object":
-            return ("key", "") if c == '"' else None
-        return ("lit", ' "', 0, ("key", "")) if c == "," else None
-    if kind == "key":
+            return ("key", False) if c == '"' else None
+        return ("lit", ' "', 0, ("key", False)) if c == "," else None
+    if kind == "key":  # ("key", nonempty): the key's text does not matter, and states stay few
         if c == '"' and state[1]:
             return ("lit", ": ", 0, ("value",))
-        return ("key", state[1] + c) if c.isascii() and (c.isalnum() or c == "_") else None
+        return ("key", True) if c.isascii() and (c.isalnum() or c == "_") else None
     if kind == "value":
         if c == '"':
             return ("string",)
