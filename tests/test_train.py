@@ -48,13 +48,30 @@ def test_resume_is_exact(tiny_train_config, tmp_path):
     assert [r["val_loss"] for r in rows if r["step"] == 8] == [r["val_loss"] for r in reference if r["step"] == 8]
 
 
-def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_path):
+@pytest.fixture
+def float64():
+    """Whole runs in float64. Two orders of summation agree to ~1e-16 there; in float32 (~1e-7)
+    Adam's step g / (sqrt(v) + eps) turns the difference of a near-zero gradient into a visible
+    weight difference, whose size depends on the CPU's kernels (a 2.2e-6 miss on a Xeon)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+# float64 rounding (~1e-16) amplified by Adam's 1/eps = 1e8 at most, times lr = 2e-3, over a few
+# steps stays below 1e-9; a different batch moves the weights by more than 1e-5 (checked below).
+FLOAT64_RUNS_AGREE = dict(rtol=0, atol=1e-9)
+
+
+def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_path, float64):
     big = dataclasses.replace(tiny_train_config, batch_size=8, grad_accum=1, out_dir=str(tmp_path / "big"))
     small = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=4, out_dir=str(tmp_path / "small"))
     train.main(big), train.main(small)
     a, b = final_weights(big), final_weights(small)
+    assert a["lm_head.weight"].dtype == torch.float64
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], **FLOAT64_RUNS_AGREE)
     untouched = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=1, out_dir=str(tmp_path / "other"))
     train.main(untouched)  # a smaller batch is a different run: the comparison above can fail
     assert not torch.allclose(a["lm_head.weight"], final_weights(untouched)["lm_head.weight"], atol=1e-5)
