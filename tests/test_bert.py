@@ -221,6 +221,54 @@ def test_special_tokens_are_never_masked_and_masks_are_dynamic():
     assert not torch.equal(again, targets)  # a fresh mask every call: dynamic masking
 
 
+# ----------------------------------------------------------------------------- pretraining heads
+
+def test_pretraining_heads_and_loss_by_hand():
+    """BERT's heads written out in float64 from the weights (Devlin et al. 2018; the layout of
+    HF's BertPreTrainingHeads): MLM logits = LN(GELU_erf(h W_d^T + b_d)) E^T + b_vocab, where E
+    is the token embedding matrix itself (tied, no second copy); NSP logits =
+    tanh(h_[CLS] W_p^T + b_p) W_nsp^T + b_nsp; loss = the mean over the selected positions only of
+    -log softmax(MLM)[original token] + the mean over the batch of -log softmax(NSP)[is_next]."""
+    model = bert.BertPretraining(tiny_model(seed=2), nsp=True).double().eval()
+    with torch.no_grad():  # zero biases, unit gains and 0.02-wide weights would hide a missed term
+        for name, p in model.named_parameters():
+            if not name.startswith("bert.layers"):
+                p.copy_(torch.randn_like(p) * 0.5 + (name.endswith("ln.weight")))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(bert.N_SPECIAL, 40, (3, 10), generator=g)
+    idx[:, 0] = bert.CLS
+    segments, is_next = (torch.arange(10) >= 5).long().expand(3, -1), torch.tensor([1, 0, 1])
+    targets = torch.full_like(idx, -100)
+    for b, t in [(0, 2), (0, 7), (1, 3), (2, 1), (2, 8)]:
+        targets[b, t] = int(torch.randint(bert.N_SPECIAL, 40, (), generator=g))
+    W = {name: p.detach() for name, p in model.named_parameters()}
+    h = model.bert(idx, segments).detach()  # the encoder: checked against HF's layout above
+
+    u = h @ W["mlm_dense.weight"].T + W["mlm_dense.bias"]
+    u = 0.5 * u * (1 + torch.erf(u / math.sqrt(2)))
+    u = (u - u.mean(-1, keepdim=True)) / torch.sqrt(u.var(-1, unbiased=False, keepdim=True) + 1e-12)
+    E = W["bert.tok_emb.weight"]  # (vocab, C)
+    mlm_logits = (u * W["mlm_ln.weight"] + W["mlm_ln.bias"]) @ E.T + W["mlm_bias"]
+    pooled = torch.tanh(h[:, 0] @ W["bert.pooler.weight"].T + W["bert.pooler.bias"])
+    nsp_logits = pooled @ W["nsp.weight"].T + W["nsp.bias"]
+    torch.testing.assert_close(model.mlm_logits(h), mlm_logits, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model.nsp(model.bert.pool(h)), nsp_logits, rtol=1e-10, atol=1e-10)
+    assert [n for n, p in model.named_parameters() if p.shape == E.shape] == ["bert.tok_emb.weight"]
+
+    picked = targets != -100
+    mlm = -torch.log_softmax(mlm_logits[picked], -1)[torch.arange(5), targets[picked]].mean()
+    nsp = -torch.log_softmax(nsp_logits, -1)[torch.arange(3), is_next].mean()
+    loss, stats = model(idx, segments, targets, is_next)
+    # the loss is taken in float32 (logits.float(), for bf16 autocast): float32 rounding, rtol 1e-6
+    assert math.isclose(loss.item(), mlm + nsp, rel_tol=1e-6)
+    assert math.isclose(stats["mlm"], mlm, rel_tol=1e-6)
+    assert math.isclose(stats["nsp"], nsp, rel_tol=1e-6)
+    everywhere = -torch.log_softmax(mlm_logits, -1).gather(-1, idx[..., None]).mean()
+    assert abs(everywhere - mlm) > 1e-2  # a loss over every position would be told apart
+    assert round(stats["mlm_acc"] * 5) == (mlm_logits[picked].argmax(-1) == targets[picked]).sum()
+    assert round(stats["nsp_acc"] * 3) == (nsp_logits.argmax(-1) == is_next).sum()
+
+
 # ----------------------------------------------------------------------------- NSP and batches
 
 def test_nsp_pairs_are_half_and_half_and_true_pairs_are_consecutive():
