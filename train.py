@@ -342,13 +342,13 @@ def estimate_loss(model, train, val, cfg, device, rank, world):
         g = torch.Generator().manual_seed(cfg.seed + 1)
         total = torch.zeros((), device=device)
         for _ in range(cfg.eval_iters):
-            starts = torch.randint(len(ids) - cfg.block_size - 1, (world * cfg.batch_size,), generator=g)
-            x, y = get_batch(ids, starts.view(world, -1)[rank].numpy(), cfg.block_size, device)
-            with autocast(device):
-                total += model(x, y)[1].float()
+            for starts in step_starts(len(ids), cfg, g, world)[:, rank]:  # the whole global batch
+                x, y = get_batch(ids, starts, cfg.block_size, device)
+                with autocast(device):
+                    total += model(x, y)[1].float()
         if world > 1:
             dist.all_reduce(total)
-        losses[split] = total.item() / (cfg.eval_iters * world)
+        losses[split] = total.item() / (cfg.eval_iters * cfg.grad_accum * world)
     model.train()
     return losses
 

@@ -77,29 +77,43 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_pat
     assert not torch.allclose(a["lm_head.weight"], final_weights(untouched)["lm_head.weight"], atol=1e-5)
 
 
-def torchrun(cfg, nproc, *extra):
-    args = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)] + list(extra)
+# torchrun runs this instead of train.py: train.py's __main__ with float64 as the default dtype
+FLOAT64_LAUNCHER = f"""import runpy, sys, torch
+sys.path.insert(0, {ROOT!r})
+torch.set_default_dtype(torch.float64)
+runpy.run_path({os.path.join(ROOT, "train.py")!r}, run_name="__main__")
+"""
+
+
+def torchrun(cfg, nproc, launcher):
+    args = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(ROOT, "train.py")] + args
+           str(launcher)] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_process_data_parallel_matches_one_process(tiny_train_config, tmp_path, mode):
-    """2 processes (gloo, CPU) with 4 sequences each = 1 process with 8, for DDP and FSDP."""
+def test_two_process_data_parallel_matches_one_process(tiny_train_config, tmp_path, mode, float64):
+    """2 processes (gloo, CPU) x 2 micro-batches x 2 sequences = 1 process with 8, for DDP and FSDP:
+    one launch covers the gradient sync and its deferral (no_sync, set_requires_gradient_sync)."""
     single = dataclasses.replace(tiny_train_config, batch_size=8, max_iters=4, eval_interval=2,
                                  out_dir=str(tmp_path / "single"))
     train.main(single)
-    parallel = dataclasses.replace(single, batch_size=4, out_dir=str(tmp_path / mode), fsdp=mode == "fsdp")
-    torchrun(parallel, 2)
+    parallel = dataclasses.replace(single, batch_size=2, grad_accum=2, out_dir=str(tmp_path / mode),
+                                   fsdp=mode == "fsdp")
+    launcher = tmp_path / "launch_float64.py"
+    launcher.write_text(FLOAT64_LAUNCHER)
+    torchrun(parallel, 2, launcher)
     a, b = final_weights(single), final_weights(parallel)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and b["lm_head.weight"].dtype == torch.float64
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
-    logs = [[json.loads(line)["val_loss"] for line in open(os.path.join(c.out_dir, "log.jsonl"))] for c in (single, parallel)]
-    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-4)
+        torch.testing.assert_close(a[k], b[k], **FLOAT64_RUNS_AGREE)
+    logs = [[json.loads(line)["val_loss"] for line in open(os.path.join(c.out_dir, "log.jsonl"))]
+            for c in (single, parallel)]
+    # the same windows; estimate_loss sums each loss as float32 (2^-24 relative, for bf16 on CUDA)
+    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-6)
 
 
 def test_lr_schedules_by_hand():
@@ -132,6 +146,17 @@ def test_muon_matches_torch_reference():
         ours.grad, ref.grad = g.clone(), g.clone()
         opt_ours.step(), opt_ref.step()
     torch.testing.assert_close(ours - start, ref - start, rtol=0.03, atol=2e-3)
+
+
+def test_every_window_start_is_drawn_the_last_included():
+    """On 100 tokens with block_size=16 the valid starts are 0..83: the window at 83 reads tokens
+    83..98 and predicts 84..99, so the last token is a target too."""
+    ids = np.arange(100)
+    cfg = train.TrainConfig(block_size=16, batch_size=1000)  # 1000 draws of 84 values: all appear
+    starts = train.step_starts(len(ids), cfg, torch.Generator().manual_seed(0), world=1)
+    assert starts.min() == 0 and starts.max() == 83
+    x, y = train.get_batch(ids, [83], 16, "cpu")
+    assert x[0, 0].item() == 83 and y[0, -1].item() == 99
 
 
 def test_newton_schulz_orthogonalises():
@@ -219,6 +244,18 @@ def test_plot_without_matplotlib_is_a_note_not_a_crash(tiny_train_config, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     train.main(dataclasses.replace(tiny_train_config, plot=True))
     assert "--plot needs matplotlib" in capsys.readouterr().out
+
+
+def test_peak_flops_takes_the_most_specific_name():
+    # names as torch.cuda.get_device_name gives them; dense bf16 peaks from NVIDIA's data sheets
+    # (which print twice these, "with sparsity"); a substring match got the first four wrong
+    expected = {"NVIDIA H100 PCIe": 756e12, "NVIDIA L40": 181e12, "NVIDIA A10G": 70e12,
+                "NVIDIA H100 NVL": 835e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+                "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12,
+                "NVIDIA L40S": 362e12, "NVIDIA L4": 121e12, "NVIDIA A10": 125e12,
+                "NVIDIA GeForce RTX 4090": 165e12, "Tesla V100-PCIE-16GB": 112e12,
+                "Intel(R) Arc(TM) A770": None}
+    assert {name: train.peak_flops(name) for name in expected} == expected
 
 
 def test_report_counts_tokens_and_chinchilla(tiny_train_config, capsys):
