@@ -18,6 +18,7 @@ On CPU (a few minutes) you see task success with tools (constrained and free dec
 without tools on multi-digit multiplication, unit conversion and the thermostat ("I'm cold"
 -> read the temperature, then set it), then the failure taxonomy counts.
 """
+import itertools
 import json
 import random
 import re
@@ -241,7 +242,11 @@ def make_registry(house=None):
 # ----------------------------------------------------------------------------- parsing the model's turn
 
 TOOL_CALL, END, TOOL_RESULT = "<|tool_call|>", "<|end|>", "<|tool_result|>"
-SPECIAL = re.compile(r"<\|[a-z_]+\|>")
+
+
+def defuse(text):
+    """Text that cannot spell a special marker (each starts "<|"), however nested its attempts."""
+    return text.replace("<|", "< |")
 
 
 def parse_tool_call(text):
@@ -353,11 +358,12 @@ class CallConstraint:
         self.texts, self.by_first = {}, {}  # ordinary ASCII token id -> text; first character -> [(id, text)]
         for i in range(tok.eot_id):
             piece = tok.decode_bytes([i])
-            if piece and piece.isascii():
+            if piece and piece.isascii() and b"<|" not in piece:  # see allowed_for
                 self.texts[i] = piece.decode()
                 self.by_first.setdefault(self.texts[i][0], []).append((i, self.texts[i]))
         self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
         self.last = ([], CALL_START)  # the last call prefix seen and the automaton's state after it
+        self.bar_first = {i for i, _ in self.by_first.get("|", [])}
 
     def __call__(self, generated):  # generated (B, t) -> allowed (B, vocab)
         allowed = torch.zeros(generated.size(0), self.vocab_size, dtype=torch.bool)
@@ -366,9 +372,14 @@ class CallConstraint:
         return allowed.to(generated.device)
 
     def allowed_for(self, tokens):
+        # Every special marker starts "<|". No token holds it (__init__), and none starting "|"
+        # follows one ending "<", so the plan and strings cannot spell a marker: the turn's text
+        # holds exactly the markers its special tokens do, and parses as its ids do.
+        last = self.texts.get(tokens[-1], "") if tokens else ""
+        banned = self.bar_first if last.endswith("<") else ()
         if self.call_id not in tokens:  # the plan, while the shortest call still fits after it
             plan = len(tokens) < min(self.max_thought, self.budget - 1 - self.min_call)
-            return (list(self.texts) if plan else []) + [self.call_id]
+            return [i for i in self.texts if plan and i not in banned] + [self.call_id]
         start = tokens.index(self.call_id) + 1
         call = tokens[start:]  # decoding adds a token a step: step only the new ones
         done, state = self.last if self.last[0] == call[:len(self.last[0])] else ([], CALL_START)
@@ -379,7 +390,7 @@ class CallConstraint:
         if state == ("done",):
             return [self.end_id]
         left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this one
-        return [i for i, need in self.moves(state) if need + 1 <= left]
+        return [i for i, need in self.moves(state) if need + 1 <= left and i not in banned]
 
     def moves(self, state):
         """[(token, characters that close the call after it)] for each token the call can take."""
@@ -408,8 +419,8 @@ def system_prompt(registry):
 
 
 def observation(content):
-    """Tool output is untrusted text: special-token strings are removed before the model sees it."""
-    return TOOL_RESULT + SPECIAL.sub("", content) + END + "<|assistant|>"
+    """Tool output is untrusted text: defused, it cannot spell a special token for the model."""
+    return TOOL_RESULT + defuse(content) + END + "<|assistant|>"
 
 
 def run_agent(policy, task, registry, max_steps=5):
@@ -469,7 +480,10 @@ class GPTPolicy:
             self.constraint.budget = budget
         out = self.model.generate([ids], budget, temperature=0, stop_tokens=(self.tok.special(END),),
                                   allowed_tokens=self.constraint)
-        return self.tok.decode(out[0])
+        # markers come from the ids; ordinary runs (where free decoding may spell one) are defused
+        runs = itertools.groupby(out[0], lambda t: t >= self.tok.eot_id)
+        return "".join(self.tok.decode(list(run)) if special else defuse(self.tok.decode(list(run)))
+                       for special, run in runs)
 
 
 # ----------------------------------------------------------------------------- tasks and traces
