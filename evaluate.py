@@ -16,8 +16,9 @@ probed for verbosity bias, and calibrated against labels with Cohen's kappa (Coh
 
 On CPU (about 3 minutes) you see a tiny model fine-tuned on a built-in world of made-up facts,
 and a report card, base model vs fine-tuned: perplexity, BLEU/ROUGE/METEOR of descriptions,
-factual precision, pass@1/pass@k/maj@k, multiple-choice accuracy, and the judge's kappa,
-position consistency and verbosity bias. The metrics need only the standard library:
+factual precision, pass@1/pass@k/maj@k and multiple-choice accuracy on questions worded as no
+training text words them (beside pass@1 in the trained wording: memorisation), and the judge's
+kappa, position consistency and verbosity bias. The metrics need only the standard library:
 copy this file without gpt.py and `from evaluate import bleu, rouge, meteor` still works.
 """
 import collections
@@ -635,12 +636,25 @@ def make_world(n_countries, seed):
     return {new_name(3): {a: new_name(2) for a in ATTRIBUTES} for _ in range(n_countries)}
 
 
+# The split. Training text holds every fact of every country, asked in question()'s wording, and
+# the descriptions of the training countries. Held out: the other countries' descriptions and
+# judge cases, and the wording below, in which the QA and multiple-choice rows ask every fact
+# (no training text contains it: tested). Asked in the trained wording, QA measures memorisation.
+PARAPHRASES = {"capital": "Which city is the capital of {}?",
+               "river": "Which river flows through {}?",
+               "language": "Which language do the people of {} speak?"}
+
+
 def question(country, attribute):
     return f"What is the {attribute} of {country}?"
 
 
-def qa_prompt(country, attribute):
-    return f"Q: {question(country, attribute)}\nA:"
+def paraphrase(country, attribute):
+    return PARAPHRASES[attribute].format(country)
+
+
+def qa_prompt(country, attribute, ask=question):
+    return f"Q: {ask(country, attribute)}\nA:"
 
 
 def describe_prompt(country):
@@ -723,11 +737,11 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-def sample_answers(model, tok, world, cfg):
+def sample_answers(model, tok, world, cfg, ask):
     """cfg.samples sampled answers to every question of the world: {(country, attribute): [str]}."""
     end, facts = tok.special("<|end|>"), [(c, a) for c in world for a in ATTRIBUTES]
     g = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
-    prompts = [tok.encode(qa_prompt(c, a)) for c, a in facts for _ in range(cfg.samples)]
+    prompts = [tok.encode(qa_prompt(c, a, ask)) for c, a in facts for _ in range(cfg.samples)]
     outs = model.generate(prompts, 12, temperature=cfg.temperature, stop_tokens=[end], generator=g)
     answers = [tok.decode([t for t in o if t != end]).strip() for o in outs]
     return {f: answers[i * cfg.samples:(i + 1) * cfg.samples] for i, f in enumerate(facts)}
@@ -752,21 +766,24 @@ def text_rows(model, tok, world, held_out):
 
 
 def qa_rows(model, tok, world, cfg, rng):
-    """pass@1, pass@k and maj@n from n sampled answers per question, then 4-way multiple choice."""
-    answers = sample_answers(model, tok, world, cfg)
+    """pass@1, pass@k and maj@n from n sampled answers per question, then 4-way multiple choice,
+    all asked in the held-out PARAPHRASES wording."""
+    answers = sample_answers(model, tok, world, cfg, paraphrase)
     right = {f: world[f[0]][f[1]] for f in answers}
     n_right = [sum(a == right[f] for a in s) for f, s in answers.items()]
     k, questions = min(4, cfg.samples), []
     for (c, a), v in right.items():  # the right value and three others of that attribute
         options = [v] + rng.sample(sorted({world[x][a] for x in world} - {v}), 3)
         rng.shuffle(options)
-        questions.append((qa_prompt(c, a), [f" {o}" for o in options], options.index(v)))
-    mc = multiple_choice(model, tok, questions)
-    return [("QA pass@1 %", 100 * mean([pass_at_k(cfg.samples, c, 1) for c in n_right])),
-            (f"QA pass@{k} %", 100 * mean([pass_at_k(cfg.samples, c, k) for c in n_right])),
-            (f"QA maj@{cfg.samples} %", 100 * maj_at_k(list(answers.values()), list(right.values()), cfg.samples)),
-            ("multiple choice accuracy %", 100 * mc["accuracy"]),
-            ("multiple choice accuracy, length-normalised %", 100 * mc["accuracy_norm"])]
+        prompt = qa_prompt(c, a, paraphrase)
+        questions.append((prompt, [f" {o}" for o in options], options.index(v)))
+    mc, n = multiple_choice(model, tok, questions), cfg.samples
+    return [("QA pass@1 %, unseen wording", 100 * mean([pass_at_k(n, c, 1) for c in n_right])),
+            (f"QA pass@{k} %, unseen wording", 100 * mean([pass_at_k(n, c, k) for c in n_right])),
+            (f"QA maj@{n} %, unseen wording",
+             100 * maj_at_k(list(answers.values()), list(right.values()), n)),
+            ("multiple choice %, unseen wording", 100 * mc["accuracy"]),
+            ("multiple choice, length-normalised %, unseen", 100 * mc["accuracy_norm"])]
 
 
 def judge_rows(model, tok, world, held_out, rng):
@@ -791,7 +808,11 @@ def report_card(model, tok, world, held_out, cfg):
     """Every evaluation of this file on one model: [(row, value)], and the generated descriptions."""
     rng = random.Random(cfg.seed + 1)
     rows, hyps = text_rows(model, tok, world, held_out)
-    return rows + qa_rows(model, tok, world, cfg, rng) + judge_rows(model, tok, world, held_out, rng), hyps
+    recalled = sample_answers(model, tok, world, cfg, question)  # the trained wording: memorisation
+    memorised = mean([a == world[c][x] for (c, x), s in recalled.items() for a in s])  # pass@1
+    rows += qa_rows(model, tok, world, cfg, rng)
+    rows.append(("QA pass@1 %, trained wording (memorisation)", 100 * memorised))
+    return rows + judge_rows(model, tok, world, held_out, rng), hyps
 
 
 def tiny_model(cfg, world, device):

@@ -365,6 +365,37 @@ def test_pairwise_both_orders(monkeypatch):
     assert result["consistency"] == pytest.approx(2 / 3) and result["chose_A"] == pytest.approx(4 / 6)
 
 
+class RecordingTokenizer:
+    """Delegates to a tokenizer and keeps every text it encodes: all a model is ever asked."""
+
+    def __init__(self, tok):
+        self.tok, self.encoded = tok, []
+
+    def encode(self, text, **options):
+        self.encoded.append(text)
+        return self.tok.encode(text, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_qa_and_multiple_choice_ask_in_wording_no_training_text_holds():
+    # The card's QA and multiple-choice rows claim held-out items; the facts are trained on, so
+    # the question wording must not be: no question the rows ask may occur in any training text.
+    world, tok = E.make_world(6, seed=0), RecordingTokenizer(byte_tokenizer())
+    cfg = E.EvalConfig(countries=6, held_out=2, repeat=1, judge_cases=40, samples=2)
+    pairs = E.training_pairs(world, list(world)[:4], tok.tok, cfg, random.Random(0))
+    training_text = "\n".join(tok.decode(p + c) for p, c in pairs)
+    torch.manual_seed(0)
+    config = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=96, n_layer=1, n_head=2,
+                           n_embd=16)
+    model = gpt.GPT(config)
+    E.qa_rows(model, tok, world, cfg, random.Random(1))
+    asked = {text.split("\n")[0][3:] for text in tok.encoded if text.startswith("Q: ")}
+    assert len(asked) == len(world) * len(E.ATTRIBUTES)  # every fact is asked
+    assert [q for q in asked if q in training_text] == []
+
+
 def test_main_smoke(capsys):
     cfg = E.EvalConfig(countries=4, held_out=1, repeat=1, judge_cases=8, steps=3,
                        samples=2, n_layer=1, n_embd=32, vocab_size=600, device="cpu")
