@@ -1,7 +1,9 @@
 """ppo.py against brute force and worked examples: GAE as an explicit discounted sum, the reward
 model's score on the last real token, the Bradley-Terry loss at init, KL and ratio at init, the
-clipped value loss, log-probs and entropy against gpt.py's helper, and a smoke run."""
+clipped value and PPO losses by hand, early stop on the k3 KL, log-probs and entropy against
+gpt.py's helper, and a smoke run."""
 import copy
+import dataclasses
 import math
 import random
 
@@ -136,20 +138,61 @@ def test_whiten_uses_real_tokens_only():
     assert w[0, 2] == 0
 
 
-def test_ppo_update_stops_early_on_kl(tiny_gpt_config):
-    base = tiny_model(tiny_gpt_config)
-    policy, value = copy.deepcopy(base), ppo.ScalarModel(copy.deepcopy(base))
+def test_ppo_loss_worked_example():
+    # By hand, eps = 0.2: ratios 1.5, 0.6, 1 (and a padding token that must count for nothing)
+    # with A = 1, -1, 2: min(rho A, clip(rho) A) = min(1.5, 1.2), min(-0.6, -0.8), 2 = 1.2, -0.8, 2
+    # so the policy loss is -(1.2 - 0.8 + 2) / 3 = -0.8. Value: V = V_old = 0, R = 1, 0, -1 gives
+    # 0.5 (1 + 0 + 1) / 3 = 1/3. Entropy mean (0.5 + 1 + 1.5) / 3 = 1, a bonus: minus ent_coef.
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    logp = torch.tensor([[math.log(1.5), math.log(0.6), 0.0, 5.0]], **f64)
+    entropy = torch.tensor([[0.5, 1.0, 1.5, 9.0]], **f64)
+    zeros = torch.zeros(1, 4, dtype=torch.float64)
+    A, R = torch.tensor([[1.0, -1.0, 2.0, 10.0]]), torch.tensor([[1.0, 0.0, -1.0, 7.0]])
+    cfg = ppo.Config(clip_eps=0.2, vf_coef=0.5, ent_coef=0.01)
+    loss, stats = ppo.ppo_loss(logp, zeros, A, entropy, zeros, zeros, R, mask, cfg)
+    assert loss.item() == pytest.approx(-0.8 + 0.5 / 3 - 0.01 * 1.0, rel=1e-12)
+    # approximate KL(pi_old || pi), k3 per token (rho - 1) - log rho (Schulman 2020): 0.5 - log 1.5,
+    # -0.4 - log 0.6 and 0 (k1 = -mean log rho would give (-log 1.5 - log 0.6) / 3 instead)
+    k3 = (0.5 - math.log(1.5) - 0.4 - math.log(0.6)) / 3
+    assert stats["approx_kl"] == pytest.approx(k3, rel=1e-12)
+    assert stats["clipfrac"] == pytest.approx(2 / 3)  # |rho - 1| > eps for 1.5 and 0.6, not for 1
+    assert stats["entropy"] == pytest.approx(1.0) and stats["value_loss"] == pytest.approx(1 / 3)
+    loss.backward()
+    # clipped tokens pass no gradient; the third gives -rho A / 3; padding nothing
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 0.0, -2 / 3, 0.0]], dtype=logp.dtype))
+    # the entropy term is a bonus: raising entropy lowers the loss
+    expected = torch.tensor([[-0.01 / 3] * 3 + [0.0]], dtype=logp.dtype)
+    torch.testing.assert_close(entropy.grad, expected)
+
+
+def test_ppo_update_stops_once_the_k3_estimate_passes_target_kl(tiny_gpt_config):
+    # one minibatch of every row, two epochs: the first step sees a policy already moved from
+    # pi_old by X = mean_t (rho_t - 1) - log rho_t, which the test computes on its own in float64.
+    # target_kl just under X stops after 1 update, just over lets the second epoch run: a
+    # different estimator (k1 = -mean log rho, k2 = mean (log rho)^2 / 2, reverse KL) fails.
+    cfg64 = dataclasses.replace(tiny_gpt_config, pos="learned")  # RoPE's tables are float32
+    old = tiny_model(cfg64).double()
+    policy, value = copy.deepcopy(old), ppo.ScalarModel(copy.deepcopy(old)).double()
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     prompts, completions = random_rows(8, tiny_gpt_config.vocab_size)
     with torch.no_grad():
-        logp, _, values, mask = ppo.policy_outputs(policy, value, prompts, completions, 0)
-    batch = dict(prompts=prompts, completions=completions, logp=logp, values=values, pad=0,
-                 advantages=ppo.whiten(torch.randn_like(logp), mask), returns=torch.randn_like(logp) * mask)
-    opt = torch.optim.AdamW(list(policy.parameters()) + list(value.parameters()), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    full = ppo.ppo_update(policy, value, opt, batch, ppo.Config(epochs=2, minibatch=4, target_kl=1e9), g)
-    assert full["updates"] == 4
-    stopped = ppo.ppo_update(policy, value, opt, batch, ppo.Config(epochs=2, minibatch=4, target_kl=-1.0), g)
-    assert stopped["updates"] == 1
+        logp_old, mask = gpt.completion_logprobs(old, prompts, completions)
+        logp_new, _ = gpt.completion_logprobs(policy, prompts, completions)
+        _, _, values, _ = ppo.policy_outputs(old, value, prompts, completions, 0)
+    log_rho = (logp_new - logp_old)[mask]
+    X = float((log_rho.exp() - 1 - log_rho).mean())
+    assert X > 1e-3  # the policy really moved
+    batch = dict(prompts=prompts, completions=completions, logp=logp_old, values=values, pad=0,
+                 advantages=ppo.whiten(torch.randn_like(logp_old), mask), returns=values)
+    for target, updates in [(X * (1 - 1e-6), 1), (X * (1 + 1e-6), 2)]:  # float64: X to ~1e-14
+        moved = copy.deepcopy(policy)
+        opt = torch.optim.AdamW(list(moved.parameters()) + list(value.parameters()), lr=1e-3)
+        cfg = ppo.Config(epochs=2, minibatch=8, target_kl=target)
+        stats = ppo.ppo_update(moved, value, opt, batch, cfg, torch.Generator().manual_seed(0))
+        assert stats["updates"] == updates, (target, X)
 
 
 def test_true_score_worked_examples():
