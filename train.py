@@ -236,7 +236,7 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):  # --resume: set_optimizer_state_dict calls step(closure=None)
         for group in self.param_groups:
             lr, mu = group["lr"], group["momentum"]
             for p in group["params"]:
@@ -367,15 +367,20 @@ def sample_text(raw, tok, cfg, device):
     return tok.decode(out[0])
 
 
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
-              "4090": 165e12, "3090": 71e12, "V100": 125e12}  # dense bf16 (V100: fp16) tensor-core peaks
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets, which print twice these "with sparsity"
+# (V100 has no bf16: its fp16 peak). The A10G (AWS only) has no data sheet: 70 is the quoted figure.
+PEAK_FLOPS = {"H200": 989e12, "H200 NVL": 835e12, "H100": 989e12, "H100 PCIE": 756e12,
+              "H100 NVL": 835e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
+              "A10": 125e12, "A10G": 70e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+              "V100 PCIE": 112e12}
 
 
-def peak_flops(device):
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+def peak_flops(name):
+    """The peak of the longest key whose words are all words of the device name, so that
+    "NVIDIA H100 PCIe" is not the SXM part (named "NVIDIA H100 80GB HBM3") and "L40" is no L4."""
+    words = set(name.upper().replace("-", " ").split())
+    keys = [key for key in PEAK_FLOPS if set(key.split()) <= words]
+    return PEAK_FLOPS[max(keys, key=len)] if keys else None
 
 
 def report(raw, cfg, tokens_seen, train_seconds, device, world):

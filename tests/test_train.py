@@ -33,8 +33,10 @@ def test_loss_falls_and_a_checkpoint_loads(tiny_train_config):
 
 
 def test_resume_is_exact(tiny_train_config, tmp_path):
-    """2N steps in one go equal N steps, a stop, --resume, and N more: bit for bit."""
-    cfg = dataclasses.replace(tiny_train_config, max_iters=8, eval_interval=4, dropout=0.1)
+    """2N steps in one go equal N steps, a stop, --resume, and N more: bit for bit. With Muon, so
+    both optimizers' states come back (AdamW holds the embeddings, the head and the norms)."""
+    cfg = dataclasses.replace(tiny_train_config, max_iters=8, eval_interval=4, dropout=0.1,
+                              optimizer="muon")
     whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
     train.main(whole)
     split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=4)
@@ -148,6 +150,24 @@ def test_muon_matches_torch_reference():
     torch.testing.assert_close(ours - start, ref - start, rtol=0.03, atol=2e-3)
 
 
+def test_muon_weight_decay_is_torchs(tiny_gpt_config):
+    """--weight_decay reaches Muon's 2-D block weights, decoupled as in torch.optim.Muon:
+    W <- W (1 - lr wd) - lr s NS(U). A zero gradient makes NS(U) = 0 in both (0 / max(|0|, eps)),
+    so one step isolates the decay, which must then agree to float32 rounding."""
+    model = gpt.GPT(tiny_gpt_config)
+    cfg = train.TrainConfig(optimizer="muon", weight_decay=0.1, muon_lr=0.02)
+    muon = train.make_optimizers(model, cfg, "cpu")[1]
+    params = muon.param_groups[0]["params"]
+    assert len(params) == 4 * tiny_gpt_config.n_layer  # attention in and out, MLP in and out
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p in params + refs:
+        p.grad = torch.zeros_like(p)
+    muon.step()
+    torch.optim.Muon(refs, lr=0.02, weight_decay=0.1).step()
+    for p, ref in zip(params, refs):
+        torch.testing.assert_close(p.detach(), ref.detach())
+
+
 def test_every_window_start_is_drawn_the_last_included():
     """On 100 tokens with block_size=16 the valid starts are 0..83: the window at 83 reads tokens
     83..98 and predicts 84..99, so the last token is a target too."""
@@ -256,6 +276,16 @@ def test_peak_flops_takes_the_most_specific_name():
                 "NVIDIA GeForce RTX 4090": 165e12, "Tesla V100-PCIE-16GB": 112e12,
                 "Intel(R) Arc(TM) A770": None}
     assert {name: train.peak_flops(name) for name in expected} == expected
+
+
+def test_mfu_is_achieved_flops_per_device_over_the_peak(tiny_train_config):
+    # a worked example: 4M tokens in 10 s on 2 devices is 2e5 tokens/s each, so with a peak of
+    # 8e5 x flops/token every device does a quarter of its peak: MFU 25.0%
+    raw = gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    peak = 8e5 * raw.flops_per_token(16)
+    text, _ = train.report(raw, tiny_train_config, 4_000_000, 10.0, peak, world=2)
+    assert f"25.0% of {peak / 1e12:.0f} TFLOP/s per device" in text
+    assert "n/a" in train.report(raw, tiny_train_config, 4_000_000, 10.0, None, world=2)[0]
 
 
 def test_report_counts_tokens_and_chinchilla(tiny_train_config, capsys):
