@@ -63,6 +63,23 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # for data, weights and sampling
 
+    def __post_init__(self):  # every field checked before any work: a typo fails in a second
+        counts = ("base_steps", "rm_pairs", "rm_steps", "rollout_size", "epochs", "minibatch",
+                  "max_new_tokens", "eval_prompts", "n_layer")
+        positive = ("rm_lr", "lr", "clip_eps", "value_clip", "target_kl")
+        zero_means_auto_or_off = ("iters", "beta", "vf_coef", "ent_coef", "n_embd")
+        rules = [(counts, lambda v: v >= 1, "at least 1"),
+                 (positive, lambda v: v > 0, "above 0"),
+                 (zero_means_auto_or_off, lambda v: v >= 0, "0 or more"),
+                 (("gamma", "lam"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+                 (("n_embd",), lambda v: v % 8 == 0, "a multiple of 8 (4 heads of even width)"),
+                 (("best_of",), lambda v: v >= 4, "at least 4, the smallest Best-of-N row"),
+                 (("max_new_tokens",), lambda v: v <= BLOCK_SIZE - 3, f"at most {BLOCK_SIZE - 3}")]
+        for names, ok, rule in rules:  # NaN fails every comparison, so it is caught too
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ValueError(f"{name}={getattr(self, name)}: --{name} must be {rule}")
+
 
 # ----------------------------------------------------------------------------- the task
 
@@ -70,6 +87,7 @@ NOUNS = ["food", "service", "room", "staff", "view", "price", "bed", "music", "c
 TRAIN_NOUNS, HELD_OUT_NOUNS = NOUNS[:8], NOUNS[8:]  # PPO never sees the held-out prompts
 SENTIMENT = {"great": 1, "lovely": 1, "superb": 1, "clean": 1, "friendly": 1, "good": 1,
              "awful": -1, "dirty": -1, "rude": -1, "slow": -1, "noisy": -1, "bad": -1, "okay": 0, "small": 0}
+BLOCK_SIZE = 32  # the models' context: a 3-token prompt "the <noun> was" and the completion
 REVIEW = re.compile(r" (\w+)(?:(?:, (\w+))? and (\w+))?\.")  # " a." | " a and b." | " a, b and c."
 
 
@@ -253,8 +271,8 @@ def train_base_policy(tok, cfg, device):
     """A tiny GPT that writes reviews with uniformly random adjectives: the SFT model PPO starts from."""
     rng = random.Random(cfg.seed)
     pairs = [(tok.encode(p), tok.encode(c) + [tok.eot_id]) for p, c in (make_review(rng, NOUNS) for _ in range(4000))]
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=32, n_layer=cfg.n_layer, n_head=4,
-                                  n_embd=cfg.n_embd)).to(device)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=BLOCK_SIZE,
+                                  n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd)).to(device)
     gpt.finetune(model, pairs, cfg.base_steps, lr=3e-3, batch_size=32, seed=cfg.seed, desc="base policy (SFT)")
     return model
 

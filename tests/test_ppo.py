@@ -1,7 +1,7 @@
 """ppo.py against brute force and worked examples: GAE as an explicit discounted sum, the reward
 model's score on the last real token, the Bradley-Terry loss at init, KL and ratio at init, the
 clipped value and PPO losses by hand, early stop on the k3 KL, log-probs and entropy against
-gpt.py's helper, and a smoke run."""
+gpt.py's helper, config validation, and a smoke run."""
 import copy
 import dataclasses
 import math
@@ -193,6 +193,18 @@ def test_ppo_update_stops_once_the_k3_estimate_passes_target_kl(tiny_gpt_config)
         cfg = ppo.Config(epochs=2, minibatch=8, target_kl=target)
         stats = ppo.ppo_update(moved, value, opt, batch, cfg, torch.Generator().manual_seed(0))
         assert stats["updates"] == updates, (target, X)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("rollout_size", 0), ("epochs", 0), ("minibatch", -1), ("rm_pairs", 0), ("base_steps", 0),
+    ("lr", 0.0), ("rm_lr", -1e-3), ("target_kl", float("nan")), ("clip_eps", 0.0), ("iters", -5),
+    ("beta", -0.1), ("gamma", 1.5), ("lam", -0.1), ("n_embd", 100), ("best_of", 2),
+    ("max_new_tokens", 0), ("max_new_tokens", 40), ("eval_prompts", 0), ("n_layer", 0)])
+def test_config_rejects_bad_values_before_any_work(field, value):
+    with pytest.raises(ValueError, match=f"^{field}="):  # one line that names the field
+        ppo.Config(**{field: value})
+    with pytest.raises(SystemExit, match=f"--{field}"):  # and says which flag to change
+        gpt.parse_args(ppo.Config, [f"--{field}={value}"])
 
 
 def test_true_score_worked_examples():
