@@ -260,7 +260,7 @@ def make_optimizers(model, cfg, device):
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
     optimizers = [adamw]
     if muon:
-        optimizers.append(Muon(list(muon.values()), lr=cfg.muon_lr))
+        optimizers.append(Muon(list(muon.values()), lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     for opt in optimizers:
         for group in opt.param_groups:
             group["peak_lr"] = group["lr"]
@@ -383,12 +383,11 @@ def peak_flops(name):
     return PEAK_FLOPS[max(keys, key=len)] if keys else None
 
 
-def report(raw, cfg, tokens_seen, train_seconds, device, world):
-    """Parameters, tokens, the Chinchilla ratio, compute, throughput and MFU."""
+def report(raw, cfg, tokens_seen, train_seconds, peak, world):
+    """Parameters, tokens, Chinchilla ratio, compute, throughput, MFU (peak: FLOP/s per device)."""
     n_params = count_params(raw)
     flops = raw.flops_per_token(cfg.block_size)
     tok_s = tokens_seen / max(train_seconds, 1e-9)
-    peak = peak_flops(device)
     mfu = f"{flops * tok_s / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s per device" if peak else "n/a (no known peak for this device)"
     lines = [f"parameters        {n_params / 1e6:.2f}M",
              f"tokens seen       {tokens_seen / 1e6:.2f}M",
@@ -466,7 +465,8 @@ def train(cfg):
         train_seconds += time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{(step + 1 - start) * tokens_per_step / train_seconds:,.0f}")
     bar.close()
-    text, stats = report(raw, cfg, (end - start) * tokens_per_step, train_seconds, device, world)
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
+    text, stats = report(raw, cfg, (end - start) * tokens_per_step, train_seconds, peak, world)
     if master:
         print(text)
         if len(history) > 1:
