@@ -333,8 +333,9 @@ def pairwise_accuracy(rm, pairs, pad_id):
 @gpt.inference
 def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
     """Best-of-n sampling from policy (n=1: plain sampling) on prompts: mean reward-model score,
-    KL to the reference (measured for n=1; the analytic log n - (n-1)/n for Best-of-n, Stiennon
-    et al. 2020) and mean true score, plus one example."""
+    KL to the reference (measured for n=1; for Best-of-n the bound log n - (n-1)/n, exact only
+    when no two samples tie on the reward model: Beirami et al. 2024) and mean true score, plus
+    one example."""
     pad = tok.eot_id
     repeated = [p for p in prompts for _ in range(n)]
     samples = policy.generate(repeated, cfg.max_new_tokens, stop_tokens=(pad,), generator=generator, pad_id=pad)
@@ -404,7 +405,11 @@ def main(cfg):
           f"true score from -3 (malformed) to +3. PPO drew {cfg.iters * cfg.rollout_size} samples in training.")
     print(f"{'policy':<16} {'samples/prompt':>14} {'RM score':>9} {'KL':>6} {'true score':>10}  example")
     for name, n, r in rows:
-        print(f"{name:<16} {n:>14} {r['rm score']:>9.2f} {r['KL']:>6.2f} {r['true score']:>10.2f}  {r['example']!r}")
+        kl = ("<=" if n > 1 else "") + f"{r['KL']:.2f}"  # Best-of-N: the bound, not a measurement
+        print(f"{name:<16} {n:>14} {r['rm score']:>9.2f} {kl:>6} {r['true score']:>10.2f}  "
+              f"{r['example']!r}")
+    print("Best-of-N KL: the upper bound log N - (N-1)/N, exact only if no two of the N samples"
+          " tie on the reward model (equal completions always do)")
     print(f"total {time.time() - t0:.0f}s")
     return {name: r for name, _, r in rows}
 
