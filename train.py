@@ -192,7 +192,7 @@ def prepare_data(cfg, rank=0):
 
 def check_lengths(train, val, block_size):
     for split, ids in (("train", train), ("val", val)):
-        if len(ids) < block_size + 2:
+        if len(ids) < block_size + 1:
             raise ValueError(f"the {split} split has {len(ids)} tokens, too few for block_size={block_size}: "
                              "use more text, a smaller --block_size, or a different --val_frac")
 
@@ -208,7 +208,9 @@ def step_starts(n_tokens, cfg, generator, world):
     """Window starts for one optimizer step, (grad_accum, world, batch_size). Every process draws
     the same global batch and keeps its own slice, so the run is the same for any world size,
     and grad_accum x batch_size is the same run as one batch of the product."""
-    starts = torch.randint(n_tokens - cfg.block_size - 1, (cfg.grad_accum * world * cfg.batch_size,), generator=generator)
+    # s + block_size + 1 <= n_tokens for the targets; randint's bound is exclusive
+    count = cfg.grad_accum * world * cfg.batch_size
+    starts = torch.randint(n_tokens - cfg.block_size, (count,), generator=generator)
     return starts.view(cfg.grad_accum, world, cfg.batch_size).numpy()
 
 
