@@ -106,7 +106,7 @@ def _torch_forward(q, k, v, causal, scale, block_q, block_k):
     acc = torch.promote_types(q.dtype, torch.float32)
     Lq, Lk = q.shape[2], k.shape[2]
     offset = Lk - Lq  # bottom-right causal alignment
-    O = q.new_empty(q.shape, dtype=acc)
+    O = q.new_empty(q.shape[:3] + v.shape[-1:], dtype=acc)  # (B, H, Lq, d_v)
     L = q.new_empty(q.shape[:3], dtype=acc)  # (B, H, Lq)
     for i0 in range(0, Lq, block_q):  # outer loop: one block of queries ...
         i1 = min(i0 + block_q, Lq)
@@ -179,8 +179,8 @@ class FlashAttentionTorch(torch.autograd.Function):
 
 
 def flash_attention_torch(q, k, v, causal=False, scale=None, block_q=256, block_k=256):
-    """The PyTorch FlashAttention-2 on any device; q (B, H, Lq, d), k and v (B, H, Lk, d). Tiles of
-    256 x 256 ran fastest on CPU (Python overhead per tile against cache-sized work)."""
+    """The PyTorch FlashAttention-2 on any device; q (B, H, Lq, d), k (B, H, Lk, d), v (B, H, Lk, d_v).
+    Tiles of 256 x 256 ran fastest on CPU (Python overhead per tile against cache-sized work)."""
     check_inputs(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTorch.apply(q, k, v, causal, scale, block_q, block_k)

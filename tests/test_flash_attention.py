@@ -13,9 +13,10 @@ import flash_attention as fa
 from conftest import TRITON_PROMISED, require
 
 
-def rand_qkv(Lq, Lk, d=8, B=2, H=3, dtype=torch.float64, seed=0):
+def rand_qkv(Lq, Lk, d=8, B=2, H=3, dtype=torch.float64, seed=0, d_v=None):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, H, n, d, generator=g, dtype=dtype, requires_grad=True) for n in (Lq, Lk, Lk)]
+    return [torch.randn(B, H, n, dim, generator=g, dtype=dtype, requires_grad=True)
+            for n, dim in ((Lq, d), (Lk, d), (Lk, d_v or d))]
 
 
 def grads(out, dO, *leaves):
@@ -44,6 +45,19 @@ def test_gradcheck_float64(Lq, Lk, causal):
 def test_torch_path_equals_sdpa(Lq, Lk, causal):
     q, k, v = rand_qkv(Lq, Lk, d=16)
     dO = torch.randn(q.shape[:3] + (16,), dtype=torch.float64)
+    out = fa.flash_attention_torch(q, k, v, causal, None, 16, 16)
+    ref = sdpa_bottom_right(q, k, v, causal)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for ours, theirs in zip(grads(out, dO, q, k, v), grads(ref, dO, q, k, v)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("Lq,Lk", [(37, 37), (20, 45), (45, 20)])
+def test_value_head_dim_may_differ_from_the_query_head_dim(Lq, Lk, causal):
+    # q, k: d = 16; v: d_v = 24, as SDPA allows; 16 x 16 tiles leave ragged ends
+    q, k, v = rand_qkv(Lq, Lk, d=16, d_v=24)
+    dO = torch.randn(q.shape[:3] + (24,), dtype=torch.float64)
     out = fa.flash_attention_torch(q, k, v, causal, None, 16, 16)
     ref = sdpa_bottom_right(q, k, v, causal)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -103,6 +117,9 @@ def test_bad_inputs_give_clear_errors():
     if fa.triton is not None and not fa.INTERPRET:
         with pytest.raises(ValueError, match="head dims"):
             fa.flash_attention_triton(q, k, v)  # float64 and d = 8
+        q, k, v = rand_qkv(8, 8, d=64, d_v=32, dtype=torch.float16)
+        with pytest.raises(ValueError, match="d_v=32"):
+            fa.flash_attention_triton(q, k, v)  # the kernels take d_v = d only
         if not torch.cuda.is_available():
             with pytest.raises(ValueError, match="CUDA tensors"):
                 fa.flash_attention_triton(*(torch.zeros(1, 1, 4, 64, dtype=torch.float16) for _ in range(3)))
