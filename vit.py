@@ -12,8 +12,9 @@ Papers: Dosovitskiy et al. 2020 (ViT), Liu et al. 2023 (LLaVA), He et al. 2021 (
     python vit.py --data=mnist                   # or cifar10: downloaded once into data/ (7x7 patches)
 
 On CPU you see test accuracy of the ViT and of a CNN with about as many parameters trained for
-the same steps, the [CLS] attention over the patches of one image as a text heat map, and the
-vision-language model's accuracy per question ("what shape is this?", "what colour ...?", ...).
+the same steps, the [CLS] attention (with --pool=mean: the patches' mean attention) over the
+patches of one image as a text heat map, and the vision-language model's accuracy per question
+("what shape is this?", "what colour ...?", ...).
 Only the VLM demo needs gpt.py (imported inside it): the ViT itself can be copied on its own.
 """
 import dataclasses
@@ -170,12 +171,15 @@ class ViT(nn.Module):
         return self.head(z[:, 0] if self.config.pool == "cls" else z[:, 1:].mean(dim=1))
 
     @torch.no_grad()
-    def cls_attention(self, img):
-        """How much [CLS] attends to each patch in the last block, averaged over heads: (B, N)."""
+    def pooled_attention(self, img):
+        """How much the tokens the head reads attend to each patch in the last block, averaged
+        over heads: (B, N). pool=cls: the [CLS] row. pool=mean: the mean of the patch rows, the
+        weight each patch's value gets in the mean of that block's attention outputs."""
         z = self.embed(img)
         for block in self.blocks[:-1]:
             z = block(z)
-        return self.blocks[-1].attn.weights(self.blocks[-1].ln_1(z))[:, :, 0, 1:].mean(dim=1)
+        A = self.blocks[-1].attn.weights(self.blocks[-1].ln_1(z)).mean(dim=1)  # (B, 1 + N, 1 + N)
+        return A[:, 0, 1:] if self.config.pool == "cls" else A[:, 1:, 1:].mean(dim=1)
 
 
 class SmallCNN(nn.Module):
@@ -364,12 +368,13 @@ def heat_map(values, grid, ramp=" .:-=+*#%@"):
 
 
 def show_attention(vit, img, device):
-    """The image's per-patch brightness beside the [CLS] attention over its patches."""
+    """The image's per-patch brightness beside the attention that the pooled tokens pay to them."""
     cfg = vit.config
     grid, P = cfg.image_size // cfg.patch_size, cfg.patch_size
-    attention = vit.cls_attention(img[None].to(device))[0].cpu()
+    attention = vit.pooled_attention(img[None].to(device))[0].cpu()
+    reader = "[CLS] attention" if cfg.pool == "cls" else "mean attention of the patches (pool=mean)"
     brightness = F.avg_pool2d((img - img.amin()).mean(0, keepdim=True)[None], P).flatten()
-    print("image, mean brightness per patch  |  [CLS] attention to each patch, last block, mean of heads")
+    print(f"image, mean brightness per patch  |  {reader} to each patch, last block, mean of heads")
     for left, right in zip(heat_map(brightness, grid), heat_map(attention, grid)):
         print(f"{left:<33}|  {right}")
 

@@ -81,7 +81,7 @@ def reference_forward(model, img):
     """The ViT from its equations in float64: patches cut by hand and projected, [CLS] prepended,
     positions added, then per block z += MSA(LN(z)) with explicit per-head softmax and
     z += W2 GELU_erf(W1 LN(z)); final LN; head on [CLS] or on the mean of the patch tokens.
-    Also returns the last block's attention from [CLS] to the patches, mean over heads."""
+    Also returns the last block's attention matrix, mean over heads: (B, 1 + N, 1 + N)."""
     cfg, W = model.config, {k: v.double() for k, v in model.state_dict().items()}
     W["pos_emb"] = model.pos_emb.double()
     P, D, H = cfg.patch_size, cfg.n_embd, cfg.n_head
@@ -98,27 +98,40 @@ def reference_forward(model, img):
     for l in range(cfg.n_layer):
         p = f"blocks.{l}."
         q, k, v = (ln(z, p + "ln_1") @ W[p + "attn.qkv.weight"].T + W[p + "attn.qkv.bias"]).split(D, -1)
-        heads, cls_rows = [], []
+        heads, maps = [], []
         for h in range(H):
             s = slice(h * hd, (h + 1) * hd)
             A = torch.softmax(q[..., s] @ k[..., s].transpose(1, 2) / math.sqrt(hd), dim=-1)
             heads.append(A @ v[..., s])
-            cls_rows.append(A[:, 0, 1:])
+            maps.append(A)
         z = z + torch.cat(heads, -1) @ W[p + "attn.proj.weight"].T + W[p + "attn.proj.bias"]
         u = ln(z, p + "ln_2") @ W[p + "mlp.0.weight"].T + W[p + "mlp.0.bias"]
         z = z + (0.5 * u * (1 + torch.erf(u / math.sqrt(2)))) @ W[p + "mlp.2.weight"].T + W[p + "mlp.2.bias"]
     z = ln(z, "ln_f")
     pooled = z[:, 0] if cfg.pool == "cls" else z[:, 1:].mean(1)
-    return pooled @ W["head.weight"].T + W["head.bias"], torch.stack(cls_rows).mean(0)
+    return pooled @ W["head.weight"].T + W["head.bias"], torch.stack(maps).mean(0)
 
 
 @pytest.mark.parametrize("pool,pos", [("cls", "learned"), ("mean", "sincos")])
-def test_forward_matches_float64_reference(pool, pos):
+def test_forward_and_attention_map_match_float64_reference(pool, pos):
+    """The map shows what the head reads: pool=cls, the [CLS] row A[0, 1:]; pool=mean, the mean
+    of the patch rows, mean_i A[i, 1:] over patches i, the weight each patch's value gets in the
+    mean of the last block's attention outputs (the [CLS] row, which that head never reads,
+    differs from it, so showing it would be caught)."""
     model = make_model(tiny_config(pool=pool, pos=pos))
     img = torch.randn(3, 3, 12, 12, dtype=torch.float64)
-    logits, cls_attention = reference_forward(model, img)
+    logits, A = reference_forward(model, img)
     torch.testing.assert_close(model(img), logits, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(model.cls_attention(img), cls_attention, rtol=1e-10, atol=1e-10)
+    expected = A[:, 0, 1:] if pool == "cls" else A[:, 1:, 1:].mean(1)  # (B, N)
+    torch.testing.assert_close(model.pooled_attention(img), expected, rtol=1e-10, atol=1e-10)
+    assert (A[:, 0, 1:] - A[:, 1:, 1:].mean(1)).abs().max() > 1e-3
+
+
+def test_attention_map_is_labelled_by_what_the_head_reads(capsys):
+    img = torch.randn(3, 12, 12)
+    for pool, label in [("cls", "[CLS] attention"), ("mean", "mean attention of the patches")]:
+        vit.show_attention(make_model(tiny_config(pool=pool)).float(), img, "cpu")
+        assert label in capsys.readouterr().out
 
 
 def test_eval_mode_is_deterministic_and_train_mode_is_not():
