@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.nn.utils.parametrize as parametrize
 from tqdm import tqdm
 
 import gpt
@@ -232,6 +233,19 @@ def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=F
     return model
 
 
+class NewTokenRows(nn.Module):
+    """A parametrisation of an embedding (or tied head) matrix: W with the rows of the given
+    tokens replaced by trainable copies, every other row frozen (PEFT's trainable_token_indices)."""
+
+    def __init__(self, weight, ids):
+        super().__init__()
+        self.register_buffer("ids", torch.tensor(ids, device=weight.device))
+        self.rows = nn.Parameter(weight.detach()[self.ids].clone())  # (len(ids), n_embd)
+
+    def forward(self, weight):
+        return weight.index_put((self.ids,), self.rows)
+
+
 def lora_layers(model):
     return [m for m in model.modules() if isinstance(m, LoRALinear)]
 
@@ -326,14 +340,19 @@ def train_sft(model, rows, steps, lr, batch_size, device, rank=0, world=1, seed=
 
 # ----------------------------------------------------------------------------- demo
 
-def prepare(base, method, cfg):
-    """A copy of the base, set up for one method: everything trainable, or LoRA / QLoRA adapters."""
+def prepare(base, method, cfg, tok):
+    """A copy of the base, set up for one method: everything trainable, or LoRA / QLoRA adapters
+    plus the special tokens' rows of the embedding (and of the head, if it is not tied)."""
     model = copy.deepcopy(base)
     if method != "full":
         apply_lora(model, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")), quantize=method == "qlora")
-        # the chat tokens were never seen in pretraining, so their embeddings must learn too
-        # (PEFT's modules_to_save); the head is tied to them, so this also lets it say <|end|>
-        model.transformer.wte.weight.requires_grad_(True)
+        # pretraining encoded ordinary text only: the chat tokens' rows were never fed in (and as
+        # outputs only learned never to be said), so they learn too; the rest of W stays frozen
+        special, shared = [tok.special(name) for name in gpt.SPECIAL_TOKENS], {}
+        for module in (model.transformer.wte, model.lm_head):  # a tied head shares its rows
+            if id(module.weight) not in shared:
+                shared[id(module.weight)] = NewTokenRows(module.weight, special)
+            parametrize.register_parametrization(module, "weight", shared[id(module.weight)])
     return model
 
 
@@ -364,7 +383,7 @@ def run(cfg, rank, world, device):
     results, outputs = [], {}
     acc0, nll0, outputs["base"] = evaluate(base, tok, eval_set)
     for method in cfg.method_list:
-        model = prepare(base, method, cfg)
+        model = prepare(base, method, cfg, tok)
         before = (acc0, nll0) if method != "qlora" else evaluate(model, tok, eval_set)[:2]  # NF4 changes the base
         t0 = time.perf_counter()
         losses = train_sft(model, rows, steps, cfg.lr if method == "full" else cfg.lora_lr, cfg.batch_size, device,
@@ -404,7 +423,8 @@ def report(results, outputs, eval_set, cfg, n_params):
               f"{r['nll_before']:>5.2f} -> {r['nll_after']:<5.2f} {r['acc_before']:>4.0%} -> {r['acc_after']:<5.0%} "
               f"{r['seconds']:>5.0f}s")
     print("(weights: every parameter and buffer, QLoRA's NF4 codes and scales included; "
-          "+grads+Adam adds 12 bytes per trainable parameter)")
+          "+grads+Adam adds 12 bytes per trainable parameter; LoRA and QLoRA train their adapters "
+          "and the special tokens' embedding rows)")
     print("\naccuracy by task  " + "".join(f"{name:>8}" for name in TASKS))
     for method, predicted in outputs.items():
         right = {name: [p == a for p, (t, _, a) in zip(predicted, eval_set) if t == name] for name in TASKS}

@@ -129,6 +129,32 @@ def test_only_the_adapters_learn(tiny_gpt_config):
         sft.apply_lora(make_model(tiny_gpt_config), r=2, alpha=2, targets=("q_proj",))
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_lora_trains_the_adapters_and_only_the_special_token_rows(tiny_gpt_config, tok, tie):
+    """Pretraining encodes ordinary text, so the base never fed in a chat special token (and as
+    an output only learned never to predict one): those rows must learn, the other rows stay
+    frozen as in standard LoRA (PEFT's trainable_token_indices). Counted by hand: r (in + out)
+    for c_attn 32->64, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32 at r = 4 in 2 layers,
+    plus 7 special rows of 32, once more for an untied head (its <|end|> must learn to win)."""
+    cfg = dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size, tie_embeddings=tie)
+    base = make_model(cfg)
+    model = sft.prepare(base, "lora", sft.SFTConfig(lora_r=4, lora_alpha=8), tok)
+    assert sft.trainable_params(model) == 2 * 4 * (96 + 64 + 224 + 128) + 7 * 32 * (1 if tie else 2)
+    ids = torch.tensor([sft.render_chat(sft.chat("first letter: ox", "o"), tok)])
+    assert torch.equal(model(ids)[0], base(ids)[0])  # B = 0 and the rows start as the base's
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(ids[:, :-1], ids[:, 1:])[1].backward()
+    opt.step()
+    special = [tok.special(name) for name in gpt.SPECIAL_TOKENS]
+    ordinary = torch.ones(cfg.vocab_size, dtype=torch.bool)
+    ordinary[special] = False
+    for new, old in [(model.transformer.wte.weight, base.transformer.wte.weight),
+                     (model.lm_head.weight, base.lm_head.weight)]:
+        assert torch.equal(new[ordinary], old[ordinary])  # frozen, exactly
+        assert not torch.equal(new[tok.special("<|end|>")], old[tok.special("<|end|>")])
+    assert torch.equal(model.transformer.wte.weight, model.lm_head.weight) == tie
+
+
 # ----------------------------------------------------------------------------- NF4 and QLoRA
 
 # NF4 as published with QLoRA (Dettmers et al. 2023, appendix E; the bitsandbytes NF4 table)
@@ -263,8 +289,9 @@ def test_main_smoke_and_learning(tiny_init, tmp_path):
     for r in results.values():
         assert r["last_loss"] < r["first_loss"] and r["nll_after"] < r["nll_before"], r
     # r (in + out) for c_attn 32->96, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32 at r = 8, in 2 layers,
-    # plus the 320 x 32 embedding table, which learns the chat tokens
-    assert results["lora"]["trainable"] == results["qlora"]["trainable"] == 2 * 8 * (128 + 64 + 224 + 128) + 320 * 32
+    # plus the embedding rows of the 7 special tokens (32 wide), which learn the chat template
+    assert results["lora"]["trainable"] == 2 * 8 * (128 + 64 + 224 + 128) + 7 * 32
+    assert results["qlora"]["trainable"] == results["lora"]["trainable"]
     assert results["qlora"]["weight_bytes"] < results["lora"]["weight_bytes"]
     model, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))  # the full fine-tune, a plain GPT
     assert gpt.count_params(model) == results["full"]["trainable"]
