@@ -466,6 +466,8 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         t_start, d_start = t_cache.pos, d_cache.pos
         drafted, q = [], []  # x_1..x_n and the draft distributions they came from
         for i in range(min(k, max_new_tokens - len(out) - 1)):
+            if drafted and int(drafted[-1]) in stop_tokens:
+                break  # whatever follows a stop is thrown away: draft no further
             q.append(probs(draft, d_pending if i == 0 else drafted[-1][None], d_cache)[-1])
             drafted.append(torch.multinomial(q[-1], 1, generator=generator)[0])
         p = probs(target, torch.cat([t_pending, *[x[None] for x in drafted]]), t_cache)[-len(drafted) - 1:]
@@ -478,7 +480,9 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
             residual = residual if residual.sum() > 0 else p[i]  # p == q up to rounding
             break
         new = torch.multinomial(residual / residual.sum(), 1, generator=generator)
-        out += [int(x) for x in drafted[:accepted]] + [int(new)]
+        out += [int(x) for x in drafted[:accepted]]
+        if not (out and out[-1] in stop_tokens):  # an accepted stop ends it: no free token
+            out.append(int(new))
         stats["target_calls"] += 1
         stats["drafted"] += len(drafted)
         stats["accepted"] += accepted
@@ -490,9 +494,8 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
             d_cache.pos, d_pending = d_start + len(d_pending) + accepted - 1, torch.cat([drafted[-1][None], new])
         else:
             d_cache.pos, d_pending = d_start + len(d_pending) + accepted, new
-    stop_at = next((i for i, x in enumerate(out) if x in stop_tokens), len(out))
     stats["acceptance"] = stats["accepted"] / max(stats["drafted"], 1)
-    return out[:min(stop_at + 1, max_new_tokens)], stats
+    return out, stats  # it ends at its first stop token, within max_new_tokens
 
 
 # ----------------------------------------------------------------------------- log-probs

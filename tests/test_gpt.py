@@ -268,6 +268,28 @@ def test_speculative_greedy_equals_target_greedy(tiny_gpt_config):
     assert stats["acceptance"] == 1.0 and stats["target_calls"] == 5  # 4 drafted + 1 free token per call
 
 
+def test_speculative_decoding_stops_at_an_accepted_stop_token(tiny_gpt_config):
+    """Draft = target at temperature 0: every drafted token is accepted and each target call
+    yields k drafted tokens + 1 free one. To emit tokens 0..j, where token j is the first stop,
+    takes ceil((j + 1) / (k + 1)) calls and no more; the free token of the last call is not
+    needed when the stop was drafted (j % (k + 1) != k)."""
+    cfg = gpt.GPTConfig(**{**tiny_gpt_config.__dict__, "tie_embeddings": False})
+    model, k = make_model(cfg, seed=1), 4
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5)  # sharper, so greedy writes many distinct tokens, not one
+    greedy = model.generate([[1, 2, 3]], 25, temperature=0)[0]
+    firsts = [j for j, t in enumerate(greedy) if t not in greedy[:j]]
+    assert any(j % (k + 1) != k for j in firsts[1:])  # some stop falls mid-block after call 1
+    for j in firsts:
+        out, stats = gpt.speculative_generate(model, model, [1, 2, 3], 25, k=k, temperature=0,
+                                              stop_tokens=[greedy[j]])
+        assert out == greedy[:j + 1]
+        calls = math.ceil((j + 1) / (k + 1))
+        free = calls if j % (k + 1) == k else calls - 1
+        assert stats["target_calls"] == calls
+        assert stats["drafted"] == stats["accepted"] == j + 1 - free
+
+
 def exact_joint(model, prompt, n, V):
     """p(x_1..x_n | prompt) for every sequence, from the target alone."""
     seqs = torch.cartesian_prod(*[torch.arange(V)] * n)
