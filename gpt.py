@@ -578,7 +578,9 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
             where[pair].add(w)
     bar = tqdm(total=max(vocab_size - 256, 0), desc="train BPE", leave=False, disable=vocab_size <= 256)
     while len(vocab) < vocab_size and pair_counts:
-        a, b = max(pair_counts, key=lambda pair: (pair_counts[pair], pair))  # ties: largest ids
+        # ties go to the lexicographically greater (vocab[a], vocab[b]): defined by content, not by
+        # id order, and the rule of the usual course trainers (e.g. Stanford CS336, assignment 1)
+        a, b = max(pair_counts, key=lambda ab: (pair_counts[ab], vocab[ab[0]], vocab[ab[1]]))
         merged = vocab[a] + vocab[b]
         new_id = ranks.get(merged, len(vocab))  # two merges may spell the same bytes: reuse the id
         if new_id == len(vocab):

@@ -354,14 +354,16 @@ def test_completion_logprobs_unchanged_by_left_padding_and_pad_equal_to_eos(tiny
 # ----------------------------------------------------------------------------- tokenizer
 
 def test_train_bpe_worked_example():
-    # "aaabdaaabac": (a,a) occurs 4 times -> 256 = "aa". Then (256,a) and (a,b) tie at 2; ties go to
-    # the larger pair, (256,a) -> 257 = "aaa". Then (257,b) x2 -> 258 = "aaab". Then all pairs
-    # occur once and the largest, (258,d), gives 259 = "aaabd".
+    # "aaabdaaabac" is one chunk. (a,a) occurs 4 times -> 256 = "aa". Then (256,a) and (a,b) tie
+    # at 2; ties go to the lexicographically greater pair of byte strings, ("aa","a") > ("a","b"),
+    # -> 257 = "aaa". Then (257,b) x2 -> 258 = "aaab", leaving [258 d 258 a c], whose four pairs
+    # occur once each: ("d","aaab") is the greatest, so 259 = "daaab". Ranking ties by token ids
+    # instead would pick (258,d) = "aaabd", since 258 > every byte.
     ranks = gpt.train_bpe("aaabdaaabac", 260)
     new = sorted((r, b) for b, r in ranks.items() if r >= 256)
-    assert new == [(256, b"aa"), (257, b"aaa"), (258, b"aaab"), (259, b"aaabd")]
+    assert new == [(256, b"aa"), (257, b"aaa"), (258, b"aaab"), (259, b"daaab")]
     tok = gpt.Tokenizer(ranks, gpt.SPLIT_PATTERN)
-    assert tok.encode("aaabdaaabac") == [259, 258, 97, 99]
+    assert tok.encode("aaabdaaabac") == [258, 259, 97, 99]
 
 
 def test_bpe_round_trips_unicode_and_covers_every_byte():
