@@ -52,6 +52,14 @@ class Config:
     sram_kb: int = 192  # on-chip SRAM per SM for the IO table (H100: 228 KB, A100: 164 KB)
     bench: bool = False  # only time ours vs naive vs F.scaled_dot_product_attention (and their peak memory)
 
+    def __post_init__(self):
+        if self.max_n and self.max_n < 1024:  # the memory table doubles N from 1024
+            raise ValueError(f"max_n={self.max_n} is below 1024: use --max_n=1024 or more, or 0 (auto)")
+        if self.head_dim < 1:
+            raise ValueError(f"head_dim={self.head_dim} must be positive: try --head_dim=64")
+        if self.sram_kb < 1:
+            raise ValueError(f"sram_kb={self.sram_kb} must be positive: try --sram_kb=228 (H100)")
+
 
 # ----------------------------------------------------------------------------- reference
 
