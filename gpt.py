@@ -747,15 +747,19 @@ def load_model(path, device="cpu"):
     return model, Tokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
 
 
-def from_pretrained_gpt2(state_dict, n_head=None):
-    """A GPT from a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel). HF stores its
-    projections as Conv1D, weight (in, out): we transpose them into nn.Linear's (out, in)."""
+def from_pretrained_gpt2(state_dict, config):
+    """A GPT from a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel) and its config.json
+    as a dict. HF stores its projections as Conv1D, weight (in, out): we transpose them into
+    nn.Linear's (out, in)."""
+    shape = ("n_head", "n_layer", "n_embd", "n_positions", "vocab_size", "layer_norm_epsilon")
+    missing = [key for key in shape if key not in (config or {})]
+    if missing:  # the head count is not in the weights, and a guess gives wrong logits silently
+        raise ValueError(f"the GPT-2 config lacks {missing}: pass the model's config.json as a dict")
     sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
-    n_embd = sd["wte.weight"].size(1)
-    n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("h."))
-    cfg = GPTConfig(vocab_size=sd["wte.weight"].size(0), block_size=sd["wpe.weight"].size(0), n_layer=n_layer,
-                    n_head=n_head or n_embd // 64, n_embd=n_embd, mlp="gelu", norm="layernorm", pos="learned",
-                    bias=True, tie_embeddings=True)  # every released GPT-2 has 64-wide heads
+    cfg = GPTConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
+                    n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
+                    norm_eps=config["layer_norm_epsilon"], mlp="gelu", norm="layernorm",
+                    pos="learned", bias=True, tie_embeddings=True)
     model = GPT(cfg)
     ours = {}
     for k, v in sd.items():

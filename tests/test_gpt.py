@@ -454,13 +454,13 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- GPT-2 weights
 
-def gpt2_reference(sd, idx, n_head):
+def gpt2_reference(sd, idx, n_head, eps):
     """GPT-2 from its paper and the Hugging Face layout, in float64: Conv1D is x @ W + b."""
     W = {k: v.double() for k, v in sd.items()}
     T = idx.size(1)
 
     def ln(x, p):
-        return F.layer_norm(x, x.shape[-1:], W[p + ".weight"], W[p + ".bias"], 1e-5)
+        return F.layer_norm(x, x.shape[-1:], W[p + ".weight"], W[p + ".bias"], eps)
     x = W["transformer.wte.weight"][idx[0]] + W["transformer.wpe.weight"][:T]
     n_layer = 1 + max(int(k.split(".")[2]) for k in W if ".h." in k)
     for l in range(n_layer):
@@ -477,9 +477,9 @@ def gpt2_reference(sd, idx, n_head):
     return ln(x, "transformer.ln_f") @ W["transformer.wte.weight"].T
 
 
-def test_from_pretrained_gpt2_reproduces_gpt2():
+def gpt2_state_dict(C, V, T_max, L):
+    """Random weights in the layout of Hugging Face's GPT2LMHeadModel.state_dict()."""
     torch.manual_seed(0)
-    C, V, T_max, L = 128, 100, 32, 2  # two 64-wide heads, as in every released GPT-2
     sd = {"transformer.wte.weight": torch.randn(V, C) * 0.1, "transformer.wpe.weight": torch.randn(T_max, C) * 0.1,
           "transformer.ln_f.weight": 1 + 0.1 * torch.randn(C), "transformer.ln_f.bias": 0.1 * torch.randn(C)}
     for l in range(L):
@@ -491,10 +491,31 @@ def test_from_pretrained_gpt2_reproduces_gpt2():
             sd[p + name + ".weight"], sd[p + name + ".bias"] = 0.05 * torch.randn(i, o), 0.05 * torch.randn(o)
         sd[p + "attn.bias"] = torch.tril(torch.ones(T_max, T_max))[None, None]  # HF's mask buffer
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    model = gpt.from_pretrained_gpt2(sd).double().eval()
-    assert model.config.n_head == 2 and model.config.block_size == T_max
+    return sd
+
+
+# (width, heads, epsilon): 64-wide heads as in every released GPT-2, then 32-wide heads, which a
+# head count guessed from the width (n_embd / 64) would get wrong, with a non-default epsilon.
+@pytest.mark.parametrize("C, n_head, eps", [(128, 2, 1e-5), (64, 2, 1e-3)])
+def test_from_pretrained_gpt2_reproduces_gpt2(C, n_head, eps):
+    V, T_max, L = 100, 32, 2
+    sd = gpt2_state_dict(C, V, T_max, L)
+    config = {"n_head": n_head, "n_layer": L, "n_embd": C, "n_positions": T_max, "vocab_size": V,
+              "layer_norm_epsilon": eps}  # the fields of a GPT-2 config.json that shape the model
+    model = gpt.from_pretrained_gpt2(sd, config).double().eval()
+    assert model.config.n_head == n_head and model.config.block_size == T_max
     idx = torch.randint(0, V, (1, 20))
-    torch.testing.assert_close(model(idx)[0][0], gpt2_reference(sd, idx, 2), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(model(idx)[0][0], gpt2_reference(sd, idx, n_head, eps), rtol=1e-10, atol=1e-10)
+
+
+def test_from_pretrained_gpt2_without_a_config_is_an_error():
+    """The head count is not in the weights: loading must ask for config.json, never guess."""
+    sd = gpt2_state_dict(64, 100, 32, 1)
+    with pytest.raises(ValueError, match="config.json"):
+        gpt.from_pretrained_gpt2(sd, None)
+    with pytest.raises(ValueError, match="n_head"):
+        gpt.from_pretrained_gpt2(sd, {"n_layer": 1, "n_embd": 64, "n_positions": 32, "vocab_size": 100,
+                                      "layer_norm_epsilon": 1e-5})
 
 
 # ----------------------------------------------------------------------------- config and CLI
