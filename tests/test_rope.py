@@ -1,11 +1,11 @@
-"""rope.py against independent references: rotation as complex multiplication, F.scaled_dot_product_attention
-for cached decoding, Python's math module in double precision, and worked examples from the papers'
-formulas (ALiBi slopes, T5 buckets)."""
+"""rope.py against independent references: rotation as complex multiplication, the full forward
+pass for cached decoding, Python's math module in double precision, YaRN as released (re-derived
+in float64, and values printed by Hugging Face transformers), and worked examples from the
+papers' formulas (ALiBi slopes, T5 buckets)."""
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import rope as R
 
