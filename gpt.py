@@ -332,7 +332,7 @@ class GPT(nn.Module):
         h = self.hidden(idx, valid, cache)
         for t in range(max_new_tokens):
             logits = upcast(self.lm_head(h[:, -1]))  # (B, vocab)
-            allowed = None if allowed_tokens is None else constrain(allowed_tokens, out[:, :t], done)
+            allowed = constrain(allowed_tokens, out[:, :t], done) if allowed_tokens else None
             token = sample_next(logits, temperature, top_k, top_p, allowed, generator).masked_fill(done, pad_id)
             out[:, t] = token
             stopped = ~done & torch.isin(token, stops)
@@ -403,7 +403,7 @@ def constrain(allowed_tokens, generated, done):
     empty = (~allowed.any(-1)).nonzero().flatten().tolist()
     if empty:  # softmax over no token is NaN, and argmax would pick token 0 unseen
         raise ValueError(f"allowed_tokens allows no token for row {int(rows[empty[0]])} at step "
-                         f"{generated.size(1)}: every unfinished row needs at least one allowed token")
+                         f"{generated.size(1)}: allow at least one token in every unfinished row")
     full = torch.ones(len(done), allowed.size(1), dtype=torch.bool, device=allowed.device)
     return full.index_copy(0, rows, allowed)
 
@@ -754,7 +754,7 @@ def from_pretrained_gpt2(state_dict, config):
     shape = ("n_head", "n_layer", "n_embd", "n_positions", "vocab_size", "layer_norm_epsilon")
     missing = [key for key in shape if key not in (config or {})]
     if missing:  # the head count is not in the weights, and a guess gives wrong logits silently
-        raise ValueError(f"the GPT-2 config lacks {missing}: pass the model's config.json as a dict")
+        raise ValueError(f"the GPT-2 config lacks {missing}: pass its config.json as a dict")
     sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
     cfg = GPTConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
                     n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],

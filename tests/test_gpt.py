@@ -161,8 +161,8 @@ def test_an_allowed_mask_that_leaves_a_row_no_token_is_an_error(tiny_gpt_config,
         allowed[1] = generated.size(1) != 2
         return allowed
     with pytest.raises(ValueError, match="row 1 at step 2"):
-        model.generate([[1, 2], [5]], 6, temperature=temperature, allowed_tokens=empty_row_1_at_step_2,
-                       generator=torch.Generator().manual_seed(0))
+        model.generate([[1, 2], [5]], 6, temperature=temperature, generator=torch.Generator(),
+                       allowed_tokens=empty_row_1_at_step_2)
 
 
 def test_the_constraint_never_sees_a_finished_row(tiny_gpt_config):
@@ -246,7 +246,8 @@ def test_wide_beam_with_stop_token_and_length_penalty_matches_brute_force():
             if stop not in s[:-1] and (s[-1] == stop or n == N)]
     lengths = torch.tensor([len(h) for h in hyps], dtype=torch.float64)
     for seed in range(4):
-        cfg = gpt.GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_embeddings=False)
+        cfg = gpt.GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                            tie_embeddings=False)
         model = make_model(cfg, seed=seed)
         with torch.no_grad():
             model.lm_head.weight.mul_(5)
@@ -505,7 +506,8 @@ def test_from_pretrained_gpt2_reproduces_gpt2(C, n_head, eps):
     model = gpt.from_pretrained_gpt2(sd, config).double().eval()
     assert model.config.n_head == n_head and model.config.block_size == T_max
     idx = torch.randint(0, V, (1, 20))
-    torch.testing.assert_close(model(idx)[0][0], gpt2_reference(sd, idx, n_head, eps), rtol=1e-10, atol=1e-10)
+    expected = gpt2_reference(sd, idx, n_head, eps)
+    torch.testing.assert_close(model(idx)[0][0], expected, rtol=1e-10, atol=1e-10)
 
 
 def test_from_pretrained_gpt2_without_a_config_is_an_error():
@@ -514,8 +516,8 @@ def test_from_pretrained_gpt2_without_a_config_is_an_error():
     with pytest.raises(ValueError, match="config.json"):
         gpt.from_pretrained_gpt2(sd, None)
     with pytest.raises(ValueError, match="n_head"):
-        gpt.from_pretrained_gpt2(sd, {"n_layer": 1, "n_embd": 64, "n_positions": 32, "vocab_size": 100,
-                                      "layer_norm_epsilon": 1e-5})
+        gpt.from_pretrained_gpt2(sd, {"n_layer": 1, "n_embd": 64, "n_positions": 32,
+                                      "vocab_size": 100, "layer_norm_epsilon": 1e-5})
 
 
 # ----------------------------------------------------------------------------- config and CLI
