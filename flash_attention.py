@@ -54,7 +54,7 @@ class Config:
 
     def __post_init__(self):
         if self.max_n and self.max_n < 1024:  # the memory table doubles N from 1024
-            raise ValueError(f"max_n={self.max_n} is below 1024: use --max_n=1024 or more, or 0 (auto)")
+            raise ValueError(f"max_n={self.max_n} is below 1024: use 1024 or more, or 0 for auto")
         if self.head_dim < 1:
             raise ValueError(f"head_dim={self.head_dim} must be positive: try --head_dim=64")
         if self.sram_kb < 1:
@@ -187,8 +187,9 @@ class FlashAttentionTorch(torch.autograd.Function):
 
 
 def flash_attention_torch(q, k, v, causal=False, scale=None, block_q=256, block_k=256):
-    """The PyTorch FlashAttention-2 on any device; q (B, H, Lq, d), k (B, H, Lk, d), v (B, H, Lk, d_v).
-    Tiles of 256 x 256 ran fastest on CPU (Python overhead per tile against cache-sized work)."""
+    """The PyTorch FlashAttention-2 on any device; q (B, H, Lq, d), k (B, H, Lk, d) and
+    v (B, H, Lk, d_v). Tiles of 256 x 256 ran fastest on CPU (Python overhead per tile against
+    cache-sized work)."""
     check_inputs(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTorch.apply(q, k, v, causal, scale, block_q, block_k)

@@ -256,7 +256,7 @@ def test_bad_config_is_a_clear_error_before_any_work():
                        ({"head_dim": 0}, "head_dim=0"), ({"sram_kb": -4}, "sram_kb=-4")):
         with pytest.raises(ValueError, match=field):
             fa.parse_args(fa.Config, [f"--{k}={v}" for k, v in bad.items()])
-    assert fa.Config(max_n=0).max_n == 0 and fa.Config(max_n=1024).max_n == 1024  # auto; the smallest
+    assert fa.Config(max_n=0).max_n == 0 and fa.Config(max_n=1024).max_n == 1024  # auto, smallest
 
 
 def test_main_smoke(capsys):
