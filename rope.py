@@ -428,8 +428,9 @@ def main(cfg):
           "tokens but cannot single out exactly k back. Plain RoPE holds up because this task needs only the fast\n"
           "pairs, which turned full circles within L. The scalings (factor T / L, no fine-tuning) remove unseen\n"
           "angles by slowing the rotations, which blurs the exact offsets this task needs; in practice they come\n"
-          "with a short fine-tune at the new length. YaRN's beta_fast = 32 assumes L = 4096: at this L even the\n"
-          "fastest pair turns only a few times, so YaRN interpolates nearly every pair, like PI.")
+          "with a short fine-tune at the new length. YaRN's beta_fast = 32 assumes L = 4096: here no pair\n"
+          "turns 32 times, yet the released ramp (bounds rounded outwards) keeps the fastest pair, blends\n"
+          "the next half-way and interpolates the other 6 of 8, like PI.")
 
 
 if __name__ == "__main__":
