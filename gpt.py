@@ -1,27 +1,31 @@
 """GPT: the decoder-only language model that every tuning script in this project shares.
 
-A stack of pre-norm blocks x = x + Attn(Norm(x)); x = x + MLP(Norm(x)) with RMSNorm, rotary
-positions (RoPE), grouped-query attention (GQA) and a SwiGLU MLP, trained to maximise
-log p(x) = sum_t log p(x_t | x_<t). The same class expresses GPT-2 (learned positions,
-LayerNorm with bias, GELU, tied head), so real GPT-2 weights load through from_pretrained_gpt2.
-Papers: Radford et al. 2019 (GPT-2), Su et al. 2021 (RoPE), Ainslie et al. 2023 (GQA),
-Shazeer 2020 (SwiGLU), Holtzman et al. 2019 (top-p), Leviathan et al. 2023 (speculative decoding).
+Pre-norm blocks x = x + Attn(Norm(x)); x = x + MLP(Norm(x)) with RMSNorm, rotary positions
+(RoPE), grouped-query attention (GQA) and a SwiGLU MLP, trained to maximise
+log p(x) = sum_t log p(x_t | x_<t). The same class expresses GPT-2 (learned positions, LayerNorm
+with bias, GELU), so real GPT-2 weights load. Then decoding with a KV cache (greedy, temperature,
+top-k, top-p, stop tokens, beam search, an allowed-token mask, speculative decoding), the
+tokenizer, the chat template, completion log-probs and checkpoints. Papers: Radford et al. 2019
+(GPT-2), Su et al. 2021 (RoPE), Ainslie et al. 2023 (GQA), Shazeer 2020 (SwiGLU), Holtzman et
+al. 2019 (top-p), Leviathan et al. 2023 (speculative decoding).
 
-Also here: the KV cache and batched left-padded generation (greedy, temperature, top-k, top-p,
-stop tokens, beam search, an allowed-token mask, speculative decoding), the tokenizer (tiktoken
-GPT-2, a .tiktoken ranks file, or our own byte-level BPE), atomic checkpoints, the per-token
-log-prob helper for (prompt, completion) batches, and the --field=value config parser.
+    python gpt.py                                   # a tiny model: a sample from each decoder
+    python gpt.py --ckpt=out/train/ckpt.pt --prompt="The " --num_samples=3
+    python gpt.py --ckpt=out/sft/ckpt.pt --chat     # talk to a chat-template checkpoint
+    python gpt.py --ckpt=path/to/gpt2 --prompt="Hello"   # a Hugging Face GPT-2 folder
+    python bench/gpt.py                             # tokens/s with and without the KV cache
 
-    python gpt.py                     # load out/train/ckpt.pt (or train a tiny model), sample
-    python gpt.py --ckpt=out/sft/ckpt.pt --prompt="def "
-    python gpt.py --bench             # tokens/s with vs without the KV cache, 256 and 1024 tokens
-
-On CPU you see a sample from each decoding method, the speculative acceptance rate, and a
-table of tokens/s with and without the KV cache.
+On CPU the default trains a tiny byte-level model and a 1-layer draft (about a minute), then prints
+a sample from each decoding method, the speculative acceptance rate and the KV cache's speed-up.
+Left out: paged or quantised caches, batched beam search, and serving many requests at once.
 """
+import argparse
+import codecs
 import collections
 import dataclasses
 import functools
+import inspect
+import json
 import math
 import os
 import random
@@ -64,8 +68,8 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}: "
-                             "each key/value head must serve a whole group of query heads")
+            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}:"
+                             " each key/value head must serve a whole group of query heads")
         if (self.n_embd // self.n_head) % 2 and self.pos == "rope":
             raise ValueError(f"RoPE needs an even head dim, got {self.n_embd // self.n_head}")
         for name, allowed in [("mlp", ("swiglu", "gelu")), ("norm", ("rmsnorm", "layernorm")),
@@ -74,8 +78,10 @@ class GPTConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
         if min(self.vocab_size, self.block_size, self.n_layer) < 1:
             raise ValueError("vocab_size, block_size and n_layer must be positive")
+        if not self.mlp_hidden and self.mlp == "gelu":
+            self.mlp_hidden = 4 * self.n_embd
         if not self.mlp_hidden:  # SwiGLU has 3 matrices, not 2: 8/3 keeps the parameter count
-            self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else 32 * math.ceil(8 * self.n_embd / 3 / 32)
+            self.mlp_hidden = 32 * math.ceil(8 * self.n_embd / 3 / 32)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -120,10 +126,11 @@ def apply_rope(x, cos, sin):
 def rope_angles(positions, head_dim, base):
     """The cos and signed sin tables apply_rope wants, for angles pos * base^(-2i/d), in
     float32 whatever the autocast. positions: (B|1, T)."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    i = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = base ** (-i / head_dim)
     angles = positions.float()[..., None] * inv_freq  # (B|1, T, hd/2)
     cos, sin = angles.cos(), angles.sin()
-    return torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]  # (B|1, 1, T, hd)
+    return torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]  # (B|1,1,T,hd)
 
 
 class KVCache:
@@ -165,18 +172,21 @@ def attention_mask(key_valid, T, causal):
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.n_embd // cfg.n_head
-        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        n_qkv = (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, n_qkv, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
     def forward(self, x, rope, mask, is_causal, cache, layer):
         B, T, C = x.shape
-        qkv = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
-        qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)  # (B, heads, T, hd)
+        qkv = self.c_attn(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim)
+        qk, v = qkv.transpose(1, 2).split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)
         if rope is not None:  # queries and keys rotate together: one pass over both
             qk = apply_rope(qk, *rope)
-        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)  # (B, n_head, T, hd), (B, n_kv_head, T, hd)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)  # (B, n_head | n_kv_head, T, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, n_kv_head, S, hd): every key so far
         # softmax(Q K^T / sqrt(hd)) V; each group of n_head/n_kv_head query heads shares one K, V
@@ -261,7 +271,7 @@ class GPT(nn.Module):
         if attn_mask is not None and bool(attn_mask.all()):
             attn_mask = None  # no padding after all: take the fast path
         if start + T > cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={cfg.block_size}")
+            raise ValueError(f"{start + T} tokens is longer than block_size={cfg.block_size}")
         key_valid = attn_mask
         if cache is not None:
             cache.valid[:, start:start + T] = True if attn_mask is None else attn_mask
@@ -310,18 +320,19 @@ class GPT(nn.Module):
             raise ValueError("every prompt needs at least one token")
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.config.block_size:
-            raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds "
-                             f"block_size={self.config.block_size}: shorten the prompt or generate less")
+            raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens}"
+                             f" exceeds block_size={self.config.block_size}: shorten it or"
+                             " generate less")
         return pad_left(prompts, pad_id, device=self.lm_head.weight.device)
 
     @inference
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
-                 allowed_tokens=None, use_cache=True, generator=None, pad_id=0):
+                 allowed_tokens=None, use_cache=True, generator=None, pad_id=0, on_token=None):
         """Sample continuations of a batch of token lists, left-padded so they end together.
         temperature=0 is greedy. allowed_tokens(generated (b, t)) -> bool (b, vocab) constrains
         each step; it gets only the b unfinished rows, in batch order, since a finished row's
-        tokens may no longer parse. Returns the new tokens of each prompt, up to and including its
-        first stop token."""
+        tokens may no longer parse. on_token((B,) tokens) sees each step (to stream it). Returns
+        the new tokens of each prompt, up to and including its first stop token."""
         idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
@@ -333,18 +344,26 @@ class GPT(nn.Module):
         for t in range(max_new_tokens):
             logits = upcast(self.lm_head(h[:, -1]))  # (B, vocab)
             allowed = constrain(allowed_tokens, out[:, :t], done) if allowed_tokens else None
-            token = sample_next(logits, temperature, top_k, top_p, allowed, generator).masked_fill(done, pad_id)
+            token = sample_next(logits, temperature, top_k, top_p, allowed, generator)
+            token = token.masked_fill(done, pad_id)
             out[:, t] = token
+            if on_token:
+                on_token(token)
             stopped = ~done & torch.isin(token, stops)
             lengths[stopped], done = t + 1, done | stopped
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
-            idx, valid = torch.cat([idx, token[:, None]], 1), F.pad(valid, (0, 1), value=True)
-            h = self.hidden(idx, valid) if cache is None else self.hidden(token[:, None], cache=cache)
+            if cache is not None:
+                h = self.hidden(token[:, None], cache=cache)
+                continue
+            idx = torch.cat([idx, token[:, None]], 1)
+            valid = F.pad(valid, (0, 1), value=True)
+            h = self.hidden(idx, valid)
         return [out[b, :lengths[b]].tolist() for b in range(B)]
 
     @inference
-    def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(), length_penalty=1.0):
+    def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(),
+                    length_penalty=1.0):
         """Keep the beam_size most probable partial continuations; a hypothesis that emits a stop
         token is finished, and the search ends once beam_size are finished (or at the length
         limit, where the live beams join the finished ones, as in Hugging Face's finalize).
@@ -367,13 +386,16 @@ class GPT(nn.Module):
                     parents.append(parent)
                     tokens.append(token)
                     new_scores.append(score)
-                elif rank < beam_size:  # a finished hypothesis, ranked by its length-normalised score
-                    finished.append((score / (len(beams[parent]) + 1) ** length_penalty, beams[parent] + [token]))
+                elif rank < beam_size:  # finished: ranked by its length-normalised score
+                    hypothesis = beams[parent] + [token]
+                    finished.append((score / len(hypothesis) ** length_penalty, hypothesis))
             if len(finished) >= beam_size or not parents:
                 break
             n_live = len(parents)  # pad with dead rows so the batch keeps its shape
-            parents, tokens = parents + [parents[0]] * (beam_size - n_live), tokens + [tokens[0]] * (beam_size - n_live)
-            scores = torch.tensor(new_scores + [-math.inf] * (beam_size - n_live), device=idx.device)
+            parents += [parents[0]] * (beam_size - n_live)
+            tokens += [tokens[0]] * (beam_size - n_live)
+            new_scores += [-math.inf] * (beam_size - n_live)
+            scores = torch.tensor(new_scores, device=idx.device)
             beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
             cache.reorder(torch.tensor(parents, device=idx.device))
             h = self.hidden(torch.tensor(tokens, device=idx.device)[:, None], cache=cache)
@@ -440,8 +462,8 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, gener
 
 
 @inference
-def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0, top_p=1.0,
-                         stop_tokens=(), generator=None):
+def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0,
+                         top_p=1.0, stop_tokens=(), generator=None):
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batch of one. The draft
     proposes k tokens from q; one target pass scores them all with p. Token x_i is kept with
     probability min(1, p(x_i)/q(x_i)); the first rejected one is resampled from
@@ -450,9 +472,10 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
     device = target.lm_head.weight.device
     target._prepare([prompt], max_new_tokens, 0)
     draft._prepare([prompt], max_new_tokens, 0)
-    t_cache, d_cache = target.new_cache(1, len(prompt) + max_new_tokens), draft.new_cache(1, len(prompt) + max_new_tokens)
+    t_cache = target.new_cache(1, len(prompt) + max_new_tokens)
+    d_cache = draft.new_cache(1, len(prompt) + max_new_tokens)
 
-    def probs(model, tokens, cache):  # feed tokens (T,), get the sampling distribution after each: (T, vocab)
+    def probs(model, tokens, cache):  # feed tokens (T,): the distribution after each, (T, vocab)
         logits = upcast(model.lm_head(model.hidden(tokens[None], cache=cache))[0])
         return next_token_probs(logits, temperature, top_k, top_p)
 
@@ -470,10 +493,12 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
                 break  # whatever follows a stop is thrown away: draft no further
             q.append(probs(draft, d_pending if i == 0 else drafted[-1][None], d_cache)[-1])
             drafted.append(torch.multinomial(q[-1], 1, generator=generator)[0])
-        p = probs(target, torch.cat([t_pending, *[x[None] for x in drafted]]), t_cache)[-len(drafted) - 1:]
+        p = probs(target, torch.cat([t_pending, *[x[None] for x in drafted]]), t_cache)
+        p = p[-len(drafted) - 1:]
         accepted, residual = 0, p[len(drafted)]  # p[i]: the target's distribution for x_{i+1}
         for i, x in enumerate(drafted):
-            if torch.rand((), generator=generator, device=device) < p[i, x] / q[i][x]:  # min(1, p/q)
+            u = torch.rand((), generator=generator, device=device)
+            if u < p[i, x] / q[i][x]:  # kept with probability min(1, p/q)
                 accepted += 1
                 continue
             residual = torch.clamp(p[i] - q[i], min=0)  # resample from norm(max(0, p - q))
@@ -491,7 +516,8 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         if not drafted:
             d_pending = torch.cat([d_pending, new])
         elif accepted == len(drafted):  # the draft never fed its own last proposal
-            d_cache.pos, d_pending = d_start + len(d_pending) + accepted - 1, torch.cat([drafted[-1][None], new])
+            d_cache.pos = d_start + len(d_pending) + accepted - 1
+            d_pending = torch.cat([drafted[-1][None], new])
         else:
             d_cache.pos, d_pending = d_start + len(d_pending) + accepted, new
     stats["acceptance"] = stats["accepted"] / max(stats["drafted"], 1)
@@ -500,10 +526,11 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
 
 # ----------------------------------------------------------------------------- log-probs
 
-def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None):
+def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None, temperature=1.0):
     """log pi(c_t | prompt, c_<t) for every completion token: (B, Tc) log-probs and the (B, Tc)
     mask of real completion tokens. Rows are [pad.. prompt completion ..pad]; the masks come
-    from the lengths, never from token values, so pad_id may equal the eos id."""
+    from the lengths, never from token values, so pad_id may equal the eos id. temperature:
+    score the distribution softmax(z / T) that sampling at T drew from (on-policy RL)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     width = max(prompt_width or 0, max(len(p) for p in prompts))  # the prompt column
@@ -513,10 +540,12 @@ def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None
     comp = torch.full((len(prompts), Tc), pad_id, dtype=torch.long, device=device)
     for row, c in enumerate(completions):
         comp[row, :len(c)] = torch.as_tensor(c, dtype=torch.long)
-    mask = torch.arange(Tc, device=device)[None] < torch.tensor([len(c) for c in completions], device=device)[:, None]
+    lengths = torch.tensor([len(c) for c in completions], device=device)
+    mask = torch.arange(Tc, device=device)[None] < lengths[:, None]
     logits, _ = model(torch.cat([idx, comp], 1), attn_mask=torch.cat([valid, mask], 1))
-    logits = logits[:, width - 1:-1]  # (B, Tc, vocab): the prediction for each completion token
-    logp = -F.cross_entropy(upcast(logits.flatten(0, 1)), comp.flatten(), reduction="none").view_as(comp)
+    logits = logits[:, width - 1:-1] / temperature  # (B, Tc, vocab): each completion token's
+    logp = -F.cross_entropy(upcast(logits.flatten(0, 1)), comp.flatten(), reduction="none")
+    logp = logp.view_as(comp)
     return logp * mask, mask
 
 
@@ -576,7 +605,8 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
         for pair in zip(word, word[1:]):
             pair_counts[pair] += count
             where[pair].add(w)
-    bar = tqdm(total=max(vocab_size - 256, 0), desc="train BPE", leave=False, disable=vocab_size <= 256)
+    bar = tqdm(total=max(vocab_size - 256, 0), desc="train BPE", leave=False,
+               disable=vocab_size <= 256)
     while len(vocab) < vocab_size and pair_counts:
         # ties go to the lexicographically greater (vocab[a], vocab[b]): defined by content, not by
         # id order, and the rule of the usual course trainers (e.g. Stanford CS336, assignment 1)
@@ -588,37 +618,43 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
             ranks[merged] = new_id
             bar.update()
         for w in where.pop((a, b)):
-            word, count = words[w], counts[w]
-            for pair in zip(word, word[1:]):  # forget this word's pairs, merge, count them again
-                pair_counts[pair] -= count
-            i, merged_word = 0, []
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                    merged_word.append(new_id)
-                    i += 2
-                else:
-                    merged_word.append(word[i])
-                    i += 1
-            words[w] = merged_word
-            for pair in zip(merged_word, merged_word[1:]):
-                pair_counts[pair] += count
+            for pair in zip(words[w], words[w][1:]):  # forget this word's pairs, merge, recount
+                pair_counts[pair] -= counts[w]
+            word, i, words[w] = words[w], 0, []
+            while i < len(word):  # left to right, every (a, b) becomes new_id
+                pair = i + 1 < len(word) and word[i] == a and word[i + 1] == b
+                words[w].append(new_id if pair else word[i])
+                i += 2 if pair else 1
+            for pair in zip(words[w], words[w][1:]):
+                pair_counts[pair] += counts[w]
                 where[pair].add(w)
         pair_counts = +pair_counts  # drop pairs whose count fell to zero
     bar.close()
     return ranks
 
 
+def gpt2_byte_decoder():
+    """GPT-2's vocab.json spells each byte as a printable character: bytes 33-126, 161-172 and
+    174-255 as themselves, the other 68 as chr(256 + n) in byte order. {character: byte}."""
+    kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
+
+
 class Tokenizer:
     """tiktoken with our chat special tokens appended after the ordinary tokens. Built from
-    "gpt2" (tiktoken's download), a local .tiktoken ranks file, or train_bpe on a corpus;
-    state_dict() is stored inside every checkpoint so any script can rebuild it."""
+    "gpt2" (tiktoken's download), a .tiktoken ranks file, a Hugging Face folder, or train_bpe on
+    a corpus; state_dict() is stored inside every checkpoint so any script can rebuild it."""
 
     def __init__(self, ranks, pattern, name="bpe"):
         if sorted(ranks.values()) != list(range(len(ranks))):
             raise ValueError("BPE ranks must be exactly 0..n-1")
-        self.name, self.pattern, self.ranks = name, pattern, ranks
+        self.name = name
+        self.pattern = pattern
+        self.ranks = ranks
+        specials = {s: len(ranks) + i for i, s in enumerate(SPECIAL_TOKENS)}
         self.enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks,
-                                     special_tokens={s: len(ranks) + i for i, s in enumerate(SPECIAL_TOKENS)})
+                                     special_tokens=specials)
         self.eot_id = self.special("<|endoftext|>")
 
     @classmethod
@@ -628,8 +664,8 @@ class Tokenizer:
             try:
                 base = tiktoken.get_encoding("gpt2")
             except Exception as e:
-                raise RuntimeError(f"tiktoken could not load 'gpt2' ({e}); offline, pass the path of a "
-                                   "gpt2.tiktoken ranks file instead") from e
+                raise ValueError(f"tiktoken could not load 'gpt2' ({e}); offline, pass the path of"
+                                 " a gpt2.tiktoken ranks file instead") from None
             return cls(base._mergeable_ranks, base._pat_str, "gpt2")
         if spec.endswith(".tiktoken"):
             if not os.path.exists(spec):
@@ -637,16 +673,32 @@ class Tokenizer:
             return cls(tiktoken.load.load_tiktoken_bpe(spec), GPT2_PATTERN, os.path.basename(spec))
         if spec in ("bpe", "byte"):
             if not text:
-                raise ValueError(f"tokenizer={spec!r} is trained on a corpus, and the corpus is empty")
+                raise ValueError(f"tokenizer={spec!r} is trained on it, and the corpus is empty")
             return cls(train_bpe(text, vocab_size if spec == "bpe" else 256), SPLIT_PATTERN, spec)
-        raise ValueError(f"unknown tokenizer {spec!r}: use gpt2, bpe, byte or a path ending in .tiktoken")
+        raise ValueError(f"unknown tokenizer {spec!r}: use gpt2, bpe, byte or a .tiktoken path")
+
+    @classmethod
+    def from_hf(cls, folder):
+        """GPT-2's vocab.json + merges.txt as tiktoken ranks. tiktoken merges the pair whose result
+        has the lowest rank, so the ids must grow in merges.txt's order (true of GPT-2)."""
+        with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+            vocab = json.load(f)
+        byte_of = gpt2_byte_decoder()
+        ranks = {bytes(byte_of[c] for c in token): i for token, i in vocab.items()
+                 if token not in SPECIAL_TOKENS}
+        with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
+            merges = [line.split() for line in f if line.strip() and not line.startswith("#v")]
+        ids = [vocab[a + b] for a, b in merges]
+        if ids != sorted(ids):
+            raise ValueError(f"{folder}: merges.txt's order differs from vocab.json's ids")
+        return cls(ranks, GPT2_PATTERN, os.path.basename(os.path.normpath(folder)))
 
     @property
     def n_vocab(self):
         return self.enc.n_vocab
 
     @property
-    def model_vocab_size(self):  # padded to a multiple of 64: faster matmuls, unused rows are harmless
+    def model_vocab_size(self):  # padded to a multiple of 64: faster matmuls, spare rows are unused
         return 64 * math.ceil(self.n_vocab / 64)
 
     def special(self, name):
@@ -654,7 +706,9 @@ class Tokenizer:
 
     def encode(self, text, allow_special=False):
         """Special-token strings in text stay ordinary text unless allow_special is set."""
-        return self.enc.encode(text, allowed_special="all") if allow_special else self.enc.encode_ordinary(text)
+        if allow_special:
+            return self.enc.encode(text, allowed_special="all")
+        return self.enc.encode_ordinary(text)
 
     def decode(self, ids):
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
@@ -664,12 +718,14 @@ class Tokenizer:
 
     def state_dict(self):
         order = sorted(self.ranks, key=self.ranks.get)
-        return {"name": self.name, "pattern": self.pattern, "ranks": order, "specials": list(SPECIAL_TOKENS)}
+        return {"name": self.name, "pattern": self.pattern, "ranks": order,
+                "specials": list(SPECIAL_TOKENS)}
 
     @classmethod
     def from_state_dict(cls, state):
         if list(state["specials"]) != list(SPECIAL_TOKENS):
-            raise ValueError(f"checkpoint tokenizer has special tokens {state['specials']}, expected {SPECIAL_TOKENS}")
+            raise ValueError(f"the tokenizer has special tokens {state['specials']}, expected"
+                             f" {SPECIAL_TOKENS}")
         return cls({b: i for i, b in enumerate(state["ranks"])}, state["pattern"], state["name"])
 
 
@@ -685,9 +741,8 @@ def _chat_segments(messages, tok, add_generation_prompt):
     for msg in messages:
         if msg.get("role") not in ROLES:
             raise ValueError(f"message role {msg.get('role')!r} is not one of {ROLES}")
-        assistant = msg["role"] == "assistant"
-        yield [tok.special(f"<|{msg['role']}|>")], False  # the header is the template's, not the model's
-        yield tok.encode(msg["content"]) + [end], assistant  # the model must learn to say <|end|>
+        yield [tok.special(f"<|{msg['role']}|>")], False  # the template's header, not the model's
+        yield tok.encode(msg["content"]) + [end], msg["role"] == "assistant"  # it learns <|end|>
     if add_generation_prompt:
         yield [tok.special("<|assistant|>")], False
 
@@ -704,6 +759,17 @@ def loss_mask(messages, tok):
     return [int(assistant) for ids, assistant in _chat_segments(messages, tok, False) for _ in ids]
 
 
+def check_chat_model(model, tok, context):
+    """A model loaded for chat must embed the chat tokens and hold `context` tokens: say so at load,
+    not after minutes of training."""
+    if max(tok.special(s) for s in SPECIAL_TOKENS) >= model.config.vocab_size:
+        raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) has no rows for the"
+                         " chat tokens: start from a checkpoint of this project (python train.py)")
+    if model.config.block_size < context:
+        raise ValueError(f"the model's context is {model.config.block_size} tokens; this task needs"
+                         f" {context}: train with --block_size={context} or more")
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def unwrap(model):
@@ -713,13 +779,15 @@ def unwrap(model):
     return model
 
 
-def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None, model_state=None, **extra):
+def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None, model_state=None,
+                    **extra):
     """torch.save to a temporary file, then rename: a crash mid-write never clobbers a good one.
     optimizer is a state dict; model_state overrides model.state_dict() (FSDP gathers its own)."""
     model = unwrap(model)
-    state = {"model_args": dataclasses.asdict(model.config), "model": model_state or model.state_dict(),
-             "optimizer": optimizer, "step": step, "tokenizer": tokenizer.state_dict(),
-             "config": dataclasses.asdict(config) if config else None, **extra}
+    state = {"model_args": dataclasses.asdict(model.config),
+             "model": model_state or model.state_dict(), "optimizer": optimizer, "step": step,
+             "tokenizer": tokenizer.state_dict(), **extra,
+             "config": dataclasses.asdict(config) if config else None}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(state, tmp)
@@ -727,12 +795,14 @@ def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None,
 
 
 def load_checkpoint(path, device="cpu"):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py) or fix the path")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py) or"
+                                " fix the path")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {e}") from e
+    except Exception:  # torch's own message advises weights_only=False: unsafe, and no help here
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt, truncated, or not a"
+                         " torch.save file)") from None
     missing = {"model_args", "model", "tokenizer"} - set(ckpt if isinstance(ckpt, dict) else {})
     if missing:
         raise ValueError(f"{path} is not a checkpoint of this project: it lacks {sorted(missing)}")
@@ -740,7 +810,10 @@ def load_checkpoint(path, device="cpu"):
 
 
 def load_model(path, device="cpu"):
-    """(model, tokenizer, checkpoint dict) from a checkpoint file."""
+    """(model, tokenizer, checkpoint dict) from a checkpoint file or a Hugging Face GPT-2 folder."""
+    if os.path.isdir(path):
+        model, tok = from_pretrained(path)
+        return model.to(device), tok, {"step": 0}
     ckpt = load_checkpoint(path, device)
     model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
     model.load_state_dict(ckpt["model"])
@@ -748,50 +821,87 @@ def load_model(path, device="cpu"):
 
 
 def from_pretrained_gpt2(state_dict, config):
-    """A GPT from a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel) and its config.json
-    as a dict. HF stores its projections as Conv1D, weight (in, out): we transpose them into
-    nn.Linear's (out, in)."""
+    """A GPT from a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel) and its
+    config.json as a dict. HF stores its projections as Conv1D, weight (in, out): we transpose
+    them into nn.Linear's (out, in)."""
     shape = ("n_head", "n_layer", "n_embd", "n_positions", "vocab_size", "layer_norm_epsilon")
     missing = [key for key in shape if key not in (config or {})]
     if missing:  # the head count is not in the weights, and a guess gives wrong logits silently
         raise ValueError(f"the GPT-2 config lacks {missing}: pass its config.json as a dict")
-    sd = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+    if config.get("activation_function", "gelu_new") != "gelu_new" or config.get("n_inner"):
+        raise ValueError("only GPT-2's own MLP (gelu_new, n_inner = 4 n_embd) is supported")
     cfg = GPTConfig(vocab_size=config["vocab_size"], block_size=config["n_positions"],
                     n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
                     norm_eps=config["layer_norm_epsilon"], mlp="gelu", norm="layernorm",
                     pos="learned", bias=True, tie_embeddings=True)
-    model = GPT(cfg)
     ours = {}
-    for k, v in sd.items():
+    for k, v in state_dict.items():
+        k = k.removeprefix("transformer.")
         if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
             continue  # causal-mask buffers; the head is tied to wte
         if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
             v = v.t()
         ours["transformer." + k] = v
     ours["lm_head.weight"] = ours["transformer.wte.weight"]
+    model = GPT(cfg)
     model.load_state_dict(ours)
     return model
 
 
-# ----------------------------------------------------------------------------- small shared helpers
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                      "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """{name: tensor} from a .safetensors file: an 8-byte little-endian header length n, n bytes
+    of JSON {name: {dtype, shape, data_offsets: [start, end]}}, then the raw little-endian data
+    (offsets count from the end of the header). No dependency beyond torch."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = bytearray(f.read())
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        flat = torch.frombuffer(data[start:end], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def from_pretrained(folder):
+    """(model, tokenizer) from a Hugging Face GPT-2 folder as downloaded: config.json, weights in
+    model.safetensors (or pytorch_model.bin), and vocab.json + merges.txt."""
+    names = [n for n in ("model.safetensors", "pytorch_model.bin")
+             if os.path.exists(os.path.join(folder, n))]
+    needed = ["config.json", "vocab.json", "merges.txt"]
+    if not names or not all(os.path.exists(os.path.join(folder, n)) for n in needed):
+        raise FileNotFoundError(f"{folder} needs config.json, vocab.json, merges.txt and"
+                                " model.safetensors or pytorch_model.bin")
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    path = os.path.join(folder, names[0])
+    if path.endswith(".bin"):
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        weights = read_safetensors(path)
+    return from_pretrained_gpt2(weights, config), Tokenizer.from_hf(folder)
+
+
+# ----------------------------------------------------------------------------- shared run helpers
 
 def count_params(model):
     return sum(p.numel() for p in unwrap(model).parameters())
-
-
-def pick_device(name="auto"):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def setup_distributed(device_name):
     """(rank, world, device). Under torchrun: one process per GPU (NCCL), or gloo on CPU."""
     if "RANK" not in os.environ:
         return 0, 1, pick_device(device_name)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ["LOCAL_RANK"])
     cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
@@ -802,12 +912,14 @@ def setup_distributed(device_name):
 
 def autocast(device):
     """bf16 autocast on CUDA; full precision elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else nullcontext()
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def best_time(fn, repeats=3):
-    """(fn's last output, its best wall time over `repeats` runs in seconds): the minimum is the run
-    least disturbed by everything else on the machine."""
+    """(fn's last output, its best wall time in seconds over `repeats` runs): the minimum is the
+    run least disturbed by everything else on the machine."""
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -817,68 +929,101 @@ def best_time(fn, repeats=3):
 
 
 def embedded_corpus():
-    """Python's own reference documentation (about 460 kB of English), present wherever CPython is."""
+    """Python's own reference documentation (about 460 kB of English), wherever CPython is."""
     from pydoc_data import topics
     return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics))
 
 
-def _field_comments(config_cls):
-    """{field: its same-line comment} from the dataclass source, for --help."""
-    import inspect
+def read_text(path):
+    """A local text file as UTF-8; missing, undecodable or empty is an error that names it."""
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        source = inspect.getsource(config_cls)
-    except (OSError, TypeError):
-        return {}
-    return dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.M))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte {e.start}: {raw[e.start:e.end]!r});"
+                         " convert it first, e.g. iconv -t utf-8") from None
+    if not text.strip():
+        raise ValueError(f"the corpus is empty: {path}")
+    return text
 
 
-def _convert(text, kind, name):
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SystemExit(f"error: --{name} takes true or false, got {text!r}")
+@contextmanager
+def bad_input():
+    """Around the loading of what the user named (config, data, checkpoints), before any work: a
+    ValueError or OSError there is the input's fault, said in one line, not a traceback."""
     try:
-        return kind(text)
-    except ValueError:
-        raise SystemExit(f"error: --{name} takes a {kind.__name__}, got {text!r}") from None
-
-
-def parse_args(config_cls, argv=None):
-    """--field=value overrides for a dataclass config; --help lists the fields and defaults.
-    Unknown fields and values of the wrong type exit with a message that names them."""
-    argv = sys.argv[1:] if argv is None else argv
-    hints, fields = typing.get_type_hints(config_cls), {f.name: f for f in dataclasses.fields(config_cls)}
-    if "--help" in argv or "-h" in argv:
-        comments = _field_comments(config_cls)
-        print(f"options (--field=value) for {config_cls.__name__}:")
-        options = {name: f"--{name}={f.default if f.default is not dataclasses.MISSING else f.default_factory()}"
-                   for name, f in fields.items()}
-        width = max(map(len, options.values()))
-        for name, option in options.items():
-            print(f"  {option:<{width}}  {comments.get(name, '')}")
-        raise SystemExit(0)
-    overrides = {}
-    for arg in argv:
-        name, eq, value = arg.removeprefix("--").partition("=")
-        name = name.replace("-", "_")
-        if not arg.startswith("--") or name not in fields:
-            raise SystemExit(f"error: unknown option --{name} (from {arg!r}); valid options: "
-                             + " ".join(f"--{n}" for n in fields) + " (see --help)")
-        if not eq and hints[name] is not bool:
-            raise SystemExit(f"error: --{name} needs a value: --{name}=...")
-        overrides[name] = _convert(value if eq else "true", hints[name], name)
-    try:
-        return config_cls(**overrides)
-    except ValueError as e:
+        yield
+    except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
 
 
-# ----------------------------------------------------------------------------- demo
+class RunLog:
+    """out_dir/log.jsonl, one JSON object a line. A fresh run starts it anew; a resumed run keeps
+    its own lines before its step and goes on from there, so no step is written twice."""
 
-# The instruction task that sft.py trains on and dpo.py prefers answers in: one-line
-# instructions over a word or a number, with answers a program can check.
+    def __init__(self, out_dir, step=0):
+        self.path = os.path.join(out_dir, "log.jsonl")
+        os.makedirs(out_dir, exist_ok=True)
+        kept = []
+        if step and os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if json.loads(line).get("step", 0) < step]
+        with open(self.path, "w") as f:
+            f.writelines(kept)
+
+    def __call__(self, **row):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def pyplot(plot):
+    """matplotlib.pyplot when --plot asks for it, else None; without matplotlib, a one-line note
+    now, before any work, and no plot."""
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+        return None
+
+
+def plot_curves(plt, log, keys, path):
+    """The log's keys against its steps, a line each, as a PNG at path."""
+    with open(log.path) as f:
+        rows = [json.loads(line) for line in f]
+    for key in keys:
+        plt.plot(*zip(*[(r["step"], r[key]) for r in rows if key in r]), label=key)
+    plt.xlabel("step")
+    plt.legend()
+    plt.savefig(path, dpi=120)
+    plt.close()
+    print(f"plot: {path}")
+
+
+def rng_state(*generators):
+    """The global RNGs and the given torch.Generators, for a bit-exact --resume."""
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generators": [g.get_state() for g in generators]}
+
+
+def set_rng_state(state, *generators):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for g, s in zip(generators, state["generators"]):
+        g.set_state(s)
+
+
+# ----------------------------------------------------------------------------- the instruction task
+# Not the lecture: the task sft.py trains on and dpo.py prefers answers in, kept here because both
+# need it. One-line instructions over a word or a number, with answers a program can check.
 
 TASKS = {  # name: (instruction template, answer), over a word or (parity) a number
     "count": ("count the letters: {}", lambda w: str(len(w))),
@@ -890,13 +1035,15 @@ TASKS = {  # name: (instruction template, answer), over a word or (parity) a num
 
 
 def make_task(n_train, n_eval, seed):
-    """(train, held-out) lists of (task, instruction, answer). Words come from the embedded corpus and
-    numbers from 0-999; the held-out ones never appear in training, so accuracy measures the skill."""
+    """(train, held-out) lists of (task, instruction, answer). Words from the embedded corpus,
+    numbers 0-999; held-out ones never appear in training, so accuracy measures the skill."""
     rng = random.Random(seed)
     words = sorted(set(re.findall(r"\b[a-z]{3,8}\b", embedded_corpus())))
     numbers = [str(n) for n in range(1000)]
-    rng.shuffle(words), rng.shuffle(numbers)
-    pools = {"train": (words[len(words) // 10:], numbers[100:]), "eval": (words[:len(words) // 10], numbers[:100])}
+    rng.shuffle(words)
+    rng.shuffle(numbers)
+    cut = len(words) // 10
+    pools = {"train": (words[cut:], numbers[100:]), "eval": (words[:cut], numbers[:100])}
 
     def draw(split, n):
         out = []
@@ -910,21 +1057,23 @@ def make_task(n_train, n_eval, seed):
 
 
 def chat(instruction, answer=None):
-    return [{"role": "user", "content": instruction}] + ([{"role": "assistant", "content": answer}] if answer else [])
+    turns = [{"role": "user", "content": instruction}]
+    return turns + ([{"role": "assistant", "content": answer}] if answer else [])
 
 
 def chat_answers(model, tok, instructions, batch_size=256, max_new_tokens=16):
     """Greedy answers to instructions: the tokens the model writes before its <|end|>."""
-    end, out = tok.special("<|end|>"), []
+    end = tok.special("<|end|>")
+    out = []
     for i in range(0, len(instructions), batch_size):
-        prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for x in instructions[i:i + batch_size]]
+        prompts = [render_chat(chat(x), tok, True) for x in instructions[i:i + batch_size]]
         new = model.generate(prompts, max_new_tokens, temperature=0, stop_tokens=(end,))
         out += [ids[:-1] if ids and ids[-1] == end else ids for ids in new]
     return out
 
 
 def evaluate_instructions(model, tok, examples):
-    """(exact-match accuracy, mean NLL per answer token, the answers) on (task, instruction, answer)."""
+    """(exact-match accuracy, mean NLL per answer token, the answers) on (task, instr., answer)."""
     predicted = [tok.decode(ids) for ids in chat_answers(model, tok, [x for _, x, _ in examples])]
     accuracy = sum(p == a for p, (_, _, a) in zip(predicted, examples)) / len(examples)
     prompts = [render_chat(chat(x), tok, add_generation_prompt=True) for _, x, _ in examples]
@@ -939,34 +1088,24 @@ def base_model(init, steps, device):
     embedded corpus (4 x 128 on CPU, 6 x 384 on CUDA)."""
     if init:
         model, tok, _ = load_model(init, device)
+        check_chat_model(model, tok, 64)
         return model.eval(), tok
     text = embedded_corpus()
     tok = Tokenizer.from_spec("byte", text)
     wide = str(device).startswith("cuda")
     cfg = GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_layer=6 if wide else 4,
-                        n_head=6 if wide else 4, n_embd=384 if wide else 128)
+                    n_head=6 if wide else 4, n_embd=384 if wide else 128)
     return train_tiny(cfg, text, tok, steps or (2000 if wide else 300), device), tok
 
 
-
-@dataclass
-class SampleConfig:
-    ckpt: str = "out/train/ckpt.pt"  # checkpoint to load; a tiny model is trained if it is missing
-    prompt: str = "The "  # text to continue
-    max_new_tokens: int = 64  # tokens per sample
-    device: str = "auto"  # auto | cpu | cuda | mps
-    seed: int = 1337  # for sampling and the tiny fallback model
-    bench: bool = False  # tokens/s with and without the KV cache at 256 and 1024 new tokens
-
-
 def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
-    """A few hundred AdamW steps on random windows: just enough for the demos in this file."""
+    """A few hundred AdamW steps on random windows: just enough for the demos."""
     data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     for _ in tqdm(range(steps), desc=f"tiny {cfg.n_layer}x{cfg.n_embd}", leave=False):
-        i = torch.randint(len(data) - cfg.block_size - 1, (batch,), generator=g)
+        i = torch.randint(len(data) - cfg.block_size, (batch,), generator=g)
         x = torch.stack([data[j:j + cfg.block_size] for j in i]).to(device)
         y = torch.stack([data[j + 1:j + 1 + cfg.block_size] for j in i]).to(device)
         _, loss = model(x, y)
@@ -976,43 +1115,67 @@ def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
     return model.eval()
 
 
-def tokens_per_second(model, prompt, new_tokens, use_cache, repeats=1):
-    generate = lambda: model.generate([prompt], new_tokens, temperature=0, use_cache=use_cache)  # noqa: E731
-    out, seconds = best_time(generate, repeats)
-    return len(out[0]) / seconds
+# ----------------------------------------------------------------------------- sample, chat, demo
+
+@dataclass
+class SampleConfig:
+    ckpt: str = ""  # a checkpoint or a Hugging Face GPT-2 folder; empty: train a tiny demo model
+    prompt: str = "The "  # text to continue
+    num_samples: int = 1  # samples of the prompt's continuation (with --ckpt)
+    max_new_tokens: int = 64  # tokens per sample or chat reply
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # sample among the k most likely tokens only (0 = all)
+    top_p: float = 1.0  # sample from the smallest set of tokens holding this much mass (1 = all)
+    chat: bool = False  # talk to --ckpt: each line of standard input is a user turn
+    steps: int = 300  # training steps of the tiny demo model (its draft gets half)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 1337  # sampling, and the tiny demo model
+
+    def __post_init__(self):
+        if self.ckpt and not os.path.exists(self.ckpt):
+            raise ValueError(f"--ckpt={self.ckpt} does not exist: train one (python train.py) or"
+                             " fix the path")
+        if self.chat and not self.ckpt:
+            raise ValueError("--chat needs --ckpt: a checkpoint with the chat template (sft.py's)")
+        if min(self.num_samples, self.max_new_tokens, self.steps) < 1 or self.temperature < 0:
+            raise ValueError("num_samples, max_new_tokens and steps must be >= 1, temperature >= 0")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1], top_k={self.top_k} >= 0")
 
 
-def bench(device):
-    """Generation speed of the CPU-default model shape with vs without the KV cache."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=1040)).to(device).eval()
-    print(f"generation, {count_params(model) / 1e6:.1f}M params (4 layers, 256 wide), batch 1, greedy, {device}")
-    print(f"{'new tokens':>10} {'no cache tok/s':>15} {'KV cache tok/s':>15} {'speed-up':>9}")
-    for n in (256, 1024):
-        slow, fast = tokens_per_second(model, [1] * 8, n, False), tokens_per_second(model, [1] * 8, n, True, 3)
-        print(f"{n:>10} {slow:>15.1f} {fast:>15.1f} {fast / slow:>8.1f}x")
+def chat_loop(model, tok, cfg, lines, generator):
+    """Each line is a user turn; the reply streams as it is sampled. The oldest turns are dropped
+    when the conversation no longer fits the context."""
+    history, end = [], tok.special("<|end|>")
+    for line in lines:
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        prompt = render_chat(history, tok, add_generation_prompt=True)
+        while len(prompt) + cfg.max_new_tokens > model.config.block_size and len(history) > 1:
+            history = history[2:]
+            prompt = render_chat(history, tok, add_generation_prompt=True)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # whole characters only
+        stream = lambda t: t != end and print(utf8.decode(tok.decode_bytes([int(t)])),  # noqa: E731
+                                              end="", flush=True)
+        print("assistant: ", end="")
+        reply = model.generate([prompt], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                               cfg.top_p, stop_tokens=(end,), generator=generator,
+                               on_token=lambda token: stream(token[0]))[0]
+        print()
+        history.append({"role": "assistant", "content": tok.decode([t for t in reply if t != end])})
 
 
-def main(cfg):
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if cfg.bench:
-        return bench(device)
-    if os.path.exists(cfg.ckpt):
-        model, tok, _ = load_model(cfg.ckpt, device)
-        print(f"loaded {cfg.ckpt}: {count_params(model) / 1e6:.2f}M parameters")
-    else:
-        print(f"no checkpoint at {cfg.ckpt}: training a tiny byte-level model on the embedded corpus")
-        text = embedded_corpus()
-        tok = Tokenizer.from_spec("byte", text)
-        model = train_tiny(GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_embd=128), text, tok, 300, device)
-    model.eval()
-    print("training a 1-layer draft model for speculative decoding")
-    draft = train_tiny(dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0, mlp_hidden=0),
-                       embedded_corpus(), tok, 150, device)
-    prompt, n, g = tok.encode(cfg.prompt), cfg.max_new_tokens, torch.Generator(device).manual_seed(cfg.seed)
+def demo(cfg, device, g):
+    """A tiny byte-level model and a 1-layer draft, then a sample from each decoding method."""
+    text = embedded_corpus()
+    tok = Tokenizer.from_spec("byte", text)
+    model = train_tiny(GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_embd=128),
+                       text, tok, cfg.steps, device)
+    draft_cfg = dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0)
+    draft = train_tiny(draft_cfg, text, tok, cfg.steps // 2, device)
+    prompt, n = tok.encode(cfg.prompt), cfg.max_new_tokens
     letters = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    letters[[t for t in range(tok.n_vocab) if re.fullmatch(rb"[a-z ]+", tok.decode_bytes([t]))]] = True
+    letters[[t for t in range(256) if re.fullmatch(rb"[a-z ]", tok.decode_bytes([t]))]] = True
+    only_letters = lambda x: letters.expand(len(x), -1)  # noqa: E731
     samples = {
         "greedy": model.generate([prompt], n, temperature=0)[0],
         "temperature 0.8": model.generate([prompt], n, temperature=0.8, generator=g)[0],
@@ -1020,17 +1183,84 @@ def main(cfg):
         "top-p 0.9": model.generate([prompt], n, top_p=0.9, generator=g)[0],
         "beam search (4)": model.beam_search(prompt, beam_size=4, max_new_tokens=n),
         "only [a-z ] allowed": model.generate([prompt], n, temperature=0.8, generator=g,
-                                              allowed_tokens=lambda gen: letters.expand(len(gen), -1))[0]}
+                                              allowed_tokens=only_letters)[0]}
     spec, stats = speculative_generate(model, draft, prompt, n, k=4, temperature=0.8, generator=g)
     samples["speculative (k=4)"] = spec
     for name, ids in samples.items():
         print(f"--- {name}\n{cfg.prompt}{tok.decode(ids)}")
     print(f"speculative: {stats['acceptance']:.0%} of draft tokens accepted, "
           f"{len(spec) / stats['target_calls']:.2f} tokens per target forward pass")
-    n = min(256, model.config.block_size - len(prompt))
-    slow, fast = tokens_per_second(model, prompt, n, False), tokens_per_second(model, prompt, n, True)
-    print(f"greedy, {n} new tokens: {slow:.0f} tok/s without the KV cache, {fast:.0f} tok/s with it "
-          f"({fast / slow:.1f}x)")
+    n = model.config.block_size - len(prompt)
+    seconds = []
+    for use_cache in (False, True):
+        t0 = time.perf_counter()
+        model.generate([prompt], n, temperature=0, use_cache=use_cache)
+        seconds.append(time.perf_counter() - t0)
+    print(f"greedy, {n} new tokens: {n / seconds[0]:.0f} tok/s without the KV cache,"
+          f" {n / seconds[1]:.0f} with it ({seconds[0] / seconds[1]:.1f}x)")
+
+
+def main(cfg):
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator(device).manual_seed(cfg.seed)
+    if not cfg.ckpt:
+        return demo(cfg, device, g)
+    with bad_input():
+        model, tok, _ = load_model(cfg.ckpt, device)
+        if cfg.chat:
+            check_chat_model(model, tok, cfg.max_new_tokens + 8)
+    print(f"{cfg.ckpt}: {count_params(model) / 1e6:.2f}M parameters, {tok.n_vocab} tokens")
+    if cfg.chat:
+        return chat_loop(model.eval(), tok, cfg, sys.stdin, g)
+    prompts = [tok.encode(cfg.prompt)] * cfg.num_samples
+    for ids in model.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                              stop_tokens=(tok.eot_id,), generator=g):
+        print(f"{cfg.prompt}{tok.decode(ids)}\n---")
+
+
+# ----------------------------------------------------------------------------- command line
+# The same lines in every script that has a command line (tests/test_cli.py keeps the copies
+# identical), so that each standalone file can be copied on its own.
+
+def pick_device(name="auto"):
+    """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""
+    here = [d for d, ok in [("cuda", torch.cuda.is_available()),
+                            ("mps", torch.backends.mps.is_available()), ("cpu", True)] if ok]
+    if name != "auto" and name.split(":")[0] not in here:
+        raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
+    return here[0] if name == "auto" else name
+
+
+def to_bool(text):
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def parse_args(config_cls, argv=None, gpu=None):
+    """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
+    defaults that change on a CUDA device, in one place (what the command line sets wins)."""
+    doc = sys.modules[config_cls.__module__].__doc__.split("\n")[0]
+    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+                                     epilog=f"on CUDA the defaults become {gpu}" if gpu else None)
+    notes = dict(re.findall(r"^ +(\w+):[^#\n]*#(.*(?:\n +#.*)*)", inspect.getsource(config_cls),
+                            re.M))
+    for f in dataclasses.fields(config_cls):
+        kind = typing.get_type_hints(config_cls)[f.name]
+        note = " ".join(notes.get(f.name, "").replace("#", " ").split()).replace("%", "%%")
+        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
+        how = dict(type=to_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
+        parser.add_argument(*names, dest=f.name, default=f.default, **how,
+                            help=f"{note} (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if gpu and pick_device(getattr(args, "device", "auto")).startswith("cuda"):
+            parser.set_defaults(**gpu)
+            args = parser.parse_args(argv)
+        return config_cls(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """gpt.py against independent references: a float64 re-derivation of the forward pass, brute
 force over small vocabularies, exact distributions, and worked examples."""
 import collections
+import importlib.util
+import io
 import itertools
+import json
 import math
 import os
 import random
+import struct
+import sys
 
 import pytest
 import torch
@@ -531,36 +536,252 @@ def test_bad_model_configs_name_the_problem():
         gpt.GPTConfig(mlp="relu")
 
 
-def test_parse_args(capsys):
-    cfg = gpt.parse_args(gpt.SampleConfig, ["--max_new_tokens=5", "--bench", "--prompt=a=b"])
-    assert (cfg.max_new_tokens, cfg.bench, cfg.prompt) == (5, True, "a=b")
-    assert gpt.parse_args(gpt.SampleConfig, ["--bench=false"]).bench is False
-    with pytest.raises(SystemExit, match="unknown option --max_new "):
-        gpt.parse_args(gpt.SampleConfig, ["--max_new=5"])
-    with pytest.raises(SystemExit, match="--max_new_tokens takes a int, got 'many'"):
-        gpt.parse_args(gpt.SampleConfig, ["--max_new_tokens=many"])
-    with pytest.raises(SystemExit, match="--bench takes true or false"):
-        gpt.parse_args(gpt.SampleConfig, ["--bench=maybe"])
-    with pytest.raises(SystemExit, match="needs a value"):
-        gpt.parse_args(gpt.SampleConfig, ["--prompt"])
+def test_parse_args(capsys, monkeypatch):
+    """One behaviour for every script: --field=value, a bare boolean flag, hyphens or
+    underscores, argparse's errors (exit 2), and --help with the purpose and every comment."""
+    cfg = gpt.parse_args(gpt.SampleConfig, ["--max_new_tokens=5", "--chat=false", "--prompt=a=b"])
+    assert (cfg.max_new_tokens, cfg.chat, cfg.prompt) == (5, False, "a=b")
+    assert gpt.parse_args(gpt.SampleConfig, ["--top-p=0.5", "--chat", "--ckpt=gpt.py"]).chat
+    for bad in (["--max_new=5"], ["--max_new_tokens=many"], ["--chat=maybe"], ["--top_p=0"],
+                ["--chat"], ["--ckpt=/no/such/file.pt"]):
+        with pytest.raises(SystemExit) as e:
+            gpt.parse_args(gpt.SampleConfig, bad)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --max_new=5" in err and "invalid int value: 'many'" in err
+    assert "--ckpt=/no/such/file.pt does not exist" in err
     with pytest.raises(SystemExit):
         gpt.parse_args(gpt.SampleConfig, ["--help"])
-    out = capsys.readouterr().out
-    assert "--max_new_tokens=64" in out and "tokens per sample" in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert gpt.__doc__.split("\n")[0] in out
+    assert "sample from the smallest set of tokens holding this much mass (1 = all) (default: 1.0)" in out
+    monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")  # the GPU defaults apply on CUDA
+    assert gpt.parse_args(gpt.SampleConfig, [], gpu=dict(steps=9, top_k=5)).steps == 9
+    assert gpt.parse_args(gpt.SampleConfig, ["--steps=3"], gpu=dict(steps=9)).steps == 3
 
 
-def test_main_smoke(tmp_path, capsys):
-    """The demo on a tiny checkpoint: every decoding method prints, and the cache is faster."""
-    cfg = gpt.GPTConfig(vocab_size=320, block_size=96, n_layer=2, n_head=2, n_embd=32)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_here_is_a_one_line_error():
+    with pytest.raises(ValueError, match="--device=cuda, but this machine has only .*cpu"):
+        gpt.pick_device("cuda")
+    assert gpt.pick_device("cpu") == "cpu"
+
+
+def tiny_checkpoint(path, block_size=96, steps=20):
+    cfg = gpt.GPTConfig(vocab_size=320, block_size=block_size, n_layer=2, n_head=2, n_embd=32)
     text = gpt.embedded_corpus()[:20_000]
     tok = gpt.Tokenizer.from_spec("byte", text)
-    model = gpt.train_tiny(cfg, text, tok, steps=20, device="cpu")
-    path = str(tmp_path / "ckpt.pt")
-    gpt.save_checkpoint(path, model, tok)
-    gpt.main(gpt.SampleConfig(ckpt=path, max_new_tokens=12, device="cpu"))
+    model = gpt.train_tiny(cfg, text, tok, steps=steps, device="cpu")
+    gpt.save_checkpoint(str(path), model, tok)
+    return model, tok
+
+
+def test_main_demo_smoke(capsys):
+    """Without --ckpt: a tiny model and its draft, a sample from every decoding method."""
+    gpt.main(gpt.SampleConfig(max_new_tokens=12, steps=4, device="cpu"))
     out = capsys.readouterr().out
-    for name in ("greedy", "top-p 0.9", "beam search", "speculative", "only [a-z ] allowed", "tok/s without the KV cache"):
+    for name in ("greedy", "top-p 0.9", "beam search", "speculative", "only [a-z ] allowed",
+                 "tok/s without the KV cache"):
         assert name in out
+
+
+def test_main_samples_from_a_checkpoint_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    model, tok = tiny_checkpoint(tmp_path / "ckpt.pt")
+    monkeypatch.setattr(gpt, "train_tiny", None)  # calling it would fail the test
+    gpt.main(gpt.SampleConfig(ckpt=str(tmp_path / "ckpt.pt"), prompt="The ", num_samples=3,
+                              max_new_tokens=10, temperature=0, device="cpu"))
+    greedy = "The " + tok.decode(model.generate([tok.encode("The ")], 10, temperature=0)[0])
+    assert capsys.readouterr().out.split("\n", 1)[1] == f"{greedy}\n---\n" * 3
+
+
+def test_chat_reads_user_turns_from_stdin_and_keeps_the_history(tmp_path, capsys, monkeypatch):
+    """Greedy replies, streamed, equal generate() on the conversation rendered by hand; the
+    oldest exchange goes when the conversation outgrows the context."""
+    model, tok = tiny_checkpoint(tmp_path / "ckpt.pt", block_size=64)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\nhow are you\n"))
+    gpt.main(gpt.SampleConfig(ckpt=str(tmp_path / "ckpt.pt"), chat=True, max_new_tokens=8,
+                              temperature=0, device="cpu"))
+    printed = [line.removeprefix("assistant: ") for line in capsys.readouterr().out.splitlines()[1:]]
+    end, history, expected = tok.special("<|end|>"), [], []
+    for turn in ("hi", "how are you"):
+        history.append({"role": "user", "content": turn})
+        prompt = gpt.render_chat(history, tok, add_generation_prompt=True)
+        if len(prompt) + 8 > 64:  # 3 + 2 + 9 + 3 + 12 tokens and 8 to come: the first turns go
+            history = history[2:]
+            prompt = gpt.render_chat(history, tok, add_generation_prompt=True)
+        reply = model.generate([prompt], 8, temperature=0, stop_tokens=(end,))[0]
+        reply = tok.decode([t for t in reply if t != end])
+        expected.append(reply)
+        history.append({"role": "assistant", "content": reply})
+    assert printed == expected
+
+
+def test_on_token_sees_every_generated_token(tiny_gpt_config):
+    model = make_model(tiny_gpt_config)
+    seen = []
+    out = model.generate([[1, 2, 3], [4]], 6, temperature=0, on_token=lambda t: seen.append(t))
+    assert [o for o in out] == torch.stack(seen, 1).tolist()
+
+
+def test_chat_needs_the_chat_tokens_and_enough_context():
+    tok = gpt.Tokenizer.from_spec("byte", "abc")
+    short = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=16, n_embd=32))
+    with pytest.raises(ValueError, match="context is 16 tokens; this task needs 64"):
+        gpt.check_chat_model(short, tok, 64)
+    no_rows = gpt.GPT(gpt.GPTConfig(vocab_size=256, block_size=64, n_embd=32))  # bytes only
+    with pytest.raises(ValueError, match="no rows for the chat tokens"):
+        gpt.check_chat_model(no_rows, tok, 64)
+
+
+def test_a_garbage_checkpoint_is_our_one_line_error_alone(tmp_path, capsys):
+    """torch's own message advises weights_only=False, unsafe and beside the point: not shown."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(SystemExit) as e:
+        gpt.main(gpt.SampleConfig(ckpt=str(bad), device="cpu"))
+    assert str(e.value).startswith("error: ") and "weights_only" not in str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_read_text_names_the_file_and_the_fault(tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 text \(byte 3"):
+        gpt.read_text(str(latin1))
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    with pytest.raises(ValueError, match="the corpus is empty: .*empty.txt"):
+        gpt.read_text(str(empty))
+    with pytest.raises(SystemExit, match="error: .*No such file"):
+        with gpt.bad_input():
+            gpt.read_text(str(tmp_path / "missing.txt"))
+    (tmp_path / "ok.txt").write_text("héllo", encoding="utf-8")
+    assert gpt.read_text(str(tmp_path / "ok.txt")) == "héllo"
+
+
+def test_run_log_starts_fresh_and_a_resume_continues_its_own_lines(tmp_path):
+    log = gpt.RunLog(str(tmp_path))
+    for step in range(4):
+        log(step=step, loss=1.0 / (step + 1))
+    assert len(open(log.path).readlines()) == 4
+    log = gpt.RunLog(str(tmp_path), step=2)  # resumed at step 2: steps 2 and 3 are redone
+    log(step=2, loss=9.0)
+    steps = [json.loads(line)["step"] for line in open(log.path)]
+    assert steps == [0, 1, 2] and json.loads(open(log.path).readlines()[-1])["loss"] == 9.0
+    gpt.RunLog(str(tmp_path))  # a fresh run: an empty log
+    assert open(log.path).read() == ""
+
+
+def test_plot_without_matplotlib_is_a_note_and_with_it_a_png(tmp_path, capsys, monkeypatch):
+    assert gpt.pyplot(False) is None
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    assert gpt.pyplot(True) is None
+    assert "--plot needs matplotlib" in capsys.readouterr().out
+    calls = []
+
+    class Recorder:  # stands in for matplotlib.pyplot: records what would be drawn
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: calls.append((name, args))
+    log = gpt.RunLog(str(tmp_path))
+    log(step=0, loss=2.0)
+    log(step=5, loss=1.0, acc=0.5)
+    gpt.plot_curves(Recorder(), log, ["loss", "acc"], str(tmp_path / "x.png"))
+    assert ("plot", ((0, 5), (2.0, 1.0))) in calls and ("plot", ((5,), (0.5,))) in calls
+    assert ("savefig", (str(tmp_path / "x.png"),)) in calls
+
+
+def test_rng_state_restores_every_generator():
+    g = torch.Generator().manual_seed(3)
+    state = gpt.rng_state(g)
+    first = (random.random(), torch.rand(3), torch.rand(2, generator=g))
+    gpt.set_rng_state(state, g)
+    again = (random.random(), torch.rand(3), torch.rand(2, generator=g))
+    assert first[0] == again[0] and torch.equal(first[1], again[1]) and torch.equal(first[2], again[2])
+
+
+# ----------------------------------------------------------------------------- a Hugging Face folder
+
+def write_safetensors(path, tensors):
+    """The format as its specification gives it: an unsigned little-endian 8-byte header length,
+    a JSON header {name: {"dtype", "shape", "data_offsets": [begin, end]}} and the bytes, each
+    tensor's offsets counted from the start of the byte buffer."""
+    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int64: "I64", torch.float64: "F64"}
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, t in tensors.items():
+        raw = t.contiguous().view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+
+
+def test_read_safetensors_reads_every_dtype_and_shape(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).half(), "c": torch.randn(2, 2, 2).bfloat16(),
+               "d": torch.arange(7), "e": torch.randn(1, 3).double()}
+    write_safetensors(tmp_path / "x.safetensors", tensors)
+    back = gpt.read_safetensors(str(tmp_path / "x.safetensors"))
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and torch.equal(back[name], t)
+
+
+def byte_encoder_by_spec():
+    """GPT-2's bytes_to_unicode, from its description: the printable bytes "!".."~", "¡".."¬" and
+    "®".."ÿ" stand for themselves, every other byte for chr(256 + k), k counting them in order."""
+    printable = [b for b in range(256) if chr(b) in
+                 "".join(map(chr, range(ord("!"), ord("~") + 1))) + "¡¢£¤¥¦§¨©ª«¬" + "".join(
+                     map(chr, range(ord("®"), ord("ÿ") + 1)))]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + k) for k, b in enumerate(others)}}
+
+
+def write_hf_gpt2_folder(folder, weights="safetensors"):
+    """A tiny GPT-2 folder as Hugging Face lays it out: config.json, the weights, vocab.json (256
+    byte tokens in GPT-2's order, then one token per merge) and merges.txt."""
+    folder.mkdir()
+    enc = byte_encoder_by_spec()
+    order = sorted(range(256), key=lambda b: (enc[b] != chr(b), ord(enc[b])))
+    vocab = {enc[b]: i for i, b in enumerate(order)}
+    merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w"), ("o", "r")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    config = {"n_head": 2, "n_layer": 2, "n_embd": 64, "n_positions": 32, "vocab_size": len(vocab),
+              "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "n_inner": None}
+    (folder / "config.json").write_text(json.dumps(config))
+    sd = gpt2_state_dict(64, len(vocab), 32, 2)
+    if weights == "safetensors":
+        write_safetensors(folder / "model.safetensors", {k: v for k, v in sd.items()
+                                                          if k != "lm_head.weight"})
+    else:
+        torch.save(sd, folder / "pytorch_model.bin")
+    return sd, config, vocab
+
+
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_from_pretrained_loads_a_hugging_face_folder(tmp_path, weights):
+    sd, config, vocab = write_hf_gpt2_folder(tmp_path / "gpt2", weights)
+    model, tok = gpt.from_pretrained(str(tmp_path / "gpt2"))
+    reference = gpt.from_pretrained_gpt2(sd, config)
+    idx = torch.randint(0, config["vocab_size"], (2, 12))
+    torch.testing.assert_close(model(idx)[0], reference(idx)[0], rtol=0, atol=0)
+    # "hello world": hello -> he + ll + o (merges 1, 2, 3 in order), " world" -> Ġw + or + l + d
+    ids = [vocab[t] for t in ("hell", "o", "Ġw", "or", "l", "d")]
+    assert tok.encode("hello world") == ids and tok.decode(ids) == "hello world"
+    assert tok.eot_id == vocab["<|endoftext|>"]
+    assert gpt.load_model(str(tmp_path / "gpt2"))[1].encode("hello") == ids[:2]
+
+
+def test_a_folder_without_its_files_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="needs config.json, vocab.json, merges.txt"):
+        gpt.from_pretrained(str(tmp_path / "empty"))
 
 
 def test_input_embeddings_stand_in_for_tokens(tiny_gpt_config):
@@ -598,3 +819,14 @@ def test_best_time_runs_fn_repeats_times_and_returns_its_output_and_the_fastest_
         return len(calls)
     out, seconds = gpt.best_time(fn, repeats=3)
     assert out == 3 and len(calls) == 3 and seconds < 0.015
+
+
+def test_kv_cache_bench_smoke(capsys):
+    """bench/gpt.py prints a row per length; both columns time the same greedy tokens."""
+    spec = importlib.util.spec_from_file_location("bench_gpt", os.path.join(
+        os.path.dirname(__file__), "..", "bench", "gpt.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(bench.BenchConfig(new_tokens="4,6", repeats=1, device="cpu"))
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split()[0] for r in rows] == ["4", "6"] and all(r.endswith("x") for r in rows)
