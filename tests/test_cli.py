@@ -1,0 +1,51 @@
+"""The command line is the same in every script: one block of lines, copied byte for byte into
+each file that must run without gpt.py, and every script answers --help on its own."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BANNER = "# " + "-" * 77 + " command line\n"
+STANDALONE = ["attention.py", "rope.py", "bert.py", "flash_attention.py", "vit.py", "moe.py", "rag.py"]
+WITH_GPT = ["train.py", "sft.py", "dpo.py", "ppo.py", "grpo.py", "agent.py", "evaluate.py",
+            "diffusion_lm.py"]
+
+
+def cli_block(name):
+    """From the banner to the __main__ guard: pick_device, to_bool and parse_args."""
+    source = open(os.path.join(ROOT, name), encoding="utf-8").read()
+    assert source.count(BANNER) == 1, f"{name} has no single command-line banner"
+    return source[source.index(BANNER):source.index('if __name__ == "__main__":')]
+
+
+@pytest.mark.parametrize("name", STANDALONE)
+def test_the_copies_equal_gpts_block(name):
+    assert cli_block(name) == cli_block("gpt.py")
+
+
+@pytest.mark.parametrize("name", WITH_GPT)
+def test_scripts_that_import_gpt_use_its_parser(name):
+    source = open(os.path.join(ROOT, name), encoding="utf-8").read()
+    assert BANNER not in source and "def parse_args" not in source
+    assert "parse_args(" in source.split('if __name__ == "__main__":')[-1]
+
+
+def test_each_file_answers_help_copied_alone(tmp_path):
+    """Each standalone file alone in an empty folder, each other script with gpt.py beside it:
+    --help prints the purpose (the docstring's first line) and exits 0."""
+    runs = {}
+    for name in STANDALONE + WITH_GPT + ["gpt.py"]:
+        folder = tmp_path / name.removesuffix(".py")
+        folder.mkdir()
+        for needed in [name] + (["gpt.py"] if name in WITH_GPT else []):
+            shutil.copy(os.path.join(ROOT, needed), folder)
+        runs[name] = subprocess.Popen([sys.executable, name, "--help"], cwd=folder, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for name, run in runs.items():
+        out, err = run.communicate(timeout=120)
+        purpose = open(os.path.join(ROOT, name), encoding="utf-8").read().split("\n")[0]
+        assert run.returncode == 0, f"{name}: {err[-2000:]}"
+        assert " ".join(purpose.strip('"').split()) in " ".join(out.split()), name
