@@ -33,29 +33,31 @@ import torch.distributed as dist
 import numpy as np
 from tqdm import tqdm
 
-from gpt import (GPT, GPTConfig, Tokenizer, autocast, count_params, embedded_corpus, load_checkpoint,
+import gpt
+from gpt import (GPT, Tokenizer, autocast, count_params, embedded_corpus, load_checkpoint,
                  parse_args, save_checkpoint, setup_distributed)
 
 
 @dataclass
 class TrainConfig:
-    data: str = "embedded"  # embedded | shakespeare | fineweb | a local .txt path | an http(s) URL of a text file
-    tokenizer: str = "bpe"  # bpe (trained on the data) | byte | gpt2 | path to a .tiktoken ranks file
+    data: str = "embedded"  # embedded | shakespeare | fineweb | a local text file | a URL of one
+    tokenizer: str = "bpe"  # bpe (trained on the data) | byte | gpt2 | a .tiktoken ranks file
     vocab_size: int = 1024  # BPE vocabulary, for tokenizer=bpe
     val_frac: float = 0.1  # the last tenth of the tokens is the validation split
     cache_dir: str = "data"  # downloads, tokenizers and token memmaps are cached here
-    depth: int = 0  # transformer blocks; 0 = auto: 4 on CPU, 12 on CUDA (GPT-2 small)
-    n_embd: int = 0  # width; 0 = 64 * depth
-    n_head: int = 0  # query heads; 0 = one per 64 dims
-    n_kv_head: int = 0  # key/value heads; 0 = n_head (MHA), fewer for GQA
-    block_size: int = 0  # context length; 0 = 128 on CPU, 1024 on CUDA
+    depth: int = 4  # transformer blocks
+    n_embd: int = 256  # width
+    n_head: int = 4  # query heads
+    n_kv_head: int = 0  # key/value heads: 0 = n_head (MHA), fewer for GQA
+    block_size: int = 128  # context length
     dropout: float = 0.0  # dropout in attention and residual branches
-    batch_size: int = 0  # sequences per micro-batch per process; 0 = 16 on CPU, 32 on CUDA
+    batch_size: int = 16  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 0  # optimizer steps; 0 = 500 on CPU, 5000 on CUDA
-    stop_after: int = 0  # end the run after this many steps, as if pre-empted (the schedule still spans max_iters)
+    max_iters: int = 500  # optimizer steps
+    stop_after: int = 0  # end the run after this many steps, as if pre-empted (the schedule still
+    #                      spans max_iters); 0 = off
     optimizer: str = "adamw"  # adamw | muon (Muon for 2D block weights, AdamW for the rest)
-    lr: float = 0.0  # peak AdamW learning rate; 0 = 2e-3 on CPU, 6e-4 on CUDA
+    lr: float = 2e-3  # peak AdamW learning rate
     muon_lr: float = 0.02  # peak Muon learning rate
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
     warmup_frac: float = 0.05  # fraction of max_iters spent warming up linearly
@@ -65,40 +67,53 @@ class TrainConfig:
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # clip the global gradient norm; 0 = off
-    eval_interval: int = 0  # steps between evals; 0 = max_iters / 5
+    eval_interval: int = 100  # steps between evals and checkpoints
     eval_iters: int = 10  # batches per eval estimate
     sample_tokens: int = 64  # tokens sampled at each eval; 0 = none
     out_dir: str = "out/train"  # ckpt.pt, log.jsonl and loss.png go here
     resume: bool = False  # continue from out_dir/ckpt.pt exactly where it stopped
     device: str = "auto"  # auto | cpu | cuda | mps
     compile: bool = False  # torch.compile the model
-    fsdp: bool = False  # under torchrun: shard parameters, grads and optimizer state (FSDP2) instead of DDP
+    fsdp: bool = False  # under torchrun: shard parameters, grads and optimizer state (FSDP2)
     seed: int = 1337  # model init and data order
     plot: bool = False  # write out_dir/loss.png (needs matplotlib)
 
     def __post_init__(self):
+        named = ("embedded", "shakespeare", "fineweb")
+        if self.data not in named and "://" not in self.data and not os.path.isfile(self.data):
+            raise ValueError(f"data={self.data!r}: no such file; use a text file, a URL or {named}")
+        if self.tokenizer not in ("bpe", "byte", "gpt2") and not os.path.isfile(self.tokenizer):
+            raise ValueError(f"tokenizer={self.tokenizer!r}: use bpe, byte, gpt2 or a .tiktoken file")
         for name, allowed in [("optimizer", ("adamw", "muon")), ("schedule", ("cosine", "wsd"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
-        if min(self.grad_accum, self.eval_iters) < 1 or min(self.batch_size, self.max_iters, self.depth) < 0:
-            raise ValueError("grad_accum and eval_iters must be >= 1; sizes and step counts cannot be negative")
-        if not 0 < self.val_frac < 1:
-            raise ValueError(f"val_frac={self.val_frac} must lie strictly between 0 and 1")
+        rules = [("vocab_size", lambda v: v >= 256, ">= 256, the bytes BPE starts from"),
+                 ("depth n_embd n_head block_size batch_size grad_accum max_iters eval_interval"
+                  " eval_iters", lambda v: v >= 1, ">= 1"),
+                 ("n_kv_head stop_after sample_tokens weight_decay grad_clip", lambda v: v >= 0,
+                  ">= 0"),
+                 ("lr muon_lr", lambda v: v > 0, "> 0"),
+                 ("warmup_frac decay_frac min_lr_frac", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                 ("dropout beta1 beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+                 ("val_frac", lambda v: 0 < v < 1, "in (0, 1)")]
+        for names, ok, rule in rules:
+            for name in names.split():
+                if not ok(getattr(self, name)):
+                    raise ValueError(f"{name}={getattr(self, name)} must be {rule}")
+        if self.fsdp and self.optimizer == "muon":
+            raise ValueError("--optimizer=muon does not support --fsdp: Newton-Schulz needs whole"
+                             " matrices")
+        self.model_config(256)  # the shape's own checks (heads divide the width...) before any work
+        gpt.pick_device(self.device)
+
+    def model_config(self, vocab_size):
+        return gpt.GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.depth,
+                             n_head=self.n_head, n_kv_head=self.n_kv_head, n_embd=self.n_embd,
+                             dropout=self.dropout)
 
 
-def resolve(cfg, device):
-    """Fill the 0 = auto fields: a few-minute model on CPU, GPT-2 small on CUDA (the one dial)."""
-    cuda = device.startswith("cuda")
-    c = dataclasses.replace(cfg)
-    c.depth = c.depth or (12 if cuda else 4)
-    c.n_embd = c.n_embd or 64 * c.depth
-    c.n_head = c.n_head or max(1, c.n_embd // 64)
-    c.block_size = c.block_size or (1024 if cuda else 128)
-    c.batch_size = c.batch_size or (32 if cuda else 16)
-    c.max_iters = c.max_iters or (5000 if cuda else 500)
-    c.lr = c.lr or (6e-4 if cuda else 2e-3)
-    c.eval_interval = c.eval_interval or max(1, c.max_iters // 5)
-    return c
+GPU = dict(depth=12, n_embd=768, n_head=12, block_size=1024, batch_size=32, max_iters=5000, lr=6e-4,
+           eval_interval=1000)  # the defaults that change on CUDA: GPT-2 small's shape and recipe
 
 
 # ----------------------------------------------------------------------------- data
@@ -421,17 +436,13 @@ def plot_log(out_dir):
 def train(cfg):
     """Train, evaluate, checkpoint; returns a dict with the eval history and the report."""
     rank, world, device = setup_distributed(cfg.device)
-    cfg = resolve(cfg, device)
-    if cfg.fsdp and cfg.optimizer == "muon":
-        raise ValueError("--optimizer=muon does not support --fsdp: Newton-Schulz needs whole matrices")
     master = rank == 0
     torch.manual_seed(cfg.seed)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     train_ids, val_ids, tok = prepare_data(cfg, rank)
     check_lengths(train_ids, val_ids, cfg.block_size)
-    raw = GPT(GPTConfig(vocab_size=tok.model_vocab_size, block_size=cfg.block_size, n_layer=cfg.depth,
-                        n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd, dropout=cfg.dropout)).to(device)
+    raw = GPT(cfg.model_config(tok.model_vocab_size)).to(device)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     data_gen = torch.Generator().manual_seed(cfg.seed)
     model = wrap(raw, cfg, device, world)
@@ -512,4 +523,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(parse_args(TrainConfig))
+    main(parse_args(TrainConfig, gpu=GPU))
