@@ -18,8 +18,10 @@ On CPU (a few minutes) you see task success with tools (constrained and free dec
 without tools on multi-digit multiplication, unit conversion and the thermostat ("I'm cold"
 -> read the temperature, then set it), then the failure taxonomy counts.
 """
+import ast
 import itertools
 import json
+import operator
 import random
 import re
 from dataclasses import dataclass, field
@@ -124,59 +126,37 @@ def fmt(x):
     return str(x.numerator) if x.denominator == 1 else f"{float(x):.2f}".rstrip("0").rstrip(".")
 
 
+ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+              ast.Div: operator.truediv, ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
 def calculate(expression):
-    """Arithmetic by recursive descent over exact fractions, never eval:
-        expr := term (('+' | '-') term)*     term := factor (('*' | '/') factor)*
-        factor := ('+' | '-') factor | number | '(' expr ')'
-    Anything else (names, calls, attributes, '**', '_') is refused with a ToolError."""
+    """Arithmetic over exact fractions, never eval: Python's parser reads the expression and only
+    numbers, + - * / (and unary + -) and parentheses are evaluated. Anything else (names, calls,
+    attributes, '**', '1e3', '_') is refused with a ToolError."""
     if len(expression) > 200:
         raise ToolError("expression too long (200 characters at most)")
-    tokens = re.findall(r"\d+(?:\.\d+)?|\S", expression)
-    pos = 0
+    text = " ".join(expression.split())  # one line, no indent: what the parser accepts
+    only = "only numbers, + - * / and parentheses are allowed"
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as e:
+        raise ToolError(f"not arithmetic ({e.msg}): {only}") from None
 
-    def peek():
-        return tokens[pos] if pos < len(tokens) else None
+    def value(node):
+        literal = ast.get_source_segment(text, node)
+        if isinstance(node, ast.Constant) and re.fullmatch(r"\d+(\.\d+)?", literal):
+            return Fraction(literal)  # from the text: 0.1 is 1/10, not the nearest float
+        if isinstance(node, ast.UnaryOp) and type(node.op) in ARITHMETIC:
+            return ARITHMETIC[type(node.op)](value(node.operand))
+        if not isinstance(node, ast.BinOp) or type(node.op) not in ARITHMETIC:
+            raise ToolError(f"unexpected {literal!r}: {only}")
+        left, right = value(node.left), value(node.right)
+        if isinstance(node.op, ast.Div) and right == 0:
+            raise ToolError("division by zero")
+        return ARITHMETIC[type(node.op)](left, right)
 
-    def take():
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def expr():
-        value = term()
-        while peek() in ("+", "-"):
-            value = value + term() if take() == "+" else value - term()
-        return value
-
-    def term():
-        value = factor()
-        while peek() in ("*", "/"):
-            op, rhs = take(), factor()
-            if op == "/" and rhs == 0:
-                raise ToolError("division by zero")
-            value = value * rhs if op == "*" else value / rhs
-        return value
-
-    def factor():
-        token = peek()
-        if token in ("+", "-"):
-            take()
-            return factor() if token == "+" else -factor()
-        if token == "(":
-            take()
-            value = expr()
-            if peek() != ")":
-                raise ToolError("missing ')'")
-            take()
-            return value
-        if token is not None and token[0].isdigit():
-            return Fraction(take())
-        raise ToolError(f"unexpected {token or 'end of input'!r}: only numbers, + - * / and parentheses are allowed")
-
-    value = expr()
-    if peek() is not None:
-        raise ToolError(f"unexpected {peek()!r}: only numbers, + - * / and parentheses are allowed")
-    return fmt(value)
+    return fmt(value(tree))
 
 
 UNITS = {"m": ("length", 1), "km": ("length", 1000), "cm": ("length", Fraction(1, 100)), "mi": ("length", Fraction("1609.344")),

@@ -73,15 +73,26 @@ def test_parser_reads_a_call():
 
 # ----------------------------------------------------------------------------- tools
 
-@pytest.mark.parametrize("expression", ["1 + 2 * 3", "(1 + 2) * 3", "-4 - -2", "7 / 2", "2 * (3 + 4) / 5 - 1.25", "3847 * 912"])
+EXACT = {"1 + 2 * 3": Fraction(7), "(1 + 2) * 3": Fraction(9), "-4 - -2": Fraction(-2),
+         "7 / 2": Fraction(7, 2), "2 * (3 + 4) / 5 - 1.25": Fraction(2 * 7, 5) - Fraction(5, 4),
+         "3847 * 912": Fraction(3508464), "+5": Fraction(5), "((2))": Fraction(2),
+         " 3 *\n4 ": Fraction(12), "-(2 + 3) * -2": Fraction(10),
+         "0.3 - 0.1 * 3": Fraction(0)}  # exact: in floats, 0.3 - 0.1 * 3 is -5.6e-17, "-0"
+
+
+@pytest.mark.parametrize("expression", EXACT)
 def test_calculator_matches_exact_arithmetic(expression, no_eval):
-    expected = {"1 + 2 * 3": Fraction(7), "(1 + 2) * 3": Fraction(9), "-4 - -2": Fraction(-2), "7 / 2": Fraction(7, 2),
-                "2 * (3 + 4) / 5 - 1.25": Fraction(2 * 7, 5) - Fraction(5, 4), "3847 * 912": Fraction(3508464)}[expression]
-    assert agent.calculate(expression) == agent.fmt(expected)
+    assert agent.calculate(expression) == agent.fmt(EXACT[expression])
 
 
-@pytest.mark.parametrize("expression", ["__import__('os').system('echo pwned')", "2 ** 10", "open('x')", "a + 1", "1; 2",
-                                        "(1 + 2", "1 +", "()", "[1, 2]", "1 if 1 else 2", "lambda: 1", "9" * 300])
+# Python syntax that is not the calculator's arithmetic: powers, other number spellings, other
+# operators, names, calls, statements, and unbalanced or empty input.
+@pytest.mark.parametrize("expression", ["__import__('os').system('echo pwned')", "2 ** 10",
+                                        "open('x')", "a + 1", "1; 2", "(1 + 2", "1 +", "()",
+                                        "[1, 2]", "1 if 1 else 2", "lambda: 1", "9" * 300, "1e3",
+                                        "0x10", "1_000", "1j", "True", ".5", "5.", "'1'", "2 // 3",
+                                        "7 % 2", "1 < 2", "~1", "not 1", "(1, 2)", "1 2", "x[0]",
+                                        "1 / (2 - 2)", "", " "])
 def test_calculator_refuses_anything_but_arithmetic(expression, no_eval):
     with pytest.raises(agent.ToolError):
         agent.calculate(expression)
