@@ -118,91 +118,29 @@ GPU = dict(depth=12, n_embd=768, n_head=12, block_size=1024, batch_size=32, max_
 
 # ----------------------------------------------------------------------------- data
 
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-# FineWeb (Penedo et al. 2024) as GPT-2 token shards: a 256 x int32 header (magic 20240520,
-# version 1, token count), then uint16 ids. Shard 0 is validation, 1.. are training.
-FINEWEB_URL = "https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main/fineweb_{split}_{index:06d}.bin"
-SHARD_MAGIC = 20240520
-
-
-def download(url, cache_dir):
-    """The cached copy of url, downloading it once; None when offline."""
-    path = os.path.join(cache_dir, "downloads", url.rstrip("/").split("/")[-1] or "index")
-    if os.path.exists(path):
-        return path
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(path + ".part", "wb") as f:
-            shutil.copyfileobj(response, f)
-    except (urllib.error.URLError, OSError) as e:
-        print(f"could not download {url} ({e}): falling back to the embedded corpus")
-        return None
-    os.replace(path + ".part", path)
-    return path
-
-
-def read_shard(path):
-    """Token ids of one FineWeb shard, memory-mapped past its header."""
-    header = np.fromfile(path, dtype=np.int32, count=256)
-    if len(header) < 3 or header[0] != SHARD_MAGIC or header[1] != 1:
-        raise ValueError(f"{path} is not a GPT-2 token shard (bad magic number or version)")
-    ids = np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4)
-    if len(ids) != header[2]:
-        raise ValueError(f"{path} is truncated: header says {header[2]} tokens, file has {len(ids)}")
-    return ids
-
-
-def load_text(cfg):
-    """(name, text) of the corpus that cfg.data names."""
-    if cfg.data in ("shakespeare", "fineweb") or cfg.data.startswith(("http://", "https://")):
-        path = download(SHAKESPEARE_URL if cfg.data in ("shakespeare", "fineweb") else cfg.data, cfg.cache_dir)
-        if path is None:
-            return "embedded", embedded_corpus()
-        return os.path.splitext(os.path.basename(path))[0], open(path, encoding="utf-8", errors="replace").read()
-    if cfg.data == "embedded":
-        return "embedded", embedded_corpus()
-    if not os.path.isfile(cfg.data):
-        raise FileNotFoundError(f"--data={cfg.data}: no such file (or use embedded, shakespeare, fineweb, a URL)")
-    return os.path.splitext(os.path.basename(cfg.data))[0], open(cfg.data, encoding="utf-8", errors="replace").read()
-
-
-def load_fineweb(cfg):
-    """(train ids, val ids, tokenizer) from FineWeb GPT-2 shards, or None when offline."""
-    paths = [download(FINEWEB_URL.format(split=s, index=i), cfg.cache_dir) for s, i in (("train", 1), ("val", 0))]
-    if None in paths:
-        return None
-    spec = cfg.tokenizer if cfg.tokenizer.endswith(".tiktoken") else "gpt2"
-    return read_shard(paths[0]), read_shard(paths[1]), Tokenizer.from_spec(spec)
-
-
 def prepare_data(cfg, rank=0):
-    """Tokenise the corpus once (rank 0), cache it as uint16/uint32 memmaps, and return
-    (train ids, val ids, tokenizer). Later runs on the same text reuse the cache."""
-    if cfg.data == "fineweb":
-        shards = load_fineweb(cfg)
-        if shards is not None:
-            return shards
-    name, text = load_text(dataclasses.replace(cfg, data="shakespeare" if cfg.data == "fineweb" else cfg.data))
-    if not text.strip():
-        raise ValueError(f"--data={cfg.data}: the corpus is empty")
-    key = hashlib.sha1(f"{cfg.tokenizer}|{cfg.vocab_size}|{cfg.val_frac}|".encode() + text.encode()).hexdigest()[:10]
-    folder = os.path.join(cfg.cache_dir, f"{name}-{os.path.basename(cfg.tokenizer)}-{key}")
+    """(train ids, val ids, tokenizer). The corpus is tokenised once (by rank 0) into a memmap in
+    cache_dir, which later runs on the same text reuse; its last val_frac is the validation split."""
+    shards = load_fineweb(cfg) if cfg.data == "fineweb" else None
+    if shards:
+        return shards
+    name, text = load_text(cfg)
+    key = hashlib.sha1(f"{cfg.tokenizer}|{cfg.vocab_size}|".encode() + text.encode()).hexdigest()
+    folder = os.path.join(cfg.cache_dir, f"{name}-{os.path.basename(cfg.tokenizer)}-{key[:10]}")
     if rank == 0 and not os.path.exists(folder):
         tok = Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
         ids = np.array(tok.encode(text), dtype=np.uint16 if tok.n_vocab < 2 ** 16 else np.uint32)
-        split = int(len(ids) * (1 - cfg.val_frac))
         tmp = f"{folder}.tmp{os.getpid()}"
         os.makedirs(tmp, exist_ok=True)
-        ids[:split].tofile(os.path.join(tmp, "train.bin"))
-        ids[split:].tofile(os.path.join(tmp, "val.bin"))
+        np.save(os.path.join(tmp, "ids.npy"), ids)
         torch.save(tok.state_dict(), os.path.join(tmp, "tokenizer.pt"))
         os.replace(tmp, folder)  # the whole cache appears at once, or not at all
     if dist.is_initialized():
         dist.barrier()
     tok = Tokenizer.from_state_dict(torch.load(os.path.join(folder, "tokenizer.pt"), weights_only=True))
-    dtype = np.uint16 if tok.n_vocab < 2 ** 16 else np.uint32
-    train, val = (np.memmap(os.path.join(folder, f"{s}.bin"), dtype=dtype, mode="r") for s in ("train", "val"))
-    return train, val, tok
+    ids = np.load(os.path.join(folder, "ids.npy"), mmap_mode="r")
+    split = int(len(ids) * (1 - cfg.val_frac))
+    return ids[:split], ids[split:], tok
 
 
 def check_lengths(train, val, block_size):
@@ -440,8 +378,9 @@ def train(cfg):
     torch.manual_seed(cfg.seed)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    train_ids, val_ids, tok = prepare_data(cfg, rank)
-    check_lengths(train_ids, val_ids, cfg.block_size)
+    with gpt.bad_input():  # the data the user named: one line, before any work
+        train_ids, val_ids, tok = prepare_data(cfg, rank)
+        check_lengths(train_ids, val_ids, cfg.block_size)
     raw = GPT(cfg.model_config(tok.model_vocab_size)).to(device)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     data_gen = torch.Generator().manual_seed(cfg.seed)
@@ -520,6 +459,65 @@ def main(cfg):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- where the text comes from
+# Not the lecture: a GPU run wants more text than the embedded corpus, so --data also takes a
+# local file, a URL (tiny-shakespeare by name) or FineWeb (Penedo et al. 2024) as GPT-2 token
+# shards. Downloads are cached in cache_dir/downloads; offline, the run says so and falls back to
+# the embedded corpus.
+
+SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+                   "tinyshakespeare/input.txt")
+FINEWEB_URL = ("https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main/"
+               "fineweb_{split}_{index:06d}.bin")  # shard 0 is validation, 1.. are training
+SHARD_MAGIC = 20240520  # a shard: 256 int32 (magic, version 1, token count), then uint16 ids
+
+
+def load_text(cfg):
+    """(name, text) of the corpus that cfg.data names."""
+    path = cfg.data
+    if cfg.data in ("shakespeare", "fineweb") or "://" in cfg.data:
+        path = download(cfg.data if "://" in cfg.data else SHAKESPEARE_URL, cfg.cache_dir)
+    if cfg.data == "embedded" or path is None:
+        return "embedded", embedded_corpus()
+    return os.path.splitext(os.path.basename(path))[0], gpt.read_text(path)
+
+
+def download(url, cache_dir):
+    """The cached copy of url, downloading it once; None when offline."""
+    path = os.path.join(cache_dir, "downloads", os.path.basename(url.rstrip("/")))
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, open(path + ".part", "wb") as f:
+                shutil.copyfileobj(response, f)
+        except (urllib.error.URLError, OSError) as e:
+            print(f"could not download {url} ({e}): falling back to the embedded corpus")
+            return None
+        os.replace(path + ".part", path)
+    return path
+
+
+def read_shard(path):
+    """Token ids of one FineWeb shard, memory-mapped past its header."""
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    if len(header) < 3 or header[0] != SHARD_MAGIC or header[1] != 1:
+        raise ValueError(f"{path} is not a GPT-2 token shard (bad magic number or version)")
+    ids = np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4)
+    if len(ids) != header[2]:
+        raise ValueError(f"{path} is truncated: header says {header[2]} tokens, file has {len(ids)}")
+    return ids
+
+
+def load_fineweb(cfg):
+    """(train ids, val ids, tokenizer) from shards 1 and 0, or None when offline."""
+    paths = [download(FINEWEB_URL.format(split=s, index=i), cfg.cache_dir)
+             for s, i in (("train", 1), ("val", 0))]
+    if None in paths:
+        return None
+    tok = Tokenizer.from_spec(cfg.tokenizer if cfg.tokenizer.endswith(".tiktoken") else "gpt2")
+    return read_shard(paths[0]), read_shard(paths[1]), tok
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 and gradient accumulation, the schedule and Muon match their definitions, and bad input fails
 clearly without touching what is on disk."""
 import dataclasses
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -217,15 +219,50 @@ def test_offline_download_falls_back_to_the_embedded_corpus(tmp_path, monkeypatc
     assert "falling back to the embedded corpus" in capsys.readouterr().out
 
 
-def test_bad_data_is_a_clear_error(tiny_train_config, tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("  \n")
-    with pytest.raises(ValueError, match="corpus is empty"):
-        train.main(dataclasses.replace(tiny_train_config, data=str(empty)))
-    short = tmp_path / "short.txt"
-    short.write_text("just a few words, far too few for a window")
-    with pytest.raises(ValueError, match="too few for block_size=16"):
-        train.main(dataclasses.replace(tiny_train_config, data=str(short)))
+def test_bad_data_is_a_clear_error_before_any_work(tiny_train_config, tmp_path):
+    """One line that names the file, before anything is tokenised or cached. A Latin-1 file used
+    to train on replacement characters."""
+    cases = [(b"caf\xe9 au lait " * 100, "latin1.txt", "latin1.txt is not UTF-8 text (byte 3"),
+             (b"  \n", "empty.txt", "the corpus is empty: "),
+             (b"just a few words, far too few", "short.txt", "too few for block_size=16")]
+    for content, name, message in cases:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SystemExit, match=re.escape(message)) as exit:
+            train.main(dataclasses.replace(tiny_train_config, data=str(tmp_path / name)))
+        assert str(exit.value).startswith("error: ")
+        assert os.path.exists(tiny_train_config.cache_dir) == (name == "short.txt")
+
+
+def test_a_url_is_downloaded_once_and_cached(tiny_train_config, tmp_path, monkeypatch):
+    """--data=URL and --data=shakespeare on a local file:// URL (urllib reads those too)."""
+    source = tmp_path / "remote" / "input.txt"
+    source.parent.mkdir()
+    source.write_text("To be, or not to be, that is the question. " * 20, encoding="utf-8")
+    monkeypatch.setattr(train, "SHAKESPEARE_URL", source.as_uri())
+    for data in (source.as_uri(), "shakespeare"):
+        cfg = dataclasses.replace(tiny_train_config, data=data)
+        assert train.load_text(cfg) == ("input", source.read_text())
+    source.unlink()  # the cached copy is read from now on
+    assert train.load_text(cfg) == ("input", "To be, or not to be, that is the question. " * 20)
+    assert train.main(cfg)["history"][-1]["step"] == cfg.max_iters
+
+
+def test_fineweb_trains_from_local_shards(tiny_train_config, tmp_path, monkeypatch):
+    """Two shards in FineWeb's layout (256 int32 header: magic, version, count; uint16 ids),
+    fetched through file:// URLs, with a byte-level .tiktoken ranks file (base64 token, rank)."""
+    ids = np.frombuffer(gpt.embedded_corpus()[:3000].encode(), dtype=np.uint8).astype(np.uint16)
+    for split, index, part in (("train", 1, ids[:2500]), ("val", 0, ids[2500:])):
+        header = np.zeros(256, dtype=np.int32)
+        header[:3] = [train.SHARD_MAGIC, 1, len(part)]
+        (tmp_path / f"fineweb_{split}_{index:06d}.bin").write_bytes(header.tobytes() + part.tobytes())
+    monkeypatch.setattr(train, "FINEWEB_URL", f"{tmp_path.as_uri()}/fineweb_{{split}}_{{index:06d}}.bin")
+    ranks = tmp_path / "bytes.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    cfg = dataclasses.replace(tiny_train_config, data="fineweb", tokenizer=str(ranks))
+    train_ids, val_ids, tok = train.prepare_data(cfg)
+    assert train_ids.tolist() == ids[:2500].tolist() and val_ids.tolist() == ids[2500:].tolist()
+    assert tok.decode(val_ids[:50].tolist()) == gpt.embedded_corpus()[2500:2550]
+    assert train.main(cfg)["history"][-1]["step"] == cfg.max_iters
 
 
 BAD_FLAGS = [  # each is refused by argparse before any work, naming the flag and the rule
