@@ -8,23 +8,30 @@ which the agent parses, validates against the schema, runs, and answers with an 
 <|tool_result|>30883<|end|>. The ReAct loop (Yao et al. 2023) repeats observe -> plan -> act
 until the final_answer tool, max_steps, or a repeated call; every error becomes an observation.
 Constrained decoding masks each token that would leave the JSON call grammar, so a call always
-parses and names a real tool. The model is SFT-trained (Toolformer-style traces, Schick et al.
-2023) with the loss on its own turns only, never on tool outputs.
+parses and names a real tool. The model is SFT-trained on expert traces (Toolformer-style,
+Schick et al. 2023) with the loss on its own turns only, never on tool outputs:
+L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t, m_t = 1 on the model's turn.
 
     python agent.py                     # train on synthetic traces, evaluate held-out tasks
     python agent.py --steps=4000 --n_eval=100   # longer training, more held-out tasks
+    python agent.py --resume --plot     # continue out/agent/ckpt.pt; loss in out/agent/loss.png
 
-On CPU (a few minutes) you see task success with tools (constrained and free decoding) vs
-without tools on multi-digit multiplication, unit conversion and the thermostat ("I'm cold"
--> read the temperature, then set it), then the failure taxonomy counts.
+On CPU you see task success with tools (constrained and free decoding) vs without tools on
+multi-digit multiplication, unit conversion and the thermostat ("I'm cold" -> read the
+temperature, then set it), the failure taxonomy counts, and one episode.
+Left out: a pretrained model (a 2-layer GPT learns five fixed tools from scratch), nested or
+array arguments, parallel calls, tool descriptions in the prompt, RL on task success.
 """
 import ast
+import functools
 import itertools
 import json
+import math
 import operator
+import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 
 import torch
@@ -36,20 +43,39 @@ import gpt
 @dataclass
 class AgentConfig:
     n_train: int = 6000  # synthetic training tasks (each becomes a trace of 1-3 model turns)
-    no_tool_frac: float = 0.25  # of those, traces where only final_answer exists and the model must answer alone
-    n_eval: int = 0  # held-out tasks per family; 0 = 30 on CPU, 200 on CUDA
-    steps: int = 0  # SFT steps; 0 = 2000 on CPU, 6000 on CUDA
-    n_embd: int = 0  # model width (2 layers, 4 heads); 0 = 96 on CPU, 256 on CUDA
+    no_tool_frac: float = 0.25  # of those, traces where only final_answer exists and the model
+    # must answer alone
+    n_eval: int = 30  # held-out tasks per family
+    steps: int = 2000  # SFT steps of 16 model turns
+    n_embd: int = 96  # model width (2 layers, 4 heads)
     lr: float = 5e-3  # peak AdamW learning rate (cosine decay)
     max_steps: int = 5  # model turns per task before the loop gives up
+    ckpt_every: int = 250  # SFT steps between checkpoints (out_dir/ckpt.pt) for --resume
+    stop_after: int = 0  # end the run after this many steps, as if pre-empted (0 = never)
+    resume: bool = False  # continue from out_dir/ckpt.pt bit for bit, with the same settings
+    plot: bool = False  # the SFT loss curve as out_dir/loss.png
+    out_dir: str = "out/agent"  # checkpoint, log.jsonl, loss.png
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # tasks, initialisation and training order
 
-    def __post_init__(self):
-        if not 0 <= self.no_tool_frac < 1:
-            raise ValueError(f"no_tool_frac={self.no_tool_frac} must be in [0, 1)")
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps={self.max_steps} must be at least 1")
+    def __post_init__(self):  # every field, before any work
+        for name in ("n_train", "n_eval", "steps", "max_steps", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        problems = [
+            (self.n_embd < 8 or self.n_embd % 8, f"n_embd={self.n_embd} must be a multiple of 8"
+             " (4 heads of an even width: RoPE rotates pairs)"),
+            (not 0 <= self.no_tool_frac < 1, f"no_tool_frac={self.no_tool_frac}: in [0, 1)"),
+            (self.lr <= 0, f"lr={self.lr} must be positive"),
+            (not 0 <= self.stop_after < self.steps,
+             f"stop_after={self.stop_after} must be 0 (off) or below steps={self.steps}"),
+            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a folder")]
+        for bad, error in problems:
+            if bad:
+                raise ValueError(error)
+
+
+GPU = dict(n_eval=200, steps=6000, n_embd=256)  # the defaults that change on CUDA
 
 
 # ----------------------------------------------------------------------------- tools
@@ -66,56 +92,55 @@ class Tool:
     fn: callable = field(repr=False)
 
 
+TYPES = {"string": str, "integer": int, "number": (int, float)}  # JSON schema type -> Python's
+
+
 def validate(arguments, schema):
     """Problems with arguments under a flat JSON schema (types, required, enum, no unknown
     keys), each a sentence that says what to fix; [] when valid. Raises ValueError on a schema
     type it cannot check (the tool's fault, not the caller's)."""
     if not isinstance(arguments, dict):
         return [f"arguments must be a JSON object, got {type(arguments).__name__}"]
-    properties, problems = schema.get("properties", {}), []
-    for key in schema.get("required", []):
-        if key not in arguments:
-            problems.append(f"missing required argument {key!r}")
-    checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
-              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+    properties = schema.get("properties", {})
+    problems = [f"missing required argument {key!r}" for key in schema.get("required", [])
+                if key not in arguments]
     for key, value in arguments.items():
-        if key not in properties:
+        spec = properties.get(key)
+        if spec is None:
             problems.append(f"unknown argument {key!r}; expected {sorted(properties)}")
-            continue
-        spec = properties[key]
-        if spec.get("type") not in checks:
+        elif spec.get("type") not in TYPES:
             raise ValueError(f"schema of {key!r} has type {spec.get('type')!r}; "
-                             f"validate checks only {sorted(checks)}")
-        if not checks[spec["type"]](value):
+                             f"validate checks only {sorted(TYPES)}")
+        elif isinstance(value, bool) or not isinstance(value, TYPES[spec["type"]]):  # JSON true
             problems.append(f"argument {key!r} must be {spec['type']}, got {json.dumps(value)}")
-        elif "enum" in spec and value not in spec["enum"]:
-            problems.append(f"argument {key!r} must be one of {spec['enum']}, got {json.dumps(value)}")
+        elif value not in spec.get("enum", [value]):
+            problems.append(f"argument {key!r} must be one of {spec['enum']}, got "
+                            f"{json.dumps(value)}")
     return problems
 
 
 class ToolRegistry:
     """The MCP-like interface the agent sees: list_tools() and call_tool(name, arguments). A call
-    never raises: unknown tools, invalid arguments and tool failures come back as is_error results
-    (with `error` naming the kind, for the failure taxonomy)."""
+    never raises: unknown tools, invalid arguments and tool failures come back as is_error
+    results (with `error` naming the kind, for the failure taxonomy)."""
 
     def __init__(self, tools):
         self.tools = {t.name: t for t in tools}
 
     def list_tools(self):
-        return [{"name": t.name, "description": t.description, "inputSchema": t.parameters} for t in self.tools.values()]
+        return [{"name": t.name, "description": t.description, "inputSchema": t.parameters}
+                for t in self.tools.values()]
 
     def call_tool(self, name, arguments):
         if name not in self.tools:
-            return dict(content=f"unknown tool {name!r}; available tools: {', '.join(self.tools)}", is_error=True,
-                        error="unknown_tool")
-        tool = self.tools[name]
+            return dict(content=f"unknown tool {name!r}; available tools: {', '.join(self.tools)}",
+                        is_error=True, error="unknown_tool")
         try:  # a tool's failure (or a schema validate cannot check) is an observation, not a crash
-            problems = validate(arguments, tool.parameters)
+            problems = validate(arguments, self.tools[name].parameters)
             if problems:
                 return dict(content=f"invalid arguments for {name}: " + "; ".join(problems),
                             is_error=True, error="invalid_arguments")
-            return dict(content=str(tool.fn(**arguments)), is_error=False, error=None)
+            return dict(content=str(self.tools[name].fn(**arguments)), is_error=False, error=None)
         except Exception as e:
             return dict(content=f"{name} failed: {e}", is_error=True, error="tool_error")
 
@@ -159,10 +184,12 @@ def calculate(expression):
     return fmt(value(tree))
 
 
-UNITS = {"m": ("length", 1), "km": ("length", 1000), "cm": ("length", Fraction(1, 100)), "mi": ("length", Fraction("1609.344")),
-         "ft": ("length", Fraction("0.3048")), "in": ("length", Fraction("0.0254")), "kg": ("mass", 1),
-         "g": ("mass", Fraction(1, 1000)), "lb": ("mass", Fraction("0.45359237")), "oz": ("mass", Fraction("0.028349523125")),
-         "C": ("temperature", None), "F": ("temperature", None), "K": ("temperature", None)}
+UNITS = {  # unit: (dimension, its size in the SI unit)
+    "m": ("length", 1), "km": ("length", 1000), "cm": ("length", Fraction(1, 100)),
+    "mi": ("length", Fraction("1609.344")), "ft": ("length", Fraction("0.3048")),
+    "in": ("length", Fraction("0.0254")), "kg": ("mass", 1), "g": ("mass", Fraction(1, 1000)),
+    "lb": ("mass", Fraction("0.45359237")), "oz": ("mass", Fraction("0.028349523125")),
+    "C": ("temperature", None), "F": ("temperature", None), "K": ("temperature", None)}
 
 
 def convert_units(value, from_unit, to_unit):
@@ -173,8 +200,9 @@ def convert_units(value, from_unit, to_unit):
     value = Fraction(str(value))
     if dim_from != "temperature":
         return fmt(value * f_from / f_to)
-    kelvin = {"C": value + Fraction("273.15"), "F": (value - 32) * Fraction(5, 9) + Fraction("273.15"), "K": value}[from_unit]
-    return fmt({"C": kelvin - Fraction("273.15"), "F": (kelvin - Fraction("273.15")) * Fraction(9, 5) + 32, "K": kelvin}[to_unit])
+    zero = Fraction("273.15")  # 0 C in kelvin
+    kelvin = {"C": value + zero, "F": (value - 32) * Fraction(5, 9) + zero, "K": value}[from_unit]
+    return fmt({"C": kelvin - zero, "F": (kelvin - zero) * 9 / 5 + 32, "K": kelvin}[to_unit])
 
 
 ROOMS = ["living_room", "bedroom", "kitchen", "garage"]
@@ -199,27 +227,27 @@ class House:
 
 def make_registry(house=None):
     """All five tools; with house=None only final_answer (the "no tools" condition)."""
+    def schema(**properties):  # every argument is required
+        return {"type": "object", "properties": properties, "required": list(properties)}
     final = Tool("final_answer", "Give the final answer to the user and stop.",
-                 {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}, lambda answer: answer)
+                 schema(answer={"type": "string"}), lambda answer: answer)
     if house is None:
         return ToolRegistry([final])
     room = {"type": "string", "enum": ROOMS}
     unit = {"type": "string", "enum": list(UNITS)}
     return ToolRegistry([
         Tool("calculator", "Evaluate arithmetic with + - * / and parentheses.",
-             {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}, calculate),
+             schema(expression={"type": "string"}), calculate),
         Tool("convert_units", "Convert a length, mass or temperature between units.",
-             {"type": "object", "properties": {"value": {"type": "number"}, "from_unit": unit, "to_unit": unit},
-              "required": ["value", "from_unit", "to_unit"]}, convert_units),
-        Tool("get_temperature", "Read the current temperature of a room in degrees C (empty if its sensor is offline).",
-             {"type": "object", "properties": {"room": room}, "required": ["room"]}, house.get_temperature),
+             schema(value={"type": "number"}, from_unit=unit, to_unit=unit), convert_units),
+        Tool("get_temperature", "Read the current temperature of a room in degrees C (empty if"
+             " its sensor is offline).", schema(room=room), house.get_temperature),
         Tool("set_temperature", "Set a room's thermostat, 10 to 30 degrees C.",
-             {"type": "object", "properties": {"room": room, "value": {"type": "integer"}}, "required": ["room", "value"]},
-             house.set_temperature),
+             schema(room=room, value={"type": "integer"}), house.set_temperature),
         final])
 
 
-# ----------------------------------------------------------------------------- parsing the model's turn
+# ----------------------------------------------------------------------------- the model's turn
 
 TOOL_CALL, END, TOOL_RESULT = "<|tool_call|>", "<|end|>", "<|tool_result|>"
 
@@ -233,15 +261,17 @@ def parse_tool_call(text):
     """(thought, name, arguments) from a turn 'thought<|tool_call|>{json}<|end|>'. Raises
     ValueError with a message the model can act on when the turn is not a well-formed call."""
     if TOOL_CALL not in text:
-        raise ValueError(f"no tool call: write {TOOL_CALL}{{\"name\": ..., \"arguments\": {{...}}}}{END}")
+        raise ValueError(f'no tool call: write {TOOL_CALL}{{"name": ..., "arguments": {{...}}}}'
+                         + END)
     thought, _, call = text.partition(TOOL_CALL)
-    call = call.removesuffix(END).strip()
     try:
-        obj = json.loads(call)
+        obj = json.loads(call.removesuffix(END).strip())
     except json.JSONDecodeError as e:
         raise ValueError(f"tool call is not valid JSON ({e.msg} at character {e.pos})") from None
-    if not isinstance(obj, dict) or set(obj) != {"name", "arguments"} or not isinstance(obj["name"], str):
-        raise ValueError('a tool call must be a JSON object with exactly "name" (a string) and "arguments"')
+    if not isinstance(obj, dict) or set(obj) != {"name", "arguments"} or \
+            not isinstance(obj["name"], str):
+        raise ValueError('a tool call must be a JSON object with exactly "name" (a string) and'
+                         ' "arguments"')
     if not isinstance(obj["arguments"], dict):
         raise ValueError('"arguments" must be a JSON object')
     return thought.strip(), obj["name"], obj["arguments"]
@@ -255,8 +285,8 @@ def format_call(name, arguments):
 # A character-level automaton for the calls we accept, json.dumps's own layout of a flat object:
 #   {"name": "<tool>", "arguments": {"<key>": <string | number | true | false | null>, ...}}
 # A state is a tuple; step(state, c) is the next state or None. A token is allowed when all its
-# characters step, and the call can still be finished in the tokens left (every single character is
-# a token in a byte-level BPE, so `chars_to_finish` characters take at most that many tokens).
+# characters step, and the call can still be finished in the tokens left (every single character
+# is a token in a byte-level BPE, so `chars_to_finish` characters take at most that many tokens).
 
 def step(state, c, names):
     kind = state[0]
@@ -297,10 +327,10 @@ def step(state, c, names):
         typed = state[1]
         if typed[-1].isdigit() and c in ",}":
             return step(("after",), c, names)
-        leading_zero = typed.lstrip("-") == "0"
-        if c.isdigit() and not leading_zero:
+        if c.isdigit() and typed.lstrip("-") != "0":  # no leading zero
             return ("number", typed + c)
-        return ("number", typed + c) if c == "." and typed[-1].isdigit() and "." not in typed else None
+        point = c == "." and typed[-1].isdigit() and "." not in typed
+        return ("number", typed + c) if point else None
     return None  # "done": nothing may follow but <|end|>
 
 
@@ -335,15 +365,12 @@ class CallConstraint:
                              f"({self.min_call} tokens with <|end|>): raise max_call")
         self.budget = max_thought + 1 + max_call
         self.call_id, self.end_id = tok.special(TOOL_CALL), tok.special(END)
-        self.texts, self.by_first = {}, {}  # ordinary ASCII token id -> text; first character -> [(id, text)]
-        for i in range(tok.eot_id):
-            piece = tok.decode_bytes([i])
-            if piece and piece.isascii() and b"<|" not in piece:  # see allowed_for
-                self.texts[i] = piece.decode()
-                self.by_first.setdefault(self.texts[i][0], []).append((i, self.texts[i]))
+        pieces = {i: tok.decode_bytes([i]) for i in range(tok.eot_id)}  # ordinary tokens
+        self.texts = {i: p.decode() for i, p in pieces.items()  # ASCII, no "<|": see allowed_for
+                      if p and p.isascii() and b"<|" not in p}
+        self.bar_first = {i for i, text in self.texts.items() if text[0] == "|"}
         self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
         self.last = ([], CALL_START)  # the last call prefix seen and the automaton's state after it
-        self.bar_first = {i for i, _ in self.by_first.get("|", [])}
 
     def __call__(self, generated):  # generated (B, t) -> allowed (B, vocab)
         allowed = torch.zeros(generated.size(0), self.vocab_size, dtype=torch.bool)
@@ -364,37 +391,31 @@ class CallConstraint:
         call = tokens[start:]  # decoding adds a token a step: step only the new ones
         done, state = self.last if self.last[0] == call[:len(self.last[0])] else ([], CALL_START)
         for t in call[len(done):]:
-            for c in self.texts[t]:
-                state = step(state, c, self.names)
+            state = self.walk(state, self.texts[t])
         self.last = (call, state)
         if state == ("done",):
             return [self.end_id]
-        left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this one
+        left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this
         return [i for i, need in self.moves(state) if need + 1 <= left and i not in banned]
+
+    def walk(self, state, text):  # the state after each character of text, or None
+        return functools.reduce(lambda s, c: s and step(s, c, self.names), text, state)
 
     def moves(self, state):
         """[(token, characters that close the call after it)] for each token the call can take."""
         if state not in self.moves_from:
-            self.moves_from[state] = []
-            for first, group in self.by_first.items():
-                if step(state, first, self.names) is None:  # most groups fail on the first character
-                    continue
-                for i, text in group:
-                    s = state
-                    for c in text:
-                        s = step(s, c, self.names)
-                        if s is None:
-                            break
-                    if s is not None:
-                        self.moves_from[state].append((i, chars_to_finish(s, self.names)))
+            after = {i: self.walk(state, text) for i, text in self.texts.items()}
+            self.moves_from[state] = [(i, chars_to_finish(s, self.names))
+                                      for i, s in after.items() if s]
         return self.moves_from[state]
 
 
 # ----------------------------------------------------------------------------- the ReAct loop
 
 def system_prompt(registry):
-    """The tools the model may use. A large model would read the full specs (json of list_tools());
-    our tiny one was trained on these tools, so their names keep the context short."""
+    """The tools the model may use. A large model would read the full specs (json of
+    list_tools()); our tiny one was trained on these tools, so their names keep the context
+    short."""
     return "<|system|>tools: " + ", ".join(registry.tools)
 
 
@@ -448,8 +469,8 @@ class GPTPolicy:
 
     def __init__(self, model, tok, registry, constrained=True, max_thought=32, max_call=64):
         self.model, self.tok, self.max_new_tokens = model, tok, max_thought + max_call + 1
-        self.constraint = CallConstraint(tok, registry.tools, model.config.vocab_size, max_thought, max_call) \
-            if constrained else None
+        self.constraint = CallConstraint(tok, registry.tools, model.config.vocab_size,
+                                         max_thought, max_call) if constrained else None
 
     def __call__(self, transcript):
         ids = self.tok.encode(transcript, allow_special=True)
@@ -458,8 +479,8 @@ class GPTPolicy:
             return ""  # no room for a (whole) call: an invalid turn, and the loop runs out of steps
         if self.constraint:
             self.constraint.budget = budget
-        out = self.model.generate([ids], budget, temperature=0, stop_tokens=(self.tok.special(END),),
-                                  allowed_tokens=self.constraint)
+        out = self.model.generate([ids], budget, temperature=0, allowed_tokens=self.constraint,
+                                  stop_tokens=(self.tok.special(END),))
         # markers come from the ids; ordinary runs (where free decoding may spell one) are defused
         runs = itertools.groupby(out[0], lambda t: t >= self.tok.eot_id)
         return "".join(self.tok.decode(list(run)) if special else defuse(self.tok.decode(list(run)))
@@ -468,8 +489,14 @@ class GPTPolicy:
 
 # ----------------------------------------------------------------------------- tasks and traces
 
-CONVERSIONS = [("km", "mi"), ("mi", "km"), ("m", "ft"), ("ft", "m"), ("in", "cm"), ("cm", "in"), ("kg", "lb"),
-               ("lb", "kg"), ("g", "oz"), ("oz", "g"), ("C", "F"), ("F", "C")]
+FAMILIES = ["multiply", "convert", "thermostat"]
+CONVERSIONS = [("km", "mi"), ("mi", "km"), ("m", "ft"), ("ft", "m"), ("in", "cm"), ("cm", "in"),
+               ("kg", "lb"), ("lb", "kg"), ("g", "oz"), ("oz", "g"), ("C", "F"), ("F", "C")]
+WORDING = {  # a task's text is one of these
+    "multiply": ["What is {a} * {b}?", "Multiply {a} by {b}.", "Compute {a} times {b}."],
+    "convert": ["Convert {v} {f} to {t}.", "How many {t} is {v} {f}?", "What is {v} {f} in {t}?"],
+    "cold": ["I'm cold in the {r}.", "The {r} feels chilly."],
+    "hot": ["I'm hot in the {r}.", "The {r} is too warm."]}
 
 
 def make_task(family, rng):
@@ -479,26 +506,27 @@ def make_task(family, rng):
     task = dict(family=family, temperatures=temperatures, setpoint={})
     if family == "multiply":
         a, b = rng.randint(100, 9999), rng.randint(11, 999)
-        task["text"] = rng.choice(["What is {a} * {b}?", "Multiply {a} by {b}.", "Compute {a} times {b}."]).format(a=a, b=b)
+        task["text"] = rng.choice(WORDING[family]).format(a=a, b=b)
         task["answer"] = str(a * b)
         task["calls"] = [("Use the calculator.", "calculator", {"expression": f"{a} * {b}"})]
     elif family == "convert":
-        (f, t), v = rng.choice(CONVERSIONS), rng.choice([rng.randint(1, 500), rng.randint(10, 999) / 10])
-        task["text"] = rng.choice(["Convert {v} {f} to {t}.", "How many {t} is {v} {f}?", "What is {v} {f} in {t}?"]).format(v=v, f=f, t=t)
+        (f, t), v = rng.choice(CONVERSIONS), rng.choice([rng.randint(1, 500),
+                                                         rng.randint(10, 999) / 10])
+        task["text"] = rng.choice(WORDING[family]).format(v=v, f=f, t=t)
         task["answer"] = convert_units(v, f, t)
-        task["calls"] = [("Use the unit converter.", "convert_units", {"value": v, "from_unit": f, "to_unit": t})]
+        arguments = {"value": v, "from_unit": f, "to_unit": t}
+        task["calls"] = [("Use the unit converter.", "convert_units", arguments)]
     else:
         room, feeling = rng.choice(ROOMS), rng.choice(["cold", "hot"])
-        phrases = {"cold": ["I'm cold in the {r}.", "The {r} feels chilly."], "hot": ["I'm hot in the {r}.", "The {r} is too warm."]}
-        task["text"] = rng.choice(phrases[feeling]).format(r=room.replace("_", " "))
+        task["text"] = rng.choice(WORDING[feeling]).format(r=room.replace("_", " "))
         task["calls"] = [(f"Read the {room} temperature.", "get_temperature", {"room": room})]
         degrees = temperatures[room]
         if degrees is None:
             task["answer"], thought = f"no reading for the {room}", "The sensor is offline."
         elif (degrees < 21) if feeling == "cold" else (degrees > 21):
-            task["setpoint"], task["answer"] = {room: 21}, f"{room} set to 21"
-            task["calls"].append((f"It is {degrees}, set 21.", "set_temperature", {"room": room, "value": 21}))
-            thought = "Done."
+            task["setpoint"], task["answer"], thought = {room: 21}, f"{room} set to 21", "Done."
+            arguments = {"room": room, "value": 21}
+            task["calls"].append((f"It is {degrees}, set 21.", "set_temperature", arguments))
         else:
             task["answer"], thought = f"{room} is already {degrees}", f"It is {degrees}, leave it."
         task["calls"].append((thought, "final_answer", {"answer": task["answer"]}))
@@ -509,12 +537,14 @@ def make_task(family, rng):
 
 def trace_pairs(task, with_tools):
     """(prompt, completion) text pairs, one per model turn: the completion is the turn, and tool
-    results only ever sit in the prompt, so the SFT loss never trains on them."""
-    house = House(task["temperatures"])
-    registry = make_registry(house if with_tools else None)
-    alone = "I cannot reach the thermostat" if task["family"] == "thermostat" else task["answer"]  # no tools: answer alone
-    calls = task["calls"] if with_tools else [("Answer directly.", "final_answer", {"answer": alone})]
-    transcript, pairs = system_prompt(registry) + "<|user|>" + task["text"] + "<|assistant|>", []
+    results only ever sit in the prompt, so the SFT loss never trains on them. Without tools the
+    model answers alone, and the thermostat is out of its reach."""
+    registry = make_registry(House(task["temperatures"]) if with_tools else None)
+    alone = "I cannot reach the thermostat" if task["family"] == "thermostat" else task["answer"]
+    calls = task["calls"] if with_tools else [("Answer directly.", "final_answer",
+                                               {"answer": alone})]
+    transcript = system_prompt(registry) + "<|user|>" + task["text"] + "<|assistant|>"
+    pairs = []
     for thought, name, arguments in calls:
         turn = thought + format_call(name, arguments)
         pairs.append((transcript, turn))
@@ -522,29 +552,71 @@ def trace_pairs(task, with_tools):
     return pairs
 
 
-FAMILIES = ["multiply", "convert", "thermostat"]
-DIGIT_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""  # one token per digit: numbers copy digit by digit
+# one token per digit, so the model copies numbers digit by digit
+DIGIT_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 
 
-def train_agent(cfg, device):
-    """A byte-level BPE on the traces and a 2-layer gpt.py model SFT-trained on every model turn."""
-    rng = random.Random(cfg.seed)
-    texts = []
+# ----------------------------------------------------------------------------- SFT on the traces
+
+def train_agent(cfg, device, log, ckpt=None):
+    """A byte-level BPE on the traces and a 2-layer gpt.py model SFT-trained on every model turn
+    with AdamW and a cosine-decayed lr, checkpointed every ckpt_every steps; ckpt: the run to
+    continue. Returns (model, tokenizer), or None when stop_after ended the run."""
+    rng, texts = random.Random(cfg.seed), []
     for i in range(cfg.n_train):
         task = make_task(FAMILIES[i % 3], rng)
         texts += trace_pairs(task, with_tools=rng.random() >= cfg.no_tool_frac)
-    tok = gpt.Tokenizer(gpt.train_bpe("".join(p + c for p, c in texts[:3000]), 512, DIGIT_SPLIT), DIGIT_SPLIT, "bpe")
-    pairs = [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True)) for p, c in texts]
-    cuda = device.startswith("cuda")
-    n_embd = cfg.n_embd or (256 if cuda else 96)
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2, n_head=4,
-                                  n_embd=n_embd)).to(device)
-    steps = cfg.steps or (6000 if cuda else 2000)
-    loss = gpt.finetune(model, pairs, steps, lr=cfg.lr, batch_size=16, seed=cfg.seed, desc="SFT on tool traces")
-    print(f"model: gpt.py 2x{n_embd}, {gpt.count_params(model) / 1e6:.2f}M params; {len(pairs)} turns from "
-          f"{cfg.n_train} traces, {steps} steps, final loss {loss:.3f}")
-    return model, tok
+    if ckpt:
+        tok = gpt.Tokenizer.from_state_dict(ckpt["tokenizer"])
+    else:
+        sample = "".join(p + c for p, c in texts[:3000])
+        tok = gpt.Tokenizer(gpt.train_bpe(sample, 512, DIGIT_SPLIT), DIGIT_SPLIT, "bpe")
+    pairs = [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
+             for p, c in texts]
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2,
+                                  n_head=4, n_embd=cfg.n_embd)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)  # draws the batches: the data position
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        gpt.set_rng_state(ckpt["rng"], g)
+    start, end = ckpt["step"] if ckpt else 0, cfg.stop_after or cfg.steps
+    model.train()
+    for step in (bar := tqdm(range(start, end), "SFT on tool traces", cfg.steps, initial=start)):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        batch = [pairs[i] for i in torch.randint(len(pairs), (16,), generator=g).tolist()]
+        with gpt.autocast(device):
+            loss = gpt.completion_loss(model, [p for p, _ in batch], [c for _, c in batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log(step=step, loss=loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step + 1, cfg,
+                                opt.state_dict(), rng=gpt.rng_state(g))
+    print(f"model: gpt.py 2x{cfg.n_embd}, {gpt.count_params(model) / 1e6:.2f}M params;"
+          f" {len(pairs)} turns from {cfg.n_train} traces, {end} of {cfg.steps} steps")
+    return (model.eval(), tok) if end == cfg.steps else None
 
+
+def resume_from(cfg):
+    """The checkpoint --resume continues; one saved with other training settings is refused."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = gpt.load_checkpoint(path)
+    saved = ckpt.get("config") or {}
+    if set(saved) != {f.name for f in fields(cfg)}:
+        raise ValueError(f"{path} was not saved by agent.py: cannot resume from it")
+    free = ("n_eval", "max_steps", "ckpt_every", "stop_after", "resume", "plot", "device")
+    changed = [f"--{k}={v}" for k, v in saved.items() if k not in free and getattr(cfg, k) != v]
+    if changed:
+        raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- evaluation
 
 TAXONOMY = ["tool_not_called", "invalid_format", "wrong_tool", "hallucinated_tool",
             "wrong_arguments", "invalid_arguments", "tool_error", "empty_result",
@@ -584,7 +656,8 @@ def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
     for task in tqdm(tasks, desc=desc, leave=False):
         house = House(task["temperatures"])
         registry = make_registry(house if with_tools else None)
-        episode = run_agent(GPTPolicy(model, tok, registry, constrained), task["text"], registry, max_steps)
+        policy = GPTPolicy(model, tok, registry, constrained)
+        episode = run_agent(policy, task["text"], registry, max_steps)
         ok = episode["answer"] == task["answer"] and house.setpoint == task["setpoint"]
         wins[task["family"]].append(ok)
         if not ok:
@@ -593,18 +666,25 @@ def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
 
 
 def main(cfg):
-    device = gpt.pick_device(cfg.device)
+    plt = gpt.pyplot(cfg.plot)
+    with gpt.bad_input():
+        device = gpt.pick_device(cfg.device)
+        ckpt = resume_from(cfg) if cfg.resume else None
+    log = gpt.RunLog(cfg.out_dir, ckpt["step"] if ckpt else 0)
     torch.manual_seed(cfg.seed)
-    model, tok = train_agent(cfg, device)
-    rng = random.Random(cfg.seed + 1)  # held-out tasks: fresh numbers, units, rooms and temperatures
-    n_eval = cfg.n_eval or (200 if device.startswith("cuda") else 30)
-    tasks = [make_task(family, rng) for family in FAMILIES for _ in range(n_eval)]
+    trained = train_agent(cfg, device, log, ckpt)
+    if trained is None:
+        return print(f"stopped after step {cfg.stop_after}: python agent.py --resume continues")
+    model, tok = trained
+    if plt:
+        gpt.plot_curves(plt, log, ["loss"], os.path.join(cfg.out_dir, "loss.png"))
+    rng = random.Random(cfg.seed + 1)  # held-out tasks: fresh numbers, units, rooms, temperatures
+    tasks = [make_task(family, rng) for family in FAMILIES for _ in range(cfg.n_eval)]
     conditions = {"tools, constrained": (True, True), "tools, free decoding": (True, False),
                   "no tools": (False, True)}
-    results = {}
-    for name, (with_tools, constrained) in conditions.items():
-        results[name] = evaluate(model, tok, tasks, with_tools, constrained, cfg.max_steps)
-    print(f"\ntask success on {n_eval} held-out tasks per family")
+    results = {name: evaluate(model, tok, tasks, *condition, cfg.max_steps)
+               for name, condition in conditions.items()}
+    print(f"\ntask success on {cfg.n_eval} held-out tasks per family")
     print(f"{'condition':<22}" + "".join(f"{f:>12}" for f in FAMILIES))
     for name, (wins, _) in results.items():
         print(f"{name:<22}" + "".join(f"{wins[f]:>12.0%}" for f in FAMILIES))
@@ -613,10 +693,10 @@ def main(cfg):
     for kind in TAXONOMY:
         print(f"{kind:<22}" + "".join(f"{failures[kind]:>22}" for _, failures in results.values()))
     example = make_task("thermostat", random.Random(3))
-    house = House(example["temperatures"])
-    registry = make_registry(house)
-    print("\nexample episode:\n" + run_agent(GPTPolicy(model, tok, registry), example["text"], registry, cfg.max_steps)["transcript"])
+    registry = make_registry(House(example["temperatures"]))
+    episode = run_agent(GPTPolicy(model, tok, registry), example["text"], registry, cfg.max_steps)
+    print("\nexample episode:\n" + episode["transcript"])
 
 
 if __name__ == "__main__":
-    main(gpt.parse_args(AgentConfig))
+    main(gpt.parse_args(AgentConfig, gpu=GPU))

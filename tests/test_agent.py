@@ -1,7 +1,11 @@
 """agent.py: schema validation, parsing, the ReAct loop's stopping rules, the calculator's refusal
 of anything but arithmetic, and constrained decoding that only ever yields valid calls."""
 import builtins
+import dataclasses
+import json
+import os
 import random
+import sys
 import types
 from fractions import Fraction
 
@@ -350,7 +354,103 @@ def test_free_decoding_reads_markers_from_token_ids_not_from_spelled_text(tok):
     assert specials == [tok.special("<|tool_call|>"), tok.special("<|end|>")]
 
 
-def test_main_smoke(capsys):
-    agent.main(agent.AgentConfig(n_train=60, n_eval=1, steps=3, n_embd=32, device="cpu", max_steps=1))
+def test_main_smoke(tmp_path, capsys):
+    agent.main(agent.AgentConfig(n_train=60, n_eval=1, steps=3, n_embd=32, device="cpu",
+                                 max_steps=1, out_dir=str(tmp_path)))
     out = capsys.readouterr().out
     assert "tools, constrained" in out and "no tools" in out and "wrong_use_of_output" in out
+
+
+# ----------------------------------------------------------------------------- the run: settings, resume, log, plot
+
+def tiny(folder, **changes):
+    """Six SFT steps of a 32-wide model on 60 traces, checkpointed every 2, written to folder."""
+    return agent.AgentConfig(**{**dict(n_train=60, n_eval=1, steps=6, ckpt_every=2, n_embd=32,
+                                       max_steps=1, device="cpu", out_dir=str(folder)), **changes})
+
+
+def rows(cfg):
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def scripted_eval(monkeypatch):
+    """The held-out evaluation runs a scripted policy: these tests are about the training run."""
+    monkeypatch.setattr(agent, "GPTPolicy", lambda *args, **kwargs: scripted(final("0")))
+
+
+def test_resume_is_exact(tmp_path, scripted_eval):
+    """6 steps in one go equal 3 steps, a stop, --resume and 3 more, bit for bit: the weights
+    (so the optimizer state and the batches drawn came back too) and every row of the log."""
+    whole = tiny(tmp_path / "whole")
+    agent.main(whole)
+    split = tiny(tmp_path / "split", stop_after=3)
+    agent.main(split)
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 3
+    agent.main(dataclasses.replace(split, stop_after=0, resume=True))
+    a, b = (gpt.load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) for cfg in (whole, split))
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert rows(split) == rows(whole) and [row["step"] for row in rows(whole)] == list(range(6))
+
+
+def test_resume_refuses_other_settings_another_scripts_checkpoint_and_garbage(tmp_path, tok,
+                                                                               scripted_eval):
+    split = tiny(tmp_path, stop_after=3)
+    agent.main(split)
+    resume = dataclasses.replace(split, stop_after=0, resume=True)
+    with pytest.raises(SystemExit, match="saved with --lr=0.005: resume with those settings"):
+        agent.main(dataclasses.replace(resume, lr=1e-3))
+    path = os.path.join(split.out_dir, "ckpt.pt")
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=16, n_layer=1,
+                                  n_head=2, n_embd=16))
+    gpt.save_checkpoint(path, model, tok, config=gpt.SampleConfig())
+    with pytest.raises(SystemExit, match="not saved by agent.py"):
+        agent.main(resume)
+    with open(path, "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="^error: .* not a readable checkpoint"):
+        agent.main(resume)
+    with pytest.raises(SystemExit, match="^error: no checkpoint at"):
+        agent.main(dataclasses.replace(resume, out_dir=str(tmp_path / "empty")))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n_train=0), "n_train=0 must be at least 1"), (dict(n_eval=0), "n_eval=0"),
+    (dict(steps=0), "steps=0"), (dict(max_steps=0), "max_steps=0"),
+    (dict(ckpt_every=0), "ckpt_every=0"), (dict(n_embd=36), "n_embd=36 must be a multiple of 8"),
+    (dict(no_tool_frac=1.0), "no_tool_frac=1.0"), (dict(lr=0.0), "lr=0.0 must be positive"),
+    (dict(stop_after=2000), "stop_after=2000 must be 0 \\(off\\) or below steps=2000"),
+    (dict(out_dir=__file__), "is a file"),
+])
+def test_every_setting_is_checked_before_any_work(change, message):
+    with pytest.raises(ValueError, match=message):
+        agent.AgentConfig(**change)
+
+
+@pytest.mark.parametrize("argv, message", [(["--steps=0"], "steps=0 must be at least 1"),
+                                           (["--device=xpu"], "this machine has only")])
+def test_the_command_line_says_what_is_wrong_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        gpt.parse_args(agent.AgentConfig, argv, gpu=agent.GPU)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_plot_draws_the_logged_loss(tmp_path, scripted_eval, monkeypatch):
+    drawn = []
+    recorder = types.SimpleNamespace(plot=lambda x, y, label: drawn.append((x, y, label)),
+                                     xlabel=lambda text: None, legend=lambda: None,
+                                     savefig=lambda path, dpi: drawn.append(path),
+                                     close=lambda: None)
+    monkeypatch.setattr(gpt, "pyplot", lambda plot: recorder if plot else None)
+    cfg = tiny(tmp_path, plot=True)
+    agent.main(cfg)
+    losses = tuple(row["loss"] for row in rows(cfg))
+    assert drawn == [(tuple(range(6)), losses, "loss"), os.path.join(cfg.out_dir, "loss.png")]
+
+
+def test_plot_without_matplotlib_is_a_note_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    agent.main(tiny(tmp_path, plot=True, stop_after=1))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
