@@ -258,31 +258,40 @@ def state_options(cfg):
 
 
 def save_state(path, raw, optimizers, tok, cfg, step, generator):
-    """Everything --resume needs to continue bit-for-bit: weights, optimizer moments, the step,
-    and the RNG states (global torch, CUDA, and the data order)."""
+    """Everything --resume needs to continue bit for bit: weights, optimizer moments, the step,
+    and the RNG states (the data order's generator included)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
     model_state = get_model_state_dict(raw, options=state_options(cfg))
     opt_states = [get_optimizer_state_dict(raw, opt, options=state_options(cfg)) for opt in optimizers]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        rng = dict(torch=torch.get_rng_state(), data=generator.get_state(),
-                   cuda=torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
-        save_checkpoint(path, raw, tok, step=step, config=cfg, optimizer=opt_states, model_state=model_state, rng=rng)
+        save_checkpoint(path, raw, tok, step=step, config=cfg, optimizer=opt_states,
+                        model_state=model_state, rng=gpt.rng_state(generator))
 
 
-def load_state(path, raw, optimizers, cfg, generator):
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+# what --resume may change: where the run goes and how it is watched, not what it computes
+RESUME_MAY_CHANGE = {"resume", "stop_after", "out_dir", "cache_dir", "device", "compile", "fsdp",
+                     "eval_interval", "eval_iters", "sample_tokens", "plot"}
+
+
+def read_resume(path, cfg):
+    """The checkpoint to resume from, refused unless it was saved with the same settings."""
     ckpt = load_checkpoint(path)
-    if ckpt["model_args"] != dataclasses.asdict(raw.config):
-        raise ValueError(f"{path} holds a different model ({ckpt['model_args']}); resume with the same settings")
-    if len(ckpt.get("optimizer") or []) != len(optimizers) or "rng" not in ckpt:
-        raise ValueError(f"{path} was not saved by train.py with --optimizer={cfg.optimizer}: cannot resume from it")
+    saved = ckpt.get("config") or {}
+    changed = [f"{k}={saved.get(k)!r}" for k, v in dataclasses.asdict(cfg).items()
+               if k not in RESUME_MAY_CHANGE and saved.get(k) != v]
+    if changed or "rng" not in ckpt:
+        raise ValueError(f"{path} was saved with {', '.join(changed) or 'no RNG state'}: resume"
+                         " with the same settings, or start afresh without --resume")
+    return ckpt
+
+
+def load_state(ckpt, raw, optimizers, cfg, generator):
+    """Weights, optimizer moments and RNG states back from ckpt; returns its step."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
     set_model_state_dict(raw, ckpt["model"], options=state_options(cfg))
     for opt, state in zip(optimizers, ckpt["optimizer"]):
         set_optimizer_state_dict(raw, opt, state, options=state_options(cfg))
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    generator.set_state(ckpt["rng"]["data"])
-    if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+    gpt.set_rng_state(ckpt["rng"], generator)
     return ckpt["step"]
 
 
@@ -353,48 +362,36 @@ def report(raw, cfg, tokens_seen, train_seconds, peak, world):
     return "\n".join(lines), dict(params=n_params, tokens=tokens_seen, tok_per_s=tok_s)
 
 
-def plot_log(out_dir):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib); skipping the plot")
-        return
-    rows = [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
-    for split in ("train", "val"):
-        plt.plot([r["step"] for r in rows], [r[f"{split}_loss"] for r in rows], label=split)
-    plt.xlabel("step"), plt.ylabel("loss"), plt.legend()
-    plt.savefig(os.path.join(out_dir, "loss.png"), dpi=120)
-    print(f"wrote {os.path.join(out_dir, 'loss.png')}")
-
-
 # ----------------------------------------------------------------------------- training
 
 def train(cfg):
     """Train, evaluate, checkpoint; returns a dict with the eval history and the report."""
     rank, world, device = setup_distributed(cfg.device)
     master = rank == 0
+    plt = gpt.pyplot(cfg.plot) if master else None
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    with gpt.bad_input():  # the checkpoint and data the user named: one line, before any work
+        ckpt = read_resume(ckpt_path, cfg) if cfg.resume else None
+        train_ids, val_ids, tok = prepare_data(cfg, rank)
+        check_lengths(train_ids, val_ids, cfg.block_size)
     torch.manual_seed(cfg.seed)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    with gpt.bad_input():  # the data the user named: one line, before any work
-        train_ids, val_ids, tok = prepare_data(cfg, rank)
-        check_lengths(train_ids, val_ids, cfg.block_size)
     raw = GPT(cfg.model_config(tok.model_vocab_size)).to(device)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     data_gen = torch.Generator().manual_seed(cfg.seed)
     model = wrap(raw, cfg, device, world)
     optimizers = make_optimizers(raw, cfg, device)
-    start = load_state(ckpt_path, raw, optimizers, cfg, data_gen) if cfg.resume else 0
+    start = load_state(ckpt, raw, optimizers, cfg, data_gen) if ckpt else 0
+    log = gpt.RunLog(cfg.out_dir, step=start) if master else None
+    tokens_per_step = cfg.grad_accum * world * cfg.batch_size * cfg.block_size
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         print(f"{count_params(raw) / 1e6:.2f}M parameters, {len(train_ids):,} train tokens, vocab {tok.n_vocab}, "
-              f"{world} x {device}, {cfg.grad_accum * world * cfg.batch_size * cfg.block_size:,} tokens/step"
+              f"{world} x {device}, {tokens_per_step:,} tokens/step"
               + (f", resuming at step {start}" if start else ""))
     end = min(cfg.max_iters, cfg.stop_after or cfg.max_iters)
-    history, tokens_per_step = [], cfg.grad_accum * world * cfg.batch_size * cfg.block_size
-    train_seconds, loss_value = 0.0, float("nan")
+    history = []
+    train_seconds = 0.0
+    loss_value = float("nan")
     bar = tqdm(range(start, end + 1), initial=start, total=end + 1, desc="train", disable=not master)
     for step in bar:
         if step % cfg.eval_interval == 0 or step == end:
@@ -406,8 +403,7 @@ def train(cfg):
             if master:
                 bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 bar.write(f"  sample: {sample[:200]!r}")
-                with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                log(**row)
             if step > start or step == end:
                 save_state(ckpt_path, raw, optimizers, tok, cfg, step, data_gen)
         if step == end:
@@ -423,8 +419,8 @@ def train(cfg):
         print(text)
         if len(history) > 1:
             print(f"val loss {history[0]['val_loss']:.3f} -> {history[-1]['val_loss']:.3f}; checkpoint: {ckpt_path}")
-        if cfg.plot:
-            plot_log(cfg.out_dir)
+        if plt:
+            gpt.plot_curves(plt, log, ["train_loss", "val_loss"], os.path.join(cfg.out_dir, "loss.png"))
     return dict(history=history, final_train_loss=loss_value, config=cfg, **stats)
 
 

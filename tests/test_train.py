@@ -30,26 +30,36 @@ def test_loss_falls_and_a_checkpoint_loads(tiny_train_config):
     assert val[-1] < val[0] - 1.0, val
     model, tok, ckpt = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))
     assert ckpt["step"] == 60 and tok.n_vocab == 256 + len(gpt.SPECIAL_TOKENS)
+    gpt.check_chat_model(model, tok, cfg.block_size)  # what sft.py --init asks of it
+    gpt.main(gpt.SampleConfig(ckpt=os.path.join(cfg.out_dir, "ckpt.pt"), max_new_tokens=4))
     rows = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "log.jsonl"))]
     assert [r["step"] for r in rows] == [0, 20, 40, 60]
 
 
+def log_rows(cfg):
+    """log.jsonl without the wall-clock column, the one thing two identical runs differ in."""
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in f]
+
+
 def test_resume_is_exact(tiny_train_config, tmp_path):
-    """2N steps in one go equal N steps, a stop, --resume, and N more: bit for bit. With Muon, so
-    both optimizers' states come back (AdamW holds the embeddings, the head and the norms)."""
+    """2N steps in one go equal 3 steps, a stop, --resume, and the rest: bit for bit, and the same
+    log (a fresh run's log replaces an older one; the resumed run keeps its own first rows). With
+    Muon, so both optimizers' states come back (AdamW holds the embeddings, head and norms)."""
     cfg = dataclasses.replace(tiny_train_config, max_iters=8, eval_interval=4, dropout=0.1,
                               optimizer="muon")
     whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
     train.main(whole)
-    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=4)
+    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=3)
+    os.makedirs(split.out_dir)
+    with open(os.path.join(split.out_dir, "log.jsonl"), "w") as f:
+        f.write('{"step": 0, "val_loss": 1.0}\n')  # an earlier run's
     train.main(split)
-    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 4
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 3
     train.main(dataclasses.replace(split, stop_after=0, resume=True))
     a, b = final_weights(whole), final_weights(split)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rows = [json.loads(line) for line in open(os.path.join(split.out_dir, "log.jsonl"))]
-    reference = [json.loads(line) for line in open(os.path.join(whole.out_dir, "log.jsonl"))]
-    assert [r["val_loss"] for r in rows if r["step"] == 8] == [r["val_loss"] for r in reference if r["step"] == 8]
+    assert log_rows(split) == log_rows(whole) and [r["step"] for r in log_rows(whole)] == [0, 4, 8]
 
 
 @pytest.fixture
@@ -314,27 +324,58 @@ def test_cpu_and_gpu_defaults(monkeypatch):
     assert (cuda.block_size, cuda.batch_size, cuda.max_iters, cuda.lr) == (1024, 32, 5000, 6e-4)
 
 
-def test_bad_resume_is_a_clear_error_and_touches_nothing(tiny_train_config):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        train.main(dataclasses.replace(tiny_train_config, resume=True))
+def test_bad_resume_is_a_clear_error_before_any_work(tiny_train_config):
+    """A missing, garbage or mismatched checkpoint: one line, before the data is even read, and
+    the checkpoint left as it was."""
+    resume = dataclasses.replace(tiny_train_config, resume=True)
+    with pytest.raises(SystemExit, match="error: no checkpoint at"):
+        train.main(resume)
     os.makedirs(tiny_train_config.out_dir)
     path = os.path.join(tiny_train_config.out_dir, "ckpt.pt")
     with open(path, "wb") as f:
         f.write(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
-        train.main(dataclasses.replace(tiny_train_config, resume=True))
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        train.main(resume)
     assert open(path, "rb").read() == b"not a checkpoint at all"
-    train.main(tiny_train_config)  # a good checkpoint of another shape
+    assert not os.path.exists(tiny_train_config.cache_dir)  # nothing tokenised
+    train.main(tiny_train_config)  # a good checkpoint
     before = open(path, "rb").read()
-    with pytest.raises(ValueError, match="different model"):
-        train.main(dataclasses.replace(tiny_train_config, n_embd=64, resume=True))
+    for change, message in [(dict(n_embd=64), "n_embd=32"), (dict(batch_size=2), "batch_size=4"),
+                            (dict(optimizer="muon"), "optimizer='adamw'")]:
+        with pytest.raises(SystemExit, match=f"was saved with {message}: resume with the same"):
+            train.main(dataclasses.replace(resume, **change))
     assert open(path, "rb").read() == before
+    train.main(dataclasses.replace(resume, eval_interval=2, sample_tokens=0))  # only watched
 
 
-def test_plot_without_matplotlib_is_a_note_not_a_crash(tiny_train_config, monkeypatch, capsys):
+class Recorder:
+    """Stands in for matplotlib.pyplot (not installed in CI): records every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def test_plot_draws_the_logged_losses_next_to_the_log(tiny_train_config, monkeypatch):
+    plt = Recorder()
+    monkeypatch.setattr(gpt, "pyplot", lambda plot: plt if plot else None)
+    cfg = dataclasses.replace(tiny_train_config, plot=True)
+    train.main(cfg)
+    curves = {kw["label"]: [list(a) for a in args] for call, args, kw in plt.calls if call == "plot"}
+    rows = log_rows(cfg)
+    assert curves == {key: [[r["step"] for r in rows], [r[key] for r in rows]]
+                      for key in ("train_loss", "val_loss")}
+    assert [args for call, args, _ in plt.calls if call == "savefig"] == [
+        (os.path.join(cfg.out_dir, "loss.png"),)]
+
+
+def test_plot_without_matplotlib_is_a_note_before_any_work(tiny_train_config, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     train.main(dataclasses.replace(tiny_train_config, plot=True))
-    assert "--plot needs matplotlib" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.index("--plot needs matplotlib") < out.index("parameters")
 
 
 def test_peak_flops_takes_the_most_specific_name():
