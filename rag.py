@@ -1,27 +1,39 @@
-"""Retrieval-augmented generation: find the passages that answer a question, then let a small
-generator read them (lecture 7). Retrieval maximises recall, re-ranking maximises precision.
+"""Retrieval-augmented generation: find the passages that answer a question, then read them.
 
-Sparse: BM25 (Robertson & Zaragoza 2009), score(q, d) = sum_t idf(t) f(t,d)(k1+1) / (f(t,d) + k1(1 - b + b|d|/avgdl)).
+A small generator answers from what retrieval found (lecture 7). Retrieval maximises recall,
+re-ranking maximises precision.
+
+Sparse: BM25 (Robertson & Zaragoza 2009),
+    score(q, d) = sum_t idf(t) f(t,d) (k1 + 1) / (f(t,d) + k1 (1 - b + b |d| / avgdl)).
 Dense: a bi-encoder (Reimers & Gurevych 2019) trained with in-batch negatives, the InfoNCE loss
-L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched exactly by cosine
-or approximately with random-hyperplane LSH (Charikar 2002). Hybrid: reciprocal rank fusion,
-sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). Re-ranking: a cross-encoder over [CLS] q [SEP] d
-(Nogueira & Cho 2019). HyDE (Gao et al. 2022): search with a passage the generator imagines.
+L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched exactly by
+cosine or approximately with random-hyperplane LSH (Charikar 2002). Hybrid: reciprocal rank
+fusion, sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). Re-ranking: a cross-encoder over
+[CLS] q [SEP] d (Nogueira & Cho 2019). HyDE (Gao et al. 2022): search with a passage the
+generator imagines.
 
     python rag.py                     # made-up knowledge base -> retrieval table -> reader accuracy
     python rag.py --hyde --n_entities=200  # also HyDE; a bigger knowledge base
-    python rag.py --bench             # query latency vs corpus size: BM25, exact dense, LSH
+    python bench/rag.py               # query latency vs corpus size: BM25, exact dense, LSH
 
-On CPU (a few minutes) you see one table of Recall@1/5, hit@1, P@5, MRR and NDCG@10 on held-out
-questions for BM25, dense, hybrid, hybrid + re-rank (and dense + HyDE with --hyde), with the
-ideal ranking as each metric's ceiling (a fact in two chunks caps Recall@1 at 1/2), LSH's recall
-against exact search at three probe radii, then the reader's answer accuracy with no retrieval,
-with the retrieved passages, and with the gold passage. The retrieval half (BM25, the encoders,
-the metrics) needs only torch and numpy; the reader and HyDE use gpt.py.
+On CPU you see one table of Recall@1/5, hit@1, P@5, MRR and NDCG@10 on held-out questions for
+BM25, dense, hybrid, hybrid + re-rank (and dense + HyDE with --hyde), with the ideal ranking as
+each metric's ceiling (a fact in two chunks caps Recall@1 at 1/2), LSH's recall against exact
+search at three probe radii, then the reader's answer accuracy with no retrieval, with the
+retrieved passages, and with the gold passage. The retrieval half (BM25, the encoders, the
+metrics) needs only torch and numpy; the reader and HyDE need gpt.py beside this file.
+Left out: real documents and pretrained encoders (all is trained from scratch on made-up
+biographies), vector databases, query rewriting beyond HyDE, and multi-hop questions.
 """
+import argparse
+import dataclasses
+import inspect
 import math
+import os
 import random
 import re
+import sys
+import typing
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -39,34 +51,54 @@ except ImportError:
 
 @dataclass
 class RAGConfig:
-    n_entities: int = 0  # made-up people in the knowledge base; 0 = 300 on CPU, 1000 on CUDA
+    n_entities: int = 300  # made-up people in the knowledge base
     chunk_size: int = 16  # words per chunk
-    chunk_overlap: int = 9  # words shared by neighbouring chunks: >= the longest sentence - 1, so every fact fits whole in one
-    test_frac: float = 0.3  # fraction of facts whose questions are held out from every training step
-    n_embd: int = 64  # width of the bi- and cross-encoder
+    chunk_overlap: int = 9  # words shared by neighbouring chunks: >= the longest sentence - 1,
+    # so every fact fits whole in one
+    test_frac: float = 0.3  # fraction of facts whose questions are held out from all training
+    n_embd: int = 64  # width of the bi- and cross-encoder (a head per 16 channels)
     n_layer: int = 2  # transformer blocks in each encoder
     tau: float = 0.05  # InfoNCE temperature
     encoder_steps: int = 300  # bi-encoder training steps
-    cross_steps: int = 1000  # cross-encoder training steps (8 questions x (1 + n_negatives) pairs each)
+    cross_steps: int = 1000  # cross-encoder training steps (8 questions x (1 + n_negatives)
+    # pairs each)
     batch_size: int = 64  # bi-encoder batch: 64 questions, each with 63 in-batch negatives
     n_negatives: int = 7  # cross-encoder: hard negatives per question, from BM25 and dense results
     rerank_depth: int = 20  # hybrid candidates the cross-encoder re-scores
     lsh_tables: int = 8  # LSH hash tables
     lsh_bits: int = 8  # hyperplanes (bits) per table
     top_k: int = 2  # passages in the reader's prompt
-    reader_steps: int = 0  # reader fine-tuning steps; 0 = 2500 on CPU, 6000 on CUDA
-    reader_embd: int = 0  # reader width (4 heads, 2 layers); 0 = 64 on CPU, 256 on CUDA
+    reader_steps: int = 2500  # reader fine-tuning steps
+    reader_embd: int = 64  # reader width (4 heads, 2 layers)
     reader_lr: float = 5e-3  # reader peak learning rate (cosine decay)
     hyde: bool = False  # also train the generator to write HyDE passages, and search with them
+    out_dir: str = "out/rag"  # log.jsonl: the encoders' losses and every result
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # knowledge base, splits and initialisation
-    bench: bool = False  # query latency vs corpus size instead of the demo
 
-    def __post_init__(self):
-        if not 0 <= self.chunk_overlap < self.chunk_size:
-            raise ValueError(f"chunk_overlap={self.chunk_overlap} must be >= 0 and below chunk_size={self.chunk_size}")
-        if not 0 < self.test_frac < 1:
-            raise ValueError(f"test_frac={self.test_frac} must lie strictly between 0 and 1")
+    def __post_init__(self):  # every field, before any work
+        for name in ("n_entities", "chunk_size", "n_layer", "encoder_steps", "cross_steps",
+                     "batch_size", "n_negatives", "lsh_tables", "top_k", "reader_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        problems = [
+            (not 0 <= self.chunk_overlap < self.chunk_size, f"chunk_overlap={self.chunk_overlap}"
+             f" must be >= 0 and below chunk_size={self.chunk_size}"),
+            (not 0 < self.test_frac < 1, f"test_frac={self.test_frac} must lie in (0, 1)"),
+            (self.n_embd < 16 or self.n_embd % 16, f"n_embd={self.n_embd}: a multiple of 16"),
+            (self.reader_embd < 8 or self.reader_embd % 8, f"reader_embd={self.reader_embd}: a"
+             " multiple of 8 (4 heads of an even width: RoPE rotates pairs)"),
+            (min(self.tau, self.reader_lr) <= 0, "tau and reader_lr must be positive"),
+            (not self.top_k <= self.rerank_depth, f"rerank_depth={self.rerank_depth} must be at"
+             f" least top_k={self.top_k}"),
+            (not 1 <= self.lsh_bits <= 20, f"lsh_bits={self.lsh_bits}: 1 to 20 (2^bits buckets)"),
+            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a folder")]
+        for bad, error in problems:
+            if bad:
+                raise ValueError(error)
+
+
+GPU = dict(n_entities=1000, reader_steps=6000, reader_embd=256)  # the defaults on CUDA
 
 
 # ----------------------------------------------------------------------------- text
@@ -140,16 +172,17 @@ class Vocab:
     """Word-level ids for the encoders: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word seen."""
 
     def __init__(self, texts):
-        self.itos = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w for t in texts for w in words(t)})
+        self.itos = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w for t in texts
+                                                                  for w in words(t)})
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     def ids(self, text):
         return [self.stoi.get(w, 1) for w in words(text)]
 
 
-
 def pad_right(seqs, max_len, device):
-    """(B, T) tensor of right-padded int lists (cut at max_len) and the (B, T) mask of real entries."""
+    """(B, T) tensor of right-padded int lists (cut at max_len) and the (B, T) mask of real
+    entries."""
     seqs = [s[:max_len] for s in seqs]
     idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -171,8 +204,8 @@ class Encoder(nn.Module):
         self.blocks = nn.TransformerEncoder(block, n_layer, enable_nested_tensor=False)
         self.ln_f = nn.LayerNorm(n_embd)
 
-    def forward(self, idx, valid, extra=None):  # idx, valid: (B, T); extra: (B, T, n_embd) added to the input
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))  # (B, T, n_embd)
+    def forward(self, idx, valid, extra=None):  # idx, valid (B, T); extra (B, T, n_embd) or None
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))  # (B, T, C)
         x = x if extra is None else x + extra
         return self.ln_f(self.blocks(x, src_key_padding_mask=~valid))
 
@@ -189,7 +222,7 @@ class BiEncoder(nn.Module):
         device = self.encoder.wte.weight.device
         idx, valid = pad_right([self.vocab.ids(t) for t in texts], self.encoder.max_len, device)
         h = self.encoder(idx, valid)  # (B, T, n_embd)
-        mean = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, n_embd)
+        mean = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, C)
         return F.normalize(mean, dim=-1)
 
     @torch.no_grad()
@@ -246,20 +279,23 @@ def dense_search(query_emb, doc_embs, k):
 
 
 class LSHIndex:
-    """Random-hyperplane LSH for cosine: bit_i(x) = [r_i . x > 0] with Gaussian r_i, so two vectors
-    at angle theta agree on a bit with probability 1 - theta/pi. n_tables tables of n_bits-bit
-    codes; a query probes every bucket within Hamming distance `radius` of its code in each table
-    (multi-probe), then scores the union of candidates exactly. radius = n_bits probes everything."""
+    """Random-hyperplane LSH for cosine: bit_i(x) = [r_i . x > 0] with Gaussian r_i, so two
+    vectors at angle theta agree on a bit with probability 1 - theta/pi. n_tables tables of
+    n_bits-bit codes; a query probes every bucket within Hamming distance `radius` of its code in
+    each table (multi-probe), then scores the union of candidates exactly. radius = n_bits probes
+    everything."""
 
     def __init__(self, doc_embs, n_tables=8, n_bits=8, seed=0):
         self.doc_embs, self.n_bits = doc_embs, n_bits
-        self.planes = np.random.default_rng(seed).standard_normal((n_tables, n_bits, doc_embs.shape[1]))
+        rng = np.random.default_rng(seed)
+        self.planes = rng.standard_normal((n_tables, n_bits, doc_embs.shape[1]))
         self.tables = []
         for codes in self.codes(doc_embs):  # (N,) per table
             order = np.argsort(codes, kind="stable")
             keys, starts = np.unique(codes[order], return_index=True)
             self.tables.append(dict(zip(keys.tolist(), np.split(order, starts[1:]))))
-        # XOR masks by number of flipped bits: the codes within Hamming radius r are code ^ masks[:n_within[r]]
+        # XOR masks by number of flipped bits: the codes within radius r are code ^ the first
+        # n_within[r] masks
         self.masks = sorted(range(1 << n_bits), key=lambda m: bin(m).count("1"))
         self.n_within = np.cumsum([math.comb(n_bits, r) for r in range(n_bits + 1)])
 
@@ -269,10 +305,11 @@ class LSHIndex:
 
     def search(self, query_emb, k, radius=1):
         flips = self.masks[:self.n_within[min(radius, self.n_bits)]]
-        buckets = [table.get(code ^ m) for table, code in zip(self.tables, self.codes(query_emb[None])[:, 0].tolist())
-                   for m in flips]
-        candidates = np.unique(np.concatenate([b for b in buckets if b is not None] or [np.zeros(0, int)]))
-        ids = top_k(self.doc_embs[candidates] @ query_emb, k) if len(candidates) else np.zeros(0, int)
+        codes = self.codes(query_emb[None])[:, 0].tolist()
+        buckets = [table.get(code ^ m) for table, code in zip(self.tables, codes) for m in flips]
+        found = [b for b in buckets if b is not None] or [np.zeros(0, int)]
+        candidates = np.unique(np.concatenate(found))
+        ids = top_k(self.doc_embs[candidates] @ query_emb, k)  # none found: none returned
         return candidates[ids], len(candidates)
 
 
@@ -294,7 +331,8 @@ def reciprocal_rank_fusion(rankings, k=60):
 
 def recall_at_k(rankings, relevant, k):
     """|top-k & R| / |R|: how much of what matters was found."""
-    return float(np.mean([len(set(r[:k]) & rel) / len(rel) if rel else 0.0 for r, rel in zip(rankings, relevant)]))
+    return float(np.mean([len(set(r[:k]) & rel) / len(rel) if rel else 0.0
+                          for r, rel in zip(rankings, relevant)]))
 
 
 def precision_at_k(rankings, relevant, k):
@@ -303,14 +341,14 @@ def precision_at_k(rankings, relevant, k):
 
 
 def mrr(rankings, relevant):
-    """Mean reciprocal rank: 1 / (1-based rank of the first relevant document), 0 if none is ranked."""
+    """Mean reciprocal rank: 1 / (1-based rank of the first relevant document), 0 if none is."""
     return float(np.mean([next((1.0 / i for i, d in enumerate(r, 1) if d in rel), 0.0)
                           for r, rel in zip(rankings, relevant)]))
 
 
 def ndcg_at_k(rankings, relevant, k):
     """DCG@k / IDCG@k, DCG = sum_{i=1..k} rel_i / log2(i + 1) with rel_i in {0, 1}; the ideal
-    ranking puts all |R| relevant documents first, so IDCG = sum_{i=1..min(k, |R|)} 1 / log2(i + 1)."""
+    ranking puts all |R| relevant documents first: IDCG = sum_{i=1..min(k, |R|)} 1 / log2(i + 1)."""
     out = []
     for r, rel in zip(rankings, relevant):
         dcg = sum(1.0 / math.log2(i + 1) for i, d in enumerate(r[:k], 1) if d in rel)
@@ -321,60 +359,74 @@ def ndcg_at_k(rankings, relevant, k):
 
 # ----------------------------------------------------------------------------- the knowledge base
 # People who never existed, each with six attributes. Every attribute has several sentence
-# templates (for the documents) and several question paraphrases, so neither the generator nor any
-# pretrained model can know an answer, and word overlap alone does not find the right passage.
+# templates (for the documents) and several question paraphrases, so neither the generator nor
+# any pretrained model can know an answer, and word overlap alone does not find the passage.
 
-SYLLABLES = "ka lo mi ra ve tu shi no pa de lin bor zan qui el mar tho rin sa vel dru fen gal".split()
+SYLLABLES = "ka lo mi ra ve tu shi no pa de lin bor zan qui el mar tho rin sa vel dru fen gal"
 ATTRIBUTES = [  # (attribute, values, document templates, question templates)
-    ("town", None, ["{n} was born in {v}.", "{n} comes from the town of {v}.", "The birthplace of {n} is {v}."],
+    ("town", None,
+     ["{n} was born in {v}.", "{n} comes from the town of {v}.", "The birthplace of {n} is {v}."],
      ["Where was {n} born?", "Which town does {n} come from?", "What is the hometown of {n}?"]),
-    ("job", "glassblower beekeeper cartographer ferryman astronomer locksmith puppeteer tailor falconer brewer "
-     "clockmaker surveyor", ["{n} works as a {v}.", "By trade, {n} is a {v}.", "{n} earns a living as a {v}."],
-     ["What does {n} do for a living?", "What is the profession of {n}?", "Which job does {n} have?"]),
+    ("job", "glassblower beekeeper cartographer ferryman astronomer locksmith puppeteer tailor "
+     "falconer brewer clockmaker surveyor",
+     ["{n} works as a {v}.", "By trade, {n} is a {v}.", "{n} earns a living as a {v}."],
+     ["What does {n} do for a living?", "What is the profession of {n}?",
+      "Which job does {n} have?"]),
     ("instrument", "harp cello oboe banjo lute zither bassoon ukulele accordion sitar",
-     ["{n} plays the {v}.", "{n} practises the {v} every evening.", "The instrument of {n} is the {v}."],
-     ["Which instrument does {n} play?", "What does {n} practise in the evenings?", "What music does {n} make?"]),
+     ["{n} plays the {v}.", "{n} practises the {v} every evening.",
+      "The instrument of {n} is the {v}."],
+     ["Which instrument does {n} play?", "What does {n} practise in the evenings?",
+      "What music does {n} make?"]),
     ("colour", "crimson teal amber violet ochre indigo scarlet olive",
-     ["The favourite colour of {n} is {v}.", "{n} always dresses in {v}.", "Above all colours, {n} likes {v}."],
-     ["What colour does {n} like best?", "Which colour is the favourite of {n}?", "What shade does {n} wear?"]),
+     ["The favourite colour of {n} is {v}.", "{n} always dresses in {v}.",
+      "Above all colours, {n} likes {v}."],
+     ["What colour does {n} like best?", "Which colour is the favourite of {n}?",
+      "What shade does {n} wear?"]),
     ("pet", "tortoise parrot ferret goat hedgehog iguana donkey owl",
      ["{n} keeps a {v} as a pet.", "At home {n} looks after a {v}.", "The pet of {n} is a {v}."],
-     ["What pet does {n} have?", "Which animal lives with {n}?", "What animal does {n} look after?"]),
-    ("year", None, ["{n} was born in {v}.", "{n} came into the world in {v}.", "The birth year of {n} is {v}."],
-     ["When was {n} born?", "In which year was {n} born?", "What year did {n} come into the world?"]),
+     ["What pet does {n} have?", "Which animal lives with {n}?",
+      "What animal does {n} look after?"]),
+    ("year", None,
+     ["{n} was born in {v}.", "{n} came into the world in {v}.", "The birth year of {n} is {v}."],
+     ["When was {n} born?", "In which year was {n} born?",
+      "What year did {n} come into the world?"]),
 ]
 
 
 def made_up_word(rng, n_syllables):
-    return "".join(rng.choice(SYLLABLES) for _ in range(n_syllables)).capitalize()
+    return "".join(rng.choice(SYLLABLES.split()) for _ in range(n_syllables)).capitalize()
 
 
 def make_knowledge_base(n_entities, size, overlap, seed=0):
     """Chunks of made-up biographies, and one fact per (person, attribute): its sentence, answer,
-    question paraphrases and the ids of the chunks that hold the whole sentence (the relevant ones)."""
+    question paraphrases and the ids of the chunks that hold the whole sentence (the relevant
+    ones)."""
     rng = random.Random(seed)
-    towns = sorted({made_up_word(rng, 2) + rng.choice(["ton", "mere", "holm", "by"]) for _ in range(40)})
+    towns = sorted({made_up_word(rng, 2) + rng.choice(["ton", "mere", "holm", "by"])
+                    for _ in range(40)})
     firsts = sorted({made_up_word(rng, 2) for _ in range(60)})
-    lasts = sorted({made_up_word(rng, 3) for _ in range(max(60, n_entities // 20))})  # enough names for big corpora
+    lasts = sorted({made_up_word(rng, 3) for _ in range(max(60, n_entities // 20))})  # enough
     names = rng.sample(sorted({f"{a} {b}" for a in firsts for b in lasts}), n_entities)
     chunks, facts = [], []
     for name in names:
         sentences = []
         for attribute, values, templates, questions in ATTRIBUTES:
-            value = rng.choice(towns) if attribute == "town" else str(rng.randint(1900, 1999)) if attribute == "year" \
-                else rng.choice(values.split())
+            value = rng.choice(towns) if attribute == "town" else \
+                str(rng.randint(1900, 1999)) if attribute == "year" else rng.choice(values.split())
             sentence = rng.choice(templates).format(n=name, v=value)
             sentences.append(sentence)
             facts.append(dict(name=name, attribute=attribute, answer=value, sentence=sentence,
                               questions=[q.format(n=name) for q in questions]))
         rng.shuffle(sentences)
         first = len(chunks)
-        chunks += chunk(" ".join(sentences), size, overlap)  # each biography is chunked on its own
+        chunks += chunk(" ".join(sentences), size, overlap)  # each biography is chunked alone
         for fact in facts[-len(ATTRIBUTES):]:
-            fact["relevant"] = {i for i in range(first, len(chunks)) if fact["sentence"] in chunks[i]}
+            fact["relevant"] = {i for i in range(first, len(chunks))
+                                if fact["sentence"] in chunks[i]}
             if not fact["relevant"]:
-                raise ValueError(f"no chunk holds the whole sentence {fact['sentence']!r}: raise chunk_overlap "
-                                 f"(now {overlap}) to at least the longest sentence's word count minus one")
+                raise ValueError(f"no chunk holds the whole sentence {fact['sentence']!r}: raise"
+                                 f" chunk_overlap (now {overlap}) to at least the longest"
+                                 " sentence's word count minus one")
     return chunks, facts
 
 
@@ -392,7 +444,7 @@ def split_questions(facts, test_frac, seed=0):
 
 # ----------------------------------------------------------------------------- training the retrievers
 
-def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3):
+def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3, log=None):
     """InfoNCE with in-batch negatives. A batch never holds the same positive chunk twice, and a
     chunk that is relevant to a question is masked out of that question's negatives."""
     rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
@@ -406,8 +458,9 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
             if positive not in positives:
                 batch.append((question, fact))
                 positives.append(positive)
-        relevant = [[p in fact["relevant"] for p in positives] for _, fact in batch]
-        false_negatives = torch.tensor(relevant, device=device) & ~torch.eye(len(batch), dtype=torch.bool, device=device)
+        relevant = torch.tensor([[p in fact["relevant"] for p in positives] for _, fact in batch])
+        false_negatives = relevant.to(device) & ~torch.eye(len(batch), dtype=torch.bool,
+                                                           device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             q, d = model([question for question, _ in batch]), model([chunks[p] for p in positives])
             loss = info_nce(q.float(), d.float(), tau, false_negatives)
@@ -415,6 +468,8 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log:
+            log(step=step, bi_encoder_loss=loss.item())
     return model.eval()
 
 
@@ -433,7 +488,8 @@ def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
     return out
 
 
-def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, seed=0, lr=2e-3, n_questions=8):
+def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, seed=0, lr=2e-3,
+                        n_questions=8, log=None):
     """Listwise: each question against its positive and n_negatives hard negatives (retrieved but
     not relevant); cross-entropy with the positive as the target class."""
     rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
@@ -443,7 +499,8 @@ def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, see
         queries, passages = [], []
         for i in rng.sample(range(len(train)), n_questions):
             question, fact = train[i]
-            candidates = [rng.choice(sorted(fact["relevant"]))] + rng.sample(negatives[i], n_negatives)
+            positive = rng.choice(sorted(fact["relevant"]))
+            candidates = [positive] + rng.sample(negatives[i], n_negatives)
             queries += [question] * len(candidates)
             passages += [chunks[c] for c in candidates]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -453,6 +510,8 @@ def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, see
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log:
+            log(step=step, cross_encoder_loss=loss.item())
     return model.eval()
 
 
@@ -460,7 +519,8 @@ def search_all(questions, bm25, query_embs, doc_embs, depth):
     """BM25, dense and hybrid (RRF) rankings of depth ids for each question."""
     sparse = [top_k(bm25.scores(q), depth).tolist() for q in questions]
     dense = [dense_search(e, doc_embs, depth)[0].tolist() for e in query_embs]
-    hybrid = [[d for d, _ in reciprocal_rank_fusion([s, v])][:depth] for s, v in zip(sparse, dense)]
+    hybrid = [[d for d, _ in reciprocal_rank_fusion([s, v])][:depth]
+              for s, v in zip(sparse, dense)]
     return sparse, dense, hybrid
 
 
@@ -469,8 +529,8 @@ def rerank(cross, questions, rankings, chunks):
     """Re-order each candidate list by the cross-encoder's score (ties keep the earlier rank)."""
     out = []
     for question, ranking in zip(questions, rankings):
-        scores = cross([question] * len(ranking), [chunks[c] for c in ranking]).float().cpu().numpy()
-        out.append([ranking[i] for i in top_k(scores, len(ranking))])
+        scores = cross([question] * len(ranking), [chunks[c] for c in ranking]).float()
+        out.append([ranking[i] for i in top_k(scores.cpu().numpy(), len(ranking))])
     return out
 
 
@@ -481,9 +541,10 @@ SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 
 def augment(question, passages):
     """The reader's prompt: numbered passages, then the question. Retrieved text is untrusted
-    input, so special-token strings in it are removed (no prompt injection through a passage)."""
+    input, so special-token strings in it are removed (no prompt injection through a passage).
+    The question comes first, so that the passage tokens can attend to it."""
     context = "\n".join(f"[{i}] {SPECIAL.sub('', p)}" for i, p in enumerate(passages, 1))
-    return f"<|user|>{question}<|system|>{context}<|assistant|>"  # question first: passage tokens can attend to it
+    return f"<|user|>{question}<|system|>{context}<|assistant|>"
 
 
 def hyde_prompt(question):
@@ -503,25 +564,27 @@ def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):
 
 
 def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_book=0.15):
-    """SFT pairs for the generator: read 1..top_k passages (the gold one among retrieved
-    distractors) and answer; a few closed-book rows (no passage: only memory can answer); and,
-    with hyde, the HyDE task (question -> the fact's own sentence)."""
+    """SFT pairs for the generator: read 1..top_k passages (the gold one among 0..top_k-1
+    retrieved distractors) and answer; a few closed-book rows (no passage: only memory can
+    answer); and, with hyde, the HyDE task (question -> the fact's own sentence)."""
     rng, end, rows = random.Random(seed), "<|end|>", []
     for i, (question, fact) in enumerate(train):
         if rng.random() < closed_book:
             prompt = augment(question, [])
         else:
-            n_distractors = rng.randint(0, top_k - 1)  # the gold passage among 0..top_k-1 retrieved distractors
-            passages = [chunks[rng.choice(sorted(fact["relevant"]))]] + [chunks[d] for d in distractors[i][:n_distractors]]
+            n_distractors = rng.randint(0, top_k - 1)
+            gold = chunks[rng.choice(sorted(fact["relevant"]))]
+            passages = [gold] + [chunks[d] for d in distractors[i][:n_distractors]]
             rng.shuffle(passages)
             prompt = augment(question, passages)
         rows.append((prompt, fact["answer"] + end))
         if hyde:
             rows.append((hyde_prompt(question), fact["sentence"] + end))
-    return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True)) for p, c in rows]
+    return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
+            for p, c in rows]
 
 
-def train_reader(train, chunks, distractors, cfg, steps, n_embd, device):
+def train_reader(train, chunks, distractors, cfg, device):
     """A byte-level BPE trained on the knowledge base, and a 2-layer gpt.py model fine-tuned from
     scratch on reader and HyDE pairs: only completion tokens carry loss."""
     if gpt is None:
@@ -529,17 +592,18 @@ def train_reader(train, chunks, distractors, cfg, steps, n_embd, device):
     tok = gpt.Tokenizer.from_spec("bpe", "\n".join(chunks + [q for q, _ in train]), vocab_size=512)
     pairs = reader_pairs(train, chunks, distractors, tok, cfg.top_k, cfg.hyde, cfg.seed)
     longest = max(len(p) + len(c) for p, c in pairs)
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=longest + 64, n_layer=2, n_head=4,
-                                  n_embd=n_embd)).to(device)
-    loss = gpt.finetune(model, pairs, steps, lr=cfg.reader_lr, batch_size=16, seed=cfg.seed, desc="reader")
-    print(f"reader: gpt.py 2x{n_embd}, {gpt.count_params(model) / 1e6:.2f}M params, {len(pairs)} pairs, "
-          f"{steps} steps, final loss {loss:.3f}")
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=longest + 64,
+                                  n_layer=2, n_head=4, n_embd=cfg.reader_embd)).to(device)
+    loss = gpt.finetune(model, pairs, cfg.reader_steps, lr=cfg.reader_lr, batch_size=16,
+                        seed=cfg.seed, desc="reader")
+    print(f"reader: gpt.py 2x{cfg.reader_embd}, {gpt.count_params(model) / 1e6:.2f}M params,"
+          f" {len(pairs)} pairs, {cfg.reader_steps} steps, final loss {loss:.3f}")
     return model, tok
 
 
-# ----------------------------------------------------------------------------- demo and benchmark
+# ----------------------------------------------------------------------------- the demo
 
-def print_retrieval_table(rows, relevant, n_chunks):
+def print_retrieval_table(rows, relevant, n_chunks, log=None):
     """hit@1 (= P@1: a relevant chunk at rank 1) beside Recall@1, which a question with two
     relevant chunks caps at 1/2; the last row, every relevant chunk first, is each ceiling."""
     print(f"\nretrieval on {len(relevant)} held-out questions over {n_chunks} chunks")
@@ -550,91 +614,121 @@ def print_retrieval_table(rows, relevant, n_chunks):
                   recall_at_k(rankings, relevant, 5), precision_at_k(rankings, relevant, 5),
                   mrr(rankings, relevant), ndcg_at_k(rankings, relevant, 10)]
         print(f"{name:<22}" + "".join(f"{v:>9.3f}" for v in values))
+        if log:
+            log(method=name, **dict(zip(header, values)))
 
 
-def lsh_report(doc_embs, query_embs, cfg):
+def lsh_report(doc_embs, query_embs, cfg, log):
     exact = [dense_search(e, doc_embs, 10)[0].tolist() for e in query_embs]
     index = LSHIndex(doc_embs, cfg.lsh_tables, cfg.lsh_bits, cfg.seed)
     for radius in (0, 1, 2):
         found = [index.search(e, 10, radius) for e in query_embs]
-        recall = np.mean([len(set(ids.tolist()) & set(x)) / len(x) for (ids, _), x in zip(found, exact)])
+        recall = np.mean([len(set(ids.tolist()) & set(x)) / len(x)
+                          for (ids, _), x in zip(found, exact)])
         scanned = np.mean([n for _, n in found]) / len(doc_embs)
-        print(f"LSH {cfg.lsh_tables} tables x {cfg.lsh_bits} bits, probe radius {radius}: recall@10 vs exact "
-              f"{recall:.3f}, scoring {scanned:.0%} of the chunks")
+        print(f"LSH {cfg.lsh_tables} tables x {cfg.lsh_bits} bits, probe radius {radius}: "
+              f"recall@10 vs exact {recall:.3f}, scoring {scanned:.0%} of the chunks")
+        log(method=f"LSH radius {radius}", recall_at_10_vs_exact=recall, scanned=scanned)
 
 
 def main(cfg):
     if gpt is None:
-        raise SystemExit("rag.py's demo needs gpt.py beside it (the retrieval classes do not)")
-    device = gpt.pick_device(cfg.device)
-    cuda = device.startswith("cuda")
+        raise SystemExit("rag.py's demo trains a reader with gpt.py: put gpt.py beside rag.py"
+                         " (BM25, the encoders and the metrics import without it)")
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    if cfg.bench:
-        return bench(cfg, device)
-    n_entities = cfg.n_entities or (1000 if cuda else 300)
-    chunks, facts = make_knowledge_base(n_entities, cfg.chunk_size, cfg.chunk_overlap, cfg.seed)
+    log = gpt.RunLog(cfg.out_dir)
+    chunks, facts = make_knowledge_base(cfg.n_entities, cfg.chunk_size, cfg.chunk_overlap,
+                                        cfg.seed)
     train, test = split_questions(facts, cfg.test_frac, cfg.seed)
-    print(f"knowledge base: {n_entities} made-up people, {len(facts)} facts in {len(chunks)} chunks of "
-          f"{cfg.chunk_size} words; {len(train)} training questions, {len(test)} held-out facts")
+    print(f"knowledge base: {cfg.n_entities} made-up people, {len(facts)} facts in {len(chunks)}"
+          f" chunks of {cfg.chunk_size} words; {len(train)} training questions, {len(test)}"
+          " held-out facts")
     bm25, vocab = BM25(chunks), Vocab(chunks + [q for q, _ in train])
-    bi = train_bi_encoder(BiEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, cfg.encoder_steps,
-                          cfg.batch_size, cfg.tau, cfg.seed)
+    bi = train_bi_encoder(BiEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks,
+                          cfg.encoder_steps, cfg.batch_size, cfg.tau, cfg.seed, log=log)
     doc_embs, train_questions = bi.embed(chunks), [q for q, _ in train]
-    _, _, hybrid = search_all(train_questions, bm25, bi.embed(train_questions), doc_embs, cfg.rerank_depth)
+    _, _, hybrid = search_all(train_questions, bm25, bi.embed(train_questions), doc_embs,
+                              cfg.rerank_depth)
     hard = hard_negatives(hybrid, train, len(chunks), cfg.n_negatives, cfg.seed)
-    cross = train_cross_encoder(CrossEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks, hard,
-                                cfg.cross_steps, cfg.n_negatives, cfg.seed)
-    reader, tok = train_reader(train, chunks, hard, cfg, cfg.reader_steps or (6000 if cuda else 2500),
-                               cfg.reader_embd or (256 if cuda else 64), device)
+    cross = train_cross_encoder(CrossEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train,
+                                chunks, hard, cfg.cross_steps, cfg.n_negatives, cfg.seed, log=log)
+    reader, tok = train_reader(train, chunks, hard, cfg, device)
 
     questions, relevant = [q for q, _ in test], [fact["relevant"] for _, fact in test]
     query_embs = bi.embed(questions)
     sparse, dense, hybrid = search_all(questions, bm25, query_embs, doc_embs, cfg.rerank_depth)
     reranked = rerank(cross, questions, hybrid, chunks)
-    rows = {"BM25": sparse, "dense (bi-encoder)": dense, "hybrid (RRF, k=60)": hybrid, "hybrid + re-rank": reranked}
-    if cfg.hyde:  # embed question + imagined passage together, as Gao et al. average their embeddings
+    rows = {"BM25": sparse, "dense (bi-encoder)": dense, "hybrid (RRF, k=60)": hybrid,
+            "hybrid + re-rank": reranked}
+    if cfg.hyde:  # embed question + imagined passage together, as Gao et al. average embeddings
         imagined = generate_text(reader, tok, [hyde_prompt(q) for q in questions], 48)
         hyde_embs = query_embs + bi.embed(imagined)
         hyde_embs /= np.linalg.norm(hyde_embs, axis=1, keepdims=True)
-        rows["dense + HyDE"] = [dense_search(e, doc_embs, cfg.rerank_depth)[0].tolist() for e in hyde_embs]
+        rows["dense + HyDE"] = [dense_search(e, doc_embs, cfg.rerank_depth)[0].tolist()
+                                for e in hyde_embs]
         print(f"HyDE example: {questions[0]!r} -> {imagined[0]!r}")
-    print_retrieval_table(rows, relevant, len(chunks))
-    lsh_report(doc_embs, query_embs, cfg)
+    print_retrieval_table(rows, relevant, len(chunks), log)
+    lsh_report(doc_embs, query_embs, cfg, log)
 
     answers = [fact["answer"].lower() for _, fact in test]
     settings = {"no retrieval (closed book)": [augment(q, []) for q in questions],
                 f"top-{cfg.top_k} hybrid + re-rank": [augment(q, [chunks[c] for c in r[:cfg.top_k]])
                                                       for q, r in zip(questions, reranked)],
-                "gold passage (ceiling)": [augment(q, [chunks[min(rel)]]) for q, rel in zip(questions, relevant)]}
+                "gold passage (ceiling)": [augment(q, [chunks[min(rel)]])
+                                           for q, rel in zip(questions, relevant)]}
     print(f"\nreader answer accuracy (exact match) on the {len(test)} held-out questions")
     for name, prompts in settings.items():
         predicted = generate_text(reader, tok, prompts, 12)
-        print(f"{name:<30}{np.mean([p.lower() == a for p, a in zip(predicted, answers)]):>7.1%}")
+        accuracy = np.mean([p.lower() == a for p, a in zip(predicted, answers)])
+        print(f"{name:<30}{accuracy:>7.1%}")
+        log(reader=name, exact_match=float(accuracy))
     print(f"e.g. {questions[0]!r} -> {predicted[0]!r} (truth {test[0][1]['answer']!r})")
 
 
-def bench(cfg, device, sizes=(1_000, 10_000, 100_000), n_queries=50):
-    """Per-query latency vs corpus size, LSH against its peer in the same run: exact dense search.
-    LSH grows its codes with the corpus, log2(N/2) bits (about two chunks per bucket), 16 tables,
-    probe radius 1. BM25 is timed here too; bench/bm25_vs_rank_bm25.py compares it with rank_bm25."""
-    chunks, facts = make_knowledge_base(max(sizes) // 5, cfg.chunk_size, cfg.chunk_overlap, cfg.seed)
-    train, test = split_questions(facts, cfg.test_frac, cfg.seed)
-    bi = train_bi_encoder(BiEncoder(Vocab(chunks), cfg.n_embd, cfg.n_layer).to(device), train, chunks,
-                          cfg.encoder_steps // 3, cfg.batch_size, cfg.tau, cfg.seed)
-    all_embs = np.concatenate([bi.embed(chunks[i:i + 8192]) for i in tqdm(range(0, max(sizes), 8192), desc="embed", leave=False)])
-    print(f"{'chunks':>8}{'BM25 ms':>9}{'dense ms':>9}{'LSH ms':>8}{'x faster':>9}{'LSH recall@10':>14}")
-    for n in sizes:
-        docs, embs = chunks[:n], all_embs[:n]
-        queries = [q for q, fact in test if max(fact["relevant"]) < n][:n_queries]
-        query_embs = bi.embed(queries)
-        ours, index = BM25(docs), LSHIndex(embs, 16, round(math.log2(n / 2)), cfg.seed)
-        t_bm25 = gpt.best_time(lambda: [top_k(ours.scores(q), 10) for q in queries])[1] / len(queries)
-        t_dense = gpt.best_time(lambda: [dense_search(e, embs, 10) for e in query_embs])[1] / len(queries)
-        t_lsh = gpt.best_time(lambda: [index.search(e, 10, 1) for e in query_embs])[1] / len(queries)
-        exact = [set(dense_search(e, embs, 10)[0].tolist()) for e in query_embs]
-        recall = np.mean([len(set(index.search(e, 10, 1)[0].tolist()) & x) / 10 for e, x in zip(query_embs, exact)])
-        print(f"{n:>8}{1e3 * t_bm25:>9.3f}{1e3 * t_dense:>9.3f}{1e3 * t_lsh:>8.3f}{t_dense / t_lsh:>9.1f}{recall:>14.3f}")
+# ----------------------------------------------------------------------------- command line
+# The same lines in every script that has a command line (tests/test_cli.py keeps the copies
+# identical), so that each standalone file can be copied on its own.
+
+def pick_device(name="auto"):
+    """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""
+    here = [d for d, ok in [("cuda", torch.cuda.is_available()),
+                            ("mps", torch.backends.mps.is_available()), ("cpu", True)] if ok]
+    if name != "auto" and name.split(":")[0] not in here:
+        raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
+    return here[0] if name == "auto" else name
+
+
+def to_bool(text):
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def parse_args(config_cls, argv=None, gpu=None):
+    """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
+    defaults that change on a CUDA device, in one place (what the command line sets wins)."""
+    doc = sys.modules[config_cls.__module__].__doc__.split("\n")[0]
+    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+                                     epilog=f"on CUDA the defaults become {gpu}" if gpu else None)
+    notes = dict(re.findall(r"^ +(\w+):[^#\n]*#(.*(?:\n +#.*)*)", inspect.getsource(config_cls),
+                            re.M))
+    for f in dataclasses.fields(config_cls):
+        kind = typing.get_type_hints(config_cls)[f.name]
+        note = " ".join(notes.get(f.name, "").replace("#", " ").split()).replace("%", "%%")
+        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
+        how = dict(type=to_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
+        parser.add_argument(*names, dest=f.name, default=f.default, **how,
+                            help=f"{note} (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if gpu and pick_device(getattr(args, "device", "auto")).startswith("cuda"):
+            parser.set_defaults(**gpu)
+            args = parser.parse_args(argv)
+        return config_cls(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":
-    main(gpt.parse_args(RAGConfig))
+    main(parse_args(RAGConfig, gpu=GPU))

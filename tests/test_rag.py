@@ -1,5 +1,6 @@
 """rag.py against hand computations, worked examples and brute force."""
 import importlib.util
+import json
 import math
 import sys
 
@@ -251,18 +252,67 @@ def test_retrieval_half_works_without_gpt(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.gpt is None
-    np.testing.assert_array_equal(module.BM25(["a b", "b c"]).scores("c"), rag.BM25(["a b", "b c"]).scores("c"))
+    np.testing.assert_array_equal(module.BM25(["a b", "b c"]).scores("c"),
+                                  rag.BM25(["a b", "b c"]).scores("c"))
     with pytest.raises(ImportError, match="gpt.py"):
-        module.train_reader([], [], [], rag.RAGConfig(), 1, 32, "cpu")
+        module.train_reader([], [], [], rag.RAGConfig(), "cpu")
+    with pytest.raises(SystemExit, match="put gpt.py beside rag.py") as exit:
+        module.main(module.RAGConfig())
+    assert "\n" not in str(exit.value)  # one line, before any work
 
 
-def test_main_smoke(capsys):
-    rag.main(rag.RAGConfig(n_entities=12, encoder_steps=3, cross_steps=3, batch_size=8, reader_steps=3, reader_embd=32, device="cpu",
-                           hyde=True, rerank_depth=10))
+def test_main_smoke(tmp_path, capsys):
+    cfg = rag.RAGConfig(n_entities=12, encoder_steps=3, cross_steps=3, batch_size=8,
+                        reader_steps=3, reader_embd=32, device="cpu", hyde=True, rerank_depth=10,
+                        out_dir=str(tmp_path))
+    rag.main(cfg)
     out = capsys.readouterr().out
-    for row in ("BM25", "dense (bi-encoder)", "hybrid (RRF, k=60)", "hybrid + re-rank", "dense + HyDE",
-                "gold passage (ceiling)", "recall@10 vs exact"):
+    methods = ["BM25", "dense (bi-encoder)", "hybrid (RRF, k=60)", "hybrid + re-rank",
+               "dense + HyDE", "ideal (relevant first)"]
+    for row in methods + ["gold passage (ceiling)", "recall@10 vs exact"]:
         assert row in out
+    with open(tmp_path / "log.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    assert [r["step"] for r in log if "bi_encoder_loss" in r] == [0, 1, 2]
+    assert [r["step"] for r in log if "cross_encoder_loss" in r] == [0, 1, 2]
+    assert [r["method"] for r in log if "MRR" in r] == methods
+    assert len([r for r in log if "exact_match" in r]) == 3
+
+
+def test_latency_bench_smoke(capsys):
+    spec = importlib.util.spec_from_file_location("rag_bench", rag.__file__.replace(
+        "rag.py", "bench/rag.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(module.BenchConfig(sizes="200,400", n_queries=5, encoder_steps=2, repeats=1,
+                                   device="cpu"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["chunks", "BM25", "ms", "dense", "ms", "LSH", "ms", "x", "faster",
+                                "LSH", "recall@10"]
+    assert [line.split()[0] for line in lines[1:]] == ["200", "400"]
+    assert all(0 <= float(line.split()[-1]) <= 1 for line in lines[1:])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(n_entities=0), "n_entities=0 must be at least 1"), (dict(top_k=0), "top_k=0"),
+    (dict(encoder_steps=0), "encoder_steps=0"), (dict(batch_size=0), "batch_size=0"),
+    (dict(chunk_overlap=16), "chunk_overlap=16 must be >= 0 and below chunk_size=16"),
+    (dict(test_frac=1.0), "test_frac=1.0"), (dict(n_embd=40), "n_embd=40: a multiple of 16"),
+    (dict(reader_embd=36), "reader_embd=36"), (dict(tau=0.0), "tau and reader_lr"),
+    (dict(rerank_depth=1), "rerank_depth=1 must be at least top_k=2"),
+    (dict(lsh_bits=30), "lsh_bits=30"), (dict(out_dir=__file__), "is a file"),
+])
+def test_every_setting_is_checked_before_any_work(change, message):
+    with pytest.raises(ValueError, match=message):
+        rag.RAGConfig(**change)
+
+
+@pytest.mark.parametrize("argv, message", [(["--reader_steps=0"], "reader_steps=0"),
+                                           (["--device=xpu"], "this machine has only")])
+def test_the_command_line_says_what_is_wrong_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        rag.parse_args(rag.RAGConfig, argv, gpu=rag.GPU)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bm25_bench_agrees_with_rank_bm25_and_prints_the_ratio(capsys):
