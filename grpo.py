@@ -35,23 +35,23 @@ import gpt
 @dataclass
 class Config:
     loss: str = "grpo"  # grpo | dr_grpo | dapo
-    steps: int = 0  # GRPO steps (0 = 700 on CPU, 1000 on CUDA)
+    steps: int = 700  # GRPO steps
     prompts_per_step: int = 16  # distinct problems per rollout batch
     group_size: int = 8  # G completions per problem
     updates_per_rollout: int = 2  # optimizer steps per rollout batch (mu); >1 makes the clip matter
-    epochs: int = 2  # passes over each rollout batch: reusing samples is what the ratio clip makes safe
-    micro_batch: int = 0  # sequences per forward/backward, gradients accumulated (0 = whole minibatch)
+    epochs: int = 2  # passes over each rollout batch: the ratio clip makes reusing samples safe
+    micro_batch: int = 0  # sequences per forward/backward, gradients accumulated (0 = minibatch)
     lr: float = 3e-4  # AdamW learning rate for GRPO
-    warmup: int = 20  # steps of linear learning-rate warm-up: Adam's first steps on noisy policy gradients are large
+    warmup: int = 20  # steps of linear lr warm-up: Adam's first steps on noisy gradients are large
     beta: float = -1.0  # weight of the k3 KL penalty to pi_ref (-1 = 0 for dapo, 0.01 otherwise)
     eps_low: float = 0.2  # clip ratio below: rho >= 1 - eps_low
-    eps_high: float = 0.0  # clip ratio above: rho <= 1 + eps_high (0 = 0.28 for dapo, eps_low otherwise)
+    eps_high: float = 0.0  # clip ratio above: rho <= 1 + eps_high (0 = 0.28 for dapo, else eps_low)
     temperature: float = 1.0  # sampling temperature for rollouts and pass@k
     max_new_tokens: int = 32  # completion budget; longer completions are truncated
-    overlong_cache: int = 3  # dapo: the length penalty ramps in over the last this many tokens of the budget (a
-    # well-formed completion is at most 28 tokens with its EOS: a ramp that starts earlier punishes right answers)
+    overlong_cache: int = 3  # dapo: the length penalty ramps in over the budget's last this many
+    # tokens (a right answer has up to 28 with its EOS: an earlier ramp would punish it)
     max_resample: int = 4  # dapo: rollout rounds to refill groups dropped for zero reward variance
-    format_reward: float = 0.1  # reward for a well-formed completion, on top of 1.0 for the right answer
+    format_reward: float = 0.1  # reward for a well-formed completion, on top of 1.0 if it is right
     sft_examples: int = 48  # worked examples in the format-teaching warm-up
     sft_steps: int = 300  # SFT warm-up steps
     sft_lr: float = 3e-3  # SFT warm-up learning rate
@@ -61,23 +61,36 @@ class Config:
     eval_problems: int = 100  # held-out problems, never used for SFT or GRPO
     pass_k: int = 8  # samples per held-out problem for pass@1 and pass@k
     eval_every: int = 50  # steps between held-out evaluations written to log.jsonl
-    out_dir: str = "out/grpo"  # log.jsonl and the trained policy's ckpt.pt
+    out_dir: str = "out/grpo"  # log.jsonl and the policy's ckpt.pt
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # for problems, initial weights and sampling
 
-    def __post_init__(self):
-        if self.loss not in ("grpo", "dr_grpo", "dapo"):
-            raise ValueError(f"loss={self.loss!r}; choose grpo, dr_grpo or dapo")
-        if self.group_size < 2:
-            raise ValueError(f"group_size={self.group_size}: a group needs at least 2 completions to have a baseline")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature}: GRPO needs sampled groups; use > 0")
-        if (self.prompts_per_step * self.group_size) % self.updates_per_rollout:
-            raise ValueError(f"prompts_per_step*group_size={self.prompts_per_step * self.group_size} does not split "
-                             f"into updates_per_rollout={self.updates_per_rollout} equal minibatches")
+    def __post_init__(self):  # every field checked before any work; NaN fails every comparison
         self.eps_high = self.eps_high or (0.28 if self.loss == "dapo" else self.eps_low)
         if self.beta == -1:  # DAPO drops the KL term: a reasoning policy must move far from pi_ref
             self.beta = 0.0 if self.loss == "dapo" else 0.01
+        rows = self.prompts_per_step * self.group_size
+        rules = [(("loss",), lambda v: v in ("grpo", "dr_grpo", "dapo"), "grpo, dr_grpo or dapo"),
+                 (("steps", "prompts_per_step", "updates_per_rollout", "epochs", "warmup",
+                   "max_new_tokens", "overlong_cache", "max_resample", "sft_examples", "sft_steps",
+                   "n_layer", "n_head", "n_embd", "eval_problems", "pass_k", "eval_every"),
+                  lambda v: v >= 1, "at least 1"),
+                 (("micro_batch", "beta", "format_reward"), lambda v: v >= 0, "0 or more"),
+                 (("lr", "sft_lr", "eps_low", "eps_high", "temperature"), lambda v: v > 0,
+                  "above 0 (temperature too: GRPO needs sampled groups)"),
+                 (("group_size",), lambda v: v >= 2, "at least 2, to have a baseline"),
+                 (("updates_per_rollout",), lambda v: rows % v == 0,
+                  f"a divisor of prompts_per_step x group_size = {rows}: equal minibatches"),
+                 (("n_embd",), lambda v: v % self.n_head == 0, "a multiple of n_head"),
+                 (("eval_problems",), lambda v: v + self.sft_examples <= 900,
+                  "at most 900 - sft_examples: there are 900 problems")]
+        for names, ok, rule in rules:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ValueError(f"{name}={getattr(self, name)!r}: --{name} must be {rule}")
+
+
+GPU = dict(steps=1000)  # the defaults that change on a CUDA device
 
 
 # ----------------------------------------------------------------------------- the task
@@ -251,23 +264,11 @@ def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
 
 # ----------------------------------------------------------------------------- training
 
-class Tempered(torch.nn.Module):
-    """The model as the sampler sees it, softmax(logits / T): rollouts are drawn at T, so the old,
-    new and reference log-probs must be taken at T too, or the ratio is off-policy."""
-
-    def __init__(self, model, temperature):
-        super().__init__()
-        self.model, self.temperature = model, temperature
-
-    def forward(self, idx, attn_mask=None):
-        return self.model(idx, attn_mask=attn_mask)[0] / self.temperature, None
-
-
 def logprobs(model, batch, rows, cfg):
-    """log pi_T(o_t | q, o_<t) for the rows (a slice) of a batch: (n, T), and the mask."""
-    prompts, completions = batch["prompts"][rows], batch["completions"][rows]
-    tempered = Tempered(model, cfg.temperature)
-    return gpt.completion_logprobs(tempered, prompts, completions, batch["pad"])
+    """log pi_T(o_t | q, o_<t) for the rows (a slice) of a batch, (n, T), and the mask. Rollouts
+    are drawn at T, so old, new and reference log-probs are taken at T, or the ratio is off."""
+    return gpt.completion_logprobs(model, batch["prompts"][rows], batch["completions"][rows],
+                                   batch["pad"], temperature=cfg.temperature)
 
 
 def score_batch(policy, ref, batch, cfg):
@@ -390,7 +391,7 @@ def train_grpo(policy, tok, cfg, steps, exclude, generator, log, evaluate_held_o
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
-    steps = cfg.steps or (700 if device == "cpu" else 1000)
+    steps = cfg.steps
     t0 = time.time()
     held_out = make_problems(cfg.eval_problems, cfg.seed + 1)
     exclude = {q for q, _, _ in held_out}
@@ -420,4 +421,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(gpt.parse_args(Config))
+    main(gpt.parse_args(Config, gpu=GPU))

@@ -316,3 +316,29 @@ def test_main_smoke(tmp_path, capsys, loss):
     assert all(k in rows[1] for k in ("reward", "acc", "zero_std", "kl", "length", "clipped", "truncated"))
     model, _, _ = gpt.load_model(str(tmp_path / "ckpt.pt"))
     assert model.config.n_layer == 1
+
+
+# ----------------------------------------------------------------------------- the command line
+
+@pytest.mark.parametrize("field, value", [
+    ("loss", "ppo"), ("steps", 0), ("prompts_per_step", 0), ("group_size", 1), ("epochs", 0),
+    ("updates_per_rollout", 3), ("micro_batch", -1), ("lr", 0.0), ("warmup", 0), ("beta", -0.5),
+    ("eps_low", float("nan")), ("temperature", 0.0), ("max_new_tokens", 0), ("overlong_cache", 0),
+    ("max_resample", 0), ("format_reward", -1.0), ("sft_examples", 0), ("sft_steps", -1),
+    ("sft_lr", -1e-3), ("n_layer", 0), ("n_embd", 90), ("n_head", 0), ("eval_problems", 853),
+    ("pass_k", 0), ("eval_every", 0)])
+def test_config_rejects_bad_values_before_any_work(field, value, capsys):
+    # updates_per_rollout=3 does not divide 16 x 8 rows; n_embd=90 is not a multiple of 4 heads;
+    # 853 held-out + 48 SFT problems are more than the 90 x 10 two-digit + one-digit ones
+    with pytest.raises(ValueError, match=f"^{field}="):  # one line that names the field
+        grpo.Config(**{field: value})
+    with pytest.raises(SystemExit):
+        gpt.parse_args(grpo.Config, [f"--{field}={value}"], gpu=grpo.GPU)
+    assert f"--{field}" in capsys.readouterr().err.splitlines()[-1]  # and says which flag to change
+
+
+def test_cuda_defaults_come_from_the_gpu_dict(monkeypatch):
+    assert gpt.parse_args(grpo.Config, [], gpu=grpo.GPU).steps == 700  # this machine: no CUDA
+    monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")
+    assert gpt.parse_args(grpo.Config, [], gpu=grpo.GPU).steps == grpo.GPU["steps"] == 1000
+    assert gpt.parse_args(grpo.Config, ["--steps=5"], gpu=grpo.GPU).steps == 5  # the user wins
