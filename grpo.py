@@ -1,24 +1,29 @@
 """GRPO: reinforcement learning with verifiable rewards, and its Dr. GRPO and DAPO variants.
 
-For each prompt q, sample a group of G completions o_1..o_G from the old policy, score each with a
-rule (is the <answer> right? is the <think>...</think><answer>...</answer> format kept?), and
+For each prompt q, sample a group of G completions o_1..o_G from the old policy, score each with
+a rule (is the <answer> right? is the <think>...</think><answer>...</answer> format kept?), and
 use the group itself as the baseline: A_i = (r_i - mean(r)) / (std(r) + eps), no value network.
 Maximise the clipped surrogate min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), rho = pi/pi_old,
 minus beta * KL(pi || pi_ref) by the k3 estimator exp(ref - logp) - (ref - logp) - 1.
-Papers: Shao et al. 2024 (DeepSeekMath, GRPO), Liu et al. 2025 (Dr. GRPO), Yu et al. 2025 (DAPO),
-Chen et al. 2021 (the unbiased pass@k estimator).
+Papers: Shao et al. 2024 (DeepSeekMath, GRPO), Liu et al. 2025 (Dr. GRPO), Yu et al. 2025
+(DAPO), Chen et al. 2021 (the unbiased pass@k estimator).
 
     python grpo.py                   # SFT warm-up on a few examples, then GRPO on arithmetic
     python grpo.py --loss=dr_grpo    # no std scaling, constant normaliser: rows x token budget
     python grpo.py --loss=dapo       # token-level normaliser, clip-higher, dynamic sampling
+    python grpo.py --init=out/sft/ckpt.pt --max_new_tokens=48   # warm up and tune sft.py's model
+    python grpo.py --resume --plot   # continue out/grpo/ckpt.pt; reward curves in out/grpo/log.png
 
-On CPU (about 5.5 minutes) you see a tiny model trained from nothing learn the answer format
-from 48 worked examples, a tqdm bar of GRPO steps (reward, accuracy, zero-std groups, KL,
+On CPU (about 5.5 minutes on 2 cores) you see a tiny model trained from nothing learn the answer
+format from 48 worked examples, a tqdm bar of GRPO steps (reward, accuracy, zero-std groups, KL,
 clipped fraction, length, truncation), and a before/after table on 100 held-out problems:
 greedy accuracy rises from 27% to 81% (pass@1, pass@8, format rate and length beside it).
+Problems are posed in the chat template: `python gpt.py --ckpt=out/grpo/ckpt.pt --chat` works.
+Left out: a value network (GRPO needs none), the papers' large models and free-form reasoning
+(the default policy has 0.26M parameters), any task but two-digit + one-digit sums.
 """
 import copy
-import json
+import dataclasses
 import math
 import os
 import random
@@ -35,6 +40,7 @@ import gpt
 @dataclass
 class Config:
     loss: str = "grpo"  # grpo | dr_grpo | dapo
+    init: str = ""  # checkpoint to start from (e.g. out/sft/ckpt.pt); empty = a tiny GPT made here
     steps: int = 700  # GRPO steps
     prompts_per_step: int = 16  # distinct problems per rollout batch
     group_size: int = 8  # G completions per problem
@@ -49,18 +55,21 @@ class Config:
     temperature: float = 1.0  # sampling temperature for rollouts and pass@k
     max_new_tokens: int = 32  # completion budget; longer completions are truncated
     overlong_cache: int = 3  # dapo: the length penalty ramps in over the budget's last this many
-    # tokens (a right answer has up to 28 with its EOS: an earlier ramp would punish it)
+    # tokens (a right answer has up to 28 with its <|end|>: an earlier ramp would punish it)
     max_resample: int = 4  # dapo: rollout rounds to refill groups dropped for zero reward variance
     format_reward: float = 0.1  # reward for a well-formed completion, on top of 1.0 if it is right
     sft_examples: int = 48  # worked examples in the format-teaching warm-up
-    sft_steps: int = 300  # SFT warm-up steps
+    sft_steps: int = 300  # SFT warm-up steps (0 skips it: an --init that knows the format already)
     sft_lr: float = 3e-3  # SFT warm-up learning rate
-    n_layer: int = 2  # model depth
-    n_embd: int = 96  # model width
-    n_head: int = 4  # attention heads
+    n_layer: int = 2  # model depth (without --init)
+    n_embd: int = 96  # model width (without --init)
+    n_head: int = 4  # attention heads (without --init)
     eval_problems: int = 100  # held-out problems, never used for SFT or GRPO
     pass_k: int = 8  # samples per held-out problem for pass@1 and pass@k
-    eval_every: int = 50  # steps between held-out evaluations written to log.jsonl
+    eval_every: int = 50  # steps between held-out evaluations in log.jsonl, and checkpoints
+    stop_after: int = 0  # end after this many steps, as if pre-empted (0 = run to the end)
+    resume: bool = False  # continue bit for bit from out_dir/ckpt.pt, with the same settings
+    plot: bool = False  # reward and accuracy curves as out_dir/log.png (needs matplotlib)
     out_dir: str = "out/grpo"  # log.jsonl and the policy's ckpt.pt
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # for problems, initial weights and sampling
@@ -72,10 +81,11 @@ class Config:
         rows = self.prompts_per_step * self.group_size
         rules = [(("loss",), lambda v: v in ("grpo", "dr_grpo", "dapo"), "grpo, dr_grpo or dapo"),
                  (("steps", "prompts_per_step", "updates_per_rollout", "epochs", "warmup",
-                   "max_new_tokens", "overlong_cache", "max_resample", "sft_examples", "sft_steps",
-                   "n_layer", "n_head", "n_embd", "eval_problems", "pass_k", "eval_every"),
+                   "max_new_tokens", "overlong_cache", "max_resample", "sft_examples", "n_layer",
+                   "n_head", "n_embd", "eval_problems", "pass_k", "eval_every"),
                   lambda v: v >= 1, "at least 1"),
-                 (("micro_batch", "beta", "format_reward"), lambda v: v >= 0, "0 or more"),
+                 (("micro_batch", "beta", "format_reward", "sft_steps", "stop_after"),
+                  lambda v: v >= 0, "0 or more"),
                  (("lr", "sft_lr", "eps_low", "eps_high", "temperature"), lambda v: v > 0,
                   "above 0 (temperature too: GRPO needs sampled groups)"),
                  (("group_size",), lambda v: v >= 2, "at least 2, to have a baseline"),
@@ -98,19 +108,20 @@ GPU = dict(steps=1000)  # the defaults that change on a CUDA device
 THINK_ANSWER = re.compile(r"<think>(.*?)</think><answer>(.*?)</answer>", re.S)
 
 
-def make_problem(rng):
-    """A two-digit plus a one-digit number, with the worked solution by columns: ones first (a
-    single-digit fact), then tens plus the carry. Returns (question, answer, worked thinking)."""
-    a, b = rng.randrange(10, 100), rng.randrange(10)
+def make_problem(a, b):
+    """a + b for a two-digit a and a one-digit b, with the worked solution by columns: ones first
+    (a single-digit fact), then tens plus the carry. Returns (question, answer, worked thinking)."""
     ones = a % 10 + b
     return f"{a}+{b}", a + b, f"{a % 10}+{b}={ones},{a // 10}+{ones // 10}={a // 10 + ones // 10}"
 
 
 def make_problems(n, seed, exclude=()):
     """n distinct problems whose questions are not in exclude (there are 900 in all)."""
-    rng, seen, out = random.Random(seed), set(exclude), []
+    rng = random.Random(seed)
+    seen = set(exclude)
+    out = []
     for _ in range(100 * n):
-        q, ans, trace = make_problem(rng)
+        q, ans, trace = make_problem(rng.randrange(10, 100), rng.randrange(10))
         if q not in seen:
             seen.add(q)
             out.append((q, ans, trace))
@@ -125,6 +136,35 @@ def task_tokenizer():
     tok = gpt.Tokenizer.from_spec("bpe", "<think>0</think><answer>0</answer>", vocab_size=512)
     assert tok.n_vocab == 256 + 11 + len(gpt.SPECIAL_TOKENS), tok.n_vocab
     return tok
+
+
+def prompt_ids(tok, question):
+    """The question as a user turn of the chat template, ending where the assistant speaks."""
+    return gpt.render_chat(gpt.chat(question + "="), tok, add_generation_prompt=True)
+
+
+def worked_ids(tok, problem):
+    """The well-formed answer to a problem and the <|end|> that closes the assistant's turn."""
+    q, answer, thinking = problem
+    text = f"<think>{thinking}</think><answer>{answer}</answer>"
+    return tok.encode(text) + [tok.special("<|end|>")]
+
+
+def answer_text(tok, completion):
+    end = tok.special("<|end|>")
+    return tok.decode(completion[:-1] if completion and completion[-1] == end else completion)
+
+
+def check_fits(model, tok, cfg):
+    """Whatever the tokenizer, every worked answer fits the budget and every prompt plus the
+    budget fits the model's context: said at load, not after minutes of training."""
+    problems = [make_problem(a, b) for a in range(10, 100) for b in range(10)]
+    longest = max(len(worked_ids(tok, p)) for p in problems)
+    if longest > cfg.max_new_tokens:
+        raise ValueError(f"this tokenizer spells the longest worked answer in {longest} tokens:"
+                         f" use --max_new_tokens={longest} or more")
+    prompt = max(len(prompt_ids(tok, q)) for q, _, _ in problems)
+    gpt.check_chat_model(model, tok, prompt + cfg.max_new_tokens)
 
 
 def reward(text, answer, format_reward):
@@ -143,7 +183,8 @@ def group_advantages(rewards, G, scale="group", eps=1e-4):
     (Dr. GRPO). rewards: (N,) with the G completions of each prompt contiguous. A group whose
     rewards are all equal carries no signal: its advantages are exactly 0."""
     if rewards.dim() != 1 or rewards.numel() % G:
-        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of G={G}")
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of"
+                         f" G={G}")
     r = rewards.view(-1, G)  # (N/G, G)
     centred = r - r.mean(1, keepdim=True)
     if scale == "group":
@@ -173,8 +214,8 @@ def token_weights(mask, loss_type, max_len=None):
     raise ValueError(f"loss_type={loss_type!r}; choose grpo, dr_grpo or dapo")
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_low=0.2, eps_high=0.2, beta=0.0,
-              weights=None):
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_low=0.2,
+              eps_high=0.2, beta=0.0, weights=None):
     """The clipped surrogate plus the k3 KL penalty, per token, normalised by loss_type.
     logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). weights: token_weights of the
     whole batch, sliced, when the batch is split into micro-batches for gradient accumulation.
@@ -184,7 +225,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_
     A = advantages[:, None]  # (B, 1): every token of a completion shares its sequence's advantage
     ratio = torch.exp(logp - old_logp)  # rho_t = pi_theta / pi_old
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
-    surrogate = torch.minimum(ratio * A, clipped * A)  # pessimistic: never gain from leaving the trust region
+    surrogate = torch.minimum(ratio * A, clipped * A)  # never gain from leaving the trust region
     log_r = ref_logp - logp
     kl = torch.exp(log_r) - log_r - 1  # k3: unbiased, always >= 0 (Schulman 2020)
     loss = (weights * (-surrogate + beta * kl)).sum()
@@ -196,7 +237,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_
 
 
 def overlong_penalty(lengths, max_len, cache):
-    """DAPO's soft length penalty: 0 up to max_len - cache tokens, then a ramp down to -1 at max_len."""
+    """DAPO's soft length penalty: 0 up to max_len - cache tokens, then a ramp to -1 at max_len."""
     return ((max_len - cache - lengths.float()) / cache).clamp(-1.0, 0.0)
 
 
@@ -214,25 +255,26 @@ def check_groups(prompts, G):
     """Group-relative advantages assume the G completions of a prompt sit together in the batch."""
     for start in range(0, len(prompts), G):
         if any(p != prompts[start] for p in prompts[start:start + G]):
-            raise AssertionError(f"rows {start}..{start + G - 1} are not one prompt's group of G={G}")
+            raise AssertionError(f"rows {start}..{start + G - 1} are not one prompt's group of"
+                                 f" G={G}")
 
 
 def rollout(policy, tok, problems, cfg, generator):
     """G sampled completions per problem, contiguous. Returns a dict of lists and (N,) tensors."""
-    stop = tok.eot_id
-    prompts = [tok.encode(q + "=") for q, _, _ in problems for _ in range(cfg.group_size)]
+    end = tok.special("<|end|>")
+    prompts = [prompt_ids(tok, q) for q, _, _ in problems for _ in range(cfg.group_size)]
     check_groups(prompts, cfg.group_size)
-    completions = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, stop_tokens=(stop,),
-                                  generator=generator, pad_id=stop)
-    texts = [tok.decode(c[:-1] if c and c[-1] == stop else c) for c in completions]
+    completions = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                                  stop_tokens=(end,), generator=generator, pad_id=end)
     answers = [ans for _, ans, _ in problems for _ in range(cfg.group_size)]
+    texts = [answer_text(tok, c) for c in completions]
     scored = [reward(t, a, cfg.format_reward) for t, a in zip(texts, answers)]
-    truncated = torch.tensor([not c or c[-1] != stop for c in completions])
     lengths = torch.tensor([len(c) for c in completions])
     rewards = torch.tensor([s for s, _ in scored])
     if cfg.loss == "dapo":
         rewards = rewards + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_cache)
-    return dict(prompts=prompts, completions=completions, rewards=rewards, lengths=lengths, truncated=truncated,
+    return dict(prompts=prompts, completions=completions, rewards=rewards, lengths=lengths,
+                truncated=torch.tensor([not c or c[-1] != end for c in completions]),
                 correct=torch.tensor([c for _, c in scored], dtype=torch.float))
 
 
@@ -249,7 +291,8 @@ def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
     """DAPO's dynamic sampling: drop groups whose answers are all right or all wrong (Yu et al.
     filter on accuracy, not on the length-shaped reward) and sample more problems until the
     batch is full again, for at most max_resample rounds."""
-    batch, stats = None, None
+    batch = None
+    stats = None
     for _ in range(cfg.max_resample):
         new = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, generator)
         stats = stats or new  # the first round's statistics are the policy's honest ones
@@ -287,14 +330,16 @@ def minibatch_backward(policy, batch, rows, cfg):
     a time. The token weights are the whole minibatch's, sliced, so the accumulated gradient
     equals that of a single pass. Returns the loss statistics, averaged."""
     weights = token_weights(batch["mask"][rows], cfg.loss, cfg.max_new_tokens)  # (n, T)
-    n, micro, stats = weights.size(0), cfg.micro_batch or weights.size(0), []
+    n = weights.size(0)
+    micro = cfg.micro_batch or n
+    stats = []
     for m in range(0, n, micro):
         r = slice(rows.start + m, rows.start + min(m + micro, n))
         logp, _ = logprobs(policy, batch, r, cfg)
         T = logp.size(1)  # this micro-batch's longest completion; the rest of the row is padding
-        loss, s = grpo_loss(logp, batch["old_logp"][r, :T], batch["ref_logp"][r, :T], batch["advantages"][r],
-                            batch["mask"][r, :T], cfg.loss, cfg.eps_low, cfg.eps_high, cfg.beta,
-                            weights[m:m + micro, :T])
+        loss, s = grpo_loss(logp, batch["old_logp"][r, :T], batch["ref_logp"][r, :T],
+                            batch["advantages"][r], batch["mask"][r, :T], cfg.loss, cfg.eps_low,
+                            cfg.eps_high, cfg.beta, weights[m:m + micro, :T])
         loss.backward()
         stats.append(s)
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
@@ -305,8 +350,9 @@ def policy_update(policy, ref, opt, batch, cfg):
     sizes within one row of each other even when DAPO refilled only part of it. old_logp comes
     from the policy before the first step, so the first minibatch's ratio is exactly 1."""
     score_batch(policy, ref, batch, cfg)
-    N, u, stats = len(batch["prompts"]), cfg.updates_per_rollout, []
-    bounds = [N * i // u for i in range(u + 1)]
+    N = len(batch["prompts"])
+    bounds = [N * i // cfg.updates_per_rollout for i in range(cfg.updates_per_rollout + 1)]
+    stats = []
     policy.train()
     for start, end in [b for _ in range(cfg.epochs) for b in zip(bounds, bounds[1:])]:
         opt.zero_grad(set_to_none=True)
@@ -318,107 +364,168 @@ def policy_update(policy, ref, opt, batch, cfg):
 
 
 def evaluate(model, tok, problems, cfg, generator):
-    """Greedy accuracy, sampled pass@1 and pass@k, format rate and mean length on held-out problems."""
-    stop, k = tok.eot_id, cfg.pass_k
-    prompts = [tok.encode(q + "=") for q, _, _ in problems]
-    greedy = model.generate(prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(stop,), pad_id=stop)
-    sampled = model.generate([p for p in prompts for _ in range(k)], cfg.max_new_tokens, temperature=cfg.temperature,
-                             stop_tokens=(stop,), generator=generator, pad_id=stop)
-    strip = lambda c: tok.decode(c[:-1] if c and c[-1] == stop else c)
-    right = [reward(strip(c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
-    counts = [sum(reward(strip(c), ans, 0)[1] for c in sampled[i * k:(i + 1) * k])  # right answers per problem
+    """Greedy accuracy, sampled pass@1 and pass@k, format rate and mean length on held-out
+    problems."""
+    end = tok.special("<|end|>")
+    k = cfg.pass_k
+    prompts = [prompt_ids(tok, q) for q, _, _ in problems]
+    greedy = model.generate(prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(end,),
+                            pad_id=end)
+    sampled = model.generate([p for p in prompts for _ in range(k)], cfg.max_new_tokens,
+                             temperature=cfg.temperature, stop_tokens=(end,), generator=generator,
+                             pad_id=end)
+    texts = [answer_text(tok, c) for c in sampled]
+    right = [reward(answer_text(tok, c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
+    counts = [sum(reward(t, ans, 0)[1] for t in texts[i * k:(i + 1) * k])  # right per problem
               for i, (_, ans, _) in enumerate(problems)]
     return {"accuracy": sum(right) / len(problems),
             "pass@1": sum(pass_at_k(k, c, 1) for c in counts) / len(problems),
             f"pass@{k}": sum(pass_at_k(k, c, k) for c in counts) / len(problems),
-            "format": sum(THINK_ANSWER.fullmatch(strip(c)) is not None for c in sampled) / len(sampled),
+            "format": sum(THINK_ANSWER.fullmatch(t) is not None for t in texts) / len(texts),
             "length": sum(len(c) for c in sampled) / len(sampled)}
 
 
-def sft_warmup(cfg, tok, problems, device):
-    """A tiny model from nothing, fine-tuned on a few worked examples: it learns the format
+def sft_warmup(policy, tok, problems, cfg):
+    """Fine-tune on a few worked examples: a tiny model from nothing learns the format
     <think>...</think><answer>...</answer> well, the arithmetic only partly."""
-    torch.manual_seed(cfg.seed)
-    mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                         n_embd=cfg.n_embd, pos="learned")
-    policy = gpt.GPT(mcfg).to(device)
-    pairs = [(tok.encode(q + "="), tok.encode(f"<think>{t}</think><answer>{a}</answer>") + [tok.eot_id])
-             for q, a, t in problems]
-    gpt.finetune(policy, pairs, cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed, desc="SFT warm-up")
+    if cfg.sft_steps:
+        pairs = [(prompt_ids(tok, p[0]), worked_ids(tok, p)) for p in problems]
+        gpt.finetune(policy, pairs, cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed,
+                     desc="SFT warm-up")
     return policy.eval()
 
 
-def train_grpo(policy, tok, cfg, steps, exclude, generator, log, evaluate_held_out):
-    """The GRPO loop: roll out G completions per problem, score, update; one log.jsonl row per step."""
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen pi_ref for the KL term
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    rng = random.Random(cfg.seed + 3)
+def train_grpo(policy, ref, opt, tok, cfg, run):
+    """The GRPO loop from step run["step"] + 1: roll out G completions per problem, score, update;
+    a log row per step, held-out figures and a checkpoint every eval_every steps."""
+    rng = run["problems"]
+    end = min(cfg.steps, cfg.stop_after or cfg.steps)
 
     def sample_problems(n):  # fresh training problems, never a held-out question
         out = []
         while len(out) < n:
-            problem = make_problem(rng)
-            if problem[0] not in exclude:
+            problem = make_problem(rng.randrange(10, 100), rng.randrange(10))
+            if problem[0] not in run["exclude"]:
                 out.append(problem)
         return out
 
-    bar = tqdm(range(steps), desc=f"GRPO ({cfg.loss})")
+    bar = tqdm(range(run["step"] + 1, end + 1), initial=run["step"], total=cfg.steps,
+               desc=f"GRPO ({cfg.loss})")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            group["lr"] = cfg.lr * min(1.0, step / cfg.warmup)
         if cfg.loss == "dapo":
-            batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, generator)
+            batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, run["generator"])
         else:
-            batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg, generator)
-        batch["pad"] = tok.eot_id
+            batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg,
+                                   run["generator"])
+        batch["pad"] = tok.special("<|end|>")
         r = seen["rewards"].view(-1, cfg.group_size)
-        row = dict(step=step + 1, reward=float(seen["rewards"].mean()), acc=float(seen["correct"].mean()),
+        row = dict(step=step, reward=float(seen["rewards"].mean()),
+                   acc=float(seen["correct"].mean()),
                    zero_std=float((r == r[:, :1]).all(1).float().mean()),
-                   length=float(seen["lengths"].float().mean()), truncated=float(seen["truncated"].float().mean()),
-                   kl=0.0, clipped=0.0)
-        if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:  # dapo may find no signal at all
+                   length=float(seen["lengths"].float().mean()),
+                   truncated=float(seen["truncated"].float().mean()), kl=0.0, clipped=0.0)
+        if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:  # dapo: signal?
             row.update(policy_update(policy, ref, opt, batch, cfg))
-        if (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-            row.update({"held_out_" + k: v for k, v in evaluate_held_out().items()})
-            tqdm.write(f"step {step + 1}: held-out accuracy {row['held_out_accuracy']:.0%}, "
-                       f"pass@1 {row['held_out_pass@1']:.0%}, KL {row['kl']:.3f}")
-        log.write(json.dumps(row) + "\n")
-        bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row['acc']:.2f}", zero_std=f"{row['zero_std']:.2f}",
-                        kl=f"{row['kl']:.3f}", clip=f"{row['clipped']:.3f}", len=f"{row['length']:.0f}",
-                        trunc=f"{row['truncated']:.2f}")
-    return policy.eval()
+        if step % cfg.eval_every == 0 and step < cfg.steps:  # the last one is main's table
+            held_out = evaluate(policy, tok, run["held_out"], cfg, run["generator"])
+            row.update({"held_out_" + k: v for k, v in held_out.items()})
+            tqdm.write(f"step {step}: held-out accuracy {held_out['accuracy']:.0%}, "
+                       f"pass@1 {held_out['pass@1']:.0%}, KL {row['kl']:.3f}")
+        run["log"](**row)
+        if step % cfg.eval_every == 0 or step == end:
+            run["save"](step)
+        shown = ("reward", "acc", "zero_std", "kl", "clipped", "length", "truncated")
+        bar.set_postfix({k: f"{row[k]:.3g}" for k in shown})
+    return end
+
+
+def start_policy(cfg, path):
+    """(policy, tokenizer, checkpoint or None): the run to resume, the --init checkpoint, or a tiny
+    GPT made here with the task's tokenizer. Loaded on the CPU, where RNG states must stay."""
+    if cfg.resume:
+        policy, tok, ckpt = gpt.load_model(path)
+        saved = ckpt.get("config") or {}
+        now = dataclasses.asdict(cfg)
+        if saved.keys() != now.keys() or "ref" not in ckpt:
+            raise ValueError(f"{path} was not saved by grpo.py: cannot resume from it")
+        same = ("resume", "stop_after", "steps", "plot", "device")  # free to change on resume
+        diff = [f"--{k}={v}" for k, v in saved.items() if k not in same and now[k] != v]
+        if diff:
+            raise ValueError(f"{path} was trained with other settings: resume with"
+                             f" {' '.join(diff)}")
+        return policy, tok, ckpt
+    if cfg.init:
+        policy, tok, _ = gpt.load_model(cfg.init)
+        return policy, tok, None
+    tok = task_tokenizer()
+    mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, pos="learned")
+    return gpt.GPT(mcfg), tok, None
+
+
+def report(policy, tok, cfg, held_out, before, after):
+    k = cfg.pass_k
+    print(f"\n{len(held_out)} held-out problems (two-digit + one-digit, never in SFT or GRPO); "
+          f"loss={cfg.loss}, {cfg.steps} steps x {cfg.prompts_per_step} problems"
+          f" x G={cfg.group_size}")
+    print(f"{'':<34}{'before GRPO':>12}{'after GRPO':>12}")
+    for key, name in [("accuracy", "greedy accuracy"),
+                      ("pass@1", f"pass@1 (T={cfg.temperature:g}, {k} samples)"),
+                      (f"pass@{k}", f"pass@{k}"), ("format", "well-formed completions")]:
+        print(f"{name:<34}{before[key]:>12.1%}{after[key]:>12.1%}")
+    length = "mean completion length (tokens)"
+    print(f"{length:<34}{before['length']:>12.1f}{after['length']:>12.1f}")
+    q = held_out[0][0]
+    reply = policy.generate([prompt_ids(tok, q)], cfg.max_new_tokens, temperature=0,
+                            stop_tokens=(tok.special("<|end|>"),))[0]
+    print(f"example: {q}= {answer_text(tok, reply)}")
 
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
-    steps = cfg.steps
+    plt = gpt.pyplot(cfg.plot)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    torch.manual_seed(cfg.seed)
     t0 = time.time()
+    with gpt.bad_input():  # a missing, garbage or mismatched checkpoint: one line, before any work
+        policy, tok, ckpt = start_policy(cfg, path)
+        check_fits(policy, tok, cfg)
+    policy.to(device)
     held_out = make_problems(cfg.eval_problems, cfg.seed + 1)
-    exclude = {q for q, _, _ in held_out}
-    tok = task_tokenizer()
-    policy = sft_warmup(cfg, tok, make_problems(cfg.sft_examples, cfg.seed + 2, exclude), device)
-    g = torch.Generator(device).manual_seed(cfg.seed)
-    before = evaluate(policy, tok, held_out, cfg, g)
+    run = dict(held_out=held_out, exclude={q for q, _, _ in held_out}, step=0,
+               problems=random.Random(cfg.seed + 3), generator=torch.Generator(device))
+    run["generator"].manual_seed(cfg.seed)
+    if ckpt is None:
+        sft_warmup(policy, tok, make_problems(cfg.sft_examples, cfg.seed + 2, run["exclude"]), cfg)
+        before = evaluate(policy, tok, held_out, cfg, run["generator"])
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen pi_ref for the KL term
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if ckpt is not None:
+        ref.load_state_dict(ckpt["ref"])
+        opt.load_state_dict(ckpt["optimizer"])
+        before = ckpt["before"]
+        run["step"] = ckpt["step"]
+        run["problems"].setstate(ckpt["problems"])
+        gpt.set_rng_state(ckpt["rng"], run["generator"])
     t_sft = time.time() - t0
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "log.jsonl"), "w") as log:
-        policy = train_grpo(policy, tok, cfg, steps, exclude, g, log, lambda: evaluate(policy, tok, held_out, cfg, g))
-    after = evaluate(policy, tok, held_out, cfg, g)
-    gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), policy, tok, step=steps, config=cfg)
-    k = cfg.pass_k
-    print(f"\n{len(held_out)} held-out problems (two-digit + one-digit, never in SFT or GRPO); loss={cfg.loss}, "
-          f"{steps} steps x {cfg.prompts_per_step} problems x G={cfg.group_size}")
-    print(f"{'':<34}{'before GRPO':>12}{'after GRPO':>12}")
-    for key, name in [("accuracy", "greedy accuracy"), ("pass@1", f"pass@1 (T={cfg.temperature:g}, {k} samples)"),
-                      (f"pass@{k}", f"pass@{k}"), ("format", "well-formed completions")]:
-        print(f"{name:<34}{before[key]:>12.1%}{after[key]:>12.1%}")
-    print(f"{'mean completion length (tokens)':<34}{before['length']:>12.1f}{after['length']:>12.1f}")
-    print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in {cfg.out_dir}/")
-    example = held_out[0]
-    text = policy.generate([tok.encode(example[0] + "=")], cfg.max_new_tokens, temperature=0, stop_tokens=(tok.eot_id,))
-    print(f"example: {example[0]}= {tok.decode([t for t in text[0] if t != tok.eot_id])}")
+    run["log"] = gpt.RunLog(cfg.out_dir, step=run["step"] + 1 if cfg.resume else 0)  # keeps 1..step
+    run["save"] = lambda step: gpt.save_checkpoint(
+        path, policy, tok, step=step, config=cfg, optimizer=opt.state_dict(), ref=ref.state_dict(),
+        before=before, problems=run["problems"].getstate(), rng=gpt.rng_state(run["generator"]))
+    steps = train_grpo(policy, ref, opt, tok, cfg, run)
+    if plt:
+        gpt.plot_curves(plt, run["log"], ["reward", "acc", "held_out_accuracy"],
+                        os.path.join(cfg.out_dir, "log.png"))
+    if steps < cfg.steps:
+        print(f"stopped after step {steps}: python grpo.py --resume continues from {path}")
+        return before, None
+    after = evaluate(policy, tok, held_out, cfg, run["generator"])
+    report(policy, tok, cfg, held_out, before, after)
+    print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in "
+          f"{cfg.out_dir}/")
     return before, after
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(Config, gpu=GPU))

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -234,7 +235,10 @@ def test_rollout_groups_are_contiguous_and_checked(tiny_gpt_config):
     problems = grpo.make_problems(3, seed=0)
     run = grpo.Config(group_size=4, max_new_tokens=6)
     batch = grpo.rollout(model, tok, problems, run, torch.Generator().manual_seed(0))
-    assert batch["prompts"] == [tok.encode(q + "=") for q, _, _ in problems for _ in range(4)]
+    # each problem a user turn of the chat template: <|user|> q= <|end|> <|assistant|>
+    turn = lambda q: [tok.special("<|user|>"), *tok.encode(q + "="), tok.special("<|end|>"),  # noqa
+                      tok.special("<|assistant|>")]
+    assert batch["prompts"] == [turn(q) for q, _, _ in problems for _ in range(4)]
     assert len(batch["completions"]) == len(batch["rewards"]) == 12
     grpo.check_groups(batch["prompts"], 4)
     with pytest.raises(AssertionError, match="not one prompt's group"):
@@ -303,22 +307,28 @@ def test_pass_at_k_matches_brute_force_counting():
     assert grpo.pass_at_k(200, 3, 100) == pytest.approx(1 - math.comb(197, 100) / math.comb(200, 100))
 
 
+def tiny_run(out_dir, **changes):
+    """A whole run in about a second: 1 layer, 2 problems x G=2 per step, 3 held-out problems."""
+    return grpo.Config(**{**dict(steps=2, prompts_per_step=2, group_size=2, sft_examples=4,
+                                 sft_steps=3, eval_problems=3, pass_k=2, n_layer=1, n_embd=32,
+                                 eval_every=1, out_dir=str(out_dir), device="cpu"), **changes})
+
+
 @pytest.mark.parametrize("loss", ["grpo", "dr_grpo", "dapo"])
 def test_main_smoke(tmp_path, capsys, loss):
-    cfg = grpo.Config(loss=loss, steps=2, prompts_per_step=2, group_size=2, sft_examples=4, sft_steps=3,
-                      eval_problems=3, pass_k=2, n_layer=1, n_embd=32, eval_every=1, out_dir=str(tmp_path), device="cpu")
-    before, after = grpo.main(cfg)
+    before, after = grpo.main(tiny_run(tmp_path, loss=loss))
     out = capsys.readouterr().out
     assert "before GRPO" in out and "after GRPO" in out and "greedy accuracy" in out
     assert set(before) == set(after) == {"accuracy", "pass@1", "pass@2", "format", "length"}
     rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and "held_out_accuracy" in rows[0]
-    assert all(k in rows[1] for k in ("reward", "acc", "zero_std", "kl", "length", "clipped", "truncated"))
+    keys = ("reward", "acc", "zero_std", "kl", "length", "clipped", "truncated")
+    assert all(k in rows[1] for k in keys)
     model, _, _ = gpt.load_model(str(tmp_path / "ckpt.pt"))
     assert model.config.n_layer == 1
 
 
-# ----------------------------------------------------------------------------- the command line
+# ----------------------------------------------------------------------------- the workflow
 
 @pytest.mark.parametrize("field, value", [
     ("loss", "ppo"), ("steps", 0), ("prompts_per_step", 0), ("group_size", 1), ("epochs", 0),
@@ -326,7 +336,7 @@ def test_main_smoke(tmp_path, capsys, loss):
     ("eps_low", float("nan")), ("temperature", 0.0), ("max_new_tokens", 0), ("overlong_cache", 0),
     ("max_resample", 0), ("format_reward", -1.0), ("sft_examples", 0), ("sft_steps", -1),
     ("sft_lr", -1e-3), ("n_layer", 0), ("n_embd", 90), ("n_head", 0), ("eval_problems", 853),
-    ("pass_k", 0), ("eval_every", 0)])
+    ("pass_k", 0), ("eval_every", 0), ("stop_after", -1)])
 def test_config_rejects_bad_values_before_any_work(field, value, capsys):
     # updates_per_rollout=3 does not divide 16 x 8 rows; n_embd=90 is not a multiple of 4 heads;
     # 853 held-out + 48 SFT problems are more than the 90 x 10 two-digit + one-digit ones
@@ -342,3 +352,92 @@ def test_cuda_defaults_come_from_the_gpu_dict(monkeypatch):
     monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")
     assert gpt.parse_args(grpo.Config, [], gpu=grpo.GPU).steps == grpo.GPU["steps"] == 1000
     assert gpt.parse_args(grpo.Config, ["--steps=5"], gpu=grpo.GPU).steps == 5  # the user wins
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    """4 steps in one go equal 2 steps, a stop, --resume and 2 more: weights, reference, log
+    rows and the held-out figures, bit for bit (same process, same kernels)."""
+    # rewards that vary with the text, so a tiny untrained policy gets advantages and moves
+    monkeypatch.setattr(grpo, "reward", lambda text, answer, fr: (len(text) % 3 / 2, len(text) % 2))
+    whole = tiny_run(tmp_path / "whole", steps=4, eval_every=2)
+    _, after = grpo.main(whole)
+    split = dataclasses.replace(whole, out_dir=str(tmp_path / "split"), stop_after=2)
+    assert grpo.main(split)[1] is None  # stopped: no final table
+    assert gpt.load_checkpoint(str(tmp_path / "split" / "ckpt.pt"))["step"] == 2
+    _, resumed = grpo.main(dataclasses.replace(split, stop_after=0, resume=True))
+    a = gpt.load_checkpoint(str(tmp_path / "whole" / "ckpt.pt"))
+    b = gpt.load_checkpoint(str(tmp_path / "split" / "ckpt.pt"))
+    assert a["step"] == b["step"] == 4
+    assert not all(torch.equal(a["model"][k], a["ref"][k]) for k in a["ref"])  # GRPO moved it
+    for key in ("model", "ref"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    logs = [[json.loads(line) for line in open(tmp_path / run / "log.jsonl")]
+            for run in ("whole", "split")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4] and logs[0] == logs[1]
+    assert resumed == after
+
+
+def test_resume_refuses_other_settings_or_no_checkpoint(tmp_path, capsys):
+    cfg = tiny_run(tmp_path, steps=2, stop_after=1)
+    with pytest.raises(SystemExit, match="no checkpoint at"):  # nothing to resume yet
+        grpo.main(dataclasses.replace(cfg, resume=True))
+    grpo.main(cfg)
+    with pytest.raises(SystemExit, match="^error: .*resume with --lr=0.0003$"):
+        grpo.main(dataclasses.replace(cfg, resume=True, lr=1e-3))
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 1  # the refusal wrote nothing
+
+
+def byte_checkpoint(path, block_size=64, vocab_size=None):
+    """A tiny byte-level GPT of this project, as train.py or sft.py would save it."""
+    tok = gpt.Tokenizer.from_spec("byte", "0123456789")
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size or tok.model_vocab_size,
+                                  block_size=block_size, n_layer=1, n_head=2, n_embd=32))
+    gpt.save_checkpoint(str(path), model, tok)
+    return model, tok
+
+
+def test_init_starts_from_a_checkpoint_with_its_own_tokenizer(tmp_path):
+    base, tok = byte_checkpoint(tmp_path / "base.pt")
+    # byte-level, the longest worked answer is its characters and <|end|>: 49 tokens
+    longest = len("<think>9+9=18,9+1=10</think><answer>108</answer>") + 1
+    cfg = tiny_run(tmp_path / "run", init=str(tmp_path / "base.pt"), max_new_tokens=longest,
+                   steps=1, sft_steps=0)  # no warm-up: pi_ref is the checkpoint itself
+    grpo.main(cfg)
+    ckpt = gpt.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert ckpt["tokenizer"] == tok.state_dict() and ckpt["model_args"]["n_embd"] == 32
+    assert all(torch.equal(ckpt["ref"][k], v) for k, v in base.state_dict().items())
+    with pytest.raises(SystemExit, match=f"--max_new_tokens={longest} or more"):
+        grpo.main(dataclasses.replace(cfg, max_new_tokens=32))
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("short context", "context is 40 tokens; this task needs 57"),  # 8-token prompt + 49
+    ("no chat tokens", "no rows for the chat tokens"),
+    ("garbage", "not a readable checkpoint"),
+    ("missing", "no checkpoint at")])
+def test_a_bad_init_is_one_line_before_any_work(tmp_path, problem, message, monkeypatch):
+    path = tmp_path / "init.pt"
+    if problem == "short context":
+        byte_checkpoint(path, block_size=40)
+    elif problem == "no chat tokens":
+        byte_checkpoint(path, vocab_size=256)  # bytes only: <|endoftext|> and the rest have no row
+    elif problem == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(gpt, "finetune", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+        grpo.main(tiny_run(tmp_path, init=str(path), max_new_tokens=49))
+
+
+def test_plot_without_matplotlib_is_a_note_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import fails
+    monkeypatch.setattr(grpo, "start_policy", lambda *a: pytest.fail("work started"))
+    with pytest.raises(pytest.fail.Exception, match="work started"):
+        grpo.main(tiny_run(tmp_path, plot=True))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def test_plot_draws_the_curves(tmp_path):
+    pytest.importorskip("matplotlib")  # not installed in CI: the note above is tested there
+    grpo.main(tiny_run(tmp_path, plot=True, steps=1))
+    assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
