@@ -53,15 +53,13 @@ except ImportError:
 class RAGConfig:
     n_entities: int = 300  # made-up people in the knowledge base
     chunk_size: int = 16  # words per chunk
-    chunk_overlap: int = 9  # words shared by neighbouring chunks: >= the longest sentence - 1,
-    # so every fact fits whole in one
+    chunk_overlap: int = 9  # overlap in words, >= the longest sentence - 1 so that no fact is split
     test_frac: float = 0.3  # fraction of facts whose questions are held out from all training
     n_embd: int = 64  # width of the bi- and cross-encoder (a head per 16 channels)
     n_layer: int = 2  # transformer blocks in each encoder
     tau: float = 0.05  # InfoNCE temperature
     encoder_steps: int = 300  # bi-encoder training steps
-    cross_steps: int = 1000  # cross-encoder training steps (8 questions x (1 + n_negatives)
-    # pairs each)
+    cross_steps: int = 1000  # cross-encoder training steps of 8 questions x (1 + n_negatives) pairs
     batch_size: int = 64  # bi-encoder batch: 64 questions, each with 63 in-batch negatives
     n_negatives: int = 7  # cross-encoder: hard negatives per question, from BM25 and dense results
     rerank_depth: int = 20  # hybrid candidates the cross-encoder re-scores
@@ -181,8 +179,7 @@ class Vocab:
 
 
 def pad_right(seqs, max_len, device):
-    """(B, T) tensor of right-padded int lists (cut at max_len) and the (B, T) mask of real
-    entries."""
+    """(B, T) tensor of right-padded int lists (cut at max_len) and the (B, T) mask of them."""
     seqs = [s[:max_len] for s in seqs]
     idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -227,11 +224,8 @@ class BiEncoder(nn.Module):
 
     @torch.no_grad()
     def embed(self, texts, batch_size=256):
-        """(N, n_embd) float32 numpy array of unit vectors, computed in eval mode."""
-        was_training = self.training
-        self.eval()
+        """(N, n_embd) float32 numpy array of unit vectors (the trained model is in eval mode)."""
         out = torch.cat([self(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
-        self.train(was_training)
         return out.float().cpu().numpy()
 
 
@@ -442,7 +436,7 @@ def split_questions(facts, test_frac, seed=0):
     return train, test
 
 
-# ----------------------------------------------------------------------------- training the retrievers
+# ----------------------------------------------------------------------------- retriever training
 
 def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3, log=None):
     """InfoNCE with in-batch negatives. A batch never holds the same positive chunk twice, and a
@@ -474,10 +468,9 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
 
 
 def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
-    """For each training question, the retrieved chunks that are not relevant, in retrieval order.
-    Only these: the re-ranker is tested on exactly such candidates. (With random negatives mixed
-    in, half its training went on easy cases and it re-ranked worse than the RRF list it was
-    given.) Random chunks fill a list only where fewer than n_negatives were retrieved."""
+    """For each training question, the retrieved chunks that are not relevant, in retrieval order:
+    the re-ranker only ever sees such candidates (random ones would be easy cases it never meets).
+    Random chunks fill a list only where fewer than n_negatives were retrieved."""
     rng, out = random.Random(seed), []
     for ranking, (_, fact) in zip(rankings, train):
         hard = [c for c in ranking if c not in fact["relevant"]]
