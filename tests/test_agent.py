@@ -361,7 +361,7 @@ def test_main_smoke(tmp_path, capsys):
     assert "tools, constrained" in out and "no tools" in out and "wrong_use_of_output" in out
 
 
-# ----------------------------------------------------------------------------- the run: settings, resume, log, plot
+# ----------------------------------------------------------------------------- settings, resume, log, plot
 
 def tiny(folder, **changes):
     """Six SFT steps of a 32-wide model on 60 traces, checkpointed every 2, written to folder."""
