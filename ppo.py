@@ -18,7 +18,6 @@ rollouts with reward and KL, and a table of reward-model score, KL and the true 
 score on held-out prompts, before and after PPO, against Best-of-N.
 """
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -41,7 +40,7 @@ class Config:
     rm_pairs: int = 2000  # sampled pairs labelled by the true preference (ties dropped)
     rm_steps: int = 300  # Bradley-Terry steps, 32 pairs each
     rm_lr: float = 1e-3  # reward-model learning rate
-    iters: int = 0  # PPO rollouts (0 = 60 on CPU, 200 on CUDA)
+    iters: int = 60  # PPO rollouts
     rollout_size: int = 64  # completions per rollout, one per prompt
     epochs: int = 4  # passes over each rollout
     minibatch: int = 16  # completions per PPO gradient step
@@ -58,19 +57,19 @@ class Config:
     best_of: int = 64  # the largest N of the Best-of-N rows (N = 4, 16, 64, 256)
     eval_prompts: int = 64  # held-out prompts for the table
     n_layer: int = 2  # depth of policy, reward and value models
-    n_embd: int = 0  # width (0 = 64 on CPU, 256 on CUDA)
+    n_embd: int = 64  # width
     out_dir: str = "out/ppo"  # log.jsonl (one line per rollout) and the PPO policy's ckpt.pt
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # for data, weights and sampling
 
     def __post_init__(self):  # every field checked before any work: a typo fails in a second
-        counts = ("base_steps", "rm_pairs", "rm_steps", "rollout_size", "epochs", "minibatch",
-                  "max_new_tokens", "eval_prompts", "n_layer")
+        counts = ("base_steps", "rm_pairs", "rm_steps", "iters", "rollout_size", "epochs",
+                  "minibatch", "max_new_tokens", "eval_prompts", "n_layer", "n_embd")
         positive = ("rm_lr", "lr", "clip_eps", "value_clip", "target_kl")
-        zero_means_auto_or_off = ("iters", "beta", "vf_coef", "ent_coef", "n_embd")
+        zero_means_off = ("beta", "vf_coef", "ent_coef")
         rules = [(counts, lambda v: v >= 1, "at least 1"),
                  (positive, lambda v: v > 0, "above 0"),
-                 (zero_means_auto_or_off, lambda v: v >= 0, "0 or more"),
+                 (zero_means_off, lambda v: v >= 0, "0 or more"),
                  (("gamma", "lam"), lambda v: 0 <= v <= 1, "in [0, 1]"),
                  (("n_embd",), lambda v: v % 8 == 0, "a multiple of 8 (4 heads of even width)"),
                  (("best_of",), lambda v: v >= 4, "at least 4, the smallest Best-of-N row"),
@@ -79,6 +78,9 @@ class Config:
             for name in names:
                 if not ok(getattr(self, name)):
                     raise ValueError(f"{name}={getattr(self, name)}: --{name} must be {rule}")
+
+
+GPU = dict(iters=200, n_embd=256)  # the defaults that change on a CUDA device
 
 
 # ----------------------------------------------------------------------------- the task
@@ -376,8 +378,6 @@ def train_ppo(policy, ref, rm, tok, cfg, rng, generator, log):
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
-    cuda = device.startswith("cuda")
-    cfg = dataclasses.replace(cfg, iters=cfg.iters or (200 if cuda else 60), n_embd=cfg.n_embd or (256 if cuda else 64))
     torch.manual_seed(cfg.seed)
     rng, g = random.Random(cfg.seed), torch.Generator(device).manual_seed(cfg.seed)
     t0 = time.time()
@@ -415,4 +415,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    main(gpt.parse_args(Config))
+    main(gpt.parse_args(Config, gpu=GPU))

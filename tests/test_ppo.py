@@ -197,7 +197,8 @@ def test_ppo_update_stops_once_the_k3_estimate_passes_target_kl(tiny_gpt_config)
 
 @pytest.mark.parametrize("field, value", [
     ("rollout_size", 0), ("epochs", 0), ("minibatch", -1), ("rm_pairs", 0), ("base_steps", 0),
-    ("lr", 0.0), ("rm_lr", -1e-3), ("target_kl", float("nan")), ("clip_eps", 0.0), ("iters", -5),
+    ("lr", 0.0), ("rm_lr", -1e-3), ("target_kl", float("nan")), ("clip_eps", 0.0), ("iters", 0),
+    ("n_embd", 0),
     ("beta", -0.1), ("gamma", 1.5), ("lam", -0.1), ("n_embd", 100), ("best_of", 2),
     ("max_new_tokens", 0), ("max_new_tokens", 40), ("eval_prompts", 0), ("n_layer", 0)])
 def test_config_rejects_bad_values_before_any_work(field, value, capsys):
@@ -234,3 +235,11 @@ def test_main_smoke(tmp_path, capsys):
     assert (tmp_path / "log.jsonl").read_text().count("\n") == 2  # one line per rollout
     model, _, _ = gpt.load_model(str(tmp_path / "ckpt.pt"))
     assert model.config.n_embd == 64
+
+
+def test_cuda_defaults_come_from_the_gpu_dict(monkeypatch):
+    cpu = gpt.parse_args(ppo.Config, [], gpu=ppo.GPU)  # this machine: no CUDA
+    assert (cpu.iters, cpu.n_embd) == (60, 64)
+    monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")
+    cuda = gpt.parse_args(ppo.Config, ["--iters=7"], gpu=ppo.GPU)
+    assert (cuda.iters, cuda.n_embd) == (7, 256)  # what the command line sets wins
