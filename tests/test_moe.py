@@ -1,7 +1,12 @@
 """moe.py against independent references: a float64 "every expert x gate" re-computation, the
 naive per-expert loop, closed forms of the Switch and z-losses, and a hand-worked capacity example."""
+import dataclasses
+import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +14,11 @@ import torch.nn.functional as F
 
 import gpt
 import moe
+
+SPEC = importlib.util.spec_from_file_location(
+    "bench_moe", os.path.join(os.path.dirname(__file__), "..", "bench", "moe.py"))
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
 
 
 def make_moe(dtype=torch.float64, seed=0, **overrides):
@@ -264,12 +274,119 @@ def test_bad_configs_are_clear_errors(tiny_gpt_config):
         moe.moe_gpt(tiny_gpt_config, moe.MoEConfig(n_embd=64))
 
 
-def test_main_smoke(tmp_path, capsys, corpus_file):
-    cfg = moe.DemoConfig(data=corpus_file, steps=3, batch_size=2, block_size=16, n_layer=1, n_embd=32, n_expert=4, eval_batches=1,
-                         aux_free=True, device="cpu", out_dir=str(tmp_path))
+def demo_config(out_dir, data, **overrides):
+    fields = dict(data=data, steps=3, batch_size=2, block_size=16, n_layer=1, n_embd=32,
+                  n_expert=4, eval_batches=1, device="cpu", out_dir=str(out_dir))
+    return moe.DemoConfig(**{**fields, **overrides})
+
+
+def log_rows(cfg):
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_main_smoke(tmp_path, capsys, corpus_file, monkeypatch):
+    """Without matplotlib, --plot is a note before any work, and no PNG."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    cfg = demo_config(tmp_path, corpus_file, aux_free=True, plot=True)
     moe.main(cfg)
     out = capsys.readouterr().out
+    assert out.startswith("note: --plot needs matplotlib")
+    assert not os.path.exists(os.path.join(cfg.out_dir, "moe.png"))
     assert "MoE, no balancing loss" in out and "busiest expert in each layer" in out
-    lines = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
-    assert [r["model"] for r in lines] == ["dense", "MoE 4x top-2", "MoE, no balancing loss", "MoE, aux-free bias"]
-    assert all(len(r["load"]) == 1 and sum(r["load"][0]) == pytest.approx(1) for r in lines[1:])
+    results = [r for r in log_rows(cfg) if "val_loss" in r]
+    assert [r["model"] for r in results] == ["dense", "MoE 4x top-2", "MoE, no balancing loss",
+                                             "MoE, aux-free bias"]
+    assert all(len(r["load"]) == 1 and sum(r["load"][0]) == pytest.approx(1) for r in results[1:])
+
+
+def test_resume_is_exact(tmp_path, corpus_file):
+    """Three models of 4 steps in one go equal a stop inside the second (global step 6), then
+    --resume: the last model's weights bit for bit, and the same log rows (timings aside)."""
+    whole = demo_config(tmp_path / "whole", corpus_file, steps=4, ckpt_every=3)
+    moe.main(whole)
+    split = dataclasses.replace(whole, out_dir=str(tmp_path / "split"), stop_after=6)
+    moe.main(split)
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 6
+    moe.main(dataclasses.replace(split, stop_after=0, resume=True))
+    a, b = (gpt.load_checkpoint(os.path.join(c.out_dir, "ckpt.pt"))["model"] for c in (whole, split))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [log_rows(whole), log_rows(split)]
+    for row in rows[0] + rows[1]:
+        row.pop("ms_per_step", None)  # a timing: the only field allowed to differ
+    assert rows[0] == rows[1]
+    assert len([r for r in log_rows(whole) if "val_loss" in r]) == 3
+
+
+def test_bad_input_is_one_line_before_any_work(tmp_path, corpus_file):
+    latin1, empty, short = tmp_path / "latin1.txt", tmp_path / "empty.txt", tmp_path / "short.txt"
+    latin1.write_bytes("caf\xe9 au lait ".encode("latin-1") * 200)
+    empty.write_text("")
+    short.write_text("a few words only")
+    for path, says in [(latin1, "latin1.txt is not UTF-8"), (empty, "empty: .*empty.txt"),
+                       (short, "short.txt.* too short")]:
+        with pytest.raises(SystemExit, match=f"^error: .*{says}"):
+            moe.main(demo_config(tmp_path / "out", str(path)))
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="^error: .*not a readable checkpoint"):
+        moe.main(demo_config(garbage, corpus_file, resume=True))
+    moe.main(demo_config(tmp_path / "run", corpus_file, stop_after=1))
+    with pytest.raises(SystemExit, match="^error: .*steps=3"):  # saved with 3 steps per model
+        moe.main(demo_config(tmp_path / "run", corpus_file, steps=5, resume=True))
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", 0), ("block_size", 0),
+                                         ("n_layer", 0), ("n_embd", 66), ("n_expert", 0),
+                                         ("top_k", 9), ("aux_loss_coef", -1.0),
+                                         ("capacity_factor", -1.0), ("eval_capacity", 0.0),
+                                         ("lr", 0.0), ("eval_batches", 0), ("ckpt_every", 0),
+                                         ("stop_after", -1), ("data", "no/such/file.txt")])
+def test_demo_config_checks_every_field(field, value):
+    with pytest.raises(ValueError, match=f"{field}="):
+        moe.DemoConfig(**{field: value})
+
+
+def test_command_line_errors_exit_2_naming_the_problem(capsys):
+    for argv, says in [(["--device=tpu"], "this machine has only"), (["--top_k=9"], "top_k=9")]:
+        with pytest.raises(SystemExit) as stop:
+            moe.parse_args(moe.DemoConfig, argv, gpu=moe.GPU)
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+    if not torch.cuda.is_available():  # on CPU the CPU defaults, GPU's only on CUDA
+        assert moe.parse_args(moe.DemoConfig, [], gpu=moe.GPU) == moe.DemoConfig()
+        assert all(getattr(moe.DemoConfig(), k) != v for k, v in moe.GPU.items())
+
+
+def test_the_layer_runs_without_gpt_and_the_demo_says_what_needs_it():
+    code = ("import sys; sys.modules['gpt'] = None; import torch, moe\n"
+            "layer = moe.MoE(moe.MoEConfig(n_embd=16, n_expert=4, expert_hidden=8))\n"
+            "print(tuple(layer(torch.randn(2, 3, 16)).shape))\n"
+            "moe.main(moe.DemoConfig(device='cpu'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(moe.__file__))
+    assert out.stdout.split("\n")[0] == "(2, 3, 16)"
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "gpt.py" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_plot_writes_the_curves_and_the_load_as_a_png(tmp_path, corpus_file):
+    pytest.importorskip("matplotlib")
+    cfg = demo_config(tmp_path, corpus_file, plot=True)
+    moe.main(cfg)
+    with open(os.path.join(cfg.out_dir, "moe.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_smoke(capsys):  # bench/moe.py, moved out of moe.py --bench
+    bench.main(bench.BenchConfig(n_embd=16, tokens="32", repeats=1, device="cpu"))
+    out = capsys.readouterr().out
+    assert "naive loop" in out and "dense MLP" in out and len(out.strip().splitlines()) == 3
+
+
+def test_benchs_every_expert_baseline_equals_the_reference():
+    layer = make_moe(n_expert=6, top_k=2)
+    x = torch.randn(30, 16, dtype=torch.float64)
+    _, _, expert_index, gates = layer.router(x)
+    y = bench.dispatch_dense(x, expert_index, gates, layer.experts)
+    torch.testing.assert_close(y, reference_moe(layer, x), rtol=1e-10, atol=1e-12)
