@@ -609,7 +609,8 @@ def resume_from(cfg):
     saved = ckpt.get("config") or {}
     if set(saved) != {f.name for f in fields(cfg)}:
         raise ValueError(f"{path} was not saved by agent.py: cannot resume from it")
-    free = ("n_eval", "max_steps", "ckpt_every", "stop_after", "resume", "plot", "device")
+    free = ("n_eval", "max_steps", "ckpt_every", "stop_after", "resume", "plot", "out_dir",
+            "device")
     changed = [f"--{k}={v}" for k, v in saved.items() if k not in free and getattr(cfg, k) != v]
     if changed:
         raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import sys
 import types
 from fractions import Fraction
@@ -385,10 +386,12 @@ def test_resume_is_exact(tmp_path, scripted_eval):
     (so the optimizer state and the batches drawn came back too) and every row of the log."""
     whole = tiny(tmp_path / "whole")
     agent.main(whole)
-    split = tiny(tmp_path / "split", stop_after=3)
+    stopped = tiny(tmp_path / "stopped", stop_after=3)
+    agent.main(stopped)
+    assert gpt.load_checkpoint(os.path.join(stopped.out_dir, "ckpt.pt"))["step"] == 3
+    split = dataclasses.replace(stopped, out_dir=str(tmp_path / "split"), stop_after=0, resume=True)
+    shutil.copytree(stopped.out_dir, split.out_dir)  # a run folder can move between machines
     agent.main(split)
-    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 3
-    agent.main(dataclasses.replace(split, stop_after=0, resume=True))
     a, b = (gpt.load_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt")) for cfg in (whole, split))
     assert a["step"] == b["step"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
