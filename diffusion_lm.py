@@ -14,21 +14,26 @@ confident predictions (low-confidence remasking) or random ones, optionally bloc
 (semi-autoregressive), and infills given a prefix and a suffix.
 
     python diffusion_lm.py                 # train both models, then the steps/speed/quality table
+    python diffusion_lm.py --resume        # continue from out/diffusion_lm/ckpt.pt, bit for bit
+    python diffusion_lm.py --plot          # and both models' curves in out/diffusion_lm/loss.png
     python diffusion_lm.py --block_length=16 --temperature=0.8
     python diffusion_lm.py --data=notes.txt --tokenizer=bpe
-    python diffusion_lm.py --bench         # tokens/s vs the AR twin at the closest sample quality
+    python bench/diffusion_lm.py           # tokens/s vs the AR twin at the closest sample quality
 
-On CPU (a few minutes) you see both models train on the embedded corpus, then a table over
-both orders, one block or blocks of 8, and diffusion step counts (forward passes per token,
-tokens/s batched and for one sample alone, the AR twin's perplexity of the samples) next to the
-autoregressive baseline, the ELBO bound beside the AR validation NLL, the denoising trajectory
-of one sample, and infilling: a bound and an example.
+On CPU (about 5 minutes on 2 cores) you see both models train side by side on the same batches
+of the embedded corpus, then a table over both orders, one block or blocks of 8, and diffusion
+step counts (forward passes per token, tokens/s batched and for one sample alone, the AR twin's
+perplexity of the samples) next to the autoregressive baseline, the ELBO bound beside the AR
+validation NLL, the denoising trajectory of one sample, and infilling: a bound and an example.
+Left out: noise schedules other than the linear one, conditioning the model on t, MDLM's
+zero-masking parameterisation ([MASK] is only forbidden when sampling), caching across sampling
+steps, and models beyond about 1M parameters.
 """
 import collections
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,27 +44,32 @@ import gpt
 
 @dataclass
 class DiffusionConfig:
-    gen_length: int = 64  # tokens generated after a one-token prompt; training windows are gen_length + 1
+    gen_length: int = 64  # tokens generated after a one-token prompt; training windows are
+    # gen_length + 1
     tokenizer: str = "byte"  # byte | bpe (trained on the corpus, vocab_size tokens)
-    collapse_spaces: bool = True  # squeeze runs of spaces (else low-confidence decoding writes only spaces)
+    collapse_spaces: bool = True  # squeeze runs of spaces (else low-confidence decoding writes
+    # only spaces)
     vocab_size: int = 512  # for tokenizer=bpe
     n_layer: int = 4  # both models: transformer blocks
     n_embd: int = 128  # both models: width
     n_head: int = 4  # both models: heads
-    steps: int = 0  # training steps for each model; 0 = 800 on CPU, 5000 on CUDA
+    steps: int = 800  # training steps, each one update of each model on the same batch
     batch_size: int = 32  # sequences per step
     lr: float = 2e-3  # peak AdamW learning rate (cosine decay to 10%)
     eps: float = 1e-3  # t ~ U(eps, 1): keeps 1/t finite
+    eval_interval: int = 100  # validate both models (and checkpoint them) every this many steps
+    stop_after: int = 0  # end the run after this many steps, as if pre-empted (0 = never)
+    resume: bool = False  # continue from out_dir/ckpt.pt exactly where it stopped
+    plot: bool = False  # both models' training and validation curves as out_dir/loss.png
     step_counts: str = "8,16,32,64"  # diffusion sampling step counts compared in the table
     block_length: int = 8  # the table decodes both orders in one block and in blocks of this many
     temperature: float = 1.0  # sampling temperature for both models (0 = greedy)
     n_samples: int = 64  # samples per row of the table
     n_mc: int = 16  # Monte Carlo draws of t for the ELBO bound
-    out_dir: str = "out/diffusion_lm"  # checkpoints of both models
+    out_dir: str = "out/diffusion_lm"  # checkpoint of both models, log.jsonl, loss.png
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 1337  # data order, masking and sampling
     data: str = "embedded"  # embedded (Python's docs) | the path of a local UTF-8 text file
-    bench: bool = False  # tokens/s against the AR twin at the closest quality (loads out_dir checkpoints)
 
     @property
     def window(self):  # the one-token prompt plus the generated tokens
@@ -70,11 +80,13 @@ class DiffusionConfig:
             (self.gen_length < 2, f"gen_length={self.gen_length} must be at least 2"),
             (self.tokenizer not in ("byte", "bpe"), f"tokenizer={self.tokenizer!r}: byte or bpe"),
             (self.vocab_size < 256, f"vocab_size={self.vocab_size} must be at least the 256 bytes"),
-            *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1")
-              for f in ("n_layer", "n_embd", "n_head", "batch_size", "n_samples", "n_mc")],
-            (self.steps < 0, f"steps={self.steps} must be 0 (the device's default) or more"),
+            *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1") for f in
+              ("n_layer", "n_embd", "n_head", "steps", "batch_size", "eval_interval", "n_samples",
+               "n_mc")],
             (self.lr <= 0, f"lr={self.lr} must be positive"),
             (not 0 < self.eps < 1, f"eps={self.eps} must lie in (0, 1)"),
+            (not 0 <= self.stop_after < self.steps,
+             f"stop_after={self.stop_after} must be 0 (off) or below steps={self.steps}"),
             (self.block_length < 0 or self.block_length and self.gen_length % self.block_length,
              f"block_length={self.block_length} must divide gen_length={self.gen_length}, or be 0"),
             (self.temperature < 0, f"temperature={self.temperature} must be 0 (greedy) or more"),
@@ -93,6 +105,9 @@ class DiffusionConfig:
         if not all(c.isdecimal() and int(c) > 0 and int(c) % n_blocks == 0 for c in counts):
             raise ValueError(f"step_counts={self.step_counts!r}: list multiples of the {n_blocks} "
                              f"blocks (gen_length / block_length), e.g. {n_blocks},{2 * n_blocks}")
+
+
+GPU = dict(steps=5000)  # the defaults that change on CUDA
 
 
 # ----------------------------------------------------------------------------- the process
@@ -116,14 +131,16 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
     which bounds -log p(those tokens | the rest) per token (infilling; LLaDA's SFT loss)."""
     B, L = x.shape
     if t is None:  # t ~ U(eps, 1), stratified across the batch: (u + b/B) mod 1 lowers the variance
-        u = (torch.rand((), generator=generator, device=x.device) + torch.arange(B, device=x.device) / B) % 1
+        u = torch.rand((), generator=generator, device=x.device)
+        u = (u + torch.arange(B, device=x.device) / B) % 1
         t = eps + (1 - eps) * u
     x_t, masked = forward_mask(x, t, mask_id(model), generator)
     if maskable is not None:
         masked &= maskable
         x_t = torch.where(masked, x_t, x)
     logits, _ = model(x_t)  # (B, L, vocab): the model sees the whole noisy sequence
-    nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), x.flatten(), reduction="none").view(B, L)
+    nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), x.flatten(), reduction="none")
+    nll = nll.view(B, L)
     return (nll * masked / t[:, None]).sum() / (B * L if maskable is None else maskable.sum())
 
 
@@ -136,7 +153,8 @@ def elbo_nll(model, x, n_mc=16, eps=1e-3, generator=None, maskable=None):
     total = 0.0
     for i in range(n_mc):
         u = (i + torch.rand(B, generator=generator, device=x.device)) / n_mc  # one draw per stratum
-        total += diffusion_loss(model, x, t=eps + (1 - eps) * u, generator=generator, maskable=maskable).item()
+        t = eps + (1 - eps) * u
+        total += diffusion_loss(model, x, t, generator=generator, maskable=maskable).item()
     return total / n_mc
 
 
@@ -151,8 +169,8 @@ def commit_schedule(n_tokens, steps):
 
 
 @torch.no_grad()
-def sample(model, length, steps, block_length=0, remasking="low_confidence", temperature=0.0, prefix=None,
-           suffix=None, n=1, generator=None, history=None):
+def sample(model, length, steps, block_length=0, remasking="low_confidence", temperature=0.0,
+           prefix=None, suffix=None, n=1, generator=None, history=None):
     """Generate `length` tokens between an optional prefix and suffix, starting from all [MASK].
     Each step predicts every masked position of the current block and commits the most confident
     (or random) few; committed tokens never change and [MASK] is never emitted. Returns
@@ -174,7 +192,7 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
         for b in range(n_blocks):
             lo = len(prefix) + b * block_length  # this block spans [lo, lo + block_length)
             for k in commit_schedule(block_length, steps // n_blocks):
-                logits = gpt.upcast(model(x)[0]).double()  # (n, T, vocab), float64 for the Gumbel trick
+                logits = gpt.upcast(model(x)[0]).double()  # (n, T, vocab), float64 for Gumbel
                 passes += 1
                 logits[..., MASK] = -math.inf  # never predict [MASK] itself
                 x0, confidence = propose(logits, temperature, remasking, generator)
@@ -200,38 +218,43 @@ def propose(logits, temperature, remasking, generator):
     if remasking == "low_confidence":  # the model's probability of its own proposal
         confidence = F.softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
     else:
-        confidence = torch.rand(x0.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        confidence = torch.rand(x0.shape, generator=generator, device=logits.device,
+                                dtype=torch.float64)
     return x0, confidence
 
 
-# ----------------------------------------------------------------------------- training and evaluation
+# ----------------------------------------------------------------------------- data and training
+
+def load_data(cfg):
+    """The corpus as bytes or BPE tokens: (tokenizer, train ids, val ids), a 90/10 split."""
+    text = gpt.embedded_corpus() if cfg.data == "embedded" else gpt.read_text(cfg.data)
+    if cfg.collapse_spaces:  # one space per run of spaces or tabs, at most one blank line
+        text = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+", " ", text))
+    tok = gpt.Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    if len(ids) < 10 * (cfg.window + 2):  # the 10% held out must hold a window and its target
+        raise ValueError(f"--data={cfg.data} has {len(ids)} tokens, too few for windows of "
+                         f"{cfg.window}: use a longer file or a smaller --gen_length")
+    split = int(0.9 * len(ids))
+    return tok, ids[:split], ids[split:]
+
 
 def windows(ids, seq_len, batch, generator, device):
     starts = torch.randint(len(ids) - seq_len - 1, (batch,), generator=generator)
     return torch.stack([ids[s:s + seq_len + 1] for s in starts]).to(device)  # (B, seq_len + 1)
 
 
-def train_model(model, ids, cfg, device, diffusion):
-    """AdamW, warmup then cosine; the diffusion loss or next-token cross-entropy."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    g = torch.Generator().manual_seed(cfg.seed)
-    g_mask = torch.Generator(device).manual_seed(cfg.seed)
-    bar = tqdm(range(cfg.steps), desc="diffusion" if diffusion else "autoregressive")
-    model.train()
-    for step in bar:
-        warm = min(1.0, (step + 1) / 50)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-        xy = windows(ids, cfg.window, cfg.batch_size, g, device)
-        with gpt.autocast(device):
-            loss = diffusion_loss(model, xy[:, :-1], eps=cfg.eps, generator=g_mask) if diffusion \
-                else model(xy[:, :-1], xy[:, 1:])[1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return model.eval()
+def val_windows(ids, seq_len, n):
+    """n fixed, evenly spaced windows of the validation split."""
+    starts = torch.linspace(0, len(ids) - seq_len - 1, n).long()
+    return torch.stack([ids[s:s + seq_len] for s in starts])
+
+
+def build(cfg, tok, causal, device):
+    torch.manual_seed(cfg.seed)  # both models start from the same weights
+    vocab = 64 * math.ceil((tok.n_vocab + 1) / 64)  # room for [MASK] in the last row
+    return gpt.GPT(gpt.GPTConfig(vocab_size=vocab, block_size=cfg.window, n_layer=cfg.n_layer,
+                                 n_head=cfg.n_head, n_embd=cfg.n_embd, causal=causal)).to(device)
 
 
 @torch.no_grad()
@@ -246,55 +269,89 @@ def validation_nll(diffusion, ar, x, n_mc, eps, generator):
     masks it)."""
     given_first = torch.ones_like(x, dtype=torch.bool)
     given_first[:, 0] = False
-    return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=given_first), ar_nll(ar, x)
+    with gpt.evaluating(diffusion, ar):
+        return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=given_first), ar_nll(ar, x)
 
 
-def val_windows(ids, seq_len, n):
-    """n fixed, evenly spaced windows of the validation split."""
-    starts = torch.linspace(0, len(ids) - seq_len - 1, n).long()
-    return torch.stack([ids[s:s + seq_len] for s in starts])
+def load_run(path):
+    """A checkpoint of this script (both models, their optimizers, the RNG) and its config."""
+    ckpt = gpt.load_checkpoint(path)
+    if "ar" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint of diffusion_lm.py: it holds no AR twin")
+    return ckpt, DiffusionConfig(**ckpt["config"])
 
 
-def build(cfg, tok, causal, device):
-    vocab = 64 * math.ceil((tok.n_vocab + 1) / 64)  # room for [MASK] in the last row, whatever the tokenizer
-    return gpt.GPT(gpt.GPTConfig(vocab_size=vocab, block_size=cfg.window, n_layer=cfg.n_layer,
-                                 n_head=cfg.n_head, n_embd=cfg.n_embd, causal=causal)).to(device)
+def resume_from(cfg):
+    """The checkpoint --resume continues from; one saved with other settings is refused."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt, saved = load_run(path)
+    changed = [f"--{k}={v}" for k, v in asdict(saved).items()
+               if k not in ("resume", "stop_after", "plot", "out_dir") and getattr(cfg, k) != v]
+    if changed:
+        raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")
+    if 0 < cfg.stop_after < ckpt["step"]:
+        raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
+    return ckpt
 
 
-def load_data(cfg):
-    """The corpus as bytes or BPE tokens: (tokenizer, train ids, val ids), a 90/10 split."""
-    if cfg.data == "embedded":
-        text = gpt.embedded_corpus()
-    else:
-        try:
-            with open(cfg.data, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise SystemExit(f"error: --data={cfg.data} is not readable UTF-8 text ({e})") from None
-    if not text.strip():
-        raise SystemExit(f"error: --data={cfg.data} is empty: pass a text file")
-    if cfg.collapse_spaces:  # one space per run of spaces or tabs, at most one blank line
-        text = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+", " ", text))
-    tok = gpt.Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    if len(ids) < 10 * (cfg.window + 2):  # the 10% held out must hold a window and its target
-        raise SystemExit(f"error: --data={cfg.data} has {len(ids)} tokens, too few for windows of "
-                         f"{cfg.window}: use a longer file or a smaller --gen_length")
-    split = int(0.9 * len(ids))
-    return tok, ids[:split], ids[split:]
+def train_step(models, opts, xy, cfg, step, g_mask):
+    """One update of each model on the same windows xy (B, window + 1); returns their losses."""
+    warm = min(1.0, (step + 1) / 50)  # linear warm-up over 50 steps, then cosine decay to 10%
+    lr = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+    losses = {}
+    for name, model in models.items():
+        for group in opts[name].param_groups:
+            group["lr"] = lr
+        with gpt.autocast(xy.device):
+            loss = (diffusion_loss(model, xy[:, :-1], eps=cfg.eps, generator=g_mask)
+                    if name == "diffusion" else model(xy[:, :-1], xy[:, 1:])[1])
+        opts[name].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opts[name].step()
+        losses[f"{name}_loss"] = loss.item()
+    return losses
 
 
-def train_both(cfg, device):
-    """Same data, size and steps for the diffusion model and its autoregressive twin."""
-    tok, train_ids, val_ids = load_data(cfg)
-    torch.manual_seed(cfg.seed)
-    diffusion = train_model(build(cfg, tok, False, device), train_ids, cfg, device, diffusion=True)
-    torch.manual_seed(cfg.seed)
-    ar = train_model(build(cfg, tok, True, device), train_ids, cfg, device, diffusion=False)
-    for name, model in (("diffusion", diffusion), ("ar", ar)):
-        gpt.save_checkpoint(os.path.join(cfg.out_dir, f"{name}.pt"), model, tok, config=cfg)
-    return diffusion, ar, tok, val_ids
+def train_both(cfg, tok, train_ids, x_val, device, log, ckpt=None):
+    """The diffusion model and its AR twin, one AdamW update each per step on the same batch,
+    validated and checkpointed together every eval_interval steps (and at the end or the stop).
+    Returns both models and the final validation (bound, AR NLL); None if stopped early."""
+    models = {"diffusion": build(cfg, tok, False, device), "ar": build(cfg, tok, True, device)}
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
+            for name, m in models.items()}
+    g_data = torch.Generator().manual_seed(cfg.seed)
+    g_mask = torch.Generator(device).manual_seed(cfg.seed)
+    start = ckpt["step"] if ckpt else 0
+    if ckpt:
+        models["diffusion"].load_state_dict(ckpt["model"])
+        models["ar"].load_state_dict(ckpt["ar"])
+        for name, opt in opts.items():
+            opt.load_state_dict(ckpt["optimizer"][name])
+        gpt.set_rng_state(ckpt["rng"], g_data, g_mask)
+    end = cfg.stop_after or cfg.steps
+    for step in (bar := tqdm(range(start, end + 1), desc="diffusion and AR")):
+        row = {}
+        if step % cfg.eval_interval == 0 or step == cfg.steps:
+            g = torch.Generator(device).manual_seed(cfg.seed)  # the same draws of t each time
+            row["val_bound"], row["val_ar_nll"] = validation_nll(*models.values(), x_val,
+                                                                 cfg.n_mc, cfg.eps, g)
+        if row or step == end:
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), models["diffusion"], tok,
+                                step, cfg, {name: opt.state_dict() for name, opt in opts.items()},
+                                ar=models["ar"].state_dict(), rng=gpt.rng_state(g_data, g_mask))
+        if step < end:
+            xy = windows(train_ids, cfg.window, cfg.batch_size, g_data, device)
+            row.update(train_step(models, opts, xy, cfg, step, g_mask))
+        if row:
+            log(step=step, **row)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items()})
+    if end < cfg.steps:
+        return None
+    return models["diffusion"].eval(), models["ar"].eval(), (row["val_bound"], row["val_ar_nll"])
 
+
+# ----------------------------------------------------------------------------- the table, infilling
 
 def entropy_bits(x):
     """Unigram entropy of the tokens in x, in bits: low values flag repetitive, degenerate text
@@ -304,7 +361,8 @@ def entropy_bits(x):
     return abs((p * p.log2()).sum().item())
 
 
-Row = collections.namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl entropy")
+Row = collections.namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl "
+                                    "entropy")
 
 
 def quality_table(diffusion, ar, cfg, device, repeats=1):
@@ -317,8 +375,8 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
     n, L, start = cfg.n_samples, cfg.gen_length, [ord("\n")]
 
     def diffusion_sampler(steps, block, remasking):
-        return lambda batch: sample(diffusion, L, steps, block, remasking, cfg.temperature, prefix=start, n=batch,
-                                    generator=g)
+        return lambda batch: sample(diffusion, L, steps, block, remasking, cfg.temperature,
+                                    prefix=start, n=batch, generator=g)
 
     def ar_sampler(batch):  # one forward pass per token
         out = ar.generate([start] * batch, L, temperature=cfg.temperature, generator=g)
@@ -354,8 +412,8 @@ def print_table(rows, data_ppl, data_entropy, n_samples):
 
 
 def show_trajectory(diffusion, tok, cfg, device):
-    history = []
-    sample(diffusion, cfg.window, 8, temperature=0.0, history=history, generator=torch.Generator(device).manual_seed(0))
+    history = []  # greedy and most-confident-first: no random draw
+    sample(diffusion, cfg.window, 8, temperature=0.0, history=history)
     print("\ndenoising one sample in 8 steps (_ = [MASK]):")
     for x, k in history:
         text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
@@ -365,7 +423,8 @@ def show_trajectory(diffusion, tok, cfg, device):
 def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     """Fill the middle third of held-out windows given the first and last thirds. Measured: the
     diffusion bound on -log p(middle | prefix, suffix) beside the AR twin's exact
-    -log p(middle | prefix), which cannot use the suffix. Shown: one window, filled by each sampler."""
+    -log p(middle | prefix), which cannot use the suffix. Shown: one window, filled by each
+    sampler."""
     q = cfg.window // 3
     x = val_windows(val_ids, 3 * q, 64).to(device)
     middle = torch.zeros_like(x, dtype=torch.bool)
@@ -373,70 +432,42 @@ def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     g = torch.Generator(device).manual_seed(cfg.seed)
     bound = elbo_nll(diffusion, x, cfg.n_mc, cfg.eps, g, maskable=middle)
     with torch.no_grad():
-        logits = gpt.upcast(ar(x[:, :2 * q - 1])[0][:, q - 1:])  # predictions of positions q .. 2q-1
+        logits = gpt.upcast(ar(x[:, :2 * q - 1])[0][:, q - 1:])  # predicting positions q .. 2q-1
     ar_middle = F.cross_entropy(logits.flatten(0, 1), x[:, q:2 * q].flatten()).item()
-    print(f"\ninfilling the middle {q} tokens of 64 held-out windows of {3 * q}: diffusion bound on "
-          f"-log p(middle | prefix, suffix) <= {bound:.3f} nats/token; AR twin's -log p(middle | prefix) "
-          f"= {ar_middle:.3f} (it cannot see the suffix)")
+    print(f"\ninfilling the middle {q} tokens of 64 held-out windows of {3 * q}: diffusion bound "
+          f"on -log p(middle | prefix, suffix) <= {bound:.3f} nats/token; AR twin's "
+          f"-log p(middle | prefix) = {ar_middle:.3f} (it cannot see the suffix)")
     prefix, suffix = x[0, :q].tolist(), x[0, 2 * q:].tolist()
     show = lambda ids: repr(tok.decode(ids))  # noqa: E731
     print(f"  {'original':<34}{show(prefix)} + {show(x[0, q:2 * q].tolist())} + {show(suffix)}")
     samplers = (("diffusion, low-confidence, greedy", "low_confidence", 0.0),
                 (f"diffusion, random order, T={cfg.temperature:g}", "random", cfg.temperature))
     for name, remasking, temperature in samplers:
-        out, _ = sample(diffusion, q, q, 0, remasking, temperature, prefix=prefix, suffix=suffix, generator=g)
+        out, _ = sample(diffusion, q, q, 0, remasking, temperature, prefix=prefix, suffix=suffix,
+                        generator=g)
         print(f"  {name:<34}{show(prefix)} + {show(out[0, q:2 * q].tolist())} + {show(suffix)}")
     continuation = ar.generate([prefix], q, temperature=0.0)[0]
     print(f"  {'AR twin, greedy, prefix only':<34}{show(prefix)} + {show(continuation)}")
     return bound, ar_middle
 
 
-def bench(cfg, device):
-    """Tokens/s of diffusion sampling against the AR twin, at the diffusion row whose quality (the
-    AR twin's perplexity of the samples) comes closest to the AR samples'. Rows whose unigram
-    entropy is below 90% of the data's are degenerate (repetition scores well on perplexity) and
-    are not matched. Quality counts as matched within 10% of the AR samples' perplexity. Times
-    are the best of 5 runs."""
-    paths = [os.path.join(cfg.out_dir, f"{name}.pt") for name in ("diffusion", "ar")]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise FileNotFoundError(f"--bench times the checkpoints of a training run; missing {', '.join(missing)}: "
-                                f"run python diffusion_lm.py first, with the same --out_dir")
-    (diffusion, _, _), (ar, _, _) = (gpt.load_model(p, device) for p in paths)
-    x_val = val_windows(load_data(cfg)[2], cfg.window, 64).to(device)
-    rows = quality_table(diffusion, ar, cfg, device, repeats=5)
-    data_entropy = entropy_bits(x_val[:, 1:])
-    print_table(rows, math.exp(ar_nll(ar, x_val)), data_entropy, cfg.n_samples)
-    print(bench_verdict(rows[:-1], rows[-1], data_entropy))
-
-
-def bench_verdict(diffusion_rows, ar_row, data_entropy):
-    """The speed ratios (batched and alone) at the closest non-degenerate quality, and whether it is matched."""
-    healthy = [r for r in diffusion_rows if r.entropy >= 0.9 * data_entropy]
-    if not healthy:
-        return "\nevery diffusion row is degenerate (entropy below 90% of the data's): no quality match"
-    row = min(healthy, key=lambda r: abs(math.log(r.ppl / ar_row.ppl)))
-    gap = row.ppl / ar_row.ppl
-    speed = (f"{row.tokens_per_s / ar_row.tokens_per_s:.2f}x the AR twin's tokens/s in a batch and "
-             f"{row.tokens_per_s_alone / ar_row.tokens_per_s_alone:.2f}x for one sample alone")
-    head = f"\nclosest quality: {row.name} (AR ppl of samples {row.ppl:.2f} vs {ar_row.ppl:.2f} for the AR twin's own)"
-    if abs(math.log(gap)) <= math.log(1.1):
-        return f"{head}\nat matched quality diffusion runs at {speed}"
-    return (f"{head}\nquality NOT matched ({gap:.1f}x the perplexity): diffusion runs at {speed} here, an upper "
-            f"bound on its speed at equal quality, if it can reach it at all")
-
-
 def main(cfg):
-    device = gpt.pick_device(cfg.device)
-    cfg.steps = cfg.steps or (5000 if device.startswith("cuda") else 800)
-    if cfg.bench:
-        return bench(cfg, device)
-    diffusion, ar, tok, val_ids = train_both(cfg, device)
+    plt = gpt.pyplot(cfg.plot)
+    with gpt.bad_input():
+        device = gpt.pick_device(cfg.device)
+        tok, train_ids, val_ids = load_data(cfg)
+        ckpt = resume_from(cfg) if cfg.resume else None
+    log = gpt.RunLog(cfg.out_dir, ckpt["step"] if ckpt else 0)
+    x_val = val_windows(val_ids, cfg.window, 64).to(device)
+    trained = train_both(cfg, tok, train_ids, x_val, device, log, ckpt)
+    if trained is None:
+        return print(f"stopped at step {cfg.stop_after} of {cfg.steps}: --resume continues")
+    diffusion, ar, (bound, ar_val) = trained
+    if plt:
+        gpt.plot_curves(plt, log, ["diffusion_loss", "ar_loss", "val_bound", "val_ar_nll"],
+                        os.path.join(cfg.out_dir, "loss.png"))
     print(f"{gpt.count_params(diffusion) / 1e6:.2f}M parameters each, {cfg.steps} steps of "
           f"{cfg.batch_size} x {cfg.window} tokens ({cfg.tokenizer})")
-    x_val = val_windows(val_ids, cfg.window, 64).to(device)
-    g = torch.Generator(device).manual_seed(cfg.seed)
-    bound, ar_val = validation_nll(diffusion, ar, x_val, cfg.n_mc, cfg.eps, g)
     print(f"\nvalidation NLL per token of the last {cfg.gen_length} given the first: diffusion "
           f"ELBO bound <= {bound:.3f} nats (ppl <= {math.exp(bound):.2f}, {cfg.n_mc} Monte Carlo "
           f"draws of t); autoregressive {ar_val:.3f} nats (ppl {math.exp(ar_val):.2f})")
@@ -444,8 +475,9 @@ def main(cfg):
     print_table(rows, math.exp(ar_val), entropy_bits(x_val[:, 1:]), cfg.n_samples)
     show_trajectory(diffusion, tok, cfg, device)
     infill_bound, infill_ar = show_infilling(diffusion, ar, tok, val_ids, cfg, device)
-    return dict(elbo=bound, ar_nll=ar_val, rows=rows, infill_bound=infill_bound, infill_ar_nll=infill_ar)
+    return dict(elbo=bound, ar_nll=ar_val, rows=rows, infill_bound=infill_bound,
+                infill_ar_nll=infill_ar)
 
 
 if __name__ == "__main__":
-    main(gpt.parse_args(DiffusionConfig))
+    main(gpt.parse_args(DiffusionConfig, gpu=GPU))

@@ -1,7 +1,14 @@
 """diffusion_lm.py: the ELBO loss against a hand computation, and the sampler's invariants
-(commit counts, committed tokens frozen, no [MASK] emitted, prefix and suffix kept)."""
+(commit counts, committed tokens frozen, no [MASK] emitted, prefix and suffix kept); a resumed
+run against an uninterrupted one, the log, the plot, bad input, and bench/diffusion_lm.py."""
 import dataclasses
+import importlib.util
+import json
 import math
+import os
+import re
+import shutil
+import sys
 import types
 
 import pytest
@@ -10,6 +17,11 @@ import torch.nn.functional as F
 
 import diffusion_lm as dlm
 import gpt
+
+SPEC = importlib.util.spec_from_file_location(
+    "bench_diffusion_lm", os.path.join(os.path.dirname(__file__), "..", "bench", "diffusion_lm.py"))
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
 
 
 @pytest.fixture
@@ -198,16 +210,118 @@ def test_bad_sampler_arguments(model):
         dlm.sample(model, 8, 4, remasking="lowest")
 
 
-def test_main_smoke(tmp_path, capsys):
-    cfg = dlm.DiffusionConfig(gen_length=24, n_layer=1, n_embd=32, n_head=2, steps=15, batch_size=8,
-                              step_counts="6,24", n_samples=2, n_mc=2, out_dir=str(tmp_path), device="cpu")
+TINY = dict(gen_length=24, n_layer=1, n_embd=32, n_head=2, steps=15, batch_size=8,
+            step_counts="6,24", n_samples=2, n_mc=2, device="cpu")
+FAST = {**TINY, "step_counts": "3"}  # 3 blocks of 8, one step each: the table's cheapest rows
+
+
+def test_main_smoke(tmp_path, capsys, monkeypatch):
+    """The default run at a tiny size: the table, the validation and infilling figures, and with
+    --plot both models' curves from the run's own log (the plot itself is recorded, so the test
+    needs no matplotlib). A stale log from an earlier run is replaced, not appended to."""
+    plots = []
+    monkeypatch.setattr(gpt, "pyplot", lambda plot: "plt" if plot else None)
+    monkeypatch.setattr(gpt, "plot_curves", lambda *args: plots.append(args))
+    (tmp_path / "log.jsonl").write_text('{"step": 99, "ar_loss": 0.0}\n')
+    cfg = dlm.DiffusionConfig(**TINY, eval_interval=5, out_dir=str(tmp_path), plot=True)
     result = dlm.main(cfg)
     out = capsys.readouterr().out
     assert "ELBO bound" in out and "infilling" in out and "autoregressive, KV cache" in out
     assert len(result["rows"]) == 9 and math.isfinite(result["elbo"])  # 2 x 2 x 2 step counts, AR
     assert math.isfinite(result["infill_bound"]) and math.isfinite(result["infill_ar_nll"])
-    dlm.main(dataclasses.replace(cfg, bench=True))
-    assert "closest quality" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows] == list(range(16))  # 15 updates, then the final validation
+    assert [r["step"] for r in rows if "val_bound" in r] == [0, 5, 10, 15]
+    assert (rows[-1]["val_bound"], rows[-1]["val_ar_nll"]) == (result["elbo"], result["ar_nll"])
+    (_, log, keys, png), = plots
+    assert log.path == str(tmp_path / "log.jsonl") and png == str(tmp_path / "loss.png")
+    assert set(keys) == set(rows[0]) - {"step"}  # both training losses, both validation figures
+
+
+def test_plot_without_matplotlib_says_so_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(SystemExit):  # the empty corpus stops the run before any training
+        dlm.main(dlm.DiffusionConfig(data=str(tmp_path / "empty.txt"), plot=True,
+                                     out_dir=str(tmp_path / "out")))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def final_state(out_dir):
+    ckpt = gpt.load_checkpoint(os.path.join(out_dir, "ckpt.pt"))
+    log = [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+    return ckpt, log
+
+
+def test_resume_is_exact(tmp_path):
+    """12 steps in one go equal 5 steps, a stop, --resume and 7 more, bit for bit: both models,
+    both optimizers' moments, the step, the log (losses and validations) and the samples' quality
+    columns of the table. The stop falls between two validations, so the resumed run must draw
+    the same next batch and masks without validating again."""
+    cfg = dlm.DiffusionConfig(**{**FAST, "steps": 12}, eval_interval=4)
+    whole = dlm.main(dataclasses.replace(cfg, out_dir=str(tmp_path / "whole")))
+    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=5)
+    assert dlm.main(split) is None
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 5
+    resumed = dlm.main(dataclasses.replace(split, stop_after=0, resume=True))
+    (a, log_a), (b, log_b) = final_state(tmp_path / "whole"), final_state(tmp_path / "split")
+    assert a["step"] == b["step"] == 12
+    for key in ("model", "ar"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    for name in ("diffusion", "ar"):
+        pairs = zip(a["optimizer"][name]["state"].values(), b["optimizer"][name]["state"].values())
+        assert all(torch.equal(x[m], y[m]) for x, y in pairs for m in ("exp_avg", "exp_avg_sq"))
+    assert log_a == log_b and [r["step"] for r in log_b] == list(range(13))
+    assert [r.ppl for r in resumed["rows"]] == [r.ppl for r in whole["rows"]]
+    assert resumed["elbo"] == whole["elbo"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run of 6 steps stopped after 3: out_dir holds its checkpoint and log."""
+    cfg = dlm.DiffusionConfig(**{**FAST, "steps": 6}, stop_after=3,
+                              out_dir=str(tmp_path_factory.mktemp("stopped")))
+    dlm.main(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("change,error", [
+    (dict(lr=1e-3), "saved with --lr=0.002"),
+    (dict(gen_length=16, step_counts="4"), "--gen_length=24"),
+    (dict(garbage=True), "is not a readable checkpoint"),
+    (dict(not_ours=True), "is not a checkpoint of diffusion_lm.py"),
+    (dict(stop_after=2), "stop_after=2, but")])
+def test_resume_refuses_another_run_before_any_work(stopped_run, tmp_path, change, error):
+    """A resume whose settings differ from the checkpoint's, or whose checkpoint is garbage or
+    another script's, is one line naming the problem, and the checkpoint is left as it was."""
+    cfg = dataclasses.replace(stopped_run, out_dir=str(tmp_path / "run"), stop_after=0,
+                              resume=True)
+    shutil.copytree(stopped_run.out_dir, cfg.out_dir)
+    path = tmp_path / "run" / "ckpt.pt"
+    if change.pop("garbage", False):
+        path.write_bytes(b"not a checkpoint")
+    if change.pop("not_ours", False):
+        model = gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+        gpt.save_checkpoint(str(path), model, gpt.Tokenizer.from_spec("byte", "x"))
+    before = path.read_bytes()
+    with pytest.raises(SystemExit, match=rf"^error: [^\n]*{re.escape(error)}[^\n]*$"):
+        dlm.main(dataclasses.replace(cfg, **change))
+    assert path.read_bytes() == before
+
+
+def test_bench_smoke(tmp_path, capsys):
+    """bench/diffusion_lm.py: the timed table on a run's checkpoint, and --budgets, whose two
+    figures for a budget are those of diffusion_lm.py's own run of that many steps."""
+    run = dlm.DiffusionConfig(**{**FAST, "steps": 4}, out_dir=str(tmp_path / "run"))
+    alone = dlm.main(run)
+    capsys.readouterr()
+    bench.main(bench.BenchConfig(ckpt=str(tmp_path / "run" / "ckpt.pt"), repeats=1, device="cpu"))
+    out = capsys.readouterr().out
+    assert "autoregressive, KV cache" in out and "closest quality" in out
+    budgets = bench.BenchConfig(budgets="2,4", device="cpu")
+    gap = bench.gap(budgets, dataclasses.replace(run, out_dir=str(tmp_path / "budgets")))
+    assert len(gap) == 2 and gap[1] == (alone["elbo"], alone["ar_nll"])
+    assert "ratio" in capsys.readouterr().out
 
 
 def test_table_compares_both_orders_under_each_block_schedule(monkeypatch):
@@ -233,26 +347,28 @@ def test_table_compares_both_orders_under_each_block_schedule(monkeypatch):
 
 def test_bench_verdict_skips_degenerate_rows_and_says_when_quality_is_not_matched():
     ar = dlm.Row("autoregressive", 1.0, 1000.0, 100.0, 3.0, 4.5)
-    collapsed = dlm.Row("low_confidence, 64 steps", 1.0, 500.0, 50.0, 3.1, 0.8)  # best perplexity, but all spaces
+    collapsed = dlm.Row("low_confidence, 64 steps", 1.0, 500.0, 50.0, 3.1, 0.8)  # all spaces
     far = dlm.Row("random, 64 steps", 1.0, 250.0, 50.0, 30.0, 4.6)
     near = dlm.Row("random, 16 steps", 0.25, 800.0, 400.0, 3.2, 4.4)
-    verdict = dlm.bench_verdict([collapsed, far], ar, data_entropy=4.5)
+    verdict = bench.verdict([collapsed, far], ar, data_entropy=4.5)
     assert "random, 64 steps" in verdict and "NOT matched (10.0x" in verdict
     assert "0.25x the AR twin's tokens/s in a batch and 0.50x for one sample alone" in verdict
-    verdict = dlm.bench_verdict([collapsed, far, near], ar, data_entropy=4.5)
-    assert "random, 16 steps" in verdict and "at matched quality diffusion runs at 0.80x" in verdict and "4.00x" in verdict
-    assert "degenerate" in dlm.bench_verdict([collapsed], ar, data_entropy=4.5)
+    verdict = bench.verdict([collapsed, far, near], ar, data_entropy=4.5)
+    assert "random, 16 steps" in verdict and "at matched quality diffusion runs at 0.80x" in verdict
+    assert "4.00x" in verdict
+    assert "degenerate" in bench.verdict([collapsed], ar, data_entropy=4.5)
 
 
 def test_bench_without_checkpoints_says_which_run_makes_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run python diffusion_lm.py first"):
-        dlm.main(dlm.DiffusionConfig(out_dir=str(tmp_path), bench=True, device="cpu"))
+    with pytest.raises(ValueError, match="train both models first with python diffusion_lm.py"):
+        bench.BenchConfig(ckpt=str(tmp_path / "ckpt.pt"))
 
 
 @pytest.mark.parametrize("field,value", [
     ("step_counts", "8,x"), ("step_counts", "8,12"), ("step_counts", "0,8"), ("step_counts", ""),
     ("gen_length", 1), ("block_length", 5), ("block_length", -8), ("tokenizer", "gpt2"),
-    ("vocab_size", 100), ("n_layer", 0), ("n_embd", 0), ("n_head", 3), ("steps", -1),
+    ("vocab_size", 100), ("n_layer", 0), ("n_embd", 0), ("n_head", 3), ("steps", 0),
+    ("steps", -1), ("eval_interval", 0), ("stop_after", 800), ("stop_after", -1),
     ("batch_size", 0), ("lr", 0.0), ("eps", 1.0), ("temperature", -0.5), ("n_samples", 0),
     ("n_mc", 0), ("device", "gpu"), ("data", "no/such/file.txt"), ("out_dir", __file__)])
 def test_every_field_is_checked_before_any_work(field, value):
@@ -263,6 +379,8 @@ def test_every_field_is_checked_before_any_work(field, value):
 
 
 def test_data_reads_a_local_text_file_and_names_it_when_empty_or_not_utf8(tmp_path):
+    """A local file is read as it is; an empty, non-UTF-8 or too short one stops the run in one
+    line naming the file, before anything is written to out_dir."""
     path = tmp_path / "notes.txt"
     text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(40))
     path.write_text(text, encoding="utf-8")
@@ -270,8 +388,17 @@ def test_data_reads_a_local_text_file_and_names_it_when_empty_or_not_utf8(tmp_pa
     assert tok.decode(train_ids.tolist() + val_ids.tolist()) == text  # the file, bytes for bytes
     for content in (b"", b"caf\xe9 au lait\n" * 100, b"too short\n"):  # empty; Latin-1; short
         path.write_bytes(content)
-        with pytest.raises(SystemExit, match=rf"^error: --data={path} [^\n]*$"):
-            dlm.load_data(dlm.DiffusionConfig(data=str(path)))
+        cfg = dlm.DiffusionConfig(data=str(path), out_dir=str(tmp_path / "out"))
+        with pytest.raises(SystemExit, match=rf"^error: [^\n]*{re.escape(str(path))}[^\n]*$"):
+            dlm.main(cfg)
+        assert not os.path.exists(cfg.out_dir)
+
+
+def test_a_device_that_is_not_there_is_an_argparse_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        gpt.parse_args(dlm.DiffusionConfig, ["--device=cuda"], gpu=dlm.GPU)
+    assert "--device=cuda, but this machine has only" in capsys.readouterr().err
 
 
 def test_collapse_spaces_squeezes_runs_and_keeps_words():
