@@ -1,7 +1,10 @@
 """attention.py against independent references: F.scaled_dot_product_attention, nn.MultiheadAttention
 with copied weights, F.cross_entropy's label smoothing, the paper's formulas in float64, and
 worked examples."""
+import importlib.util
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -31,7 +34,7 @@ def test_equals_torch_sdpa(which):
     Tk = 9 if which == "cross" else 7
     q, k, v = qkv(Tk=Tk)
     mask = {"none": None, "causal": A.causal_mask(7), "padding": A.padding_mask(torch.tensor([7, 4]), 7),
-            "window": A.sliding_window_mask(7, 3), "cross": A.causal_mask(7, 9),
+            "window": A.causal_mask(7, window=3), "cross": A.causal_mask(7, 9),
             "random": torch.rand(2, 4, 7, 7, generator=torch.Generator().manual_seed(1)) < 0.7}[which]
     if which == "random":
         mask[..., 0] = True  # every row keeps a key (fully masked rows have their own test)
@@ -66,7 +69,8 @@ def test_gqa_equals_explicit_repeat(H_kv):
 def test_sliding_window_attends_to_exactly_w_tokens():
     T, W = 12, 4
     q, k, v = qkv(Tq=T, Tk=T)
-    _, weights = A.scaled_dot_product_attention(q, k, v, A.sliding_window_mask(T, W), return_weights=True)
+    mask = A.causal_mask(T, window=W)
+    _, weights = A.scaled_dot_product_attention(q, k, v, mask, return_weights=True)
     attended = weights > 0  # softmax of finite scores is never exactly 0, masked ones are exactly 0
     for i in range(T):
         assert attended[..., i, :].sum(-1).eq(min(W, i + 1)).all()
@@ -112,12 +116,13 @@ def test_dropout_is_unbiased_and_off_at_p0():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda q, k, v: (q, k[..., :4], v, None), "head dim"),
-    (lambda q, k, v: (q, k[:, :3], v[:, :3], None), "not a multiple of n_kv_head"),
-    (lambda q, k, v: (q, k, v, torch.ones(7, 6, dtype=torch.bool)), "does not broadcast"),
-    (lambda q, k, v: (q, k, v, torch.ones(3, 4, 7, 7, dtype=torch.bool)), "does not broadcast"),
+    (lambda q, k, v: (q, k[..., :4], v, None), "k (2, 4, 7, 4)"),  # head dims differ
+    (lambda q, k, v: (q, k[:, :3], v[:, :3], None), "H a multiple of H_kv"),
+    (lambda q, k, v: (q, k, v[1:], None), "v (1, 4, 7, 8)"),  # batch of keys and values differ
+    (lambda q, k, v: (q, k, v, torch.ones(7, 6, dtype=torch.bool)), "broadcast to"),
+    (lambda q, k, v: (q, k, v, torch.ones(3, 4, 7, 7, dtype=torch.bool)), "broadcast to"),
     (lambda q, k, v: (q, k, v, torch.zeros(7, 7)), "boolean"),
-    (lambda q, k, v: (q[0], k, v, None), "(batch, heads, time, head_dim)"),
+    (lambda q, k, v: (q[0], k, v, None), "q (4, 7, 8)"),  # no batch dimension
 ])
 def test_bad_input_gives_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -125,12 +130,12 @@ def test_bad_input_gives_clear_errors(bad, message):
 
 
 def test_module_config_errors():
-    with pytest.raises(ValueError, match="n_head=4 is not divisible by n_kv_head=3"):
+    with pytest.raises(ValueError, match="n_kv_head=3: n_head must divide d_model, and n_kv_head"):
         A.MultiHeadAttention(32, 4, 3)
-    with pytest.raises(ValueError, match="d_model=30 is not divisible by n_head=4"):
+    with pytest.raises(ValueError, match="d_model=30, n_head=4"):
         A.MultiHeadAttention(30, 4)
     with pytest.raises(ValueError, match="window=0"):
-        A.sliding_window_mask(5, 0)
+        A.causal_mask(5, window=0)
 
 
 # ----------------------------------------------------------------------------- multi-head attention
@@ -298,22 +303,85 @@ def test_number_words_worked_examples():
         assert " ".join(A.number_words(n)) == words
 
 
-def test_parse_args():
-    cfg = A.parse_args(A.Config, ["--steps=5", "--label_smoothing=0", "--bench"])
-    assert cfg.steps == 5 and cfg.label_smoothing == 0.0 and cfg.bench is True
-    with pytest.raises(SystemExit, match="unknown option"):
-        A.parse_args(A.Config, ["--stepz=5"])
-    with pytest.raises(SystemExit, match="takes a int"):
-        A.parse_args(A.Config, ["--steps=many"])
-    with pytest.raises(SystemExit, match="max_digits=12"):
-        A.parse_args(A.Config, ["--max_digits=12"])
-    with pytest.raises(SystemExit, match="n_test=500 with max_digits=3"):
-        A.parse_args(A.Config, ["--max_digits=3"])
+def parse_error(argv, capsys, gpu=None):
+    """The one-line message argparse prints to stderr when it exits with code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        A.parse_args(A.Config, argv, gpu)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_main_smoke(capsys):
-    A.main(A.Config(max_digits=4, d_model=32, n_head=2, n_kv_head=1, n_layer=1, steps=30, batch_size=16,
-                    n_test=8, beam_size=2, device="cpu"))
+def test_parse_args(capsys):
+    cfg = A.parse_args(A.Config, ["--steps=5", "--label-smoothing=0", "--plot"])
+    assert cfg.steps == 5 and cfg.label_smoothing == 0.0 and cfg.plot is True
+    assert "unrecognized arguments: --stepz=5" in parse_error(["--stepz=5"], capsys)
+    assert "invalid int value: 'many'" in parse_error(["--steps=many"], capsys)
+    assert "max_digits=12: use 3 to 9" in parse_error(["--max_digits=12"], capsys)
+    assert "n_test=500: hold out at most half" in parse_error(["--max_digits=3"], capsys)
+
+
+# every field the old Config accepted silently, to fail later (a division by zero in the
+# schedule, NaN losses, a raw torch error in the model) or never
+@pytest.mark.parametrize("field, value", [
+    ("steps", 0), ("batch_size", 0), ("warmup", 0), ("lr", 0.0), ("lr", -1.0), ("d_model", 0),
+    ("d_model", 30), ("n_kv_head", 3), ("n_kv_head", -2), ("dropout", 1.0), ("dropout", -0.1),
+    ("label_smoothing", 1.5), ("max_digits", 2), ("n_layer", 0), ("beam_size", 0)])
+def test_every_field_is_checked_before_any_work(field, value):
+    with pytest.raises(ValueError, match=f"^{field}={value}"):  # one line that names the field
+        A.Config(**{field: value})
+
+
+def test_a_bad_field_is_an_argparse_error(capsys):
+    assert parse_error(["--warmup=0"], capsys).endswith("error: warmup=0 must be positive")
+
+
+def test_a_device_that_is_not_there_is_an_argparse_error(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert "--device=cuda, but this machine has only cpu" in parse_error(["--device=cuda"], capsys,
+                                                                         A.GPU)
+
+
+def test_gpu_defaults_apply_on_cuda_and_the_command_line_wins(monkeypatch):
+    monkeypatch.setattr(A, "pick_device", lambda name: "cuda")
+    assert (A.parse_args(A.Config, [], A.GPU).d_model, A.Config().d_model) == (256, 128)
+    assert A.parse_args(A.Config, ["--d_model=64"], A.GPU).d_model == 64
+    assert A.parse_args(A.Config, [], A.GPU).steps == A.GPU["steps"]
+
+
+def test_plot_without_matplotlib_says_so_before_any_work(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+
+    def no_work(name):
+        raise RuntimeError("work started")
+    monkeypatch.setattr(A, "pick_device", no_work)  # main's first step after the plot check
+    with pytest.raises(RuntimeError, match="work started"):
+        A.main(A.Config(plot=True))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def test_main_smoke(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    A.main(A.Config(max_digits=4, d_model=32, n_head=2, n_kv_head=1, n_layer=1, steps=30,
+                    batch_size=16, n_test=8, beam_size=2, device="cpu", plot=True))
     out = capsys.readouterr().out
-    for text in ("held-out exact match", "beam search (2 beams)", "cross-attention", "GQA-8 (Llama-3-8B)", "4.000 GiB"):
+    for text in ("held-out exact match", "beam search (2 beams)", "cross-attention",
+                 "GQA-8 (Llama-3-8B)", "4.000 GiB"):
         assert text in out
+    png = tmp_path / "out" / "attention" / "attention.png"
+    if importlib.util.find_spec("matplotlib") is None:  # CI: the note, and no PNG
+        assert out.startswith("note: --plot needs matplotlib") and not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_smoke(capsys):
+    """bench/attention.py checks both outputs agree, then prints a row per (kv heads, T)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "attention.py")
+    spec = importlib.util.spec_from_file_location("bench_attention", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(bench.BenchConfig(lengths="16,32", kv_heads="8,2", repeats=1, device="cpu"))
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split()[:2] for r in rows] == [["16", "8"], ["32", "8"], ["16", "2"], ["32", "2"]]
+    assert all(r.endswith("x") for r in rows)
