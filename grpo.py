@@ -11,7 +11,7 @@ Papers: Shao et al. 2024 (DeepSeekMath, GRPO), Liu et al. 2025 (Dr. GRPO), Yu et
     python grpo.py                   # SFT warm-up on a few examples, then GRPO on arithmetic
     python grpo.py --loss=dr_grpo    # no std scaling, constant normaliser: rows x token budget
     python grpo.py --loss=dapo       # token-level normaliser, clip-higher, dynamic sampling
-    python grpo.py --init=out/sft/ckpt.pt --max_new_tokens=48   # warm up and tune sft.py's model
+    python grpo.py --init=out/sft/ckpt.pt --max_new_tokens=49   # warm up and tune sft.py's model
     python grpo.py --resume --plot   # continue out/grpo/ckpt.pt; reward curves in out/grpo/log.png
 
 On CPU (about 5.5 minutes on 2 cores) you see a tiny model trained from nothing learn the answer
@@ -160,9 +160,10 @@ def check_fits(model, tok, cfg):
     budget fits the model's context: said at load, not after minutes of training."""
     problems = [make_problem(a, b) for a in range(10, 100) for b in range(10)]
     longest = max(len(worked_ids(tok, p)) for p in problems)
-    if longest > cfg.max_new_tokens:
+    ramp = cfg.overlong_cache if cfg.loss == "dapo" else 0  # DAPO's length penalty must spare it
+    if longest + ramp > cfg.max_new_tokens:
         raise ValueError(f"this tokenizer spells the longest worked answer in {longest} tokens:"
-                         f" use --max_new_tokens={longest} or more")
+                         f" use --max_new_tokens={longest + ramp} or more")
     prompt = max(len(prompt_ids(tok, q)) for q, _, _ in problems)
     gpt.check_chat_model(model, tok, prompt + cfg.max_new_tokens)
 

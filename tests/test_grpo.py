@@ -409,6 +409,8 @@ def test_init_starts_from_a_checkpoint_with_its_own_tokenizer(tmp_path):
     assert all(torch.equal(ckpt["ref"][k], v) for k, v in base.state_dict().items())
     with pytest.raises(SystemExit, match=f"--max_new_tokens={longest} or more"):
         grpo.main(dataclasses.replace(cfg, max_new_tokens=32))
+    with pytest.raises(SystemExit, match=f"--max_new_tokens={longest + 3} or more"):  # dapo's ramp
+        grpo.main(dataclasses.replace(cfg, loss="dapo", overlong_cache=3))
 
 
 @pytest.mark.parametrize("problem, message", [
