@@ -240,7 +240,7 @@ def load_data(cfg):
 
 
 def windows(ids, seq_len, batch, generator, device):
-    starts = torch.randint(len(ids) - seq_len - 1, (batch,), generator=generator)
+    starts = torch.randint(len(ids) - seq_len, (batch,), generator=generator)  # the last included
     return torch.stack([ids[s:s + seq_len + 1] for s in starts]).to(device)  # (B, seq_len + 1)
 
 

@@ -131,6 +131,15 @@ def test_validation_bound_and_ar_nll_average_over_the_same_tokens():
     assert bound == pytest.approx(cost[1:].mean().item(), rel=0.06)
 
 
+def test_windows_draw_every_start_the_last_included():
+    """A window of seq_len + 1 tokens fits at starts 0 .. len - seq_len - 1: on 100 tokens with
+    seq_len 16 that is 0 .. 83, so the last token can be a target. 84 starts in 2,000 draws: the
+    chance that one is missed is under 84 * (83/84)^2000 < 1e-8."""
+    x = dlm.windows(torch.arange(100), 16, 2000, torch.Generator().manual_seed(0), "cpu")
+    assert x.shape == (2000, 17) and set(x[:, 0].tolist()) == set(range(84))
+    assert (x[:, 1:] - x[:, :-1] == 1).all()  # contiguous windows of the array
+
+
 def test_commit_schedule_sums_to_length():
     assert dlm.commit_schedule(10, 4) == [3, 3, 2, 2]
     assert dlm.commit_schedule(8, 20) == [1] * 8  # never more steps than tokens
