@@ -4,8 +4,10 @@ clipped value and PPO losses by hand, early stop on the k3 KL, log-probs and ent
 gpt.py's helper, config validation, and a smoke run."""
 import copy
 import dataclasses
+import json
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -222,17 +224,22 @@ def test_true_score_worked_examples():
         assert ppo.true_score(completion) == sum(ppo.SENTIMENT[w] for w in words if w != "and")
 
 
+def tiny_run(out_dir, **changes):
+    return ppo.Config(**{**dict(out_dir=str(out_dir), base_steps=100, rm_pairs=40, rm_steps=3,
+                                iters=2, rollout_size=8, minibatch=4, epochs=1, eval_prompts=4,
+                                best_of=4, n_layer=1, n_embd=64, device="cpu"), **changes})
+
+
 def test_main_smoke(tmp_path, capsys):
-    cfg = ppo.Config(out_dir=str(tmp_path), base_steps=100, rm_pairs=40, rm_steps=3, iters=2, rollout_size=8, minibatch=4, epochs=1,
-                     eval_prompts=4, best_of=4, n_layer=1, n_embd=64, device="cpu")
-    rows = ppo.main(cfg)
+    rows = ppo.main(tiny_run(tmp_path))
     assert set(rows) == {"reference (SFT)", "Best-of-4", "PPO"}
     out = capsys.readouterr().out
     assert "true score" in out
     # Best-of-N's log N - (N-1)/N is a bound, exact only without reward ties (Beirami et al. 2024)
     assert "<=" in next(line for line in out.splitlines() if line.startswith("Best-of-4"))
     assert "upper bound" in out
-    assert (tmp_path / "log.jsonl").read_text().count("\n") == 2  # one line per rollout
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]  # one line per rollout
     model, _, _ = gpt.load_model(str(tmp_path / "ckpt.pt"))
     assert model.config.n_embd == 64
 
@@ -243,3 +250,65 @@ def test_cuda_defaults_come_from_the_gpu_dict(monkeypatch):
     monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")
     cuda = gpt.parse_args(ppo.Config, ["--iters=7"], gpu=ppo.GPU)
     assert (cuda.iters, cuda.n_embd) == (7, 256)  # what the command line sets wins
+
+
+def byte_checkpoint(path, block_size=64, vocab_size=None):
+    """A tiny byte-level GPT of this project, as train.py or sft.py would save it."""
+    tok = gpt.Tokenizer.from_spec("byte", "abc")
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size or tok.model_vocab_size,
+                                  block_size=block_size, n_layer=1, n_head=2, n_embd=32))
+    gpt.save_checkpoint(str(path), model, tok)
+    return model, tok
+
+
+# byte-level, the longest review is " friendly, friendly and friendly." (33 bytes) and its end
+LONGEST = len(" friendly, friendly and friendly.") + 1
+
+
+def test_init_starts_from_a_checkpoint_with_its_own_tokenizer(tmp_path, monkeypatch):
+    base, tok = byte_checkpoint(tmp_path / "base.pt")
+    started = []
+    finetune = gpt.finetune
+    monkeypatch.setattr(gpt, "finetune", lambda model, *a, **k: started.append(
+        {n: p.clone() for n, p in model.state_dict().items()}) or finetune(model, *a, **k))
+    monkeypatch.setattr(ppo, "true_score", len)  # an untrained model's samples seldom tie on it
+    ppo.main(tiny_run(tmp_path / "run", init=str(tmp_path / "base.pt"), max_new_tokens=LONGEST,
+                      base_steps=2))
+    assert all(torch.equal(started[0][k], v) for k, v in base.state_dict().items())
+    ckpt = gpt.load_checkpoint(str(tmp_path / "run" / "ckpt.pt"))
+    assert ckpt["tokenizer"] == tok.state_dict() and ckpt["model_args"]["n_embd"] == 32
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("short budget", f"--max_new_tokens={LONGEST} or more"),
+    ("short context", f"context is 40 tokens; this task needs {15 + LONGEST}"),  # the service was
+    ("no chat tokens", "no rows for the chat tokens"),
+    ("garbage", "not a readable checkpoint"),
+    ("missing", "no checkpoint at")])
+def test_a_bad_init_is_one_line_before_any_work(tmp_path, problem, message, monkeypatch):
+    path = tmp_path / "init.pt"
+    if problem in ("short budget", "short context"):
+        byte_checkpoint(path, block_size=40)
+    elif problem == "no chat tokens":
+        byte_checkpoint(path, vocab_size=256)  # bytes only: <|endoftext|> has no row to stop on
+    elif problem == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(gpt, "finetune", lambda *a, **k: pytest.fail("work started"))
+    budget = LONGEST - 1 if problem == "short budget" else LONGEST
+    with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+        ppo.main(tiny_run(tmp_path, init=str(path), max_new_tokens=budget))
+
+
+def test_plot_without_matplotlib_is_a_note_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import fails
+    monkeypatch.setattr(ppo, "start_model", lambda *a: pytest.fail("work started"))
+    with pytest.raises(pytest.fail.Exception, match="work started"):
+        ppo.main(tiny_run(tmp_path, plot=True))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def test_plot_draws_the_curves(tmp_path):
+    pytest.importorskip("matplotlib")  # not installed in CI: the note above is tested there
+    ppo.main(tiny_run(tmp_path, plot=True))
+    assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
