@@ -1,14 +1,22 @@
 """bert.py against independent references: a float64 BERT written from Hugging Face's BertModel
-layout, exact masking statistics, the padding mask checked by perturbation, and the
-distillation loss against its formula."""
+layout, exact masking statistics, the padding mask checked by perturbation, the distillation
+loss against its formula, a safetensors file written from the format's spec, WordPiece against
+worked examples, and a resumed run against an uninterrupted one."""
 import copy
+import dataclasses
+import inspect
+import json
 import math
+import os
 import random
+import struct
+import sys
 
 import pytest
 import torch
 
 import bert
+import gpt
 
 
 # ----------------------------------------------------------------------------- the forward pass
@@ -304,7 +312,7 @@ def test_roberta_batches_are_contiguous_single_segment_text():
 
 
 def test_held_out_blocks_partition_each_document():
-    tok = bert.WordTokenizer("alpha beta gamma delta", 20)
+    tok = bert.WordPiece(bert.SPECIALS + ["alpha", "beta", "gamma", "delta", "."])
     texts = [" ".join(f"alpha beta{'.' if j % 2 else ' gamma.'}" for j in range(n)) for n in (30, 17, 5, 40)]
     train, heldout = bert.split_documents(texts, tok, 0.3, random.Random(0), block=4)
     for text, t, h in zip(texts, train, heldout):
@@ -353,23 +361,257 @@ def test_half_depth_student_keeps_every_other_layer():
             assert torch.equal(ps, pt) and ps.data_ptr() != pt.data_ptr()  # a copy, not shared
 
 
-# ----------------------------------------------------------------------------- config and demo
+# ----------------------------------------------------------------------------- WordPiece
 
-def test_parse_args_errors_name_the_problem():
-    cfg = bert.parse_args(bert.RunConfig, ["--nsp=false", "--n_layer=2", "--finetune_lr=1e-4"])
-    assert (cfg.nsp, cfg.n_layer, cfg.finetune_lr) == (False, 2, 1e-4)
-    with pytest.raises(SystemExit, match="unknown option"):
-        bert.parse_args(bert.RunConfig, ["--layers=2"])
-    with pytest.raises(SystemExit, match="takes a int"):
-        bert.parse_args(bert.RunConfig, ["--n_layer=two"])
-    with pytest.raises(SystemExit, match="alpha"):
-        bert.parse_args(bert.RunConfig, ["--alpha=1.5"])
+def test_basic_tokens_match_berts_published_examples():
+    # Google's BERT README ("Tokenization"): whitespace to spaces, lower-case, strip accents, and
+    # split every punctuation mark; then the expected outputs of Hugging Face's BasicTokenizer
+    # tests (tests/models/bert/test_tokenization_bert.py in transformers).
+    assert bert.basic_tokens("John Johanson's, house") == ["john", "johanson", "'", "s", ",", "house"]
+    assert bert.basic_tokens(" \tHeLLo!how  \n Are yoU?  ") == ["hello", "!", "how", "are", "you", "?"]
+    assert bert.basic_tokens("H\u00e9llo") == ["hello"]
+    assert bert.basic_tokens(" \tHeLLo!how  \n Are yoU?  ", lower=False) == [
+        "HeLLo", "!", "how", "Are", "yoU", "?"]
+    assert bert.basic_tokens("ah\u535a\u63a8zz") == ["ah", "\u535a", "\u63a8", "zz"]  # CJK
+    assert bert.basic_tokens("a\x00b\ufffdc\xad") == ["abc"]  # NUL, U+FFFD and a soft hyphen go
+
+
+def test_basic_tokens_split_ascii_punctuation_as_bert_defines_it():
+    """BERT's _is_punctuation: the code points 33-47, 58-64, 91-96 and 123-126 (every ASCII
+    symbol, $ + < = > ^ ` | ~ included though Unicode does not call them punctuation)."""
+    ranges = [range(33, 48), range(58, 65), range(91, 97), range(123, 127)]
+    symbols = {chr(c) for r in ranges for c in r}
+    for c in map(chr, range(33, 127)):
+        expected = ["a", c, "b"] if c in symbols else ["a" + c.lower() + "b"]
+        assert bert.basic_tokens(f"a{c}b") == expected, c
+
+
+def test_wordpiece_is_greedy_longest_match_first():
+    # Hugging Face's WordPiece tests (transformers, test_tokenization_bert.py)
+    tok = bert.WordPiece(["[UNK]", "[CLS]", "[SEP]", "want", "##want", "##ed", "wa", "un", "runn",
+                          "##ing"])
+    assert tok.tokenize("") == []
+    assert tok.tokenize("unwanted running") == ["un", "##want", "##ed", "runn", "##ing"]
+    assert tok.tokenize("unwantedX running") == ["[UNK]", "runn", "##ing"]  # X: no piece
+    # the full tokenizer test: lower-case, strip the accent, split the comma, then the pieces
+    tok = bert.WordPiece(["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "want", "##want", "##ed",
+                          "wa", "un", "runn", "##ing", ",", "low", "lowest"])
+    assert tok.encode("UNwant\u00e9d,running") == [9, 6, 7, 12, 10, 11]
+    # Google's tokenization.py docstring and README: un ##aff ##able, john johan ##son ' s
+    tok = bert.WordPiece(["[UNK]", "un", "##aff", "##able", "john", "johan", "##son", "'", "s"])
+    assert tok.tokenize("unaffable") == ["un", "##aff", "##able"]
+    assert tok.tokenize("John Johanson's") == ["john", "johan", "##son", "'", "s"]
+    assert tok.tokenize("un" + "aff" * 33) == ["[UNK]"]  # 101 characters: too long to try
+    assert len(tok.tokenize("un" + "aff" * 30 + "able" * 2)) == 33  # 100 characters: cut
+
+
+# ----------------------------------------------------------------------------- Hugging Face folders
+
+def write_safetensors(path, tensors):
+    """The format by its spec: an 8-byte little-endian header length n, n bytes of JSON
+    {name: {dtype, shape, data_offsets: [start, end]}} (offsets from the end of the header), then
+    the raw little-endian data."""
+    kinds = {torch.float64: ("F64", "<f8"), torch.float32: ("F32", "<f4"),
+             torch.int64: ("I64", "<i8")}
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, t in tensors.items():
+        kind, layout = kinds[t.dtype]
+        blob = t.numpy().astype(layout).tobytes()
+        header[name] = {"dtype": kind, "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+
+
+def test_read_safetensors_is_gpts_copied_byte_for_byte():
+    assert inspect.getsource(bert.read_safetensors) == inspect.getsource(gpt.read_safetensors)
+    assert bert.SAFETENSORS_DTYPES == gpt.SAFETENSORS_DTYPES
+
+
+VOCAB = bert.SPECIALS + ["the", "cat", "sat", ".", "un", "##aff", "##able", "caf", "##e"]
+VOCAB += [f"word{i}" for i in range(50 - len(VOCAB))]  # 50 rows, as random_hf_state_dict's
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_from_pretrained_reads_a_hugging_face_folder(tmp_path, weights):
+    """A folder as BertForPreTraining's download: keys under "bert." with cls.* heads, the
+    config, vocab.txt. The model equals the float64 BertModel reference; the ids are read off
+    the vocabulary by hand."""
+    sd = random_hf_state_dict(seed=6)
+    saved = {"bert." + k: v for k, v in sd.items()} | {"cls.predictions.bias": torch.zeros(50)}
+    if weights.endswith(".bin"):
+        torch.save(saved, tmp_path / weights)
+    else:
+        write_safetensors(tmp_path / weights, saved)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config()))
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    model, tok = bert.from_pretrained(str(tmp_path))
+    ids = tok.encode("The cat sat. Unaffable CAFÉ!")
+    assert ids == [5, 6, 7, 8, 9, 10, 11, 12, 13, 1]  # the cat sat . un ##aff ##able caf ##e [UNK]
+    idx = torch.tensor([[bert.CLS, *ids, bert.SEP]])
+    ref_hidden, _ = hf_reference(sd, idx, torch.zeros_like(idx), idx != bert.PAD, n_head=4)
+    torch.testing.assert_close(model.eval()(idx), ref_hidden, rtol=1e-10, atol=1e-10)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    cased = bert.from_pretrained(str(tmp_path))[1]
+    assert cased.encode("The cat") == [1, 6]  # "The" is not in the vocabulary
+    os.remove(tmp_path / "vocab.txt")
+    with pytest.raises(FileNotFoundError, match="needs config.json, vocab.txt and model.safet"):
+        bert.from_pretrained(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- config and flags
+
+@pytest.mark.parametrize("argv, message", [
+    ("--layers=2", "unrecognized arguments: --layers=2"),
+    ("--n_layer=two", "invalid int value: 'two'"),
+    ("--alpha=1.5", "alpha=1.5 must be in [0, 1]"),
+    ("--n_embd=90", "n_embd=90 is not divisible by n_head=4"),
+    ("--vocab_size=5", "vocab_size=5 must be > 5, the special tokens"),
+    ("--max_len=4", "max_len=4 must be >= 8"),
+    ("--n_classes=1", "n_classes=1 must be >= 2"),
+    ("--temperature=0", "temperature=0.0 must be > 0"),
+    ("--ckpt_interval=0", "ckpt_interval=0 must be > 0"),
+    ("--stop_after=-1", "stop_after=-1 must be >= 0"),
+    ("--nsp=maybe", "expected true or false, got 'maybe'")])
+def test_bad_flags_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bert.parse_args(bert.Config, [argv], gpu=bert.GPU)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_here_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bert.parse_args(bert.Config, ["--device=cuda"], gpu=bert.GPU)
+    assert "--device=cuda, but this machine has only cpu" in capsys.readouterr().err
+
+
+def test_cpu_and_gpu_defaults(monkeypatch):
+    """CPU: README's 4 x 128 model. CUDA: BERT-base, whose BertModel (bert-base-uncased: 30,522
+    tokens, 512 positions) has 109,482,240 parameters (Devlin et al. 2018's "110M"); counted on
+    the meta device, nothing is allocated."""
+    cpu = bert.parse_args(bert.Config, ["--nsp", "--device=cpu"], gpu=bert.GPU)
+    assert (cpu.n_layer, cpu.n_embd, cpu.n_head, cpu.pretrain_steps) == (4, 128, 4, 1000)
+    assert cpu.nsp is True  # a bare boolean flag means true
+    monkeypatch.setattr(bert, "pick_device", lambda name="auto": "cuda")
+    cuda = bert.parse_args(bert.Config, [], gpu=bert.GPU)
+    with torch.device("meta"):
+        base = bert.Bert(bert.BertConfig(vocab_size=30522, max_len=512, n_layer=cuda.n_layer,
+                                         n_head=cuda.n_head, n_embd=cuda.n_embd))
+    assert bert.count_params(base) == 109_482_240
+    assert bert.parse_args(bert.Config, ["--n_layer=6"], gpu=bert.GPU).n_layer == 6  # flags win
+
+
+# ----------------------------------------------------------------------------- resume, log, plot
+
+@pytest.fixture
+def small_run(tmp_path):
+    """Eight documents of Python's reference docs (about 45 sentences each) and a model that
+    runs every phase in a second or two; dropout stays on, so a lost RNG state would show."""
+    from pydoc_data import topics
+    longest = sorted(topics.topics, key=lambda k: -len(topics.topics[k]))[:8]
+    path = tmp_path / "docs.txt"
+    path.write_text("\n\n".join(" ".join(topics.topics[k].split())[:6000] for k in longest))
+    return bert.Config(data=str(path), vocab_size=300, max_len=16, n_layer=2, n_embd=16, n_head=2,
+                       batch_size=4, pretrain_steps=6, finetune_steps=3, n_classes=3, n_per_class=4,
+                       ckpt_interval=2, out_dir=str(tmp_path / "whole"), device="cpu", seed=0)
+
+
+def saved_run(cfg):
+    ckpt = torch.load(os.path.join(cfg.out_dir, "ckpt.pt"), weights_only=True)
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        return ckpt, [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("stop_after", [3, 10])  # inside pretraining; inside the "scratch" phase
+def test_resume_is_exact(small_run, stop_after):
+    """A run stopped after k steps and resumed ends bit for bit as one that never stopped: every
+    phase's weights, and the log's rows, each step once (a row logged after the last checkpoint,
+    by a run killed before its next one, is dropped)."""
+    bert.main(small_run)
+    split = dataclasses.replace(small_run, out_dir=small_run.out_dir + "_split",
+                                stop_after=stop_after)
+    with pytest.raises(SystemExit, match=f"stopped after {stop_after} steps"):
+        bert.main(split)
+    assert len(saved_run(split)[1]) == stop_after
+    with open(os.path.join(split.out_dir, "log.jsonl"), "a") as f:  # logged, then killed before
+        f.write(json.dumps({"step": stop_after, "phase": "pretrain", "mlm": 0.0}) + "\n")  # a save
+    bert.main(dataclasses.replace(split, stop_after=0, resume=True))
+    (whole, whole_log), (resumed, resumed_log) = saved_run(small_run), saved_run(split)
+    assert list(whole["models"]) == ["pretrain", "finetune", "scratch", "distill", "labels_only"]
+    for phase, weights in whole["models"].items():
+        assert all(torch.equal(w, resumed["models"][phase][k]) for k, w in weights.items()), phase
+    assert resumed_log == whole_log and [r["step"] for r in whole_log] == list(range(6 + 4 * 3))
+
+
+def test_bad_resume_is_a_clear_error_before_any_work(small_run):
+    cfg = dataclasses.replace(small_run, resume=True)
+    with pytest.raises(SystemExit, match="ckpt.pt does not exist: start without --resume"):
+        bert.main(cfg)
+    os.makedirs(cfg.out_dir)
+    with open(os.path.join(cfg.out_dir, "ckpt.pt"), "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="ckpt.pt is not a readable checkpoint") as exit:
+        bert.main(cfg)
+    assert "weights_only" not in str(exit.value)
+    with pytest.raises(SystemExit, match="stopped after 2 steps"):  # a checkpoint to resume from
+        bert.main(dataclasses.replace(small_run, stop_after=2))
+    with pytest.raises(SystemExit, match="saved with other n_layer, n_head, finetune_lr: resume"):
+        bert.main(dataclasses.replace(cfg, n_layer=1, n_head=1, finetune_lr=1e-3))
+
+
+def test_bad_data_is_a_clear_error_before_any_work(small_run, tmp_path):
+    for name, content, message in [
+            ("latin1.txt", "caf\xe9 ol\xe9".encode("latin-1"),
+             "latin1.txt as UTF-8 text ('utf-8' codec can't decode byte 0xe9 in position 3"),
+            ("blank.txt", b" \n\n \n", "the corpus is empty: ")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+            bert.main(dataclasses.replace(small_run, data=str(tmp_path / name)))
+    with pytest.raises(SystemExit, match="cannot read --data=.*missing.txt"):
+        bert.main(dataclasses.replace(small_run, data=str(tmp_path / "missing.txt")))
+    assert not os.path.exists(small_run.out_dir)  # nothing was written: no work began
+
+
+class Recorder:  # stands in for matplotlib.pyplot: records what would be drawn
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+def test_plot_draws_the_logged_pretraining_losses(small_run, monkeypatch):
+    plt = Recorder()
+    monkeypatch.setattr(bert, "pyplot", lambda plot: plt if plot else None)
+    cfg = dataclasses.replace(small_run, nsp=True, plot=True)
+    bert.main(cfg)
+    rows = [r for r in saved_run(cfg)[1] if r["phase"] == "pretrain"]
+    curves = {kw["label"]: [list(a) for a in args] for call, args, kw in plt.calls
+              if call == "plot"}
+    assert curves == {f"{key} loss": [list(range(6)), [r[key] for r in rows]]
+                      for key in ("mlm", "nsp")}
+    assert [args for call, args, _ in plt.calls if call == "savefig"] == [
+        (os.path.join(cfg.out_dir, "pretrain.png"),)]
+
+
+def test_plot_without_matplotlib_is_a_note_before_any_work(small_run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(SystemExit, match="stopped after 1 steps"):
+        bert.main(dataclasses.replace(small_run, plot=True, stop_after=1))
+    out = capsys.readouterr().out
+    assert out.startswith("note: --plot needs matplotlib")
 
 
 @pytest.mark.parametrize("nsp", [False, True])
-def test_main_smoke(capsys, nsp):
-    bert.main(bert.RunConfig(vocab_size=512, max_len=32, n_layer=2, n_embd=32, n_head=2, batch_size=8, nsp=nsp,
-                             pretrain_steps=6, finetune_steps=4, n_per_class=8, device="cpu"))
+def test_main_smoke(capsys, tmp_path, nsp):
+    bert.main(bert.Config(vocab_size=512, max_len=32, n_layer=2, n_embd=32, n_head=2, batch_size=8,
+                          nsp=nsp, pretrain_steps=6, finetune_steps=4, n_per_class=8,
+                          out_dir=str(tmp_path), device="cpu"))
     out = capsys.readouterr().out
     for text in ("masked-token accuracy", "from scratch", "student, distilled", "retained"):
         assert text in out
