@@ -60,7 +60,7 @@ def test_loss_weights_masked_tokens_by_one_over_t_and_divides_by_all_tokens(mode
             if masked[b, i]:
                 by_hand += -logp[b, i].item() / t[b].item()
     assert masked.any() and not masked.all()
-    assert loss.item() == pytest.approx(by_hand / 30, rel=1e-12)  # B * L = 30, not the number masked
+    assert loss.item() == pytest.approx(by_hand / 30, rel=1e-12)  # B * L = 30, not those masked
 
 
 def test_maskable_noises_only_those_positions_and_divides_by_their_count(model):
@@ -70,17 +70,21 @@ def test_maskable_noises_only_those_positions_and_divides_by_their_count(model):
     t = torch.tensor([0.3, 0.6, 0.95], dtype=torch.float64)
     maskable = torch.zeros(3, 10, dtype=torch.bool)
     maskable[:, 3:7] = True
-    loss = dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(5), maskable=maskable)
+    draw = lambda: torch.Generator().manual_seed(5)  # noqa: E731 (the same draw each time)
+    loss = dlm.diffusion_loss(model, x, t=t, generator=draw(), maskable=maskable)
     _, masked = dlm.forward_mask(x, t, 31, torch.Generator().manual_seed(5))  # the same draw
     masked &= maskable
     x_t = torch.where(masked, torch.full_like(x, 31), x)
     logp = torch.log_softmax(model(x_t)[0], -1).gather(-1, x[..., None])[..., 0]
-    by_hand = sum(-logp[b, i].item() / t[b].item() for b in range(3) for i in range(10) if masked[b, i])
-    assert masked.any() and not masked[:, 3:7].all() and not masked[:, :3].any() and not masked[:, 7:].any()
+    by_hand = sum(-logp[b, i].item() / t[b].item()
+                  for b in range(3) for i in range(10) if masked[b, i])
+    assert masked.any() and not masked[:, 3:7].all()
+    assert not masked[:, :3].any() and not masked[:, 7:].any()
     assert loss.item() == pytest.approx(by_hand / 12, rel=1e-12)
     everything = torch.ones_like(maskable)  # all maskable: the plain loss
-    assert dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(5), maskable=everything).item() \
-        == pytest.approx(dlm.diffusion_loss(model, x, t=t, generator=torch.Generator().manual_seed(5)).item(), rel=1e-12)
+    plain = dlm.diffusion_loss(model, x, t=t, generator=draw()).item()
+    assert dlm.diffusion_loss(model, x, t=t, generator=draw(), maskable=everything).item() \
+        == pytest.approx(plain, rel=1e-12)
 
 
 def test_forward_mask_rate_is_t():
@@ -147,13 +151,15 @@ def test_commit_schedule_sums_to_length():
         dlm.commit_schedule(8, 0)
 
 
-@pytest.mark.parametrize("remasking,temperature,block", [("low_confidence", 0.0, 0), ("random", 1.0, 0),
+@pytest.mark.parametrize("remasking,temperature,block", [("low_confidence", 0.0, 0),
+                                                         ("random", 1.0, 0),
                                                          ("low_confidence", 0.7, 4)])
 def test_sampler_invariants(model, remasking, temperature, block):
     history = []
     prefix, suffix = [1, 2, 3], [4, 5]
-    x, passes = dlm.sample(model, 12, 6, block_length=block, remasking=remasking, temperature=temperature,
-                           prefix=prefix, suffix=suffix, n=3, generator=torch.Generator().manual_seed(0),
+    x, passes = dlm.sample(model, 12, 6, block_length=block, remasking=remasking,
+                           temperature=temperature, prefix=prefix, suffix=suffix, n=3,
+                           generator=torch.Generator().manual_seed(0),
                            history=history)
     mask = dlm.mask_id(model)
     assert passes == 6 == len(history)
@@ -162,7 +168,7 @@ def test_sampler_invariants(model, remasking, temperature, block):
     for step, (seq, k) in enumerate(history):
         assert ((before != mask) <= (seq == before)).all()  # what was committed never changes
         newly = (before == mask) & (seq != mask)
-        assert newly.sum(1).tolist() == [k] * 3 == [2] * 3  # 12 tokens in 6 steps: 2 a step, by hand
+        assert newly.sum(1).tolist() == [k] * 3 == [2] * 3  # 12 tokens in 6 steps: 2 a step
         if block:  # semi-autoregressive: step s only touches block s // (steps per block)
             lo = 3 + (step // (6 // (12 // block))) * block
             assert not newly[:, :lo].any() and not newly[:, lo + block:].any()
@@ -206,7 +212,8 @@ def test_stratified_t_puts_one_draw_in_each_stratum_and_weights_by_one_over_t():
 
 
 def test_gumbel_sampling_draws_from_the_softmax():
-    logits = torch.tensor([[[1.0, 0.0, -1.0, 0.5]]], dtype=torch.float64).expand(1, 20_000, 4).clone()
+    logits = torch.tensor([[[1.0, 0.0, -1.0, 0.5]]], dtype=torch.float64)
+    logits = logits.expand(1, 20_000, 4).clone()
     x0, _ = dlm.propose(logits, 0.8, "random", torch.Generator().manual_seed(0))
     freq = torch.bincount(x0.flatten(), minlength=4).double() / 20_000
     assert torch.allclose(freq, torch.softmax(logits[0, 0] / 0.8, -1), atol=0.012)
