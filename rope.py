@@ -11,13 +11,19 @@ NTK-aware base scaling (bloc97 2023) and YaRN (Peng et al. 2023).
     python rope.py                          # the RoPE checks, then the length-extrapolation table
     python rope.py --train_len=64 --k=12    # a longer training context, a farther lookup
     python rope.py --encodings=rope,alibi   # only some rows
+    python rope.py --plot                   # and accuracy vs length as out/rope/accuracy.png
 
 On CPU (about 3 minutes) you see <R(m)q, R(n)k> printed for pairs with the same m - n (equal)
 and the long-term decay curve, then one tiny model per encoding trained to output the token k
 steps back, and its accuracy at 1x, 2x and 4x the training length (RoPE also with each scaling).
+Left out: fine-tuning at the longer length (the scalings are shown without it), xPos, FIRE and
+NoPE variants, and real text: the task only needs a fixed relative offset.
 """
+import argparse
 import dataclasses
+import inspect
 import math
+import os
 import re
 import sys
 import typing
@@ -41,62 +47,41 @@ class Config:
     d_model: int = 64  # model width
     n_head: int = 4  # attention heads (head dim = d_model / n_head)
     n_layer: int = 2  # transformer blocks
-    steps: int = 0  # training steps per encoding; 0 = 600 on CPU, 2000 on CUDA
+    steps: int = 600  # training steps per encoding
     batch_size: int = 32  # sequences per step
     lr: float = 3e-3  # AdamW peak learning rate, cosine-decayed to 10%
     n_eval: int = 200  # fresh sequences per evaluation length
     rope_base: float = 10000.0  # RoPE's base in theta_i = base^(-2i/d)
+    plot: bool = False  # also draw accuracy against length as out/rope/accuracy.png
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # initialisation and data
 
     def __post_init__(self):
         unknown = set(self.encodings.split(",")) - set(ENCODINGS)
         if unknown:
-            raise ValueError(f"unknown encodings {sorted(unknown)}; choose from {','.join(ENCODINGS)}")
-        if not 1 <= self.k < self.train_len:
-            raise ValueError(f"k={self.k} must lie in [1, train_len={self.train_len})")
-        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ValueError(f"d_model={self.d_model} must split into n_head={self.n_head} heads of even size")
+            raise ValueError(f"encodings={self.encodings}: unknown {sorted(unknown)}; choose from "
+                             f"{','.join(ENCODINGS)}")
+        for name in "vocab d_model n_head n_layer steps batch_size lr n_eval".split():
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        for name, ok, fix in [
+                ("k", 0 < self.k < self.train_len,
+                 f"use 1 to {self.train_len - 1} (below train_len)"),
+                ("d_model", self.d_model % (2 * self.n_head) == 0,
+                 f"use a multiple of 2 * n_head = {2 * self.n_head} (RoPE needs even head sizes)"),
+                ("rope_base", self.rope_base > 1, "use a base above 1, e.g. 10000")]:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)}: {fix}")
 
 
-def parse_args(config_cls, argv=None):
-    """--field=value overrides for a dataclass; --help lists the fields, defaults and comments."""
-    argv = sys.argv[1:] if argv is None else argv
-    fields, hints = {f.name: f for f in dataclasses.fields(config_cls)}, typing.get_type_hints(config_cls)
-    if "--help" in argv or "-h" in argv:
-        import inspect
-        notes = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(config_cls), flags=re.M))
-        print("\n".join(f"  --{n}={f.default!s:<8} {notes.get(n, '')}" for n, f in fields.items()))
-        raise SystemExit(0)
-    overrides = {}
-    for arg in argv:
-        name, eq, value = arg.removeprefix("--").partition("=")
-        if not arg.startswith("--") or name not in fields:
-            raise SystemExit(f"error: unknown option {arg!r}; valid: " + " ".join(f"--{n}" for n in fields))
-        kind, value = hints[name], value if eq else "true"
-        if kind is bool and value.lower() not in ("1", "true", "yes", "0", "false", "no"):
-            raise SystemExit(f"error: --{name} takes true or false, got {value!r}")
-        try:
-            overrides[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-        except ValueError:
-            raise SystemExit(f"error: --{name} takes a {kind.__name__}, got {value!r}") from None
-    try:
-        return config_cls(**overrides)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def pick_device(name="auto"):
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+GPU = dict(steps=2000)  # on CUDA: train each encoding longer
 
 
 # ----------------------------------------------------------------------------- absolute positions
 
 def sinusoidal_positions(T, d_model, base=10000.0):
-    """PE(pos, 2i) = sin(pos / base^(2i/d)), PE(pos, 2i+1) = cos(pos / base^(2i/d)): (T, d_model) float32.
-    PE(pos + k) is a fixed rotation of PE(pos), which is what lets attention read offsets."""
+    """PE(pos, 2i) = sin(pos / base^(2i/d)), PE(pos, 2i+1) = cos(pos / base^(2i/d)): (T, d_model)
+    float32. PE(pos + k) is a fixed rotation of PE(pos): what lets attention read offsets."""
     pos = torch.arange(T, dtype=torch.float64)[:, None]
     angles = pos * base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (T, d/2)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()
@@ -113,8 +98,9 @@ class LearnedPositions(nn.Module):
 
     def forward(self, positions):
         if int(positions.max()) >= self.table.num_embeddings:
-            raise ValueError(f"position {int(positions.max())} is past max_len={self.table.num_embeddings}: "
-                             "learned positions cannot extrapolate; build the table longer or use a relative encoding")
+            raise ValueError(f"position {int(positions.max())} is past max_len="
+                             f"{self.table.num_embeddings}: learned positions cannot extrapolate; "
+                             "build the table longer or use a relative encoding")
         return self.table(positions)
 
 
@@ -131,17 +117,19 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
     theta = base ** -exponent
     if scaling is None:
         return theta, 1.0
-    kind, s = scaling["type"], float(scaling["factor"])
+    kind = scaling["type"]
+    s = float(scaling["factor"])
     if kind == "linear":  # position interpolation: position m is read as m / s
         return theta / s, 1.0
-    if kind == "ntk":  # base' = base * s^(d/(d-2)): theta_0 = 1 unchanged, the lowest frequency exactly / s
+    if kind == "ntk":  # base' = base * s^(d/(d-2)): theta_0 = 1 unchanged, the slowest one / s
         return (base * s ** (head_dim / (head_dim - 2))) ** -exponent, 1.0
     if kind == "yarn":
         # r_i = L theta_i / 2 pi: the turns pair i makes over the original context L. Fast pairs
         # (r > beta_fast) resolve nearby tokens and are kept; slow ones (r < beta_slow) never saw a
         # full turn and are interpolated; a linear ramp gamma blends those in between.
         L = scaling["original_len"]
-        fast, slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
+        fast = scaling.get("beta_fast", 32)
+        slow = scaling.get("beta_slow", 1)
         if scaling.get("ramp") == "paper":  # Peng et al., "NTK-by-parts": gamma linear in r_i
             gamma = ((L * theta / (2 * math.pi) - slow) / (fast - slow)).clamp(0, 1)
         else:  # the released code (the authors', HF's "yarn"), which YaRN models were tuned with:
@@ -150,7 +138,8 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
 
             def pair(r):  # i(r) = d ln(L / (2 pi r)) / (2 ln base): the pair turning r times over L
                 return head_dim * math.log(L / (2 * math.pi * r)) / (2 * math.log(base))
-            low, high = max(math.floor(pair(fast)), 0), min(math.ceil(pair(slow)), head_dim - 1)
+            low = max(math.floor(pair(fast)), 0)
+            high = min(math.ceil(pair(slow)), head_dim - 1)
             i = torch.arange(head_dim // 2, dtype=torch.float64)
             gamma = 1 - ((i - low) / ((high - low) or 1e-3)).clamp(0, 1)
         # sqrt(1/t) = 0.1 ln(s) + 1 on q and k each: softmax temperature for the longer context
@@ -161,21 +150,23 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
 def apply_rope(x, positions, theta, layout="half", attention_factor=1.0):
     """Rotate each pair of dimensions of x (B, H, T, d) by angle positions * theta_i.
     layout "half" (GPT-NeoX, Hugging Face Llama) pairs x_i with x_{i + d/2}; "interleaved"
-    (RoFormer, GPT-J, Meta's Llama) pairs x_{2i} with x_{2i+1}; rope_permutation maps one to the other.
-    positions: (T,) or (B, T) integers (a batch row may start anywhere, e.g. after a KV cache).
-    The angles are computed in float64 and the rotation in at least float32, whatever the autocast."""
+    (RoFormer, GPT-J, Meta's Llama) pairs x_{2i} with x_{2i+1}; rope_permutation maps one to the
+    other. positions: (T,) or (B, T) integers (a row may start anywhere, e.g. after a KV cache).
+    The angles are computed in float64, the rotation in at least float32, whatever the autocast."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     exact = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
     angles = positions.to(exact)[..., None] * theta.to(x.device, exact)  # (T | B, T, d/2)
     if angles.dim() == 3:
         angles = angles[:, None]  # (B, 1, T, d/2): broadcast over heads
-    cos, sin = (angles.cos() * attention_factor).to(dtype), (angles.sin() * attention_factor).to(dtype)
+    cos = (angles.cos() * attention_factor).to(dtype)
+    sin = (angles.sin() * attention_factor).to(dtype)
     if layout == "half":
         x1, x2 = x.to(dtype).chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
     if layout == "interleaved":
-        x1, x2 = x.to(dtype)[..., 0::2], x.to(dtype)[..., 1::2]
-        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+        x1, x2 = x.to(dtype).unflatten(-1, (-1, 2)).unbind(-1)  # x_{2i}, x_{2i+1}
+        rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return rotated.flatten(-2).to(x.dtype)
     raise ValueError(f"layout={layout!r}; choose half or interleaved")
 
 
@@ -186,7 +177,7 @@ def rope_permutation(head_dim):
 
 def interleaved_to_half(weight, n_head):
     """Reorder the rows of a W_q or W_k (n_head * head_dim, d_in) trained with interleaved RoPE so
-    that the half layout gives the same attention scores (how Meta's Llama weights become Hugging Face's)."""
+    that the half layout gives the same scores (how Meta's Llama weights become Hugging Face's)."""
     head_dim = weight.size(0) // n_head
     return weight.view(n_head, head_dim, -1)[:, rope_permutation(head_dim)].reshape(weight.shape)
 
@@ -213,8 +204,9 @@ def alibi_bias(n_head, T_q, T_k=None):
 
 
 def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
-    """T5's bucket of relative position j - i: distances below num_buckets/2 get their own bucket,
-    longer ones share logarithmically wider buckets up to max_distance, and all farther ones the last."""
+    """T5's bucket of relative position j - i: distances below num_buckets/2 get their own
+    bucket, longer ones share logarithmically wider buckets up to max_distance, farther ones the
+    last."""
     offset = 0
     if bidirectional:  # half the buckets for keys ahead of the query, half for keys behind
         num_buckets //= 2
@@ -223,7 +215,8 @@ def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
     else:
         distance = (-relative).clamp(min=0)  # causal: only keys behind the query matter
     max_exact = num_buckets // 2
-    log_ratio = torch.log(distance.clamp(min=max_exact).float() / max_exact) / math.log(max_distance / max_exact)
+    log_ratio = (torch.log(distance.clamp(min=max_exact).float() / max_exact)
+                 / math.log(max_distance / max_exact))
     far = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
     return offset + torch.where(distance < max_exact, distance, far)
 
@@ -234,32 +227,40 @@ class T5RelativeBias(nn.Module):
 
     def __init__(self, n_head, num_buckets=32, max_distance=128, bidirectional=False):
         super().__init__()
-        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.bidirectional = bidirectional
         self.bias = nn.Embedding(num_buckets, n_head)
 
     def forward(self, T_q, T_k=None):  # -> (n_head, T_q, T_k), queries at the last T_q positions
         T_k = T_q if T_k is None else T_k
         device = self.bias.weight.device
-        relative = torch.arange(T_k, device=device)[None, :] - torch.arange(T_k - T_q, T_k, device=device)[:, None]
+        i = torch.arange(T_k - T_q, T_k, device=device)[:, None]
+        relative = torch.arange(T_k, device=device)[None, :] - i
         buckets = t5_bucket(relative, self.num_buckets, self.max_distance, self.bidirectional)
         return self.bias(buckets).permute(2, 0, 1)
 
 
-# ----------------------------------------------------------------------------- a tiny model, one encoding at a time
+# ----------------------------------------------------------------------------- a tiny model
 
 class Block(nn.Module):
-    """Pre-norm: x = x + Attn(LN(x)); x = x + MLP(LN(x)); RoPE inside attention, biases on the scores."""
+    """Pre-norm: x = x + Attn(LN(x)); x = x + MLP(LN(x)); RoPE inside attention, biases on the
+    scores."""
 
     def __init__(self, d_model, n_head):
         super().__init__()
         self.n_head = n_head
-        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.ln1 = nn.LayerNorm(d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(),
+                                 nn.Linear(4 * d_model, d_model))
 
     def forward(self, x, rope, bias, cache=None):  # cache: [k, v] of earlier calls, grown in place
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, n_head, T, head_dim) each
         if rope is not None:  # rope = (positions, theta, attention_factor)
             positions, theta, factor = rope
             q = apply_rope(q, positions, theta, attention_factor=factor)
@@ -281,7 +282,9 @@ class TinyLM(nn.Module):
 
     def __init__(self, encoding, vocab, d_model, n_head, n_layer, max_len, rope_base=10000.0):
         super().__init__()
-        self.encoding, self.n_head, self.rope_base = encoding, n_head, rope_base
+        self.encoding = encoding
+        self.n_head = n_head
+        self.rope_base = rope_base
         self.head_dim = d_model // n_head
         self.embed = nn.Embedding(vocab, d_model)
         if encoding == "learned":
@@ -289,7 +292,8 @@ class TinyLM(nn.Module):
         if encoding == "t5":
             self.t5 = T5RelativeBias(n_head, num_buckets=16, max_distance=64)
         self.blocks = nn.ModuleList(Block(d_model, n_head) for _ in range(n_layer))
-        self.ln_f, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab)
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
 
     def forward(self, idx, rope_scaling=None, cache=None):
         """idx (B, T) -> logits (B, T, vocab). cache: None, or one list per block ([] at first)
@@ -314,7 +318,7 @@ class TinyLM(nn.Module):
         return self.head(self.ln_f(x))
 
 
-# ----------------------------------------------------------------------------- the task: the token k steps back
+# ----------------------------------------------------------------------------- the k-back task
 
 def k_back_batch(batch, T, k, vocab, generator, device):
     """Random tokens x (B, T); targets y_t = x_{t-k} for t >= k, and -1 (ignored) before."""
@@ -326,11 +330,12 @@ def k_back_batch(batch, T, k, vocab, generator, device):
 
 def train_one(encoding, cfg, device):
     torch.manual_seed(cfg.seed)
-    model = TinyLM(encoding, cfg.vocab, cfg.d_model, cfg.n_head, cfg.n_layer, 4 * cfg.train_len, cfg.rope_base)
-    model.to(device)
+    model = TinyLM(encoding, cfg.vocab, cfg.d_model, cfg.n_head, cfg.n_layer, 4 * cfg.train_len,
+                   cfg.rope_base).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+    cosine = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    amp = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else nullcontext()
     g = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.steps), desc=f"train {encoding:<10}", leave=False)
     for step in bar:
@@ -349,7 +354,8 @@ def train_one(encoding, cfg, device):
 
 @torch.no_grad()
 def accuracy(model, cfg, T, device, rope_scaling=None):
-    """Fraction of positions t >= k whose argmax is x_{t-k}, over n_eval fresh sequences of length T."""
+    """Fraction of positions t >= k whose argmax is x_{t-k}, over n_eval fresh sequences of
+    length T."""
     g = torch.Generator().manual_seed(cfg.seed + T)  # every model sees the same test sequences
     x, y = k_back_batch(cfg.n_eval, T, cfg.k, cfg.vocab, g, device)
     pred = model(x, rope_scaling).argmax(-1)
@@ -369,7 +375,8 @@ def show_relative_property(head_dim=64):
     for m, n in [(3, 0), (10, 7), (100, 97), (5003, 5000), (0, 3), (5000, 5003), (7, 0)]:
         rq = apply_rope(q.view(1, 1, 1, -1), torch.tensor([m]), theta).flatten()
         rk = apply_rope(k.view(1, 1, 1, -1), torch.tensor([n]), theta).flatten()
-        print(f"{m:>6} {n:>6} {m - n:>5} {float(rq @ rk):>15.6f} {float((q + pe[m]) @ (k + pe[n])):>19.6f}")
+        absolute = float((q + pe[m]) @ (k + pe[n]))
+        print(f"{m:>6} {n:>6} {m - n:>5} {float(rq @ rk):>15.6f} {absolute:>19.6f}")
 
 
 def show_long_term_decay(head_dim=64, base=10000.0):
@@ -385,53 +392,128 @@ def show_long_term_decay(head_dim=64, base=10000.0):
 
 
 def unseen_angle_pairs(cfg, scaling):
-    """How many RoPE pairs meet rotation angles at 4L that training never showed (distances below L
-    give angles below L * theta_i; a pair that turned a full circle within L has seen every angle),
-    and the fastest pair's speed relative to training (1 = nearby offsets look as in training)."""
-    head_dim, L = cfg.d_model // cfg.n_head, cfg.train_len
+    """How many RoPE pairs meet rotation angles at 4L that training never showed (distances below
+    L give angles below L * theta_i; a pair that turned a full circle within L has seen every
+    angle), and the fastest pair's speed relative to training (1 = nearby offsets as trained)."""
+    head_dim = cfg.d_model // cfg.n_head
+    L = cfg.train_len
     theta, _ = rope_frequencies(head_dim, cfg.rope_base)
     scaled, _ = rope_frequencies(head_dim, cfg.rope_base, scaling)
     unseen = ((4 * L - 1) * scaled > L * theta) & (L * theta < 2 * math.pi)
     return f"{int(unseen.sum())}/{head_dim // 2}", float(scaled[0] / theta[0])
 
 
-def resolve(cfg, device):
-    """The 0 = auto field: a few-minute run on CPU, longer training on CUDA."""
-    return dataclasses.replace(cfg, steps=cfg.steps or (2000 if device.startswith("cuda") else 600))
+def pyplot(plot):
+    """gpt.pyplot: matplotlib.pyplot for --plot, else None; if it is missing, a one-line note."""
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+
+
+def plot_accuracy(plt, table, lengths, chance, path):
+    """Accuracy against evaluation length, a line per row of the table (scalings dashed)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for name, accuracies in table.items():
+        x = [T for T, a in zip(lengths, accuracies) if a is not None]
+        plt.plot(x, [a for a in accuracies if a is not None], "--" if "+" in name else "-o",
+                 label=name.strip())
+    plt.axhline(chance, color="grey", lw=0.5)
+    plt.xscale("log", base=2)
+    plt.xticks(lengths, [f"{T // lengths[0]}L = {T}" for T in lengths])
+    plt.ylabel("accuracy (grey: chance)")
+    plt.legend(fontsize=7)
+    plt.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close()
+    print(f"plot: {path}")
 
 
 def main(cfg):
+    plt = pyplot(cfg.plot)
     device = pick_device(cfg.device)
-    cfg = resolve(cfg, device)
     show_relative_property()
     show_long_term_decay()
     L = cfg.train_len
     lengths = (L, 2 * L, 4 * L)
-    print(f"\ntask: output the token {cfg.k} steps back; {cfg.n_layer} layers, d_model={cfg.d_model}, "
-          f"{cfg.steps} steps at length L={L}; accuracy on fresh sequences (chance = {1 / cfg.vocab:.0%}):")
+    scaling = lambda kind, s: {"type": kind, "factor": s, "original_len": L}  # noqa: E731
+    print(f"\ntask: output the token {cfg.k} steps back; {cfg.n_layer} layers, "
+          f"d_model={cfg.d_model}, {cfg.steps} steps at length L={L}; accuracy on fresh sequences "
+          f"(chance = {1 / cfg.vocab:.0%}):")
     print(f"{'encoding':<24}" + "".join(f"{f'{T // L}L = {T}':>10}" for T in lengths)
           + "   RoPE pairs with unseen angles at 4L, fastest pair's speed")
+    table = {}  # row name -> accuracy at each length (None: not evaluated)
     for encoding in cfg.encodings.split(","):
         model = train_one(encoding, cfg, device)
-        row = f"{encoding:<24}" + "".join(f"{accuracy(model, cfg, T, device):>10.1%}" for T in lengths)
+        table[encoding] = [accuracy(model, cfg, T, device) for T in lengths]
+        row = f"{encoding:<24}" + "".join(f"{a:>10.1%}" for a in table[encoding])
         if encoding != "rope":
             print(row, flush=True)
             continue
         print(row + "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, None)), flush=True)
-        for kind, label in [("linear", "position interpolation"), ("ntk", "NTK-aware"), ("yarn", "YaRN")]:
-            row = [accuracy(model, cfg, T, device, {"type": kind, "factor": T / L, "original_len": L})
-                   for T in lengths[1:]]
-            at_4L = unseen_angle_pairs(cfg, {"type": kind, "factor": 4, "original_len": L})
-            print(f"{'  + ' + label:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in row)
+        for kind, label in [("linear", "position interpolation"), ("ntk", "NTK-aware"),
+                            ("yarn", "YaRN")]:
+            name = f"  + {label}"
+            table[name] = [None] + [accuracy(model, cfg, T, device, scaling(kind, T / L))
+                                    for T in lengths[1:]]
+            at_4L = unseen_angle_pairs(cfg, scaling(kind, 4))
+            print(f"{name:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in table[name][1:])
                   + "   {:>5} {:>6.2f}".format(*at_4L))
-    print("notes on the default run. learned: rows past L never get a gradient. ALiBi's bias only falls with distance, so it favours recent\n"
-          "tokens but cannot single out exactly k back. Plain RoPE holds up because this task needs only the fast\n"
-          "pairs, which turned full circles within L. The scalings (factor T / L, no fine-tuning) remove unseen\n"
-          "angles by slowing the rotations, which blurs the exact offsets this task needs; in practice they come\n"
-          "with a short fine-tune at the new length. YaRN's beta_fast = 32 assumes L = 4096: here no pair\n"
-          "turns 32 times, yet the released ramp (bounds rounded outwards) keeps the fastest pair, blends\n"
-          "the next half-way and interpolates the other 6 of 8, like PI.")
+    # Learned rows past L never get a gradient; ALiBi favours recent tokens but cannot single out
+    # exactly k back; plain RoPE holds up as the task needs only the fast pairs, which turned full
+    # circles within L. The scalings (no fine-tuning here, unlike in practice) slow the rotations,
+    # blurring the exact offset; YaRN's released ramp keeps only the fastest pair at this L.
+    if plt:
+        plot_accuracy(plt, table, lengths, 1 / cfg.vocab, "out/rope/accuracy.png")
+
+
+# ----------------------------------------------------------------------------- command line
+# The same lines in every script that has a command line (tests/test_cli.py keeps the copies
+# identical), so that each standalone file can be copied on its own.
+
+def pick_device(name="auto"):
+    """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""
+    here = [d for d, ok in [("cuda", torch.cuda.is_available()),
+                            ("mps", torch.backends.mps.is_available()), ("cpu", True)] if ok]
+    if name != "auto" and name.split(":")[0] not in here:
+        raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
+    return here[0] if name == "auto" else name
+
+
+def to_bool(text):
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def parse_args(config_cls, argv=None, gpu=None):
+    """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
+    defaults that change on a CUDA device, in one place (what the command line sets wins)."""
+    doc = sys.modules[config_cls.__module__].__doc__.split("\n")[0]
+    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
+                                     epilog=f"on CUDA the defaults become {gpu}" if gpu else None)
+    notes = dict(re.findall(r"^ +(\w+):[^#\n]*#(.*(?:\n +#.*)*)", inspect.getsource(config_cls),
+                            re.M))
+    for f in dataclasses.fields(config_cls):
+        kind = typing.get_type_hints(config_cls)[f.name]
+        note = " ".join(notes.get(f.name, "").replace("#", " ").split()).replace("%", "%%")
+        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
+        how = dict(type=to_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
+        parser.add_argument(*names, dest=f.name, default=f.default, **how,
+                            help=f"{note} (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if gpu and pick_device(getattr(args, "device", "auto")).startswith("cuda"):
+            parser.set_defaults(**gpu)
+            args = parser.parse_args(argv)
+        return config_cls(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":
-    main(parse_args(Config))
+    main(parse_args(Config, gpu=GPU))

@@ -2,7 +2,9 @@
 pass for cached decoding, Python's math module in double precision, YaRN as released (re-derived
 in float64, and values printed by Hugging Face transformers), and worked examples from the
 papers' formulas (ALiBi slopes, T5 buckets)."""
+import importlib.util
 import math
+import sys
 
 import pytest
 import torch
@@ -319,22 +321,70 @@ def test_learned_positions_refuse_to_extrapolate():
         table(torch.arange(17))
 
 
-def test_parse_args():
-    cfg = R.parse_args(R.Config, ["--encodings=rope,t5", "--k=3", "--lr=0.01"])
-    assert cfg.encodings == "rope,t5" and cfg.k == 3 and cfg.lr == 0.01
-    with pytest.raises(SystemExit, match="unknown encodings"):
-        R.parse_args(R.Config, ["--encodings=rope,xpos"])
-    with pytest.raises(SystemExit, match="k=40"):
-        R.parse_args(R.Config, ["--k=40"])
-    with pytest.raises(SystemExit, match="unknown option"):
-        R.parse_args(R.Config, ["--layers=3"])
+def parse_error(argv, capsys, gpu=None):
+    """The one-line message argparse prints to stderr when it exits with code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        R.parse_args(R.Config, argv, gpu)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_main_smoke(capsys):
-    R.main(R.Config(train_len=8, k=2, d_model=16, n_head=2, n_layer=1, steps=3, batch_size=4, n_eval=4, device="cpu"))
+def test_parse_args(capsys):
+    cfg = R.parse_args(R.Config, ["--encodings=rope,t5", "--k=3", "--lr=0.01", "--plot"])
+    assert cfg.encodings == "rope,t5" and cfg.k == 3 and cfg.lr == 0.01 and cfg.plot is True
+    assert "encodings=rope,xpos: unknown ['xpos']" in parse_error(["--encodings=rope,xpos"], capsys)
+    assert "k=40: use 1 to 31" in parse_error(["--k=40"], capsys)
+    assert "unrecognized arguments: --layers=3" in parse_error(["--layers=3"], capsys)
+
+
+# fields the old Config accepted, to fail later with a raw error (a division by zero in the
+# cosine schedule, an empty batch, log of a base <= 1) or to train nothing
+@pytest.mark.parametrize("field, value", [
+    ("steps", 0), ("batch_size", 0), ("lr", 0.0), ("lr", -1.0), ("n_eval", 0), ("vocab", 0),
+    ("n_layer", 0), ("n_head", 0), ("d_model", 0), ("d_model", 36), ("rope_base", 1.0),
+    ("rope_base", -5.0), ("k", 0)])
+def test_every_field_is_checked_before_any_work(field, value):
+    with pytest.raises(ValueError, match=f"^{field}={value}"):  # one line that names the field
+        R.Config(**{field: value})
+
+
+def test_a_device_that_is_not_there_is_an_argparse_error(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    error = parse_error(["--device=cuda"], capsys, R.GPU)
+    assert "--device=cuda, but this machine has only cpu" in error
+
+
+def test_gpu_defaults_apply_on_cuda_and_the_command_line_wins(monkeypatch):
+    monkeypatch.setattr(R, "pick_device", lambda name: "cuda")
+    assert R.parse_args(R.Config, [], R.GPU).steps == R.GPU["steps"] != R.Config().steps
+    assert R.parse_args(R.Config, ["--steps=7"], R.GPU).steps == 7
+
+
+def test_plot_without_matplotlib_says_so_before_any_work(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+
+    def no_work(name):
+        raise RuntimeError("work started")
+    monkeypatch.setattr(R, "pick_device", no_work)  # main's first step after the plot check
+    with pytest.raises(RuntimeError, match="work started"):
+        R.main(R.Config(plot=True))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def test_main_smoke(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    R.main(R.Config(train_len=8, k=2, d_model=16, n_head=2, n_layer=1, steps=3, batch_size=4,
+                    n_eval=4, device="cpu", plot=True))
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("3 ", "10 ", "100 ", "5003 "))]
-    assert len(rows) == 4 and len({row[-2] for row in rows}) == 1  # m - n = 3 four times: one RoPE score
-    for text in ("long-term decay", "4L = 32", "learned", "sinusoidal", "alibi", "t5", "+ position interpolation",
-                 "+ NTK-aware", "+ YaRN"):
+    rows = [line.split() for line in out.splitlines()
+            if line.strip().startswith(("3 ", "10 ", "100 ", "5003 "))]
+    assert len(rows) == 4 and len({row[-2] for row in rows}) == 1  # m - n = 3: one RoPE score
+    for text in ("long-term decay", "4L = 32", "learned", "sinusoidal", "alibi", "t5",
+                 "+ position interpolation", "+ NTK-aware", "+ YaRN"):
         assert text in out
+    png = tmp_path / "out" / "rope" / "accuracy.png"
+    if importlib.util.find_spec("matplotlib") is None:  # CI: the note, and no PNG
+        assert out.startswith("note: --plot needs matplotlib") and not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
