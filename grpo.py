@@ -145,7 +145,7 @@ def prompt_ids(tok, question):
 
 def worked_ids(tok, problem):
     """The well-formed answer to a problem and the <|end|> that closes the assistant's turn."""
-    q, answer, thinking = problem
+    _, answer, thinking = problem
     text = f"<think>{thinking}</think><answer>{answer}</answer>"
     return tok.encode(text) + [tok.special("<|end|>")]
 
