@@ -20,9 +20,9 @@ confident predictions (low-confidence remasking) or random ones, optionally bloc
     python diffusion_lm.py --data=notes.txt --tokenizer=bpe
     python bench/diffusion_lm.py           # tokens/s vs the AR twin at the closest sample quality
 
-On CPU (about 5 minutes on 2 cores) you see both models train side by side on the same batches
-of the embedded corpus, then a table over both orders, one block or blocks of 8, and diffusion
-step counts (forward passes per token, tokens/s batched and for one sample alone, the AR twin's
+On CPU (a few minutes) you see both models train side by side on the same batches of the
+embedded corpus, then a table over both orders, one block or blocks of 8, and diffusion step
+counts (forward passes per token, tokens/s batched and for one sample alone, the AR twin's
 perplexity of the samples) next to the autoregressive baseline, the ELBO bound beside the AR
 validation NLL, the denoising trajectory of one sample, and infilling: a bound and an example.
 Left out: noise schedules other than the linear one, conditioning the model on t, MDLM's
@@ -185,7 +185,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
     n_blocks = length // block_length
     if steps % n_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks})")
-    device, MASK = model.lm_head.weight.device, mask_id(model)
+    device = model.lm_head.weight.device
+    MASK = mask_id(model)
     x = torch.tensor([prefix + [MASK] * length + suffix], device=device).repeat(n, 1)
     passes = 0
     with gpt.evaluating(model):
@@ -284,6 +285,8 @@ def load_run(path):
 def resume_from(cfg):
     """The checkpoint --resume continues from; one saved with other settings is refused."""
     path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no {path} yet; start the run without --resume")
     ckpt, saved = load_run(path)
     changed = [f"--{k}={v}" for k, v in asdict(saved).items()
                if k not in ("resume", "stop_after", "plot", "out_dir") and getattr(cfg, k) != v]
@@ -372,7 +375,9 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
     same newline and continues gen_length tokens. Each time is the best of `repeats` runs; all
     batched runs come first, then all single ones (interleaved, the small runs timed unevenly)."""
     g = torch.Generator(device).manual_seed(cfg.seed)
-    n, L, start = cfg.n_samples, cfg.gen_length, [ord("\n")]
+    n = cfg.n_samples
+    L = cfg.gen_length
+    start = [ord("\n")]
 
     def diffusion_sampler(steps, block, remasking):
         return lambda batch: sample(diffusion, L, steps, block, remasking, cfg.temperature,

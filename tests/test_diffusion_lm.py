@@ -306,7 +306,8 @@ def stopped_run(tmp_path_factory):
     (dict(gen_length=16, step_counts="4"), "--gen_length=24"),
     (dict(garbage=True), "is not a readable checkpoint"),
     (dict(not_ours=True), "is not a checkpoint of diffusion_lm.py"),
-    (dict(stop_after=2), "stop_after=2, but")])
+    (dict(stop_after=2), "stop_after=2, but"),
+    (dict(missing=True), "start the run without --resume")])
 def test_resume_refuses_another_run_before_any_work(stopped_run, tmp_path, change, error):
     """A resume whose settings differ from the checkpoint's, or whose checkpoint is garbage or
     another script's, is one line naming the problem, and the checkpoint is left as it was."""
@@ -319,10 +320,12 @@ def test_resume_refuses_another_run_before_any_work(stopped_run, tmp_path, chang
     if change.pop("not_ours", False):
         model = gpt.GPT(gpt.GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
         gpt.save_checkpoint(str(path), model, gpt.Tokenizer.from_spec("byte", "x"))
-    before = path.read_bytes()
+    if change.pop("missing", False):
+        path.unlink()
+    before = path.read_bytes() if path.exists() else None
     with pytest.raises(SystemExit, match=rf"^error: [^\n]*{re.escape(error)}[^\n]*$"):
         dlm.main(dataclasses.replace(cfg, **change))
-    assert path.read_bytes() == before
+    assert (path.read_bytes() if path.exists() else None) == before
 
 
 def test_bench_smoke(tmp_path, capsys):
