@@ -7,20 +7,22 @@ and learns a low-rank update, W' = W + (alpha/r) B A with B = 0 at the start; QL
 al. 2023) also stores the frozen W in 4-bit NormalFloat (NF4) with blockwise absmax scales that
 are themselves quantised to 8-bit floats (double quantisation).
 
-    python sft.py                                  # tiny base trained here, then full / LoRA / QLoRA
-    python sft.py --init=out/train/ckpt.pt         # fine-tune the model `python train.py` wrote
-    python sft.py --methods=lora --lora_r=4
-    torchrun --nproc_per_node=2 sft.py             # DDP: each process takes a slice of every batch
+    python sft.py                             # tiny base trained here, then full / LoRA / QLoRA
+    python sft.py --init=out/train/ckpt.pt    # fine-tune the model `python train.py` wrote
+    python sft.py --methods=lora --lora_r=4 --plot   # out/sft/log.png: the training loss
+    python sft.py --resume                    # finish an interrupted run where it stopped
+    torchrun --nproc_per_node=2 sft.py        # DDP: each process takes a slice of every batch
 
 On CPU you see a tiny base pretrained for a minute, then three fine-tunes on one-line
 instructions (count the letters or the vowels of a word, its first or last letter, the parity
-of a number), and a table of held-out exact-match accuracy before and after, per method and per
-task, with trainable parameters and weight memory. Each method is saved as a plain GPT:
-out/sft/ckpt.pt (full), ckpt_lora.pt and ckpt_qlora.pt (adapters merged into W), where
-`python dpo.py --init=out/sft/ckpt.pt` can start.
+of a number), and held-out exact match before and after, per method and per task, with
+trainable parameters and weight memory. Each method is saved in out/sft/ as a plain GPT for
+`dpo.py --init`: ckpt.pt (full), ckpt_lora.pt and ckpt_qlora.pt (adapters merged into W).
+Left out: QLoRA's paged optimizers, gradient checkpointing, adapter-only checkpoints (each is
+saved merged, as a plain GPT), and real or multi-turn instruction data (the task is synthetic).
 """
 import copy
-import json
+import dataclasses
 import math
 import os
 import time
@@ -38,41 +40,44 @@ import gpt
 
 @dataclass
 class SFTConfig:
-    init: str = ""  # checkpoint to fine-tune (e.g. out/train/ckpt.pt); empty = pretrain a tiny base here
-    base_steps: int = 0  # pretraining steps of that tiny base; 0 = 300 on CPU, 2000 on CUDA
-    methods: str = "full,lora,qlora"  # comma-separated, from full | lora | qlora
-    steps: int = 0  # fine-tuning steps per method; 0 = 200 on CPU, 1000 on CUDA
+    init: str = ""  # checkpoint to fine-tune (e.g. out/train/ckpt.pt); empty = pretrain a tiny base
+    base_steps: int = 300  # pretraining steps of that tiny base
+    methods: str = "full,lora,qlora"  # comma-separated, from full | lora | qlora, in this order
+    steps: int = 200  # fine-tuning steps per method
     batch_size: int = 16  # packed rows per step, over all processes
     lr: float = 3e-3  # peak AdamW learning rate of full fine-tuning (cosine decay to 0)
-    lora_lr: float = 5e-3  # peak learning rate with LoRA and QLoRA: adapters start at zero and want a higher one
+    lora_lr: float = 5e-3  # peak learning rate of LoRA and QLoRA, whose adapters start at zero
     lora_r: int = 8  # LoRA rank r
     lora_alpha: float = 16.0  # LoRA alpha: the update is (alpha / r) B A
-    lora_targets: str = "c_attn,c_proj,c_fc"  # Linear layers in each block (by name) that get adapters
+    lora_targets: str = "c_attn,c_proj,c_fc"  # Linear layers in each block that get adapters
     n_train: int = 4000  # training instructions
     n_eval: int = 200  # held-out instructions, over words and numbers never seen in training
-    out_dir: str = "out/sft"  # ckpt.pt (full), ckpt_lora.pt, ckpt_qlora.pt (merged) and log.jsonl
+    ckpt_interval: int = 50  # steps between checkpoints of the method in training
+    stop_after: int = 0  # stop after this many steps over all methods, as if pre-empted; 0 = never
+    resume: bool = False  # keep the finished methods in out_dir, continue the one that stopped
+    plot: bool = False  # out_dir/log.png: each method's training loss (needs matplotlib)
+    out_dir: str = "out/sft"  # ckpt.pt, ckpt_lora.pt, ckpt_qlora.pt, log.jsonl (and base.pt)
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 1337  # data, initialisation and batch order
 
     def __post_init__(self):
-        unknown = set(self.method_list) - {"full", "lora", "qlora"}
-        if unknown or not self.method_list:
-            raise ValueError(f"methods={self.methods!r}: use a comma-separated list of full, lora, qlora")
-        if min(self.lora_r, self.batch_size, self.n_train, self.n_eval) < 1:
-            raise ValueError("lora_r, batch_size, n_train and n_eval must be at least 1")
+        for name in ("base_steps", "steps", "batch_size", "lora_r", "n_train", "n_eval",
+                     "ckpt_interval", "lr", "lora_lr", "lora_alpha"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name}={getattr(self, name)}: must be positive")
+        if self.stop_after < 0:
+            raise ValueError(f"--stop_after={self.stop_after}: use 0 (never) or a step count")
+        if set(self.method_list) - {"full", "lora", "qlora"} or not self.method_list:
+            raise ValueError(f"--methods={self.methods}: a comma-separated list of full,lora,qlora")
+        if set(self.lora_targets.split(",")) - {"c_attn", "c_proj", "c_fc"}:
+            raise ValueError(f"--lora_targets={self.lora_targets}: choose among c_attn,c_proj,c_fc")
 
     @property
     def method_list(self):
         return [m for m in self.methods.split(",") if m]
 
 
-# ----------------------------------------------------------------------------- chat template and task
-
-# The chat template (<|role|> content <|end|>, with the loss on the assistant's tokens only) and
-# the checkable instruction task live in gpt.py, beside the tokenizer's special tokens, because
-# dpo.py must render and score exactly what sft.py trained on. Read them there.
-render_chat, loss_mask, chat, answer_ids = gpt.render_chat, gpt.loss_mask, gpt.chat, gpt.chat_answers
-TASKS, make_task, evaluate, base_model = gpt.TASKS, gpt.make_task, gpt.evaluate_instructions, gpt.base_model
+GPU = dict(base_steps=2000, steps=1000)  # the defaults that change on a CUDA device
 
 
 # ----------------------------------------------------------------------------- packing
@@ -84,13 +89,13 @@ def pack(examples, block_size):
     rows, row = [], ([], [], [])
     for n, (ids, mask) in enumerate(examples):
         if len(ids) - 1 > block_size:
-            raise ValueError(f"example {n} has {len(ids)} tokens, more than block_size={block_size} + 1: "
-                             "shorten it or fine-tune a model with a longer context")
+            raise ValueError(f"example {n} has {len(ids)} tokens, more than block_size={block_size}"
+                             " + 1: shorten it or fine-tune a model with a longer context")
         if len(row[0]) + len(ids) - 1 > block_size:
             rows.append(row)
             row = ([], [], [])
         row[0].extend(ids[:-1])  # x_t; the last token only ever appears as a target
-        row[1].extend(t if m else -1 for t, m in zip(ids[1:], mask[1:]))  # y_t = x_{t+1} where m_{t+1} = 1
+        row[1].extend(t if m else -1 for t, m in zip(ids[1:], mask[1:]))  # y_t = x_{t+1} if m_{t+1}
         row[2].extend([n] * (len(ids) - 1))
     return rows + ([row] if row[0] else [])
 
@@ -98,9 +103,8 @@ def pack(examples, block_size):
 def collate(rows, device, pad_id=0):
     """(idx, targets, doc), each (B, T) for T the longest row; padding has target -1 and doc -1."""
     T = max(len(r[0]) for r in rows)
-    idx, targets, doc = (torch.tensor([r[i] + [fill] * (T - len(r[i])) for r in rows], device=device)
-                         for i, fill in ((0, pad_id), (1, -1), (2, -1)))
-    return idx, targets, doc
+    return tuple(torch.tensor([r[i] + [fill] * (T - len(r[i])) for r in rows], device=device)
+                 for i, fill in ((0, pad_id), (1, -1), (2, -1)))
 
 
 class PackedGPT(nn.Module):
@@ -116,9 +120,10 @@ class PackedGPT(nn.Module):
     def forward(self, idx, doc):  # idx, doc: (B, T) -> logits (B, T, vocab)
         m, cfg = self.model, self.model.config
         t = torch.arange(idx.size(1), device=idx.device)
-        first = F.pad(doc[:, 1:] != doc[:, :-1], (1, 0), value=True)  # (B, T): an example starts here
-        positions = t - torch.where(first, t, 0).cummax(-1).values  # (B, T): 0, 1, 2.. in each example
-        mask = (doc[:, :, None] == doc[:, None, :]) & (t[:, None] >= t[None, :])  # (B, T, T) block-diagonal causal
+        first = F.pad(doc[:, 1:] != doc[:, :-1], (1, 0), value=True)  # (B, T): an example starts
+        positions = t - torch.where(first, t, 0).cummax(-1).values  # (B, T): 0, 1, 2.. per example
+        # (B, T, T): block-diagonal and causal
+        mask = (doc[:, :, None] == doc[:, None, :]) & (t[:, None] >= t[None, :])
         x = m.transformer.wte(idx)  # (B, T, n_embd)
         rope = None
         if cfg.pos == "rope":
@@ -136,7 +141,8 @@ class PackedGPT(nn.Module):
 def nf4_levels():
     """The 16 NormalFloat-4 values: quantiles of N(0, 1) scaled to [-1, 1], 8 positive and 7
     negative so that 0 is exact. Quantile levels give each code about equal probability mass
-    for normally distributed weights; delta keeps the end quantiles finite (Dettmers et al. 2023)."""
+    for normally distributed weights; delta keeps the end quantiles finite (Dettmers et al.
+    2023)."""
     delta = 0.5 * (1 / 32 + 1 / 30)
     positive = torch.special.ndtri(torch.linspace(1 - delta, 0.5, 9, dtype=torch.float64)[:-1])
     negative = -torch.special.ndtri(torch.linspace(1 - delta, 0.5, 8, dtype=torch.float64)[:-1])
@@ -161,13 +167,14 @@ def quantize_nf4(w):
     blocks = F.pad(flat, (0, -flat.numel() % NF4_BLOCK)).view(-1, NF4_BLOCK)  # (n_blocks, 64)
     absmax = blocks.abs().amax(1)  # c_b
     midpoints = (NF4[1:] + NF4[:-1]).to(w.device) / 2
-    codes = torch.bucketize(blocks / absmax.clamp(min=1e-12)[:, None], midpoints).to(torch.uint8)  # nearest level
+    # the nearest level of each weight
+    codes = torch.bucketize(blocks / absmax.clamp(min=1e-12)[:, None], midpoints).to(torch.uint8)
     mean = absmax.mean()
     centred = F.pad(absmax - mean, (0, -absmax.numel() % ABSMAX_BLOCK)).view(-1, ABSMAX_BLOCK)
     scale = centred.abs().amax(1).clamp(min=1e-12) / E4M3_MAX  # (n_blocks / 256,) fp32 s_k
     absmax_codes = (centred / scale[:, None]).to(torch.float8_e4m3fn).flatten()[:absmax.numel()]
-    return dict(codes=codes[:, 0::2] << 4 | codes[:, 1::2], absmax_codes=absmax_codes, absmax_scale=scale,
-                absmax_mean=mean, shape=torch.tensor(w.shape))
+    return dict(codes=codes[:, 0::2] << 4 | codes[:, 1::2], absmax_codes=absmax_codes,
+                absmax_scale=scale, absmax_mean=mean, shape=torch.tensor(w.shape))
 
 
 def dequantize_nf4(q):
@@ -188,7 +195,9 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base, r, alpha, quantize=False):
         super().__init__()
-        self.scale, self.merged, self.quantized = alpha / r, False, quantize
+        self.scale = alpha / r
+        self.merged = False
+        self.quantized = quantize
         if quantize:
             for name, t in quantize_nf4(base.weight).items():
                 self.register_buffer(f"nf4_{name}", t)
@@ -204,7 +213,8 @@ class LoRALinear(nn.Module):
     def base_weight(self):
         if not self.quantized:
             return self.weight
-        q = {name.removeprefix("nf4_"): t for name, t in self.named_buffers() if name.startswith("nf4_")}
+        q = {name.removeprefix("nf4_"): t for name, t in self.named_buffers()
+             if name.startswith("nf4_")}
         return dequantize_nf4(q).to(self.lora_A.dtype)
 
     def delta(self):
@@ -229,7 +239,8 @@ def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=F
                     setattr(parent, name, LoRALinear(child, r, alpha, quantize))
                     hits.append(name)
     if not hits:
-        raise ValueError(f"no Linear layer named one of {tuple(targets)} in the blocks: try c_attn, c_proj, c_fc")
+        raise ValueError(f"no Linear layer named one of {tuple(targets)} in the blocks:"
+                         " try c_attn, c_proj, c_fc")
     return model
 
 
@@ -300,55 +311,17 @@ def weight_bytes(model):
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-# ----------------------------------------------------------------------------- the instruction task
-
-# ----------------------------------------------------------------------------- training
-
-def train_sft(model, rows, steps, lr, batch_size, device, rank=0, world=1, seed=0, desc="sft"):
-    """AdamW with a cosine lr on the packed assistant-token loss, training whatever requires grad.
-    Every process draws the same global batch and keeps its slice; each divides its summed loss
-    by the global token count, so the DDP average of gradients is the single-process gradient."""
-    if batch_size % world:
-        raise ValueError(f"batch_size={batch_size} does not split evenly over {world} processes")
-    params = [p for p in model.parameters() if p.requires_grad]
-    packed = PackedGPT(model)
-    if world > 1:
-        ids = [torch.device(device).index] if device.startswith("cuda") else None
-        packed = nn.parallel.DistributedDataParallel(packed, device_ids=ids)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    g, losses = torch.Generator().manual_seed(seed), []
-    model.train()
-    bar = tqdm(range(steps), desc=desc, leave=False, disable=rank != 0)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        batch = [rows[i] for i in torch.randint(len(rows), (batch_size,), generator=g).tolist()]
-        n_targets = sum(t != -1 for row in batch for t in row[1])  # over the global batch
-        idx, targets, doc = collate(batch[rank::world], device)
-        with gpt.autocast(device):
-            logits = packed(idx, doc)
-        nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="sum")
-        loss = nll * world / n_targets  # the mean over the global batch, once DDP averages
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item() / world)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    model.eval()
-    return losses
-
-
-# ----------------------------------------------------------------------------- demo
-
 def prepare(base, method, cfg, tok):
     """A copy of the base, set up for one method: everything trainable, or LoRA / QLoRA adapters
     plus the special tokens' rows of the embedding (and of the head, if it is not tied)."""
     model = copy.deepcopy(base)
     if method != "full":
-        apply_lora(model, cfg.lora_r, cfg.lora_alpha, tuple(cfg.lora_targets.split(",")), quantize=method == "qlora")
+        targets = tuple(cfg.lora_targets.split(","))
+        apply_lora(model, cfg.lora_r, cfg.lora_alpha, targets, quantize=method == "qlora")
         # pretraining encoded ordinary text only: the chat tokens' rows were never fed in (and as
         # outputs only learned never to be said), so they learn too; the rest of W stays frozen
-        special, shared = [tok.special(name) for name in gpt.SPECIAL_TOKENS], {}
+        special = [tok.special(name) for name in gpt.SPECIAL_TOKENS]
+        shared = {}
         for module in (model.transformer.wte, model.lm_head):  # a tied head shares its rows
             if id(module.weight) not in shared:
                 shared[id(module.weight)] = NewTokenRows(module.weight, special)
@@ -356,86 +329,217 @@ def prepare(base, method, cfg, tok):
     return model
 
 
+# ----------------------------------------------------------------------------- training
+
+def train_sft(model, rows, opt, g, cfg, start, device, after_step, rank=0, world=1, desc="sft"):
+    """opt (AdamW over what requires grad) with a cosine lr on the packed assistant-token loss,
+    from step `start` to cfg.steps, batches drawn with g. after_step(step, loss) runs after each
+    step and returns True to stop there. Returns the steps done. Every process draws the same
+    global batch and keeps its slice; each divides its summed loss by the global token count,
+    so the DDP average of gradients is the single-process gradient."""
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} does not split evenly over {world}"
+                         " processes")
+    packed = PackedGPT(model)
+    if world > 1:
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        packed = nn.parallel.DistributedDataParallel(packed, device_ids=ids)
+    lr = opt.defaults["lr"]
+    done = start
+    model.train()
+    for step in tqdm(range(start, cfg.steps), desc=desc, leave=False, disable=rank != 0):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        draw = torch.randint(len(rows), (cfg.batch_size,), generator=g)
+        batch = [rows[i] for i in draw.tolist()]
+        n_targets = sum(t != -1 for row in batch for t in row[1])  # over the global batch
+        idx, targets, doc = collate(batch[rank::world], device)
+        with gpt.autocast(device):
+            logits = packed(idx, doc)
+        nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), targets.flatten(),
+                              ignore_index=-1, reduction="sum")
+        loss = nll * world / n_targets  # the mean over the global batch, once DDP averages
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        shown = loss.detach() / world  # this process's share of the global mean
+        if world > 1:
+            dist.all_reduce(shown)
+        done = step + 1
+        if after_step(done, shown.item()):
+            break
+    model.eval()
+    return done
+
+
+# ----------------------------------------------------------------------------- main
+
 def main(cfg):
+    """Each method from the same base, one after another; --resume skips the finished ones."""
     rank, world, device = gpt.setup_distributed(cfg.device)
-    try:
-        return run(cfg, rank, world, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run(cfg, rank, world, device):
-    master, cuda = rank == 0, device.startswith("cuda")
+    master = rank == 0
     say = print if master else (lambda *a, **k: None)
+    plt = gpt.pyplot(cfg.plot and master)
     torch.manual_seed(cfg.seed)
-    say(f"base model: {cfg.init or 'a tiny byte-level GPT pretrained here on the embedded corpus'}")
-    base, tok = base_model(cfg.init, cfg.base_steps, device)
-    train_set, eval_set = make_task(cfg.n_train, cfg.n_eval, cfg.seed)
-    examples = [(render_chat(chat(x, a), tok), loss_mask(chat(x, a), tok)) for _, x, a in train_set]
+    train_set, eval_set = gpt.make_task(cfg.n_train, cfg.n_eval, cfg.seed)
+    with gpt.bad_input():  # a missing, garbage or mismatched checkpoint: one line, before any work
+        ckpts = resumable(cfg) if cfg.resume else {}
+        base, tok = load_base(cfg, device, train_set + eval_set)
+    say(f"base model: {cfg.init or 'a tiny byte-level GPT pretrained here (out_dir/base.pt)'}")
+    if base is None:
+        base, tok = gpt.base_model("", cfg.base_steps, device)
+        if master:  # what --resume starts from, rather than pretraining again
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "base.pt"), base, tok)
+    examples = [(gpt.render_chat(gpt.chat(x, a), tok), gpt.loss_mask(gpt.chat(x, a), tok))
+                for _, x, a in train_set]
     rows = pack(examples, base.config.block_size)
     n_tokens = sum(len(ids) - 1 for ids, _ in examples)
-    say(f"{gpt.count_params(base) / 1e6:.2f}M parameters; {len(examples)} instructions packed into {len(rows)} rows "
-        f"of {base.config.block_size} ({n_tokens / (len(rows) * base.config.block_size):.0%} full; one example per row "
-        f"would be {n_tokens / (len(examples) * max(len(ids) - 1 for ids, _ in examples)):.0%} full)")
+    fill = n_tokens / (len(rows) * base.config.block_size)
+    one_per_row = n_tokens / (len(examples) * max(len(ids) - 1 for ids, _ in examples))
+    say(f"{gpt.count_params(base) / 1e6:.2f}M parameters; {len(examples)} instructions packed into"
+        f" {len(rows)} rows of {base.config.block_size} ({fill:.0%} full; one example per row"
+        f" would be {one_per_row:.0%} full)")
     say("e.g. " + repr(tok.decode(examples[0][0])))
-    steps = cfg.steps or (1000 if cuda else 200)
-    results, outputs = [], {}
-    acc0, nll0, outputs["base"] = evaluate(base, tok, eval_set)
-    for method in cfg.method_list:
+    done = [i * cfg.steps + ckpts[m]["step"] for i, m in enumerate(cfg.method_list) if m in ckpts]
+    log = gpt.RunLog(cfg.out_dir, step=max(done) + 1 if cfg.resume else 0) if master else None
+    results = []
+    outputs = {}
+    acc0, nll0, outputs["base"] = gpt.evaluate_instructions(base, tok, eval_set)
+    for i, method in enumerate(cfg.method_list):
+        ckpt = ckpts.get(method)
+        path = ckpt_path(cfg, method)
+        if ckpt and "result" in ckpt:  # finished before this --resume
+            results.append(ckpt["result"])
+            outputs[method] = ckpt["outputs"]
+            continue
+        if 0 < cfg.stop_after <= i * cfg.steps:
+            break
+        torch.manual_seed(cfg.seed)  # every method starts alike, whichever ran before it
         model = prepare(base, method, cfg, tok)
-        before = (acc0, nll0) if method != "qlora" else evaluate(model, tok, eval_set)[:2]  # NF4 changes the base
+        before = (acc0, nll0)
+        if method == "qlora":  # NF4 rounding moves the base
+            before = gpt.evaluate_instructions(model, tok, eval_set)[:2]
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr if method == "full" else cfg.lora_lr,
+                                weight_decay=0.0)
+        g = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        losses = train_sft(model, rows, steps, cfg.lr if method == "full" else cfg.lora_lr, cfg.batch_size, device,
-                           rank, world, cfg.seed, desc=method)
+        if ckpt:  # --resume: this method stopped at ckpt["step"]
+            model.load_state_dict(ckpt["trainable"] or ckpt["model"], strict=False)
+            opt.load_state_dict(ckpt["optimizer"])
+            gpt.set_rng_state(ckpt["rng"], g)
+            t0 -= ckpt["seconds"]
+
+        def after_step(step, loss):
+            done = i * cfg.steps + step  # over the whole run
+            if master:
+                log(step=done, **{f"loss_{method}": loss})
+            if master and (done == cfg.stop_after or step % cfg.ckpt_interval == 0):
+                save(path, model, tok, method, step, opt, g, cfg, seconds=time.perf_counter() - t0)
+            return done == cfg.stop_after
+        start = ckpt["step"] if ckpt else 0
+        if train_sft(model, rows, opt, g, cfg, start, device, after_step, rank, world,
+                     desc=method) < cfg.steps:
+            break
         seconds = time.perf_counter() - t0
-        acc, nll, outputs[method] = evaluate(model, tok, eval_set)
-        trainable, weights = trainable_params(model), weight_bytes(model)
-        results.append(dict(method=method, trainable=trainable, weight_bytes=weights,
-                            train_bytes=weights + 3 * 4 * trainable,  # + fp32 grads and two Adam moments
-                            acc_before=before[0], acc_after=acc, nll_before=before[1], nll_after=nll,
-                            first_loss=losses[0], last_loss=losses[-1], seconds=seconds))
+        acc, nll, outputs[method] = gpt.evaluate_instructions(model, tok, eval_set)
+        trainable = trainable_params(model)
+        weights = weight_bytes(model)
+        result = dict(method=method, trainable=trainable, weight_bytes=weights,
+                      train_bytes=weights + 3 * 4 * trainable,  # + fp32 grads and two Adam moments
+                      acc_before=before[0], acc_after=acc, nll_before=before[1], nll_after=nll,
+                      seconds=seconds)
         if method == "lora":  # merging folds B A into W: same answers, no adapter cost at inference
-            merged = evaluate(merge_lora(model), tok, eval_set[:50])[2]
-            say(f"LoRA merged into W: {sum(m == o for m, o in zip(merged, outputs['lora']))}/50 answers unchanged")
-        if master:  # every method as a plain GPT that gpt.load_model and dpo.py --init can read
-            path = os.path.join(cfg.out_dir, "ckpt.pt" if method == "full" else f"ckpt_{method}.pt")
-            merged = None if method == "full" else merged_state(model)
-            gpt.save_checkpoint(path, model, tok, step=steps, config=cfg, model_state=merged)
-            note = {"full": "", "lora": ", adapters merged", "qlora": ", W dequantised, adapters merged"}
-            say(f"saved {path} (a plain GPT{note[method]})")
-    if master:
-        report(results, outputs, eval_set, cfg, gpt.count_params(base))
+            merged = gpt.evaluate_instructions(merge_lora(model), tok, eval_set[:50])[2]
+            same = sum(m == o for m, o in zip(merged, outputs["lora"]))
+            say(f"LoRA merged into W: {same}/50 answers unchanged")
+        if master:
+            log(step=(i + 1) * cfg.steps, **result)
+            save(path, model, tok, method, cfg.steps, opt, g, cfg, seconds=seconds, result=result,
+                 outputs=outputs[method])
+            say(f"saved {path} (a plain GPT{'' if method == 'full' else ', adapters merged'})")
+        results.append(result)
+    if plt:
+        gpt.plot_curves(plt, log, [f"loss_{m}" for m in cfg.method_list],
+                        os.path.join(cfg.out_dir, "log.png"))
+    if len(results) < len(cfg.method_list):
+        say(f"stopped after {cfg.stop_after} steps: python sft.py --resume continues")
+    elif master:
+        report(results, outputs, eval_set, gpt.count_params(base))
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return results
 
 
-def report(results, outputs, eval_set, cfg, n_params):
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "log.jsonl"), "a") as f:
-        for r in results:
-            f.write(json.dumps(r) + "\n")
-    print(f"\nheld-out exact match over {len(eval_set)} instructions ({n_params / 1e6:.2f}M-parameter base)")
+def report(results, outputs, eval_set, n_params):
+    print(f"\nheld-out exact match over {len(eval_set)} instructions"
+          f" ({n_params / 1e6:.2f}M-parameter base)")
     print(f"{'method':<7} {'trainable':>15} {'weights':>9} {'+grads+Adam':>12} {'answer NLL':>13} "
           f"{'accuracy':>13} {'time':>6}")
     for r in results:
         print(f"{r['method']:<7} {r['trainable']:>8,} ({r['trainable'] / n_params:>4.0%}) "
               f"{r['weight_bytes'] / 2**20:>7.2f}MB {r['train_bytes'] / 2**20:>10.2f}MB "
-              f"{r['nll_before']:>5.2f} -> {r['nll_after']:<5.2f} {r['acc_before']:>4.0%} -> {r['acc_after']:<5.0%} "
-              f"{r['seconds']:>5.0f}s")
-    print("(weights: every parameter and buffer, QLoRA's NF4 codes and scales included; "
-          "+grads+Adam adds 12 bytes per trainable parameter; LoRA and QLoRA train their adapters "
-          "and the special tokens' embedding rows)")
-    print("\naccuracy by task  " + "".join(f"{name:>8}" for name in TASKS))
+              f"{r['nll_before']:>5.2f} -> {r['nll_after']:<5.2f} "
+              f"{r['acc_before']:>4.0%} -> {r['acc_after']:<5.0%} {r['seconds']:>5.0f}s")
+    print("(weights: every parameter and buffer, NF4 codes and scales included; +grads+Adam: 12"
+          " bytes per trainable parameter, LoRA's being its adapters and the special tokens' rows)")
+    print("\naccuracy by task  " + "".join(f"{name:>8}" for name in gpt.TASKS))
     for method, predicted in outputs.items():
-        right = {name: [p == a for p, (t, _, a) in zip(predicted, eval_set) if t == name] for name in TASKS}
-        print(f"{method:<17} " + "".join(f"{sum(r) / max(len(r), 1):>8.0%}" for r in right.values()))
-    print("\none held-out instruction per task:")
-    for name in TASKS:
-        i = next((i for i, (t, _, _) in enumerate(eval_set) if t == name), None)
-        if i is not None:
-            got = "  ".join(f"{m}={outputs[m][i]!r}" for m in outputs)
-            print(f"  {eval_set[i][1]!r} -> {eval_set[i][2]!r}:  {got}")
+        right = {name: [p == a for p, (t, _, a) in zip(predicted, eval_set) if t == name]
+                 for name in gpt.TASKS}
+        print(f"{method:<17} " + "".join(f"{sum(r) / max(len(r), 1):>8.0%}"
+                                         for r in right.values()))
+
+
+# ----------------------------------------------------------------------------- --resume
+# The workflow rather than the lecture: each method's checkpoint, and the run that --resume goes on.
+
+RESUME_FREE = ("resume", "stop_after", "plot", "device", "ckpt_interval")  # may change on resume
+
+
+def ckpt_path(cfg, method):
+    return os.path.join(cfg.out_dir, "ckpt.pt" if method == "full" else f"ckpt_{method}.pt")
+
+
+def save(path, model, tok, method, step, opt, g, cfg, **extra):
+    """A plain GPT (LoRA and QLoRA merged in, W dequantised) that any script loads, and what
+    --resume needs to go on: the trained tensors as they are, the optimizer and the RNGs."""
+    lora = method != "full"
+    trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    gpt.save_checkpoint(path, model, tok, step=step, config=cfg, optimizer=opt.state_dict(),
+                        model_state=merged_state(model) if lora else None,
+                        trainable=trained if lora else None, rng=gpt.rng_state(g), **extra)
+
+
+def resumable(cfg):
+    """{method: its checkpoint} of the run that --resume continues, saved with these settings."""
+    paths = {m: ckpt_path(cfg, m) for m in cfg.method_list}
+    ckpts = {m: gpt.load_checkpoint(p) for m, p in paths.items() if os.path.exists(p)}
+    if not ckpts:
+        raise ValueError(f"--resume, but {cfg.out_dir} holds no checkpoint: run without it")
+    now = dataclasses.asdict(cfg)
+    for m, ckpt in ckpts.items():
+        saved = ckpt.get("config") or {}
+        if saved.keys() != now.keys() or "rng" not in ckpt:
+            raise ValueError(f"{paths[m]} was not saved by sft.py: cannot resume from it")
+        diff = [f"--{k}={v}" for k, v in saved.items() if k not in RESUME_FREE and now[k] != v]
+        if diff:
+            raise ValueError(f"{paths[m]} was trained with other settings: resume with"
+                             f" {' '.join(diff)}")
+    return ckpts
+
+
+def load_base(cfg, device, examples):
+    """The --init checkpoint, or on --resume the base pretrained here before (out_dir/base.pt).
+    It must have the chat tokens and room for the longest prompt and the answer. (None, None)
+    when the tiny base is to be pretrained here."""
+    if not cfg.init and not cfg.resume:
+        return None, None
+    model, tok, _ = gpt.load_model(cfg.init or os.path.join(cfg.out_dir, "base.pt"), device)
+    prompt = max(len(gpt.render_chat(gpt.chat(x), tok, True)) for _, x, _ in examples)
+    gpt.check_chat_model(model, tok, prompt + 16)  # evaluation lets the model write 16 tokens
+    return model.eval(), tok
 
 
 if __name__ == "__main__":
-    main(gpt.parse_args(SFTConfig))
+    main(gpt.parse_args(SFTConfig, gpu=GPU))

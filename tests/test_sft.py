@@ -3,6 +3,7 @@ gpt.py's own forward pass and completion_loss for packing, the LoRA formula writ
 float64, the NF4 table published with QLoRA and a brute-force nearest-level search, and a
 single process for DDP."""
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -28,8 +29,8 @@ def make_model(cfg, seed=0, dtype=torch.float64):
 
 
 def chat_example(tok, instruction, answer):
-    messages = sft.chat(instruction, answer)
-    return sft.render_chat(messages, tok), sft.loss_mask(messages, tok)
+    messages = gpt.chat(instruction, answer)
+    return gpt.render_chat(messages, tok), gpt.loss_mask(messages, tok)
 
 
 # ----------------------------------------------------------------------------- chat template and mask
@@ -38,17 +39,17 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tok):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "France? <|end|>"},
                 {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "Italy?"},
                 {"role": "assistant", "content": "Rome"}]
-    ids, mask = sft.render_chat(messages, tok), sft.loss_mask(messages, tok)
+    ids, mask = gpt.render_chat(messages, tok), gpt.loss_mask(messages, tok)
     assert len(ids) == len(mask)
     assert tok.decode(ids) == ("<|system|>Be brief.<|end|><|user|>France? <|end|><|end|><|assistant|>Paris<|end|>"
                                "<|user|>Italy?<|end|><|assistant|>Rome<|end|>")
     assert tok.decode([t for t, m in zip(ids, mask) if m]) == "Paris<|end|>Rome<|end|>"
     # the "<|end|>" the user typed is 7 ordinary bytes, not the special token: one real <|end|> per message
     assert ids.count(tok.special("<|end|>")) == len(messages)
-    prompt = sft.render_chat(messages[:2], tok, add_generation_prompt=True)
+    prompt = gpt.render_chat(messages[:2], tok, add_generation_prompt=True)
     assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
     with pytest.raises(ValueError, match="role"):
-        sft.render_chat([{"role": "bot", "content": "hi"}], tok)
+        gpt.render_chat([{"role": "bot", "content": "hi"}], tok)
 
 
 def test_pack_targets_are_the_next_assistant_tokens(tok):
@@ -89,7 +90,7 @@ def test_packed_loss_equals_gpt_completion_loss(tiny_gpt_config, tok):
     data = [("reverse cat", "tac"), ("count abcd", "4"), ("upper ox", "OX")]
     idx, targets, doc = sft.collate(sft.pack([chat_example(tok, x, a) for x, a in data], 48), "cpu")
     packed = F.cross_entropy(sft.PackedGPT(model)(idx, doc).flatten(0, 1), targets.flatten(), ignore_index=-1)
-    prompts = [sft.render_chat(sft.chat(x), tok, add_generation_prompt=True) for x, _ in data]
+    prompts = [gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True) for x, _ in data]
     completions = [tok.encode(a) + [tok.special("<|end|>")] for _, a in data]
     torch.testing.assert_close(packed, gpt.completion_loss(model, prompts, completions), rtol=1e-12, atol=0)
 
@@ -140,7 +141,7 @@ def test_lora_trains_the_adapters_and_only_the_special_token_rows(tiny_gpt_confi
     base = make_model(cfg)
     model = sft.prepare(base, "lora", sft.SFTConfig(lora_r=4, lora_alpha=8), tok)
     assert sft.trainable_params(model) == 2 * 4 * (96 + 64 + 224 + 128) + 7 * 32 * (1 if tie else 2)
-    ids = torch.tensor([sft.render_chat(sft.chat("first letter: ox", "o"), tok)])
+    ids = torch.tensor([gpt.render_chat(gpt.chat("first letter: ox", "o"), tok)])
     assert torch.equal(model(ids)[0], base(ids)[0])  # B = 0 and the rows start as the base's
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     model(ids[:, :-1], ids[:, 1:])[1].backward()
@@ -270,24 +271,38 @@ def test_merged_state_is_a_plain_gpt_with_the_adapters_in(tiny_gpt_config, tmp_p
         torch.testing.assert_close(plain(x)[0], expected, rtol=1e-12, atol=1e-12)
 
 
-# ----------------------------------------------------------------------------- the demo, single and DDP
+# ----------------------------------------------------------------------------- the run, single and DDP
 
 @pytest.fixture
 def tiny_init(tmp_path, tok):
-    """A random 2-layer byte-level GPT saved as a checkpoint, to fine-tune in seconds."""
-    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    """A random 2-layer byte-level GPT saved as a checkpoint, to fine-tune in seconds. Its 48-token
+    context holds the task: the longest prompt, '<|user|>count the letters: ' and 8 letters then
+    '<|end|><|assistant|>', is 30 byte tokens, and evaluation lets the model write 16 more."""
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32)
     path = str(tmp_path / "init.pt")
     gpt.save_checkpoint(path, make_model(cfg, dtype=torch.float32), tok)
     return path
 
 
-def test_main_smoke_and_learning(tiny_init, tmp_path):
-    cfg = sft.SFTConfig(init=tiny_init, steps=25, batch_size=4, lr=1e-2, lora_lr=2e-2, n_train=60, n_eval=8,
-                        out_dir=str(tmp_path / "out"), device="cpu")
+def log_rows(cfg):
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_main_smoke_and_learning(tiny_init, tmp_path, monkeypatch):
+    plots = []
+    monkeypatch.setattr(gpt, "pyplot", lambda plot: "plt" if plot else None)  # matplotlib or not
+    monkeypatch.setattr(gpt, "plot_curves", lambda plt, log, keys, path: plots.append((keys, path)))
+    cfg = sft.SFTConfig(init=tiny_init, steps=25, batch_size=4, lr=1e-2, lora_lr=2e-2, n_train=60,
+                        n_eval=8, plot=True, out_dir=str(tmp_path / "out"), device="cpu")
     results = {r["method"]: r for r in sft.main(cfg)}
     assert set(results) == {"full", "lora", "qlora"}
-    for r in results.values():
-        assert r["last_loss"] < r["first_loss"] and r["nll_after"] < r["nll_before"], r
+    rows = log_rows(cfg)
+    for method, r in results.items():
+        losses = [row[f"loss_{method}"] for row in rows if f"loss_{method}" in row]
+        assert len(losses) == 25 and losses[-1] < losses[0] and r["nll_after"] < r["nll_before"], r
+        assert sum(row.get("method") == method for row in rows) == 1  # and its result row
+    assert plots == [(["loss_full", "loss_lora", "loss_qlora"], os.path.join(cfg.out_dir, "log.png"))]
     # r (in + out) for c_attn 32->96, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32 at r = 8, in 2 layers,
     # plus the embedding rows of the 7 special tokens (32 wide), which learn the chat template
     assert results["lora"]["trainable"] == 2 * 8 * (128 + 64 + 224 + 128) + 7 * 32
@@ -295,31 +310,113 @@ def test_main_smoke_and_learning(tiny_init, tmp_path):
     assert results["qlora"]["weight_bytes"] < results["lora"]["weight_bytes"]
     model, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))  # the full fine-tune, a plain GPT
     assert gpt.count_params(model) == results["full"]["trainable"]
-    eval_set = sft.make_task(cfg.n_train, cfg.n_eval, cfg.seed)[1]
+    eval_set = gpt.make_task(cfg.n_train, cfg.n_eval, cfg.seed)[1]
     for method in ("lora", "qlora"):  # merged into plain GPTs: the adapted models' answer NLL
         model, tok, _ = gpt.load_model(os.path.join(cfg.out_dir, f"ckpt_{method}.pt"))
-        nll = sft.evaluate(model, tok, eval_set)[1]
+        nll = gpt.evaluate_instructions(model, tok, eval_set)[1]
         # float32: W + (alpha/r) B A rounds apart from the two-branch forward, ~1e-7 per weight
         assert nll == pytest.approx(results[method]["nll_after"], rel=1e-5)
-    with pytest.raises(ValueError, match="methods"):
-        sft.SFTConfig(methods="full,prefix")
 
 
-def test_ddp_two_processes_match_one(tiny_init, tmp_path):
-    """torchrun with 2 CPU processes (gloo), each with half of every batch, ends on the same weights."""
-    cfg = sft.SFTConfig(init=tiny_init, methods="full", steps=3, batch_size=4, n_train=40, n_eval=2, device="cpu")
+def test_resume_is_exact(tiny_init, tmp_path):
+    """All three methods in one go equal a run stopped halfway through LoRA and resumed: full is
+    kept (its checkpoint is complete), LoRA goes on from its step 2 checkpoint with its optimizer
+    and RNG, QLoRA starts after it; every checkpoint bit for bit, and the same log rows."""
+    cfg = sft.SFTConfig(init=tiny_init, steps=4, batch_size=4, n_train=40, n_eval=4, ckpt_interval=3,
+                        device="cpu")
+    whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
+    sft.main(whole)
+    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=6)
+    assert sft.main(split)[0]["method"] == "full"
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt_lora.pt"))["step"] == 2
+    assert not os.path.exists(os.path.join(split.out_dir, "ckpt_qlora.pt"))
+    with pytest.raises(SystemExit, match="resume with --lr=0.003"):  # another lr: another run
+        sft.main(dataclasses.replace(split, stop_after=0, resume=True, lr=0.01))
+    results = sft.main(dataclasses.replace(split, stop_after=0, resume=True))
+    assert [r["method"] for r in results] == ["full", "lora", "qlora"]
+    for name in ("ckpt.pt", "ckpt_lora.pt", "ckpt_qlora.pt"):
+        a, b = (gpt.load_checkpoint(os.path.join(c.out_dir, name)) for c in (whole, split))
+        assert a["step"] == b["step"] == 4
+        for group in ("model", "trainable"):
+            assert (a[group] is None) == (b[group] is None) and all(
+                torch.equal(a[group][k], b[group][k]) for k in a[group] or {})
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert untimed(log_rows(split)) == untimed(log_rows(whole))
+
+
+def test_bad_init_or_resume_is_one_line_before_any_work(tiny_init, tmp_path, tok, capsys, monkeypatch):
+    """A garbage file, a model without rows for the chat tokens, one whose context is shorter than
+    the task needs (46 tokens, see tiny_init), nothing to resume: one line, before any training.
+    The --plot note comes first of all, since it is a missing package, not bad input."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in CI: the note, then the error
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    plain = dict(n_layer=1, n_head=2, n_embd=16)
+    no_chat, short = str(tmp_path / "no_chat.pt"), str(tmp_path / "short.pt")
+    gpt.save_checkpoint(no_chat, gpt.GPT(gpt.GPTConfig(vocab_size=256, block_size=64, **plain)), tok)
+    gpt.save_checkpoint(short, gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=40,
+                                                     **plain)), tok)
+    cases = [(dict(init=str(garbage)), "not a readable checkpoint"), (dict(init=no_chat), "chat tokens"),
+             (dict(init=short), "context is 40 tokens; this task needs 46"),
+             (dict(init=tiny_init, resume=True), "holds no checkpoint")]
+    for fields, message in cases:
+        cfg = sft.SFTConfig(**fields, plot=True, out_dir=str(tmp_path / "out"), device="cpu")
+        with pytest.raises(SystemExit, match=message) as error:
+            sft.main(cfg)
+        assert "\n" not in str(error.value) and not os.path.exists(cfg.out_dir)
+        assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--steps=0"], "--steps=0"), (["--base_steps=0"], "--base_steps"), (["--lr=0"], "--lr"),
+    (["--lora_lr=-1"], "--lora_lr"), (["--lora_alpha=0"], "--lora_alpha"), (["--lora_r=0"], "--lora_r"),
+    (["--batch_size=0"], "--batch_size"), (["--n_train=0"], "--n_train"), (["--n_eval=0"], "--n_eval"),
+    (["--ckpt_interval=0"], "--ckpt_interval"), (["--stop_after=-1"], "--stop_after"),
+    (["--methods=full,prefix"], "--methods"), (["--methods="], "--methods"),
+    (["--lora_targets=q_proj"], "--lora_targets"), (["--device=cuda"], "only cpu")])
+def test_every_field_is_checked_before_any_work(argv, field, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as error:
+        gpt.parse_args(sft.SFTConfig, argv, gpu=sft.GPU)
+    assert error.value.code == 2 and field in capsys.readouterr().err
+
+
+@pytest.fixture
+def float64():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+def test_ddp_two_processes_match_one(tiny_init, tmp_path, float64):
+    """torchrun with 2 CPU processes (gloo), each with half of every batch, ends on the weights of
+    one process and logs the same loss: the mean over the whole batch, not one process's share.
+    In float64: float32 sums in another order round apart by ~1e-7, and Adam's g / (sqrt(v) + eps)
+    turns that into visible weight differences where a gradient is near zero (8.6e-6 seen here)."""
+    cfg = sft.SFTConfig(init=tiny_init, methods="full", steps=3, batch_size=4, n_train=40, n_eval=2,
+                        device="cpu")
     single = dataclasses.replace(cfg, out_dir=str(tmp_path / "single"))
     sft.main(single)
     ddp = dataclasses.replace(cfg, out_dir=str(tmp_path / "ddp"))
+    script = tmp_path / "sft64.py"  # sft.py's command line, with float64 as the default dtype
+    script.write_text(f"import sys, torch\nsys.path.insert(0, {ROOT!r})\n"
+                      "torch.set_default_dtype(torch.float64)\nimport gpt, sft\n"
+                      "sft.main(gpt.parse_args(sft.SFTConfig, gpu=sft.GPU))\n")
     args = [f"--{f.name}={getattr(ddp, f.name)}" for f in dataclasses.fields(ddp)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "sft.py")] + args
+           str(script)] + args
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     a = gpt.load_checkpoint(os.path.join(single.out_dir, "ckpt.pt"))["model"]
     b = gpt.load_checkpoint(os.path.join(ddp.out_dir, "ckpt.pt"))["model"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert a["lm_head.weight"].dtype == b["lm_head.weight"].dtype == torch.float64
+    for k in a:  # float64 rounding (~1e-16) through Adam's 1/eps = 1e8 and lr 3e-3: below 1e-9
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-9)
     initial = gpt.load_checkpoint(tiny_init)["model"]
-    assert not torch.allclose(a["lm_head.weight"], initial["lm_head.weight"])  # it did train
+    assert not torch.allclose(a["lm_head.weight"].float(), initial["lm_head.weight"])  # it trained
+    losses = [[r["loss_full"] for r in log_rows(c) if "loss_full" in r] for c in (single, ddp)]
+    assert len(losses[0]) == 3
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12, abs=0)  # sums in another order
