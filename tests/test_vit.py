@@ -2,9 +2,12 @@
 the equations, the 2D sin-cos formula, the idx and CIFAR formats built byte by byte, and the
 offline fallback with the network switched off."""
 import gzip
+import hashlib
 import io
 import math
+import os
 import pickle
+import sys
 import tarfile
 import urllib.error
 
@@ -201,9 +204,7 @@ def test_offline_falls_back_to_the_shapes_set(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vit.urllib.request, "urlopen", no_network)
     data = vit.load_data("mnist", 50, 20, cache_dir=str(tmp_path))
     assert "falling back to the embedded shapes set" in capsys.readouterr().out
-    assert data["train"][0].shape == (50, 3, 32, 32) and "attrs" in data
-    with pytest.raises(ValueError, match="choose shapes, mnist or cifar10"):
-        vit.load_data("imagenet", 5, 5)
+    assert data["train"][0].shape == (50, 3, 28, 28) and "attrs" in data  # at MNIST's size
 
 
 def test_a_corrupt_download_is_a_clear_error(tmp_path):
@@ -236,9 +237,127 @@ def test_vqa_batch_masks_exactly_the_answer_targets():
     assert mask.tolist() == [[False, False, True, True], [False, True, True, True]]
 
 
-def test_main_smoke(capsys):
-    vit.main(vit.RunConfig(n_train=256, n_test=64, n_layer=1, n_embd=16, n_head=2, steps=3, batch_size=16,
-                           vlm_steps=3, device="cpu"))
+def test_cached_archives_load_without_the_network(tmp_path, monkeypatch):
+    """MNIST's four idx files and CIFAR-10's archive, tiny, written in their formats into the
+    cache with their MD5s as published: load_data reads them and never opens the network."""
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was opened")
+    monkeypatch.setattr(vit.urllib.request, "urlopen", no_network)
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 10, 6, dtype=np.uint8),
+              rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), rng.integers(0, 10, 4, dtype=np.uint8)]
+    digests = {}
+    for name, a in zip(vit.MNIST_MD5, arrays):  # train images, train labels, test images, labels
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(n.to_bytes(4, "big") for n in a.shape)
+        (tmp_path / name).write_bytes(gzip.compress(header + a.tobytes()))
+        digests[name] = hashlib.md5((tmp_path / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(vit, "MNIST_MD5", digests)
+    data = vit.load_data("mnist", 5, 3, cache_dir=str(tmp_path))
+    assert data["train"][0].shape == (5, 1, 28, 28) and data["test"][1].dtype == torch.long
+    torch.testing.assert_close(data["train"][0][:, 0], torch.tensor(arrays[0][:5] / 255.0).float())
+    assert data["test"][1].tolist() == arrays[3][:3].tolist() and "attrs" not in data
+
+    batch = {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [4, 0, 9]}
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name in ("data_batch_1", "test_batch"):
+            blob = pickle.dumps(batch)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    monkeypatch.setattr(vit, "CIFAR_MD5", hashlib.md5(
+        (tmp_path / "cifar-10-python.tar.gz").read_bytes()).hexdigest())
+    data = vit.load_data("cifar10", 2, 3, cache_dir=str(tmp_path))
+    assert data["train"][0].shape == (2, 3, 32, 32) and data["test"][1].tolist() == [4, 0, 9]
+    assert data["train"][0][1, 2, 31, 31] == batch[b"data"][1, 3071] / 255.0  # blue, last pixel
+
+
+# ----------------------------------------------------------------------------- config and flags
+
+@pytest.mark.parametrize("argv, message", [
+    ("--data=imagenet", "data='imagenet'; choose one of shapes, mnist, cifar10"),
+    ("--data=mnist", "image_size=28 is not divisible by patch_size=8"),
+    ("--patch_size=0", "patch_size=0 must be at least 1"),
+    ("--n_embd=30", "n_embd=30 is not divisible by n_head=4"),
+    ("--pos=sincos --n_embd=18 --n_head=2", "2D sin-cos positions need n_embd divisible by 4"),
+    ("--pool=max", "pool='max'; choose one of ('cls', 'mean')"),
+    ("--steps=0", "steps=0 must be at least 1"),
+    ("--lr=0", "lr=0.0 must be positive"),
+    ("--n_layers=2", "unrecognized arguments: --n_layers=2")])
+def test_bad_flags_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        vit.parse_args(vit.Config, argv.split(), gpu=vit.GPU)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_here_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        vit.parse_args(vit.Config, ["--device=mps"], gpu=vit.GPU)
+    assert "--device=mps, but this machine has only cpu" in capsys.readouterr().err
+
+
+def test_cpu_and_gpu_defaults(monkeypatch):
+    """CPU: README's ViT, 16 patches of 8x8, 4 blocks x 64, 214,348 parameters (counted by hand
+    below). CUDA: 4x4 patches (they divide MNIST's 28 and the 32 of the others), 8 x 256."""
+    cpu = vit.parse_args(vit.Config, ["--device=cpu"], gpu=vit.GPU)
+    model = vit.ViT(vit.ViTConfig(patch_size=cpu.patch_size, n_layer=cpu.n_layer,
+                                  n_head=cpu.n_head, n_embd=cpu.n_embd))
+    D, per_block = 64, 4 * 64 + (3 * 64 * 64 + 3 * 64) + (64 * 64 + 64) + 2 * (4 * 64 * 64) + 5 * 64
+    assert vit.count_params(model) == 3 * 8 * 8 * D + D + D + 17 * D + 4 * per_block + 2 * D + 12 * D + 12
+    assert vit.count_params(model) == 214_348  # the README's figure
+    monkeypatch.setattr(vit, "pick_device", lambda name="auto": "cuda")
+    for data in ("shapes", "mnist", "cifar10"):
+        cuda = vit.parse_args(vit.Config, [f"--data={data}"], gpu=vit.GPU)
+        assert (cuda.patch_size, cuda.n_layer, cuda.n_embd, cuda.steps) == (4, 8, 256, 5000)
+
+
+# ----------------------------------------------------------------------------- the demo
+
+class Recorder:  # stands in for matplotlib.pyplot and its axes: records what would be drawn
+    def __init__(self):
+        self.calls = []
+
+    def subplots(self, *args, **kwargs):
+        return self, (self, self)
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_plot_draws_the_image_and_the_attention_it_reads(tmp_path, pool):
+    """The PNG's right panel is the float64 reference's attention map (as in the test above),
+    laid out on the patch grid; the left one the image scaled into [0, 1]."""
+    model = make_model(tiny_config(pool=pool))
+    img = torch.randn(3, 12, 12, dtype=torch.float64)
+    plt = Recorder()
+    vit.show_attention(model, img, "cpu", plt, str(tmp_path / "attention.png"))
+    _, A = reference_forward(model, img[None])
+    expected = A[0, 0, 1:] if pool == "cls" else A[0, 1:, 1:].mean(0)
+    (left,), (right,) = [args for call, args, _ in plt.calls if call == "imshow"]
+    # float32 in the figure: rounding of values below 1 stays under 1e-7
+    torch.testing.assert_close(right.double(), expected.view(3, 3), rtol=0, atol=1e-7)
+    assert left.shape == (12, 12, 3) and left.min() == 0 and left.max() == 1
+    assert [args for call, args, _ in plt.calls if call == "savefig"] == [
+        (str(tmp_path / "attention.png"),)]
+
+
+def test_plot_without_matplotlib_is_a_note_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setattr(vit, "load_data", lambda *args: 1 / 0)  # the first work main would do
+    with pytest.raises(ZeroDivisionError):
+        vit.main(vit.Config(plot=True, out_dir=str(tmp_path), device="cpu"))
+    assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def test_main_smoke(capsys, tmp_path, monkeypatch):
+    plt = Recorder()
+    monkeypatch.setattr(vit, "pyplot", lambda plot: plt if plot else None)
+    vit.main(vit.Config(n_train=256, n_test=32, n_layer=1, n_embd=16, n_head=2, steps=3,
+                        batch_size=16, vlm_steps=3, plot=True, out_dir=str(tmp_path), device="cpu"))
     out = capsys.readouterr().out
     for text in ("max difference", "ViT", "CNN", "[CLS] attention", "what colour is the shape?", "chance"):
         assert text in out
+    assert [args for call, args, _ in plt.calls if call == "savefig"] == [
+        (os.path.join(str(tmp_path), "attention.png"),)]
