@@ -598,7 +598,8 @@ def train_agent(cfg, device, log, ckpt=None):
             gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step + 1, cfg,
                                 opt.state_dict(), rng=gpt.rng_state(g))
     print(f"model: gpt.py 2x{cfg.n_embd}, {gpt.count_params(model) / 1e6:.2f}M params;"
-          f" {len(pairs)} turns from {cfg.n_train} traces, {end} of {cfg.steps} steps")
+          f" {len(pairs)} turns from {cfg.n_train} traces, {end} of {cfg.steps} steps"
+          + (f", final loss {loss.item():.3f}" if start < end else ""))
     return (model.eval(), tok) if end == cfg.steps else None
 
 

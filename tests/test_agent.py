@@ -360,6 +360,7 @@ def test_main_smoke(tmp_path, capsys):
                                  max_steps=1, out_dir=str(tmp_path)))
     out = capsys.readouterr().out
     assert "tools, constrained" in out and "no tools" in out and "wrong_use_of_output" in out
+    assert "3 of 3 steps, final loss" in out
 
 
 # ----------------------------------------------------------------------------- settings, resume, log, plot
