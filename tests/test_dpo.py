@@ -2,8 +2,10 @@
 math module, ln 2 at the start, and log-probs computed one pair at a time in float64."""
 import copy
 import dataclasses
+import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -20,17 +22,18 @@ def tok():
 @pytest.fixture
 def model(tok):
     torch.manual_seed(0)
-    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=2, n_head=4,
+                        n_kv_head=2, n_embd=32)
     return gpt.GPT(cfg).double().eval()
 
 
 def make_pairs(tok):
     """(prompt, chosen, rejected) token lists of different lengths, so batches need padding."""
-    data = [("reverse cat", "tac", "cta"), ("count abcdefg", "7", "6"), ("sort dcab", "abcd", "abdc"),
-            ("what number comes after 199?", "200", "1100")]
+    data = [("reverse cat", "tac", "cta"), ("count abcdefg", "7", "6"),
+            ("sort dcab", "abcd", "abdc"), ("what number comes after 199?", "200", "1100")]
     end = tok.special("<|end|>")
-    return [(tok.encode(f"<|user|>{x}<|end|><|assistant|>", allow_special=True), tok.encode(w) + [end],
-             tok.encode(l) + [end]) for x, w, l in data]
+    return [(tok.encode(f"<|user|>{x}<|end|><|assistant|>", allow_special=True),
+             tok.encode(w) + [end], tok.encode(l) + [end]) for x, w, l in data]
 
 
 def batch(pairs):
@@ -42,23 +45,27 @@ def test_loss_is_ln2_when_the_policy_is_the_reference(model, tok):
     policy_logps = dpo.sequence_logps(model, prompts, chosen, rejected)
     ref_logps = dpo.sequence_logps(copy.deepcopy(model), prompts, chosen, rejected)
     for smoothing in (0.0, 0.2):  # -(1 - e) log sigma(0) - e log sigma(0) = ln 2 for any e
-        losses, r_w, r_l = dpo.dpo_loss(*policy_logps, *ref_logps, beta=0.1, label_smoothing=smoothing)
+        losses, r_w, r_l = dpo.dpo_loss(*policy_logps, *ref_logps, beta=0.1,
+                                        label_smoothing=smoothing)
         torch.testing.assert_close(losses, torch.full_like(losses, math.log(2)), rtol=0, atol=1e-12)
         assert (r_w == 0).all() and (r_l == 0).all()
 
 
 def test_worked_examples_for_dpo_ipo_and_label_smoothing():
-    """pi_w = -1, pi_l = -3, ref_w = -2, ref_l = -2.5, beta = 0.5: h = (-1 + 2) - (-3 + 2.5) = 1.5."""
+    """pi_w = -1, pi_l = -3, ref_w = -2, ref_l = -2.5, beta = 0.5:
+    h = (-1 + 2) - (-3 + 2.5) = 1.5."""
     logps = [torch.tensor([v], dtype=torch.float64) for v in (-1.0, -3.0, -2.0, -2.5)]
     h, beta = 1.5, 0.5
     sigmoid, r_w, r_l = dpo.dpo_loss(*logps, beta)
-    assert sigmoid.item() == pytest.approx(math.log(1 + math.exp(-beta * h)), abs=1e-12)  # -log sigma(0.75) = 0.3873
+    # -log sigma(0.75) = 0.3873
+    assert sigmoid.item() == pytest.approx(math.log(1 + math.exp(-beta * h)), abs=1e-12)
     assert (r_w.item(), r_l.item()) == pytest.approx((0.5, -0.25), abs=1e-12)  # beta (pi - ref)
     smoothed = dpo.dpo_loss(*logps, beta, label_smoothing=0.1)[0]
     expected = 0.9 * math.log(1 + math.exp(-0.75)) + 0.1 * math.log(1 + math.exp(0.75))  # 0.4617
     assert smoothed.item() == pytest.approx(expected, abs=1e-12)
     ipo = dpo.dpo_loss(*logps, beta, loss_type="ipo")[0]
-    assert ipo.item() == pytest.approx((1.5 - 1 / (2 * 0.5)) ** 2, abs=1e-12)  # (h - 1/(2 beta))^2 = 0.25
+    # (h - 1/(2 beta))^2 = 0.25
+    assert ipo.item() == pytest.approx((1.5 - 1 / (2 * 0.5)) ** 2, abs=1e-12)
     with pytest.raises(ValueError, match="loss_type"):
         dpo.dpo_loss(*logps, beta, loss_type="kto")
 
@@ -69,10 +76,12 @@ def test_gradients_match_the_formulas(loss_type):
     rejected side gets the opposite, and the reference gets none (it is a constant)."""
     pi_w = torch.tensor([-4.0, -1.0], dtype=torch.float64, requires_grad=True)
     pi_l = torch.tensor([-2.0, -3.0], dtype=torch.float64, requires_grad=True)
-    ref_w, ref_l = torch.tensor([-3.0, -2.0], dtype=torch.float64), torch.tensor([-2.5, -2.0], dtype=torch.float64)
+    ref_w = torch.tensor([-3.0, -2.0], dtype=torch.float64)
+    ref_l = torch.tensor([-2.5, -2.0], dtype=torch.float64)
     beta = 0.3
     dpo.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta, loss_type)[0].sum().backward()
-    h = [(pw - rw) - (pl - rl) for pw, pl, rw, rl in zip([-4.0, -1.0], [-2.0, -3.0], [-3.0, -2.0], [-2.5, -2.0])]
+    h = [(pw - rw) - (pl - rl)
+         for pw, pl, rw, rl in zip([-4.0, -1.0], [-2.0, -3.0], [-3.0, -2.0], [-2.5, -2.0])]
     if loss_type == "sigmoid":
         expected = [-beta / (1 + math.exp(beta * x)) for x in h]
     else:
@@ -104,7 +113,8 @@ def test_padding_does_not_change_the_logps(model, tok):
     torch.testing.assert_close(together_w, alone_w, rtol=0, atol=1e-10)
     torch.testing.assert_close(together_l, alone_l, rtol=0, atol=1e-10)
     prompts, chosen, _ = batch(pairs)
-    logp, mask = gpt.completion_logprobs(model, prompts, chosen, prompt_width=max(map(len, prompts)) + 9)
+    width = max(map(len, prompts)) + 9
+    logp, mask = gpt.completion_logprobs(model, prompts, chosen, prompt_width=width)
     torch.testing.assert_close(logp.sum(-1), alone_w, rtol=0, atol=1e-10)
     cached_w, cached_l = dpo.all_logps(model, pairs, batch_size=3)  # batches of 3 then 1
     torch.testing.assert_close(cached_w, alone_w, rtol=0, atol=1e-10)
@@ -188,17 +198,133 @@ def test_config_errors_are_clear():
         dpo.DPOConfig(loss="orpo")
 
 
-def test_main_smoke(tmp_path, tok):
-    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    init = str(tmp_path / "init.pt")
+@pytest.mark.parametrize("argv, field", [
+    (["--steps=0"], "--steps=0"), (["--base_steps=0"], "--base_steps"), (["--lr=-1"], "--lr"),
+    (["--sft_steps=0"], "--sft_steps"), (["--beta=0"], "--beta"), (["--n_eval=0"], "--n_eval"),
+    (["--batch_size=0"], "--batch_size"), (["--n_train=0"], "--n_train"),
+    (["--loss=kto"], "--loss"),
+    (["--eval_interval=0"], "--eval_interval"), (["--rpo_alpha=-1"], "--rpo_alpha"),
+    (["--stop_after=-2"], "--stop_after"), (["--label_smoothing=0.5"], "--label_smoothing"),
+    (["--device=cuda"], "only cpu")])
+def test_every_field_is_checked_before_any_work(argv, field, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as error:
+        gpt.parse_args(dpo.DPOConfig, argv, gpu=dpo.GPU)
+    assert error.value.code == 2 and field in capsys.readouterr().err
+
+
+@pytest.fixture
+def init(tmp_path, tok):
+    """A random 2-layer byte-level GPT whose 48-token context holds the task: the longest prompt,
+    '<|user|>count the letters: ' and 8 letters then '<|end|><|assistant|>', is 30 byte tokens,
+    and a rejected answer may be the model's own 16 tokens and <|end|>."""
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=2, n_head=2,
+                        n_embd=32)
+    path = str(tmp_path / "init.pt")
     torch.manual_seed(0)
-    gpt.save_checkpoint(init, gpt.GPT(cfg), tok)
-    run = dpo.DPOConfig(init=init, steps=6, batch_size=4, lr=3e-3, n_train=16, n_eval=8, eval_interval=3,
-                        out_dir=str(tmp_path / "out"), device="cpu")
+    gpt.save_checkpoint(path, gpt.GPT(cfg), tok)
+    return path
+
+
+def log_rows(cfg):
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_main_smoke(tmp_path, init, monkeypatch):
+    plots = []
+    monkeypatch.setattr(gpt, "pyplot", lambda plot: "plt" if plot else None)  # matplotlib or not
+    monkeypatch.setattr(gpt, "plot_curves", lambda plt, log, keys, path: plots.append((keys, path)))
+    run = dpo.DPOConfig(init=init, steps=6, batch_size=4, lr=3e-3, n_train=16, n_eval=8,
+                        eval_interval=3, plot=True, out_dir=str(tmp_path / "out"), device="cpu")
     histories = dpo.main(run)
     assert list(histories) == ["sigmoid", "sigmoid + 1 NLL"]  # pure DPO, then with the NLL term
     for history in histories.values():
         assert [row["step"] for row in history] == [0, 3, 6]
-        assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and history[0]["reward_acc"] == 0.0
+        assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+        assert history[0]["reward_acc"] == 0.0
         assert history[-1]["loss"] < history[0]["loss"]
-    assert os.path.exists(os.path.join(run.out_dir, "ckpt.pt"))
+    rows = log_rows(run)  # both runs one after the other: the second starts again at step 6
+    assert [(r["variant"], r["step"]) for r in rows] == [
+        ("sigmoid", 0), ("sigmoid", 3), ("sigmoid", 6),
+        ("sigmoid + 1 NLL", 6), ("sigmoid + 1 NLL", 9), ("sigmoid + 1 NLL", 12)]
+    keys = ["reward_acc", "prefers_chosen", "greedy_acc"]
+    assert plots == [(keys, os.path.join(run.out_dir, "log.png"))]
+    for name in ("ckpt_pure.pt", "ckpt.pt"):  # each run's own policy, a plain GPT
+        assert gpt.load_model(os.path.join(run.out_dir, name))[2]["step"] == 6
+
+
+def test_resume_is_exact(tmp_path, init):
+    """Both runs in one go equal a run stopped in the middle of the second (between two of its
+    evaluations) and resumed: the finished first run is kept, the second goes on from its last
+    checkpoint with its optimizer and RNG; both checkpoints bit for bit, and the same log rows."""
+    cfg = dpo.DPOConfig(init=init, steps=4, batch_size=4, lr=3e-3, n_train=12, n_eval=4,
+                        eval_interval=2, device="cpu")
+    whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
+    dpo.main(whole)
+    split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=7)
+    assert list(dpo.main(split)) == ["sigmoid", "sigmoid + 1 NLL"]
+    assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 3
+    with pytest.raises(SystemExit, match="resume with --beta=0.1"):  # another beta: another run
+        dpo.main(dataclasses.replace(split, stop_after=0, resume=True, beta=0.2))
+    histories = dpo.main(dataclasses.replace(split, stop_after=0, resume=True))
+    assert [row["step"] for row in histories["sigmoid + 1 NLL"]] == [0, 2, 4]
+    for name in ("ckpt_pure.pt", "ckpt.pt"):
+        a, b = (gpt.load_checkpoint(os.path.join(c.out_dir, name)) for c in (whole, split))
+        assert a["step"] == b["step"] == 4 and a["history"] == b["history"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert log_rows(split) == log_rows(whole)
+
+
+def test_bad_init_or_resume_is_one_line_before_any_work(tmp_path, tok, init, capsys, monkeypatch):
+    """A garbage file, a model without rows for the chat tokens, one whose context is shorter than
+    the task needs (47 tokens, see the init fixture), nothing to resume: one line, before any
+    work. The --plot note comes first of all, since it is a missing package, not bad input."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as in CI: the note, then the error
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    plain = dict(n_layer=1, n_head=2, n_embd=16)
+    no_chat = str(tmp_path / "no_chat.pt")
+    short = str(tmp_path / "short.pt")
+    no_chat_cfg = gpt.GPTConfig(vocab_size=256, block_size=64, **plain)  # no rows from 256 on
+    gpt.save_checkpoint(no_chat, gpt.GPT(no_chat_cfg), tok)
+    short_cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=40, **plain)
+    gpt.save_checkpoint(short, gpt.GPT(short_cfg), tok)
+    cases = [(dict(init=str(garbage)), "not a readable checkpoint"),
+             (dict(init=no_chat), "chat tokens"),
+             (dict(init=short), "context is 40 tokens; this task needs 47"),
+             (dict(init=init, resume=True), "holds no checkpoint")]
+    for fields, message in cases:
+        cfg = dpo.DPOConfig(**fields, plot=True, out_dir=str(tmp_path / "out"), device="cpu")
+        with pytest.raises(SystemExit, match=message) as error:
+            dpo.main(cfg)
+        assert "\n" not in str(error.value) and not os.path.exists(cfg.out_dir)
+        assert capsys.readouterr().out.startswith("note: --plot needs matplotlib")
+
+
+def test_the_chain_train_sft_dpo(tiny_train_config, tmp_path):
+    """python train.py -> python sft.py --init=out/train/ckpt.pt -> python dpo.py
+    --init=out/sft/ckpt.pt, with tiny settings: a BPE tokenizer with the chat tokens carries
+    through, and each stage starts from the last one's weights."""
+    import sft
+    import train
+    pretrain = dataclasses.replace(tiny_train_config, tokenizer="bpe", vocab_size=300,
+                                   block_size=48, max_iters=2, eval_interval=2,
+                                   out_dir=str(tmp_path / "train"))
+    train.main(pretrain)
+    tuned = sft.SFTConfig(init=os.path.join(pretrain.out_dir, "ckpt.pt"), methods="full", steps=2,
+                          batch_size=4, n_train=20, n_eval=4, out_dir=str(tmp_path / "sft"),
+                          device="cpu")
+    sft.main(tuned)
+    preferred = dpo.DPOConfig(init=os.path.join(tuned.out_dir, "ckpt.pt"), steps=2, rpo_alpha=0,
+                              batch_size=4, n_train=8, n_eval=4, eval_interval=2,
+                              out_dir=str(tmp_path / "dpo"), device="cpu")
+    dpo.main(preferred)
+    stages = [gpt.load_model(os.path.join(c.out_dir, "ckpt.pt"))
+              for c in (pretrain, tuned, preferred)]
+    for _, tok, _ in stages:
+        assert tok.name == "bpe" and tok.n_vocab == 300 + len(gpt.SPECIAL_TOKENS)
+    for (before, _, _), (after, _, _) in zip(stages, stages[1:]):  # moved on from the last stage
+        assert before.config == after.config
+        assert not torch.equal(before.lm_head.weight, after.lm_head.weight)
