@@ -33,18 +33,21 @@ def chat_example(tok, instruction, answer):
     return gpt.render_chat(messages, tok), gpt.loss_mask(messages, tok)
 
 
-# ----------------------------------------------------------------------------- chat template and mask
+# ----------------------------------------------------------------------------- chat template
 
 def test_loss_mask_covers_exactly_the_assistant_tokens(tok):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "France? <|end|>"},
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "France? <|end|>"},
                 {"role": "assistant", "content": "Paris"}, {"role": "user", "content": "Italy?"},
                 {"role": "assistant", "content": "Rome"}]
     ids, mask = gpt.render_chat(messages, tok), gpt.loss_mask(messages, tok)
     assert len(ids) == len(mask)
-    assert tok.decode(ids) == ("<|system|>Be brief.<|end|><|user|>France? <|end|><|end|><|assistant|>Paris<|end|>"
-                               "<|user|>Italy?<|end|><|assistant|>Rome<|end|>")
+    assert tok.decode(ids) == ("<|system|>Be brief.<|end|><|user|>France? <|end|><|end|>"
+                               "<|assistant|>Paris<|end|><|user|>Italy?<|end|>"
+                               "<|assistant|>Rome<|end|>")
     assert tok.decode([t for t, m in zip(ids, mask) if m]) == "Paris<|end|>Rome<|end|>"
-    # the "<|end|>" the user typed is 7 ordinary bytes, not the special token: one real <|end|> per message
+    # the "<|end|>" the user typed is 7 ordinary bytes, not the special token: one real <|end|>
+    # per message
     assert ids.count(tok.special("<|end|>")) == len(messages)
     prompt = gpt.render_chat(messages[:2], tok, add_generation_prompt=True)
     assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)])
@@ -74,7 +77,8 @@ def test_packing_does_not_leak_attention(tiny_gpt_config, tok, pos):
     model = make_model(cfg)
     second = chat_example(tok, "sort ab", "ab")
     logits_of_second = []
-    for first in (chat_example(tok, "sort dcb", "bcd"), chat_example(tok, "reverse hello", "olleh")):
+    for first in (chat_example(tok, "sort dcb", "bcd"),
+                  chat_example(tok, "reverse hello", "olleh")):
         idx, _, doc = sft.collate(sft.pack([first, second], cfg.block_size), "cpu")
         assert idx.size(0) == 1  # both examples share one row
         logits = sft.PackedGPT(model)(idx, doc)
@@ -89,10 +93,12 @@ def test_packed_loss_equals_gpt_completion_loss(tiny_gpt_config, tok):
     model = make_model(dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size))
     data = [("reverse cat", "tac"), ("count abcd", "4"), ("upper ox", "OX")]
     idx, targets, doc = sft.collate(sft.pack([chat_example(tok, x, a) for x, a in data], 48), "cpu")
-    packed = F.cross_entropy(sft.PackedGPT(model)(idx, doc).flatten(0, 1), targets.flatten(), ignore_index=-1)
+    logits = sft.PackedGPT(model)(idx, doc)
+    packed = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
     prompts = [gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True) for x, _ in data]
     completions = [tok.encode(a) + [tok.special("<|end|>")] for _, a in data]
-    torch.testing.assert_close(packed, gpt.completion_loss(model, prompts, completions), rtol=1e-12, atol=0)
+    unpacked = gpt.completion_loss(model, prompts, completions)
+    torch.testing.assert_close(packed, unpacked, rtol=1e-12, atol=0)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -102,7 +108,8 @@ def test_lora_starts_as_the_base_and_merges_exactly(tiny_gpt_config):
     model = sft.apply_lora(make_model(tiny_gpt_config), r=4, alpha=8)
     x = torch.randint(0, 64, (2, 12))
     assert torch.equal(model(x)[0], base(x)[0])  # B = 0: exactly the base
-    # r (in + out) per adapted layer: c_attn 32->64, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32
+    # r (in + out) per adapted layer: c_attn 32->64, attn c_proj 32->32, c_fc 32->192,
+    # mlp c_proj 96->32
     assert sft.trainable_params(model) == 2 * 4 * ((32 + 64) + (32 + 32) + (32 + 192) + (96 + 32))
     torch.manual_seed(1)
     for layer in sft.lora_layers(model):
@@ -159,10 +166,10 @@ def test_lora_trains_the_adapters_and_only_the_special_token_rows(tiny_gpt_confi
 # ----------------------------------------------------------------------------- NF4 and QLoRA
 
 # NF4 as published with QLoRA (Dettmers et al. 2023, appendix E; the bitsandbytes NF4 table)
-NF4_PAPER = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-             -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-             0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-             0.7229568362236023, 1.0]
+NF4_PAPER = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+             -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+             0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+             0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0]
 
 
 def test_nf4_levels_match_the_paper():
@@ -219,7 +226,8 @@ def test_nf4_round_trip_is_within_the_format_bound():
     bound = (gap / 2 * c + (c - c_dq).abs()).repeat_interleave(64)[:w.numel()]
     assert (error.double() <= bound * (1 + 1e-6)).all()
     assert error.max() > 0.25 * bound.max()  # a real 4-bit error, not a lossless copy
-    nearest = (blocks.double()[..., None] / c[:, None, None] - sft.NF4.double()).abs().argmin(-1).flatten()
+    distance = (blocks.double()[..., None] / c[:, None, None] - sft.NF4.double()).abs()
+    nearest = distance.argmin(-1).flatten()
     codes = torch.stack([q["codes"] >> 4, q["codes"] & 15], -1).flatten().long()
     assert (codes == nearest).float().mean() > 0.999  # ties at exact midpoints may go either way
     reference = (torch.tensor(NF4_PAPER, dtype=torch.float64)[codes].view(-1, 64) * c_dq[:, None])
@@ -227,22 +235,26 @@ def test_nf4_round_trip_is_within_the_format_bound():
     torch.testing.assert_close(dequantized.double().flatten(), reference.flatten()[:w.numel()],
                                rtol=0, atol=float(c.max()) * 2 ** -20)
     bits = 8 * sum(t.numel() * t.element_size() for k, t in q.items() if k != "shape") / w.numel()
-    assert 4 + 8 / 64 < bits < 4.2  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks (+ padding)
+    # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks (+ padding)
+    assert 4 + 8 / 64 < bits < 4.2
 
 
 def test_qlora_freezes_the_base_in_4_bit(tiny_gpt_config):
-    model = sft.apply_lora(make_model(tiny_gpt_config, dtype=torch.float32), r=4, alpha=8, quantize=True)
+    base = make_model(tiny_gpt_config, dtype=torch.float32)
+    model = sft.apply_lora(base, r=4, alpha=8, quantize=True)
     layer = model.transformer.h[1].mlp.c_fc
     assert layer.weight is None and layer.nf4_codes.dtype == torch.uint8
     assert layer.nf4_codes.numel() == 32 * 192 // 2  # two 4-bit codes per byte
-    reference = make_model(tiny_gpt_config, dtype=torch.float32)  # the same base, weights NF4-rounded by hand
+    # the same base, weights NF4-rounded by hand
+    reference = make_model(tiny_gpt_config, dtype=torch.float32)
     with torch.no_grad():
         for name, p in reference.named_parameters():
             if name.startswith("transformer.h.") and name.endswith("weight") and p.dim() == 2:
                 p.copy_(sft.dequantize_nf4(sft.quantize_nf4(p)))
     x = torch.randint(0, 64, (2, 12))
     torch.testing.assert_close(model(x)[0], reference(x)[0], rtol=1e-5, atol=1e-5)
-    assert sft.trainable_params(model) == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert sft.trainable_params(model) == sum(p.numel() for p in adapters)
     assert sft.weight_bytes(model) < sft.weight_bytes(reference) / 2
     with pytest.raises(ValueError, match="4-bit"):
         sft.merge_lora(model)
@@ -271,14 +283,15 @@ def test_merged_state_is_a_plain_gpt_with_the_adapters_in(tiny_gpt_config, tmp_p
         torch.testing.assert_close(plain(x)[0], expected, rtol=1e-12, atol=1e-12)
 
 
-# ----------------------------------------------------------------------------- the run, single and DDP
+# ----------------------------------------------------------------------------- the run, DDP
 
 @pytest.fixture
 def tiny_init(tmp_path, tok):
     """A random 2-layer byte-level GPT saved as a checkpoint, to fine-tune in seconds. Its 48-token
     context holds the task: the longest prompt, '<|user|>count the letters: ' and 8 letters then
     '<|end|><|assistant|>', is 30 byte tokens, and evaluation lets the model write 16 more."""
-    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32)
+    cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=2, n_head=2,
+                        n_embd=32)
     path = str(tmp_path / "init.pt")
     gpt.save_checkpoint(path, make_model(cfg, dtype=torch.float32), tok)
     return path
@@ -302,13 +315,15 @@ def test_main_smoke_and_learning(tiny_init, tmp_path, monkeypatch):
         losses = [row[f"loss_{method}"] for row in rows if f"loss_{method}" in row]
         assert len(losses) == 25 and losses[-1] < losses[0] and r["nll_after"] < r["nll_before"], r
         assert sum(row.get("method") == method for row in rows) == 1  # and its result row
-    assert plots == [(["loss_full", "loss_lora", "loss_qlora"], os.path.join(cfg.out_dir, "log.png"))]
-    # r (in + out) for c_attn 32->96, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32 at r = 8, in 2 layers,
-    # plus the embedding rows of the 7 special tokens (32 wide), which learn the chat template
+    keys = ["loss_full", "loss_lora", "loss_qlora"]
+    assert plots == [(keys, os.path.join(cfg.out_dir, "log.png"))]
+    # r (in + out) for c_attn 32->96, attn c_proj 32->32, c_fc 32->192, mlp c_proj 96->32 at r = 8,
+    # in 2 layers, plus the embedding rows of the 7 special tokens (32 wide), which learn the chat
+    # template
     assert results["lora"]["trainable"] == 2 * 8 * (128 + 64 + 224 + 128) + 7 * 32
     assert results["qlora"]["trainable"] == results["lora"]["trainable"]
     assert results["qlora"]["weight_bytes"] < results["lora"]["weight_bytes"]
-    model, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))  # the full fine-tune, a plain GPT
+    model, _, _ = gpt.load_model(os.path.join(cfg.out_dir, "ckpt.pt"))  # full: a plain GPT
     assert gpt.count_params(model) == results["full"]["trainable"]
     eval_set = gpt.make_task(cfg.n_train, cfg.n_eval, cfg.seed)[1]
     for method in ("lora", "qlora"):  # merged into plain GPTs: the adapted models' answer NLL
@@ -322,8 +337,8 @@ def test_resume_is_exact(tiny_init, tmp_path):
     """All three methods in one go equal a run stopped halfway through LoRA and resumed: full is
     kept (its checkpoint is complete), LoRA goes on from its step 2 checkpoint with its optimizer
     and RNG, QLoRA starts after it; every checkpoint bit for bit, and the same log rows."""
-    cfg = sft.SFTConfig(init=tiny_init, steps=4, batch_size=4, n_train=40, n_eval=4, ckpt_interval=3,
-                        device="cpu")
+    cfg = sft.SFTConfig(init=tiny_init, steps=4, batch_size=4, n_train=40, n_eval=4,
+                        ckpt_interval=3, device="cpu")
     whole = dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))
     sft.main(whole)
     split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=6)
@@ -340,11 +355,13 @@ def test_resume_is_exact(tiny_init, tmp_path):
         for group in ("model", "trainable"):
             assert (a[group] is None) == (b[group] is None) and all(
                 torch.equal(a[group][k], b[group][k]) for k in a[group] or {})
-    untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert untimed(log_rows(split)) == untimed(log_rows(whole))
+    untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in log_rows(c)]
+               for c in (split, whole)]  # wall time aside
+    assert untimed[0] == untimed[1]
 
 
-def test_bad_init_or_resume_is_one_line_before_any_work(tiny_init, tmp_path, tok, capsys, monkeypatch):
+def test_bad_init_or_resume_is_one_line_before_any_work(tiny_init, tmp_path, tok, capsys,
+                                                        monkeypatch):
     """A garbage file, a model without rows for the chat tokens, one whose context is shorter than
     the task needs (46 tokens, see tiny_init), nothing to resume: one line, before any training.
     The --plot note comes first of all, since it is a missing package, not bad input."""
@@ -352,11 +369,14 @@ def test_bad_init_or_resume_is_one_line_before_any_work(tiny_init, tmp_path, tok
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     plain = dict(n_layer=1, n_head=2, n_embd=16)
-    no_chat, short = str(tmp_path / "no_chat.pt"), str(tmp_path / "short.pt")
-    gpt.save_checkpoint(no_chat, gpt.GPT(gpt.GPTConfig(vocab_size=256, block_size=64, **plain)), tok)
-    gpt.save_checkpoint(short, gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=40,
-                                                     **plain)), tok)
-    cases = [(dict(init=str(garbage)), "not a readable checkpoint"), (dict(init=no_chat), "chat tokens"),
+    no_chat = str(tmp_path / "no_chat.pt")
+    short = str(tmp_path / "short.pt")
+    no_chat_cfg = gpt.GPTConfig(vocab_size=256, block_size=64, **plain)  # no rows from 256 on
+    gpt.save_checkpoint(no_chat, gpt.GPT(no_chat_cfg), tok)
+    short_cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=40, **plain)
+    gpt.save_checkpoint(short, gpt.GPT(short_cfg), tok)
+    cases = [(dict(init=str(garbage)), "not a readable checkpoint"),
+             (dict(init=no_chat), "chat tokens"),
              (dict(init=short), "context is 40 tokens; this task needs 46"),
              (dict(init=tiny_init, resume=True), "holds no checkpoint")]
     for fields, message in cases:
@@ -369,8 +389,9 @@ def test_bad_init_or_resume_is_one_line_before_any_work(tiny_init, tmp_path, tok
 
 @pytest.mark.parametrize("argv, field", [
     (["--steps=0"], "--steps=0"), (["--base_steps=0"], "--base_steps"), (["--lr=0"], "--lr"),
-    (["--lora_lr=-1"], "--lora_lr"), (["--lora_alpha=0"], "--lora_alpha"), (["--lora_r=0"], "--lora_r"),
-    (["--batch_size=0"], "--batch_size"), (["--n_train=0"], "--n_train"), (["--n_eval=0"], "--n_eval"),
+    (["--lora_lr=-1"], "--lora_lr"), (["--lora_alpha=0"], "--lora_alpha"),
+    (["--lora_r=0"], "--lora_r"), (["--batch_size=0"], "--batch_size"),
+    (["--n_train=0"], "--n_train"), (["--n_eval=0"], "--n_eval"),
     (["--ckpt_interval=0"], "--ckpt_interval"), (["--stop_after=-1"], "--stop_after"),
     (["--methods=full,prefix"], "--methods"), (["--methods="], "--methods"),
     (["--lora_targets=q_proj"], "--lora_targets"), (["--device=cuda"], "only cpu")])
