@@ -1,24 +1,27 @@
 """Pretraining a GPT: next-token prediction on a corpus, L = -(1/N) sum_t log p(x_t | x_<t).
 
 The loop every LLM is born in: tokenise the corpus once into a memmap, draw random windows,
-AdamW (or Muon for the 2D weights) with warmup then cosine or warmup-stable-decay, gradient
-clipping and accumulation, bf16 autocast on CUDA, data parallelism under torchrun (DDP, or
-FSDP for ZeRO-3 style sharding), periodic val loss and samples, exact resume, and a report of
-tokens/s, MFU and the Chinchilla view (Hoffmann et al. 2022: ~20 tokens per parameter, C = 6ND).
+AdamW (or Muon for the 2D weights, Jordan et al. 2024) with warmup then cosine or
+warmup-stable-decay, gradient clipping and accumulation, bf16 autocast on CUDA, data parallelism
+under torchrun (DDP, or FSDP for ZeRO-3 style sharding), exact resume, and a report of tokens/s,
+MFU and the Chinchilla view (Hoffmann et al. 2022: ~20 tokens per parameter, C = 6ND).
 
-    python train.py                                # CPU: a 3.5M model on the embedded corpus, ~5 min
-    python train.py --data=shakespeare             # download tiny-shakespeare (cached in data/)
+    python train.py                                # CPU: a 3.5M model on the embedded corpus
+    python train.py --data=shakespeare --plot      # tiny-shakespeare, downloaded once to data/
     python train.py --data=notes.txt --tokenizer=byte --optimizer=muon --schedule=wsd
-    python train.py --resume                       # continue bit-for-bit from out/train/ckpt.pt
-    torchrun --nproc_per_node=8 train.py           # GPU: GPT-2 small (124M), DDP; --fsdp to shard
-    python bench/train_vs_nanogpt.py               # side by side with nanoGPT (see README)
+    python train.py --stop_after=200; python train.py --resume     # stop, then go on bit for bit
+    torchrun --nproc_per_node=8 train.py           # CUDA: GPT-2 small's shape, DDP; --fsdp shards
+    python train.py --data=fineweb --compile       # CUDA: FineWeb as GPT-2 token shards
+    python bench/train_vs_nanogpt.py --nanogpt=PATH    # side by side with nanoGPT (see README)
 
-On CPU you see a tqdm bar, val loss falling at each eval with a sample, and a final report;
-the checkpoint lands in out/train/ckpt.pt, where `python gpt.py` and the tuning scripts find it.
+On CPU (about 5 minutes on 2 cores) val loss falls from about 7.0 to 3.5 over five evals, each
+with a sample, then the report. out/train/ holds ckpt.pt (for `python gpt.py --ckpt=` and
+`python sft.py --init=`), log.jsonl and, with --plot, loss.png.
+Left out: tensor and pipeline parallelism, activation checkpointing, batches that respect
+document boundaries (windows cross them), and anything larger than GPT-2 small.
 """
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -34,16 +37,14 @@ import numpy as np
 from tqdm import tqdm
 
 import gpt
-from gpt import (GPT, Tokenizer, autocast, count_params, embedded_corpus, load_checkpoint,
-                 parse_args, save_checkpoint, setup_distributed)
 
 
 @dataclass
 class TrainConfig:
-    data: str = "embedded"  # embedded | shakespeare | fineweb | a local text file | a URL of one
-    tokenizer: str = "bpe"  # bpe (trained on the data) | byte | gpt2 | a .tiktoken ranks file
+    data: str = "embedded"  # embedded | shakespeare | fineweb (GPT-2 tokens) | a text file | a URL
+    tokenizer: str = "bpe"  # bpe (trained on the data) | byte | gpt2 (fineweb's) | a .tiktoken file
     vocab_size: int = 1024  # BPE vocabulary, for tokenizer=bpe
-    val_frac: float = 0.1  # the last tenth of the tokens is the validation split
+    val_frac: float = 0.1  # this fraction of the tokens, at the end, is the validation split
     cache_dir: str = "data"  # downloads, tokenizers and token memmaps are cached here
     depth: int = 4  # transformer blocks
     n_embd: int = 256  # width
@@ -83,7 +84,7 @@ class TrainConfig:
         if self.data not in named and "://" not in self.data and not os.path.isfile(self.data):
             raise ValueError(f"data={self.data!r}: no such file; use a text file, a URL or {named}")
         if self.tokenizer not in ("bpe", "byte", "gpt2") and not os.path.isfile(self.tokenizer):
-            raise ValueError(f"tokenizer={self.tokenizer!r}: use bpe, byte, gpt2 or a .tiktoken file")
+            raise ValueError(f"tokenizer={self.tokenizer!r}: use bpe, byte, gpt2 or a .tiktoken")
         for name, allowed in [("optimizer", ("adamw", "muon")), ("schedule", ("cosine", "wsd"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
@@ -116,57 +117,6 @@ GPU = dict(depth=12, n_embd=768, n_head=12, block_size=1024, batch_size=32, max_
            eval_interval=1000)  # the defaults that change on CUDA: GPT-2 small's shape and recipe
 
 
-# ----------------------------------------------------------------------------- data
-
-def prepare_data(cfg, rank=0):
-    """(train ids, val ids, tokenizer). The corpus is tokenised once (by rank 0) into a memmap in
-    cache_dir, which later runs on the same text reuse; its last val_frac is the validation split."""
-    shards = load_fineweb(cfg) if cfg.data == "fineweb" else None
-    if shards:
-        return shards
-    name, text = load_text(cfg)
-    key = hashlib.sha1(f"{cfg.tokenizer}|{cfg.vocab_size}|".encode() + text.encode()).hexdigest()
-    folder = os.path.join(cfg.cache_dir, f"{name}-{os.path.basename(cfg.tokenizer)}-{key[:10]}")
-    if rank == 0 and not os.path.exists(folder):
-        tok = Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
-        ids = np.array(tok.encode(text), dtype=np.uint16 if tok.n_vocab < 2 ** 16 else np.uint32)
-        tmp = f"{folder}.tmp{os.getpid()}"
-        os.makedirs(tmp, exist_ok=True)
-        np.save(os.path.join(tmp, "ids.npy"), ids)
-        torch.save(tok.state_dict(), os.path.join(tmp, "tokenizer.pt"))
-        os.replace(tmp, folder)  # the whole cache appears at once, or not at all
-    if dist.is_initialized():
-        dist.barrier()
-    tok = Tokenizer.from_state_dict(torch.load(os.path.join(folder, "tokenizer.pt"), weights_only=True))
-    ids = np.load(os.path.join(folder, "ids.npy"), mmap_mode="r")
-    split = int(len(ids) * (1 - cfg.val_frac))
-    return ids[:split], ids[split:], tok
-
-
-def check_lengths(train, val, block_size):
-    for split, ids in (("train", train), ("val", val)):
-        if len(ids) < block_size + 1:
-            raise ValueError(f"the {split} split has {len(ids)} tokens, too few for block_size={block_size}: "
-                             "use more text, a smaller --block_size, or a different --val_frac")
-
-
-def get_batch(ids, starts, block_size, device):
-    """Inputs x and next-token targets y, (B, block_size) each, from windows at `starts`."""
-    x = torch.from_numpy(np.stack([ids[s:s + block_size] for s in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([ids[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64))
-    return x.to(device), y.to(device)
-
-
-def step_starts(n_tokens, cfg, generator, world):
-    """Window starts for one optimizer step, (grad_accum, world, batch_size). Every process draws
-    the same global batch and keeps its own slice, so the run is the same for any world size,
-    and grad_accum x batch_size is the same run as one batch of the product."""
-    # s + block_size + 1 <= n_tokens for the targets; randint's bound is exclusive
-    count = cfg.grad_accum * world * cfg.batch_size
-    starts = torch.randint(n_tokens - cfg.block_size, (count,), generator=generator)
-    return starts.view(cfg.grad_accum, world, cfg.batch_size).numpy()
-
-
 # ----------------------------------------------------------------------------- optimisation
 
 def newton_schulz(G, steps=5, eps=1e-7):
@@ -176,7 +126,7 @@ def newton_schulz(G, steps=5, eps=1e-7):
     X = G.bfloat16() if G.is_cuda else G.float()
     tall = X.size(0) > X.size(1)
     X = X.T if tall else X  # iterate on the smaller Gram matrix
-    X = X / (X.norm() + eps)  # the Frobenius norm bounds the spectral norm: all singular values <= 1
+    X = X / (X.norm() + eps)  # the Frobenius norm bounds the spectral norm: every sigma <= 1
     for _ in range(steps):
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
@@ -188,7 +138,8 @@ class Muon(torch.optim.Optimizer):
     B <- mu B + g; U = g + mu B (Nesterov); W <- W(1 - lr wd) - lr sqrt(max(1, rows/cols)) NS(U)."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps)
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):  # --resume: set_optimizer_state_dict calls step(closure=None)
@@ -208,12 +159,14 @@ def make_optimizers(model, cfg, device):
     """AdamW with weight decay on matrices and embeddings only; with optimizer=muon, the 2D
     weights inside the blocks go to Muon instead. Each group remembers its peak lr."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    muon = {n: p for n, p in params.items() if cfg.optimizer == "muon" and ".h." in f".{n}" and p.dim() == 2}
+    muon = {n: p for n, p in params.items()
+            if cfg.optimizer == "muon" and ".h." in n and p.dim() == 2}
     decay = [p for n, p in params.items() if p.dim() >= 2 and n not in muon]
     no_decay = [p for n, p in params.items() if p.dim() < 2]
-    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.startswith("cuda"))
-    optimizers = [adamw]
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay),
+              dict(params=no_decay, weight_decay=0.0)]
+    optimizers = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    fused=device.startswith("cuda"))]
     if muon:
         optimizers.append(Muon(list(muon.values()), lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     for opt in optimizers:
@@ -234,10 +187,58 @@ def lr_factor(step, cfg):
     decay_start = cfg.max_iters * (1 - cfg.decay_frac)
     if step < decay_start:
         return 1.0
-    return 1.0 - (1 - cfg.min_lr_frac) * min(1.0, (step - decay_start) / max(1, cfg.max_iters - decay_start))
+    progress = min(1.0, (step - decay_start) / max(1, cfg.max_iters - decay_start))
+    return 1.0 - (1 - cfg.min_lr_frac) * progress
 
 
-# ----------------------------------------------------------------------------- distributed and state
+# ----------------------------------------------------------------------------- data
+
+def prepare_data(cfg, rank=0):
+    """(train ids, val ids, tokenizer). The corpus is tokenised once (by rank 0) into a memmap in
+    cache_dir, which later runs on the same text reuse; its last val_frac is for validation."""
+    shards = load_fineweb(cfg) if cfg.data == "fineweb" else None
+    if shards:
+        return shards
+    name, text = load_text(cfg)
+    key = hashlib.sha1(f"{cfg.tokenizer}|{cfg.vocab_size}|".encode() + text.encode()).hexdigest()
+    folder = os.path.join(cfg.cache_dir, f"{name}-{os.path.basename(cfg.tokenizer)}-{key[:10]}")
+    if rank == 0 and not os.path.exists(folder):
+        tok = gpt.Tokenizer.from_spec(cfg.tokenizer, text, cfg.vocab_size)
+        ids = np.array(tok.encode(text), dtype=np.uint16 if tok.n_vocab < 2 ** 16 else np.uint32)
+        tmp = f"{folder}.tmp{os.getpid()}"
+        os.makedirs(tmp, exist_ok=True)
+        np.save(os.path.join(tmp, "ids.npy"), ids)
+        torch.save(tok.state_dict(), os.path.join(tmp, "tokenizer.pt"))
+        os.replace(tmp, folder)  # the whole cache appears at once, or not at all
+    if dist.is_initialized():
+        dist.barrier()
+    tok = gpt.Tokenizer.from_state_dict(torch.load(f"{folder}/tokenizer.pt", weights_only=True))
+    ids = np.load(os.path.join(folder, "ids.npy"), mmap_mode="r")
+    split = int(len(ids) * (1 - cfg.val_frac))
+    if min(split, len(ids) - split) < cfg.block_size + 1:
+        raise ValueError(f"{split:,} train and {len(ids) - split:,} val tokens are too few for"
+                         f" block_size={cfg.block_size}: use more text or a smaller --block_size")
+    return ids[:split], ids[split:], tok
+
+
+def get_batch(ids, starts, block_size, device):
+    """Inputs x and next-token targets y, (B, block_size) each, from windows at `starts`."""
+    x = torch.from_numpy(np.stack([ids[s:s + block_size] for s in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([ids[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64))
+    return x.to(device), y.to(device)
+
+
+def step_starts(n_tokens, cfg, generator, world):
+    """Window starts for one optimizer step, (grad_accum, world, batch_size). Every process draws
+    the same global batch and keeps its own slice, so the run is the same for any world size,
+    and grad_accum x batch_size is the same run as one batch of the product."""
+    # s + block_size + 1 <= n_tokens for the targets; randint's bound is exclusive
+    count = cfg.grad_accum * world * cfg.batch_size
+    starts = torch.randint(n_tokens - cfg.block_size, (count,), generator=generator)
+    return starts.view(cfg.grad_accum, world, cfg.batch_size).numpy()
+
+
+# ----------------------------------------------------------------------------- distributed, resume
 
 def wrap(model, cfg, device, world):
     """DDP or FSDP2 when distributed, then optionally torch.compile."""
@@ -248,24 +249,28 @@ def wrap(model, cfg, device, world):
         fully_shard(model)
     elif world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if "cuda" in device else None)
+        ids = [torch.device(device).index] if "cuda" in device else None
+        model = DistributedDataParallel(model, device_ids=ids)
     return torch.compile(model) if cfg.compile else model
 
 
 def state_options(cfg):
+    """FSDP: gather whole tensors on the CPU, so the checkpoint does not depend on the sharding."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
-    return StateDictOptions(full_state_dict=True, cpu_offload=True) if cfg.fsdp and dist.is_initialized() else None
+    full = cfg.fsdp and dist.is_initialized()
+    return StateDictOptions(full_state_dict=True, cpu_offload=True) if full else None
 
 
 def save_state(path, raw, optimizers, tok, cfg, step, generator):
     """Everything --resume needs to continue bit for bit: weights, optimizer moments, the step,
     and the RNG states (the data order's generator included)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-    model_state = get_model_state_dict(raw, options=state_options(cfg))
-    opt_states = [get_optimizer_state_dict(raw, opt, options=state_options(cfg)) for opt in optimizers]
+    from torch.distributed.checkpoint import state_dict
+    model_state = state_dict.get_model_state_dict(raw, options=state_options(cfg))
+    opt_states = [state_dict.get_optimizer_state_dict(raw, opt, options=state_options(cfg))
+                  for opt in optimizers]
     if not dist.is_initialized() or dist.get_rank() == 0:
-        save_checkpoint(path, raw, tok, step=step, config=cfg, optimizer=opt_states,
-                        model_state=model_state, rng=gpt.rng_state(generator))
+        gpt.save_checkpoint(path, raw, tok, step=step, config=cfg, optimizer=opt_states,
+                            model_state=model_state, rng=gpt.rng_state(generator))
 
 
 # what --resume may change: where the run goes and how it is watched, not what it computes
@@ -275,7 +280,7 @@ RESUME_MAY_CHANGE = {"resume", "stop_after", "out_dir", "cache_dir", "device", "
 
 def read_resume(path, cfg):
     """The checkpoint to resume from, refused unless it was saved with the same settings."""
-    ckpt = load_checkpoint(path)
+    ckpt = gpt.load_checkpoint(path)
     saved = ckpt.get("config") or {}
     changed = [f"{k}={saved.get(k)!r}" for k, v in dataclasses.asdict(cfg).items()
                if k not in RESUME_MAY_CHANGE and saved.get(k) != v]
@@ -287,10 +292,10 @@ def read_resume(path, cfg):
 
 def load_state(ckpt, raw, optimizers, cfg, generator):
     """Weights, optimizer moments and RNG states back from ckpt; returns its step."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-    set_model_state_dict(raw, ckpt["model"], options=state_options(cfg))
+    from torch.distributed.checkpoint import state_dict
+    state_dict.set_model_state_dict(raw, ckpt["model"], options=state_options(cfg))
     for opt, state in zip(optimizers, ckpt["optimizer"]):
-        set_optimizer_state_dict(raw, opt, state, options=state_options(cfg))
+        state_dict.set_optimizer_state_dict(raw, opt, state, options=state_options(cfg))
     gpt.set_rng_state(ckpt["rng"], generator)
     return ckpt["step"]
 
@@ -299,7 +304,7 @@ def load_state(ckpt, raw, optimizers, cfg, generator):
 
 @torch.no_grad()
 def estimate_loss(model, train, val, cfg, device, rank, world):
-    """Mean loss over the same eval_iters batches each time (a fixed generator), so evals compare."""
+    """Mean loss over the same eval_iters batches each time (a fixed generator): evals compare."""
     model.eval()
     losses = {}
     for split, ids in (("train", train), ("val", val)):
@@ -308,7 +313,7 @@ def estimate_loss(model, train, val, cfg, device, rank, world):
         for _ in range(cfg.eval_iters):
             for starts in step_starts(len(ids), cfg, g, world)[:, rank]:  # the whole global batch
                 x, y = get_batch(ids, starts, cfg.block_size, device)
-                with autocast(device):
+                with gpt.autocast(device):
                     total += model(x, y)[1].float()
         if world > 1:
             dist.all_reduce(total)
@@ -323,9 +328,9 @@ def sample_text(raw, tok, cfg, device):
     g = torch.Generator(device).manual_seed(cfg.seed)
     if cfg.fsdp and dist.is_initialized():
         raw.unshard()  # FSDP2: gather the root's own weights; every rank samples the same tokens
-    with autocast(device):
-        out = raw.generate([[tok.eot_id]], min(cfg.sample_tokens, cfg.block_size - 1), temperature=0.8, top_k=50,
-                           generator=g)
+    with gpt.autocast(device):
+        out = raw.generate([[tok.eot_id]], min(cfg.sample_tokens, cfg.block_size - 1),
+                           temperature=0.8, top_k=50, generator=g)
     if cfg.fsdp and dist.is_initialized():
         raw.reshard()
     return tok.decode(out[0])
@@ -349,80 +354,23 @@ def peak_flops(name):
 
 def report(raw, cfg, tokens_seen, train_seconds, peak, world):
     """Parameters, tokens, Chinchilla ratio, compute, throughput, MFU (peak: FLOP/s per device)."""
-    n_params = count_params(raw)
+    n_params = gpt.count_params(raw)
     flops = raw.flops_per_token(cfg.block_size)
     tok_s = tokens_seen / max(train_seconds, 1e-9)
-    mfu = f"{flops * tok_s / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s per device" if peak else "n/a (no known peak for this device)"
+    mfu = "n/a (no known peak for this device)"
+    if peak:
+        mfu = f"{flops * tok_s / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s per device"
     lines = [f"parameters        {n_params / 1e6:.2f}M",
              f"tokens seen       {tokens_seen / 1e6:.2f}M",
              f"tokens/parameter  {tokens_seen / n_params:.2f} (Chinchilla-optimal is ~20)",
-             f"compute C = 6ND   {6 * n_params * tokens_seen:.3g} FLOPs ({flops * tokens_seen:.3g} with attention)",
+             f"compute C = 6ND   {6 * n_params * tokens_seen:.3g} FLOPs"
+             f" ({flops * tokens_seen:.3g} with attention)",
              f"throughput        {tok_s:,.0f} tokens/s ({train_seconds:.0f} s of training)",
              f"MFU               {mfu}"]
     return "\n".join(lines), dict(params=n_params, tokens=tokens_seen, tok_per_s=tok_s)
 
 
 # ----------------------------------------------------------------------------- training
-
-def train(cfg):
-    """Train, evaluate, checkpoint; returns a dict with the eval history and the report."""
-    rank, world, device = setup_distributed(cfg.device)
-    master = rank == 0
-    plt = gpt.pyplot(cfg.plot) if master else None
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    with gpt.bad_input():  # the checkpoint and data the user named: one line, before any work
-        ckpt = read_resume(ckpt_path, cfg) if cfg.resume else None
-        train_ids, val_ids, tok = prepare_data(cfg, rank)
-        check_lengths(train_ids, val_ids, cfg.block_size)
-    torch.manual_seed(cfg.seed)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    raw = GPT(cfg.model_config(tok.model_vocab_size)).to(device)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    model = wrap(raw, cfg, device, world)
-    optimizers = make_optimizers(raw, cfg, device)
-    start = load_state(ckpt, raw, optimizers, cfg, data_gen) if ckpt else 0
-    log = gpt.RunLog(cfg.out_dir, step=start) if master else None
-    tokens_per_step = cfg.grad_accum * world * cfg.batch_size * cfg.block_size
-    if master:
-        print(f"{count_params(raw) / 1e6:.2f}M parameters, {len(train_ids):,} train tokens, vocab {tok.n_vocab}, "
-              f"{world} x {device}, {tokens_per_step:,} tokens/step"
-              + (f", resuming at step {start}" if start else ""))
-    end = min(cfg.max_iters, cfg.stop_after or cfg.max_iters)
-    history = []
-    train_seconds = 0.0
-    loss_value = float("nan")
-    bar = tqdm(range(start, end + 1), initial=start, total=end + 1, desc="train", disable=not master)
-    for step in bar:
-        if step % cfg.eval_interval == 0 or step == end:
-            losses = estimate_loss(model, train_ids, val_ids, cfg, device, rank, world)
-            sample = sample_text(raw, tok, cfg, device) if cfg.sample_tokens else ""
-            row = dict(step=step, train_loss=losses["train"], val_loss=losses["val"],
-                       lr=optimizers[0].param_groups[0]["lr"], tokens=step * tokens_per_step, time=train_seconds)
-            history.append(row)
-            if master:
-                bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                bar.write(f"  sample: {sample[:200]!r}")
-                log(**row)
-            if step > start or step == end:
-                save_state(ckpt_path, raw, optimizers, tok, cfg, step, data_gen)
-        if step == end:
-            break
-        t0 = time.perf_counter()
-        loss_value = train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, world)
-        train_seconds += time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{(step + 1 - start) * tokens_per_step / train_seconds:,.0f}")
-    bar.close()
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
-    text, stats = report(raw, cfg, (end - start) * tokens_per_step, train_seconds, peak, world)
-    if master:
-        print(text)
-        if len(history) > 1:
-            print(f"val loss {history[0]['val_loss']:.3f} -> {history[-1]['val_loss']:.3f}; checkpoint: {ckpt_path}")
-        if plt:
-            gpt.plot_curves(plt, log, ["train_loss", "val_loss"], os.path.join(cfg.out_dir, "loss.png"))
-    return dict(history=history, final_train_loss=loss_value, config=cfg, **stats)
-
 
 def train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, world):
     """One optimizer step over grad_accum micro-batches; returns the mean micro-batch loss."""
@@ -437,7 +385,7 @@ def train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, 
         if cfg.fsdp and world > 1:
             model.set_requires_gradient_sync(last)
         sync = model.no_sync() if world > 1 and not cfg.fsdp and not last else nullcontext()
-        with sync, autocast(device):
+        with sync, gpt.autocast(device):
             _, loss = model(x, y)
         (loss / cfg.grad_accum).backward()  # the mean over all micro-batches
         total += loss.item() / cfg.grad_accum
@@ -449,6 +397,71 @@ def train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, 
     return total
 
 
+def train(cfg):
+    """Train, evaluate, checkpoint; returns a dict with the eval history and the report."""
+    rank, world, device = gpt.setup_distributed(cfg.device)
+    master = rank == 0
+    plt = gpt.pyplot(cfg.plot) if master else None
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    with gpt.bad_input():  # the checkpoint and data the user named: one line, before any work
+        ckpt = read_resume(ckpt_path, cfg) if cfg.resume else None
+        train_ids, val_ids, tok = prepare_data(cfg, rank)
+    torch.manual_seed(cfg.seed)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    raw = gpt.GPT(cfg.model_config(tok.model_vocab_size)).to(device)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    model = wrap(raw, cfg, device, world)
+    optimizers = make_optimizers(raw, cfg, device)
+    start = load_state(ckpt, raw, optimizers, cfg, data_gen) if ckpt else 0
+    log = gpt.RunLog(cfg.out_dir, step=start) if master else None
+    tokens_per_step = cfg.grad_accum * world * cfg.batch_size * cfg.block_size
+    if master:
+        print(f"{gpt.count_params(raw) / 1e6:.2f}M parameters, {len(train_ids):,} train tokens,"
+              f" vocab {tok.n_vocab}, {world} x {device}, {tokens_per_step:,} tokens/step"
+              + (f", resuming at step {start}" if start else ""))
+    end = min(cfg.max_iters, cfg.stop_after or cfg.max_iters)
+    history = []
+    train_seconds = 0.0
+    loss_value = float("nan")
+    bar = tqdm(range(start, end + 1), initial=start, total=end + 1, disable=not master)
+    for step in bar:
+        if step % cfg.eval_interval == 0 or step == end:
+            losses = estimate_loss(model, train_ids, val_ids, cfg, device, rank, world)
+            sample = sample_text(raw, tok, cfg, device) if cfg.sample_tokens else ""
+            row = dict(step=step, train_loss=losses["train"], val_loss=losses["val"],
+                       lr=optimizers[0].param_groups[0]["lr"], tokens=step * tokens_per_step,
+                       time=train_seconds)
+            history.append(row)
+            if master:
+                bar.write(f"step {step}: train loss {row['train_loss']:.4f},"
+                          f" val loss {row['val_loss']:.4f}")
+                bar.write(f"  sample: {sample[:200]!r}")
+                log(**row)
+            if step > start or step == end:
+                save_state(ckpt_path, raw, optimizers, tok, cfg, step, data_gen)
+        if step == end:
+            break
+        t0 = time.perf_counter()
+        loss_value = train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank,
+                                world)
+        train_seconds += time.perf_counter() - t0
+        tok_s = (step + 1 - start) * tokens_per_step / train_seconds
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:,.0f}")
+    bar.close()
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.startswith("cuda") else None
+    text, stats = report(raw, cfg, (end - start) * tokens_per_step, train_seconds, peak, world)
+    if master:
+        print(text)
+        if len(history) > 1:
+            print(f"val loss {history[0]['val_loss']:.3f} -> {history[-1]['val_loss']:.3f};"
+                  f" checkpoint: {ckpt_path}")
+        if plt:
+            png = os.path.join(cfg.out_dir, "loss.png")
+            gpt.plot_curves(plt, log, ["train_loss", "val_loss"], png)
+    return dict(history=history, final_train_loss=loss_value, config=cfg, **stats)
+
+
 def main(cfg):
     try:
         return train(cfg)
@@ -457,7 +470,7 @@ def main(cfg):
             dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------- where the text comes from
+# ----------------------------------------------------------------------------- real data
 # Not the lecture: a GPU run wants more text than the embedded corpus, so --data also takes a
 # local file, a URL (tiny-shakespeare by name) or FineWeb (Penedo et al. 2024) as GPT-2 token
 # shards. Downloads are cached in cache_dir/downloads; offline, the run says so and falls back to
@@ -476,7 +489,7 @@ def load_text(cfg):
     if cfg.data in ("shakespeare", "fineweb") or "://" in cfg.data:
         path = download(cfg.data if "://" in cfg.data else SHAKESPEARE_URL, cfg.cache_dir)
     if cfg.data == "embedded" or path is None:
-        return "embedded", embedded_corpus()
+        return "embedded", gpt.embedded_corpus()
     return os.path.splitext(os.path.basename(path))[0], gpt.read_text(path)
 
 
@@ -486,8 +499,9 @@ def download(url, cache_dir):
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(path + ".part", "wb") as f:
-                shutil.copyfileobj(response, f)
+            with urllib.request.urlopen(url, timeout=30) as response:
+                with open(path + ".part", "wb") as f:
+                    shutil.copyfileobj(response, f)
         except (urllib.error.URLError, OSError) as e:
             print(f"could not download {url} ({e}): falling back to the embedded corpus")
             return None
@@ -502,7 +516,8 @@ def read_shard(path):
         raise ValueError(f"{path} is not a GPT-2 token shard (bad magic number or version)")
     ids = np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4)
     if len(ids) != header[2]:
-        raise ValueError(f"{path} is truncated: header says {header[2]} tokens, file has {len(ids)}")
+        raise ValueError(f"{path} is truncated: its header says {header[2]} tokens, it has"
+                         f" {len(ids)}")
     return ids
 
 
@@ -512,9 +527,9 @@ def load_fineweb(cfg):
              for s, i in (("train", 1), ("val", 0))]
     if None in paths:
         return None
-    tok = Tokenizer.from_spec(cfg.tokenizer if cfg.tokenizer.endswith(".tiktoken") else "gpt2")
+    tok = gpt.Tokenizer.from_spec(cfg.tokenizer if cfg.tokenizer.endswith(".tiktoken") else "gpt2")
     return read_shard(paths[0]), read_shard(paths[1]), tok
 
 
 if __name__ == "__main__":
-    main(parse_args(TrainConfig, gpu=GPU))
+    main(gpt.parse_args(TrainConfig, gpu=GPU))

@@ -1,9 +1,11 @@
 """train.py: learning happens, runs are exactly reproducible across resume, data parallelism
 and gradient accumulation, the schedule and Muon match their definitions, and bad input fails
 clearly without touching what is on disk."""
-import dataclasses
 import base64
+import dataclasses
+import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -24,7 +26,8 @@ def final_weights(cfg):
 
 
 def test_loss_falls_and_a_checkpoint_loads(tiny_train_config):
-    cfg = dataclasses.replace(tiny_train_config, max_iters=60, eval_interval=20, n_embd=64, n_head=2)
+    cfg = dataclasses.replace(tiny_train_config, max_iters=60, eval_interval=20, n_embd=64,
+                              n_head=2)
     result = train.main(cfg)
     val = [row["val_loss"] for row in result["history"]]
     assert val[-1] < val[0] - 1.0, val
@@ -79,16 +82,18 @@ FLOAT64_RUNS_AGREE = dict(rtol=0, atol=1e-9)
 
 
 def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_path, float64):
-    big = dataclasses.replace(tiny_train_config, batch_size=8, grad_accum=1, out_dir=str(tmp_path / "big"))
-    small = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=4, out_dir=str(tmp_path / "small"))
+    big = dataclasses.replace(tiny_train_config, batch_size=8, out_dir=str(tmp_path / "big"))
+    small = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=4,
+                                out_dir=str(tmp_path / "small"))
     train.main(big), train.main(small)
     a, b = final_weights(big), final_weights(small)
     assert a["lm_head.weight"].dtype == torch.float64
     for k in a:
         torch.testing.assert_close(a[k], b[k], **FLOAT64_RUNS_AGREE)
-    untouched = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=1, out_dir=str(tmp_path / "other"))
+    untouched = dataclasses.replace(small, grad_accum=1, out_dir=str(tmp_path / "other"))
     train.main(untouched)  # a smaller batch is a different run: the comparison above can fail
-    assert not torch.allclose(a["lm_head.weight"], final_weights(untouched)["lm_head.weight"], atol=1e-5)
+    other = final_weights(untouched)["lm_head.weight"]
+    assert not torch.allclose(a["lm_head.weight"], other, atol=1e-5)
 
 
 # torchrun runs this instead of train.py: train.py's __main__ with float64 as the default dtype
@@ -101,8 +106,8 @@ runpy.run_path({os.path.join(ROOT, "train.py")!r}, run_name="__main__")
 
 def torchrun(cfg, nproc, launcher):
     args = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(launcher)] + args
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", str(launcher)] + args
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -197,12 +202,14 @@ def test_newton_schulz_orthogonalises():
     s = torch.linalg.svdvals(train.newton_schulz(G))
     assert s.min() > 0.6 and s.max() < 1.25  # five quintic steps squeeze them all near 1
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
-    cos = (train.newton_schulz(G) * (U @ Vh)).sum() / (U @ Vh).norm() / train.newton_schulz(G).norm()
+    X = train.newton_schulz(G)
+    cos = (X * (U @ Vh)).sum() / (U @ Vh).norm() / X.norm()
     assert cos > 0.95  # and it points along U V^T
 
 
 def test_muon_option_trains(tiny_train_config):
-    result = train.main(dataclasses.replace(tiny_train_config, optimizer="muon", max_iters=30, eval_interval=30))
+    cfg = dataclasses.replace(tiny_train_config, optimizer="muon", max_iters=30, eval_interval=30)
+    result = train.main(cfg)
     assert result["history"][-1]["val_loss"] < result["history"][0]["val_loss"] - 0.5
 
 
@@ -264,8 +271,10 @@ def test_fineweb_trains_from_local_shards(tiny_train_config, tmp_path, monkeypat
     for split, index, part in (("train", 1, ids[:2500]), ("val", 0, ids[2500:])):
         header = np.zeros(256, dtype=np.int32)
         header[:3] = [train.SHARD_MAGIC, 1, len(part)]
-        (tmp_path / f"fineweb_{split}_{index:06d}.bin").write_bytes(header.tobytes() + part.tobytes())
-    monkeypatch.setattr(train, "FINEWEB_URL", f"{tmp_path.as_uri()}/fineweb_{{split}}_{{index:06d}}.bin")
+        shard = tmp_path / f"fineweb_{split}_{index:06d}.bin"
+        shard.write_bytes(header.tobytes() + part.tobytes())
+    url = f"{tmp_path.as_uri()}/fineweb_{{split}}_{{index:06d}}.bin"
+    monkeypatch.setattr(train, "FINEWEB_URL", url)
     ranks = tmp_path / "bytes.tiktoken"
     ranks.write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
     cfg = dataclasses.replace(tiny_train_config, data="fineweb", tokenizer=str(ranks))
@@ -319,7 +328,8 @@ def test_cpu_and_gpu_defaults(monkeypatch):
     monkeypatch.setattr(gpt, "pick_device", lambda name="auto": "cuda")
     cuda = gpt.parse_args(train.TrainConfig, [], gpu=train.GPU)
     with torch.device("meta"):
-        sizes = [gpt.count_params(gpt.GPT(c.model_config(v))) for c, v in ((cpu, 1088), (cuda, 50304))]
+        sizes = [gpt.count_params(gpt.GPT(c.model_config(vocab)))
+                 for c, vocab in ((cpu, 1088), (cuda, 50304))]
     assert round(sizes[0] / 1e6, 2) == 3.49 and abs(sizes[1] / 124_439_808 - 1) < 0.01
     assert (cuda.block_size, cuda.batch_size, cuda.max_iters, cuda.lr) == (1024, 32, 5000, 6e-4)
 
@@ -363,7 +373,8 @@ def test_plot_draws_the_logged_losses_next_to_the_log(tiny_train_config, monkeyp
     monkeypatch.setattr(gpt, "pyplot", lambda plot: plt if plot else None)
     cfg = dataclasses.replace(tiny_train_config, plot=True)
     train.main(cfg)
-    curves = {kw["label"]: [list(a) for a in args] for call, args, kw in plt.calls if call == "plot"}
+    curves = {kw["label"]: [list(a) for a in args]
+              for call, args, kw in plt.calls if call == "plot"}
     rows = log_rows(cfg)
     assert curves == {key: [[r["step"] for r in rows], [r[key] for r in rows]]
                       for key in ("train_loss", "val_loss")}
@@ -405,3 +416,38 @@ def test_report_counts_tokens_and_chinchilla(tiny_train_config, capsys):
     assert result["tokens"] == 8 * 4 * 16  # steps x batch x block
     out = capsys.readouterr().out
     assert "tokens/parameter" in out and "Chinchilla" in out and "MFU" in out
+
+
+def load_bench():
+    path = os.path.join(ROOT, "bench", "train_vs_nanogpt.py")
+    spec = importlib.util.spec_from_file_location("bench_train_vs_nanogpt", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_against_nanogpt_without_nanogpt(tmp_path, monkeypatch):
+    """bench/train_vs_nanogpt.py's plumbing with a stand-in checkout whose train.py prints lines in
+    nanoGPT's log format (its train.py: f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms,
+    mfu ..."), and our side for real at 2 iterations."""
+    bench = load_bench()
+    with pytest.raises(ValueError, match="is not a nanoGPT checkout"):
+        bench.BenchConfig(nanogpt=str(tmp_path))
+    fake = tmp_path / "nanoGPT"
+    (fake / "data" / "shakespeare_char").mkdir(parents=True)
+    (fake / "train.py").write_text('for i in range(3):\n    print(f"iter {i}: loss 4.1000,'
+                                   ' time {10 * i + 5:.2f}ms, mfu -100.00%")\n')
+    text = "".join(c for c in gpt.embedded_corpus()[:8000] if c.isascii())
+    (tmp_path / "input.txt").write_text(text)
+    cfg = bench.BenchConfig(nanogpt=str(fake), text=str(tmp_path / "input.txt"), iters=2,
+                            out_dir=str(tmp_path / "bench"))
+    stoi = bench.prepare_nanogpt_data(text, cfg.nanogpt)
+    val = np.fromfile(fake / "data" / "shakespeare_char" / "val.bin", dtype=np.uint16)
+    assert "".join(sorted(stoi)[i] for i in val) == text[int(len(text) * 0.9):]
+    assert bench.run_nanogpt(cfg, str(tmp_path / "nano")) == 15.0  # iter 1 only: 0 and 2 hold evals
+    run = train.main  # nanoGPT's 20 eval batches are its recipe, not what this test checks
+    monkeypatch.setattr(train, "main", lambda c: run(dataclasses.replace(c, eval_iters=1)))
+    assert bench.run_ours(cfg, cfg.text, str(tmp_path / "ours")) > 0
+    assert 0 < bench.ours_val_loss(str(tmp_path / "ours"), text) < math.log(256)
+    uniform = bench.full_val_loss(lambda x: torch.zeros(*x.shape, 7), list(range(7)) * 40, block=8)
+    assert uniform == pytest.approx(math.log(7))  # every next character has probability 1/7
