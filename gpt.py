@@ -556,17 +556,27 @@ def completion_loss(model, prompts, completions, pad_id=0):
     return -logp.sum() / mask.sum().clamp(min=1)
 
 
-def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune"):
-    """AdamW with a cosine-decayed lr on completion_loss over random mini-batches of
-    (prompt ids, completion ids) pairs. params: what to train (default: everything).
-    Returns the last batch loss."""
+def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune",
+             resume=None, on_step=None):
+    """AdamW with a cosine-decayed lr on completion_loss over random mini-batches of (prompt ids,
+    completion ids) pairs. params: what to train (default: everything). on_step(step, loss,
+    state) runs after each step; state() is what a bit-exact resume needs (step, optimizer,
+    batch generator), to save; finetune(..., resume=that) continues from it. on_step returning
+    True stops the loop early. Returns the last batch loss."""
     if not pairs:
         raise ValueError("finetune needs at least one (prompt, completion) pair")
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    g, device = torch.Generator().manual_seed(seed), next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    start = 0
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        g.set_state(resume["generator"])
+        start = resume["step"]
     model.train()
-    bar = tqdm(range(steps), desc=desc, leave=False)
+    loss = torch.tensor(math.nan)
+    bar = tqdm(range(start, steps), desc=desc, leave=False)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -577,6 +587,9 @@ def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, d
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_step and on_step(step + 1, loss.item(), lambda: dict(
+                step=step + 1, optimizer=opt.state_dict(), generator=g.get_state())):  # noqa: B023
+            break
     model.eval()
     return loss.item()
 

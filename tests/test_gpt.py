@@ -830,3 +830,24 @@ def test_kv_cache_bench_smoke(capsys):
     bench.main(bench.BenchConfig(new_tokens="4,6", repeats=1, device="cpu"))
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [r.split()[0] for r in rows] == ["4", "6"] and all(r.endswith("x") for r in rows)
+
+
+def test_finetune_resumes_bit_for_bit(tiny_gpt_config):
+    """Stop after 7 of 15 steps, save what on_step offers, resume in a fresh model: the same
+    weights as 15 steps in one go."""
+    pairs = [([a + 16, b + 32], [(a + b) % 16, 0]) for a in range(8) for b in range(8)]
+    whole = make_model(tiny_gpt_config, dtype=torch.float32)
+    gpt.finetune(whole, pairs, steps=15, lr=1e-2, batch_size=8)
+    part = make_model(tiny_gpt_config, dtype=torch.float32)
+    saved = {}
+
+    def stop_at_7(step, loss, state):
+        if step == 7:
+            saved.update(state(), weights={k: v.clone() for k, v in part.state_dict().items()})
+            return True
+    gpt.finetune(part, pairs, steps=15, lr=1e-2, batch_size=8, on_step=stop_at_7)
+    fresh = make_model(tiny_gpt_config, dtype=torch.float32)
+    fresh.load_state_dict(saved.pop("weights"))
+    gpt.finetune(fresh, pairs, steps=15, lr=1e-2, batch_size=8, resume=saved)
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
