@@ -26,7 +26,6 @@ import ast
 import functools
 import itertools
 import json
-import math
 import operator
 import os
 import random
@@ -575,31 +574,25 @@ def train_agent(cfg, device, log, ckpt=None):
              for p, c in texts]
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2,
                                   n_head=4, n_embd=cfg.n_embd)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed)  # draws the batches: the data position
     if ckpt:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        gpt.set_rng_state(ckpt["rng"], g)
-    start, end = ckpt["step"] if ckpt else 0, cfg.stop_after or cfg.steps
-    model.train()
-    for step in (bar := tqdm(range(start, end), "SFT on tool traces", cfg.steps, initial=start)):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        batch = [pairs[i] for i in torch.randint(len(pairs), (16,), generator=g).tolist()]
-        with gpt.autocast(device):
-            loss = gpt.completion_loss(model, [p for p, _ in batch], [c for _, c in batch])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log(step=step, loss=loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
-            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step + 1, cfg,
-                                opt.state_dict(), rng=gpt.rng_state(g))
+    end = cfg.stop_after or cfg.steps
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+
+    def on_step(step, loss, state):  # log every step, checkpoint every ckpt_every and at the end
+        log(step=step - 1, loss=loss)
+        if step % cfg.ckpt_every == 0 or step == end:
+            state = state()
+            gpt.save_checkpoint(path, model, tok, step, cfg, state["optimizer"],
+                                generator=state["generator"])
+        return step == end
+    resume = ckpt and dict(step=ckpt["step"], optimizer=ckpt["optimizer"],
+                           generator=ckpt["generator"])
+    loss = gpt.finetune(model, pairs, cfg.steps, lr=cfg.lr, batch_size=16, seed=cfg.seed,
+                        desc="SFT on tool traces", resume=resume, on_step=on_step)
     print(f"model: gpt.py 2x{cfg.n_embd}, {gpt.count_params(model) / 1e6:.2f}M params;"
           f" {len(pairs)} turns from {cfg.n_train} traces, {end} of {cfg.steps} steps"
-          + (f", final loss {loss.item():.3f}" if start < end else ""))
+          + (f", final loss {loss:.3f}" if not ckpt or ckpt["step"] < end else ""))
     return (model.eval(), tok) if end == cfg.steps else None
 
 
