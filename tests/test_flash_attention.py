@@ -1,5 +1,6 @@
 """flash_attention.py against independent references: float64 naive attention, gradcheck,
 F.scaled_dot_product_attention with an explicit bottom-right mask, and hand-counted HBM traffic."""
+import importlib.util
 import math
 import os
 import subprocess
@@ -104,8 +105,8 @@ def test_dispatch_on_cpu_is_the_torch_path():
 
 def test_bad_inputs_give_clear_errors():
     q, k, v = rand_qkv(8, 8)
-    with pytest.raises(ValueError, match="4-D"):
-        fa.flash_attention(q[0], k[0], v[0])
+    with pytest.raises(ValueError, match="shapes do not match"):
+        fa.flash_attention(q[0], k[0], v[0])  # no batch dimension
     with pytest.raises(TypeError, match="one floating dtype"):
         fa.flash_attention(q, k.float(), v)
     with pytest.raises(TypeError, match="one floating dtype"):
@@ -208,10 +209,10 @@ def test_triton_log_sum_exp_float32(triton_device):
 
 @pytest.mark.skipif(fa.triton is None or INTERPRETED, reason="needs triton, outside the interpreter")
 def test_autotune_keeps_the_configs_listed_for_the_head_dim():
-    for table in (fa._FWD, fa._DKDV, fa._DQ):
-        prune = fa._prune(table)["early_config_prune"]
+    for table, kernel in ((fa._FWD, fa._fwd_kernel), (fa._DKDV, fa._dkdv_kernel),
+                          (fa._DQ, fa._dq_kernel)):
         for d, wanted in ((32, table[64]), (64, table[64]), (128, table[128])):
-            kept = prune(fa._configs(table, None), {}, HEAD_DIM=d, CAUSAL=True)
+            kept = kernel.early_config_prune(kernel.configs, {}, HEAD_DIM=d, CAUSAL=True)
             shapes = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
             assert sorted(shapes) == sorted(wanted)
 
@@ -231,35 +232,76 @@ def test_io_counts_match_hand_computation():
         fa.hbm_accesses(1024, 64, 100)
 
 
+def load_bench():
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "flash_attention.py")
+    spec = importlib.util.spec_from_file_location("bench_flash_attention", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # parse_args reads the module's docstring from sys.modules
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_peak_memory_sees_the_n_squared_matrices():
     # naive attention holds at least S and P (N^2 floats each) at once; ours never holds one N x N
     # matrix (its tiles are 256 x 256 = N^2 / 16 here)
+    bench = load_bench()
     N, d = 1024, 16
     q, k, v = (torch.randn(1, 1, N, d, requires_grad=True) for _ in range(3))
     dO = torch.randn(1, 1, N, d)
-    naive = fa.peak_memory(lambda: fa.forward_backward(fa.naive_attention, q, k, v, False, dO), "cpu")
-    ours = fa.peak_memory(lambda: fa.forward_backward(fa.flash_attention, q, k, v, False, dO), "cpu")
+    step = lambda attn: lambda: bench.forward_backward(attn, q, k, v, False, dO)  # noqa: E731
+    naive = bench.peak_memory(step(fa.naive_attention), "cpu")
+    ours = bench.peak_memory(step(fa.flash_attention), "cpu")
     assert naive >= 2 * N * N * 4
     assert 0 < ours < N * N * 4
 
 
-def test_parse_args():
-    cfg = fa.parse_args(fa.Config, ["--max_n=2048", "--bench", "--device=cpu"])
-    assert (cfg.max_n, cfg.bench, cfg.device) == (2048, True, "cpu")
-    for bad in (["--nope=1"], ["--max_n=big"], ["--bench=maybe"]):
-        with pytest.raises(SystemExit, match="error"):
-            fa.parse_args(fa.Config, bad)
+def parse_error(parse, config, argv, capsys):
+    """The one-line message argparse prints to stderr when it exits with code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(config, argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_bad_config_is_a_clear_error_before_any_work():
-    for bad, field in (({"max_n": 512}, "max_n=512"), ({"max_n": -1}, "max_n=-1"),
-                       ({"head_dim": 0}, "head_dim=0"), ({"sram_kb": -4}, "sram_kb=-4")):
+def test_parse_args(capsys):
+    cfg = fa.parse_args(fa.Config, ["--head_dim=32", "--sram-kb=228", "--device=cpu"])
+    assert (cfg.head_dim, cfg.sram_kb, cfg.device) == (32, 228, "cpu")
+    assert "unrecognized arguments" in parse_error(fa.parse_args, fa.Config, ["--nope=1"], capsys)
+    assert "invalid int value" in parse_error(fa.parse_args, fa.Config, ["--head_dim=big"], capsys)
+
+
+def test_bad_config_is_a_clear_error_before_any_work(capsys, monkeypatch):
+    for bad, field in (({"head_dim": 0}, "head_dim=0"), ({"sram_kb": -4}, "sram_kb=-4")):
         with pytest.raises(ValueError, match=field):
-            fa.parse_args(fa.Config, [f"--{k}={v}" for k, v in bad.items()])
-    assert fa.Config(max_n=0).max_n == 0 and fa.Config(max_n=1024).max_n == 1024  # auto, smallest
+            fa.Config(**bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    error = parse_error(fa.parse_args, fa.Config, ["--device=cuda"], capsys)
+    assert error.endswith("error: --device=cuda, but this machine has only cpu")  # was a late crash
 
 
 def test_main_smoke(capsys):
-    fa.main(fa.Config(device="cpu", max_n=1024, head_dim=16))
+    fa.main(fa.Config(device="cpu", head_dim=16))
     out = capsys.readouterr().out
-    assert "naive/ours" in out and "NO" not in out.split("HBM traffic")[0]
+    assert out.count(" yes") == 4 and " NO" not in out and "naive/tiled" in out
+
+
+def test_bench_config_is_checked(capsys):
+    bench = load_bench()
+    for argv, text in ((["--max_n=512"], "max_n=512"), (["--tables=memory,plots"], "tables="),
+                       (["--tokens=1000"], "tokens=1000"), (["--speed_sizes=1k"], "speed_sizes")):
+        assert text in parse_error(fa.parse_args, bench.BenchConfig, argv, capsys)
+
+
+def test_bench_smoke(capsys):
+    """Each table of bench/flash_attention.py at tiny sizes, the TFLOP/s one in its CPU variant."""
+    bench = load_bench()
+    bench.main(bench.BenchConfig(tables="memory,speed,tflops", head_dim=16, max_n=1024,
+                                 speed_sizes="64", tflops_sizes="32", tokens=32, device="cpu"))
+    out = capsys.readouterr().out
+    memory_rows = [line.split() for line in out.splitlines() if line.startswith("  1024")]
+    assert len(memory_rows) == 1 and memory_rows[0][-1].endswith("x")  # naive/ours at N = 1k
+    assert sum(line.startswith("   64 ") for line in out.splitlines()) == 2  # causal and not
+    tflops_rows = [row for row in out.splitlines() if "fwd+bwd:" in row and row.split()[0].isdigit()]
+    assert len(tflops_rows) == 4  # d = 64, 128 x causal or not
+    assert all(float(row.split("|")[-1]) < 1e-4 for row in tflops_rows)  # float32: ours = SDPA
