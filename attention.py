@@ -499,7 +499,7 @@ def main(cfg):
     print(heat_map(*attention))
     kv_cache_table()
     if plt:
-        plot_attention(plt, *attention, os.path.join("out", "attention", "attention.png"))
+        plot_attention(plt, *attention, "out/attention/attention.png")
 
 
 # ----------------------------------------------------------------------------- command line
