@@ -302,6 +302,6 @@ def test_bench_smoke(capsys):
     memory_rows = [line.split() for line in out.splitlines() if line.startswith("  1024")]
     assert len(memory_rows) == 1 and memory_rows[0][-1].endswith("x")  # naive/ours at N = 1k
     assert sum(line.startswith("   64 ") for line in out.splitlines()) == 2  # causal and not
-    tflops_rows = [row for row in out.splitlines() if "fwd+bwd:" in row and row.split()[0].isdigit()]
+    tflops_rows = [r for r in out.splitlines() if "fwd+bwd:" in r and r.split()[0].isdigit()]
     assert len(tflops_rows) == 4  # d = 64, 128 x causal or not
     assert all(float(row.split("|")[-1]) < 1e-4 for row in tflops_rows)  # float32: ours = SDPA
