@@ -1,6 +1,7 @@
 """train.py: learning happens, runs are exactly reproducible across resume, data parallelism
-and gradient accumulation, the schedule and Muon match their definitions, and bad input fails
-clearly without touching what is on disk."""
+and gradient accumulation, the schedule and Muon match their definitions, bad input fails in one
+line before any work, the real-data loaders and the nanoGPT bench run on local files, and
+--plot draws the log."""
 import base64
 import dataclasses
 import importlib.util
@@ -85,7 +86,8 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_pat
     big = dataclasses.replace(tiny_train_config, batch_size=8, out_dir=str(tmp_path / "big"))
     small = dataclasses.replace(tiny_train_config, batch_size=2, grad_accum=4,
                                 out_dir=str(tmp_path / "small"))
-    train.main(big), train.main(small)
+    train.main(big)
+    train.main(small)
     a, b = final_weights(big), final_weights(small)
     assert a["lm_head.weight"].dtype == torch.float64
     for k in a:
@@ -155,7 +157,7 @@ def test_muon_matches_torch_reference():
     if not hasattr(torch.optim, "Muon"):
         pytest.skip("this torch has no torch.optim.Muon")
     torch.manual_seed(0)
-    ours, ref = torch.nn.Parameter(torch.randn(48, 16)), None
+    ours = torch.nn.Parameter(torch.randn(48, 16))
     ref = torch.nn.Parameter(ours.detach().clone())
     opt_ours = train.Muon([ours], lr=0.02, weight_decay=0.01)
     opt_ref = torch.optim.Muon([ref], lr=0.02, weight_decay=0.01)
@@ -163,7 +165,8 @@ def test_muon_matches_torch_reference():
     for _ in range(3):
         g = torch.randn(48, 16)
         ours.grad, ref.grad = g.clone(), g.clone()
-        opt_ours.step(), opt_ref.step()
+        opt_ours.step()
+        opt_ref.step()
     torch.testing.assert_close(ours - start, ref - start, rtol=0.03, atol=2e-3)
 
 
