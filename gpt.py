@@ -1026,12 +1026,24 @@ def rng_state(*generators):
 
 
 def set_rng_state(state, *generators):
+    """The inverse of rng_state; states loaded onto a GPU (map_location) come back to the CPU."""
     random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     for g, s in zip(generators, state["generators"]):
-        g.set_state(s)
+        g.set_state(s.cpu())
+
+
+def check_resume(path, ckpt, cfg, free=("resume", "stop_after", "plot", "device", "out_dir")):
+    """Refuse to resume from a checkpoint another script saved, or this one with other settings
+    than cfg's, except the fields that may change between the parts of a run."""
+    saved = ckpt.get("config") or {}
+    if set(saved) != {f.name for f in dataclasses.fields(cfg)}:
+        raise ValueError(f"{path} was not saved by this script: cannot resume from it")
+    changed = [f"--{k}={v}" for k, v in saved.items() if k not in free and getattr(cfg, k) != v]
+    if changed:
+        raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")
 
 
 # ----------------------------------------------------------------------------- the instruction task

@@ -1,6 +1,7 @@
 """gpt.py against independent references: a float64 re-derivation of the forward pass, brute
 force over small vocabularies, exact distributions, and worked examples."""
 import collections
+import dataclasses
 import importlib.util
 import io
 import itertools
@@ -851,3 +852,12 @@ def test_finetune_resumes_bit_for_bit(tiny_gpt_config):
     gpt.finetune(fresh, pairs, steps=15, lr=1e-2, batch_size=8, resume=saved)
     for k, v in whole.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k
+
+
+def test_check_resume_refuses_other_scripts_and_other_settings():
+    saved = {"config": dataclasses.asdict(gpt.SampleConfig(prompt="x", seed=3))}
+    gpt.check_resume("ck.pt", saved, gpt.SampleConfig(prompt="x", seed=3, device="cpu"))
+    with pytest.raises(ValueError, match="ck.pt was saved with --prompt=x --seed=3: resume with those"):
+        gpt.check_resume("ck.pt", saved, gpt.SampleConfig())
+    with pytest.raises(ValueError, match="not saved by this script"):
+        gpt.check_resume("ck.pt", {"config": {"lr": 1.0}}, gpt.SampleConfig())
