@@ -457,7 +457,7 @@ def fit(model, step_loss, steps, lr, run, phase):
     model.train()
     bar = tqdm(range(start, steps), desc=phase, total=steps, initial=start, leave=False)
     for step in bar:
-        rng = random.Random(f"{run.cfg.seed} {phase} {step}")  # the batch
+        rng = random.Random(f"{run.cfg.seed} {step}")  # the batch: the same for every classifier
         torch.manual_seed(rng.getrandbits(62))  # masks and dropout
         with autocast(params[0].device):
             loss, stats = step_loss(rng)

@@ -548,6 +548,21 @@ def test_resume_is_exact(small_run, stop_after):
     assert resumed_log == whole_log and [r["step"] for r in whole_log] == list(range(6 + 4 * 3))
 
 
+def test_every_classifier_sees_the_same_batches(small_run):
+    """Pretrained vs scratch and distilled vs labels-only are fair comparisons: at each step,
+    each phase draws the same batch and the same dropout masks."""
+    run = bert.Run(small_run)
+    draws = {}
+    for phase in ("finetune", "scratch"):
+        model = torch.nn.Linear(2, 1)
+
+        def step_loss(rng, phase=phase):
+            draws.setdefault(phase, []).append((rng.random(), torch.rand(()).item()))
+            return model(torch.ones(2)).sum(), {}
+        bert.fit(model, step_loss, 3, 1e-3, run, phase)
+    assert draws["finetune"] == draws["scratch"] and len(set(draws["scratch"])) == 3
+
+
 def test_bad_resume_is_a_clear_error_before_any_work(small_run):
     cfg = dataclasses.replace(small_run, resume=True)
     with pytest.raises(SystemExit, match="ckpt.pt does not exist: start without --resume"):
