@@ -1,4 +1,4 @@
-"""Attention, multi-head attention (MHA, GQA, MQA) and the original encoder-decoder Transformer.
+"""Attention with several heads (MHA, GQA, MQA) and the 2017 Transformer: encoder and decoder.
 
 Each token's query q is matched against every key k, and its output averages the values v by
 those matches: Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V. Several heads run side by side
