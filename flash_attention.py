@@ -12,7 +12,7 @@ traffic drops from Theta(N^2) to Theta(N^2 d^2 / M). Here twice: in PyTorch and 
     python bench/flash_attention.py           # peak memory vs N, time vs naive and SDPA; TFLOP/s
     python -m pytest -q tests/test_flash_attention.py   # Triton runs on CPU, TRITON_INTERPRET=1
 
-On CPU (seconds): errors of ~1e-6 against float64 naive attention, as small as SDPA's, and the
+On CPU: errors of ~1e-6 against float64 naive attention, as small as SDPA's, and the
 HBM traffic of naive vs tiled attention for N = 1k to 16k.
 Left out: dropout, masks other than causal, GQA (repeat k and v), variable-length batches, and
 FlashAttention-3's Hopper-specific asynchrony and FP8.
