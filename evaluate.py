@@ -1,34 +1,37 @@
 """Evaluating LLMs: reference metrics, LLM-as-a-judge and benchmark harnesses, on one report card.
 
 Rule-based metrics compare text with references: BLEU (Papineni et al. 2002) is clipped n-gram
-precision with a brevity penalty, BP * exp(mean_n log p_n); ROUGE (Lin 2004) is n-gram and
-longest-common-subsequence recall/precision; METEOR (Banerjee & Lavie 2005) is a recall-weighted
-F-mean of aligned unigrams with a fragmentation penalty. They equal sacrebleu, rouge-score and
-NLTK (see each docstring). Model-based evaluation: perplexity exp(sum NLL / sum tokens), pass@k
-(Chen et al. 2021), maj@k, multiple-choice log-likelihood scoring (MMLU, Hendrycks et al. 2021),
-FActScore-style factuality (Min et al. 2023), and an LLM judge (Zheng et al. 2023) with a
-rationale before a PASS/FAIL verdict forced by constrained decoding, judged in both orders,
-probed for verbosity bias, and calibrated against labels with Cohen's kappa (Cohen 1960).
+precision with a brevity penalty, BP * exp(mean_n log p_n); ROUGE (Lin 2004) is n-gram and LCS
+recall/precision; METEOR (Banerjee & Lavie 2005) a recall-weighted F-mean of aligned unigrams with
+a fragmentation penalty. They equal sacrebleu, rouge-score and NLTK. Model-based: perplexity
+exp(sum NLL / sum tokens), pass@k (Chen et al. 2021), maj@k, multiple-choice log-likelihood
+scoring (MMLU, Hendrycks et al. 2021), FActScore-style factuality (Min et al. 2023), and an LLM
+judge (Zheng et al. 2023): a rationale, then a PASS/FAIL verdict forced by constrained decoding,
+judged in both orders, probed for verbosity bias, calibrated against labels by Cohen's kappa.
 
-    python evaluate.py                          # a tiny model fine-tuned on the built-in suite, its card
-    python evaluate.py --ckpt=out/train/ckpt.pt --steps=600   # start from your checkpoint instead
-    python evaluate.py --bench                  # multiple-choice scoring: batched vs one forward per option
+    python evaluate.py                          # a tiny model fine-tuned on a made-up world
+    python evaluate.py --init=out/train/ckpt.pt # fine-tune your checkpoint instead
+    python evaluate.py --ckpt=out/sft/ckpt.pt   # score a chat checkpoint as it is
+    python evaluate.py --resume --plot          # continue out/evaluate/ckpt.pt; loss.png
+    python bench/evaluate.py                    # multiple choice: batched vs a pass per option
 
-On CPU (about 3 minutes) you see a tiny model fine-tuned on a built-in world of made-up facts,
-and a report card, base model vs fine-tuned: perplexity, BLEU/ROUGE/METEOR of descriptions,
-factual precision, pass@1/pass@k/maj@k and multiple-choice accuracy on questions worded as no
-training text words them (beside pass@1 in the trained wording: memorisation), and the judge's
-kappa, position consistency and verbosity bias. The metrics need only the standard library:
-copy this file without gpt.py and `from evaluate import bleu, rouge, meteor` still works.
+On CPU (about 3 minutes): a report card of a tiny model before and after its fine-tuning on a
+world of made-up facts: perplexity, BLEU/ROUGE/METEOR and factual precision of descriptions,
+pass@k/maj@k and multiple choice asked in a wording no training text has (memorisation beside),
+and the judge's kappa, position consistency and verbosity bias. --ckpt trains nothing: held-out
+perplexity, and gpt.py's held-out instructions in the chat template (sft.py's task). The metrics
+need only the standard library. Left out: METEOR's WordNet synonyms, real benchmark data (MMLU,
+HumanEval's sandbox), and a judge stronger than the model it grades.
 """
 import collections
 import math
+import os
 import random
 import re
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from statistics import fmean as mean
 
-try:  # the judge, the harnesses and main() need torch and gpt.py; the metrics do not
+try:  # the model-based part needs torch and gpt.py; the metrics do not
     import torch
     from tqdm import tqdm
     import gpt
@@ -36,262 +39,165 @@ except ImportError:
     torch = tqdm = gpt = None
 
 
+@dataclass
+class EvalConfig:
+    init: str = ""  # a checkpoint to fine-tune on the world; empty: a tiny model from scratch
+    ckpt: str = ""  # instead, score this chat checkpoint as it is (trains nothing)
+    instructions: int = 200  # held-out instructions that --ckpt scores
+    countries: int = 16  # made-up countries in the built-in world, 3 facts each
+    held_out: int = 6  # countries never described nor judged in training: the held-out tests
+    repeat: int = 30  # copies of each fact and description in the fine-tuning mix
+    judge_cases: int = 4000  # graded cases the judge learns from, half pointwise, half pairwise
+    steps: int = 3000  # fine-tuning steps
+    lr: float = 3e-3  # peak fine-tuning learning rate (cosine decay)
+    batch_size: int = 16  # fine-tuning sequences per step
+    n_layer: int = 2  # layers of the from-scratch model
+    n_embd: int = 96  # its width (4 heads)
+    vocab_size: int = 900  # its BPE vocabulary, trained on corpus text plus the world's names
+    samples: int = 8  # samples per question for pass@k and maj@k
+    temperature: float = 1.0  # sampling temperature for pass@k
+    ckpt_every: int = 500  # fine-tuning steps between checkpoints (out_dir/ckpt.pt) for --resume
+    stop_after: int = 0  # stop the fine-tuning after this many steps, as if pre-empted (0: never)
+    resume: bool = False  # continue the fine-tuning from out_dir/ckpt.pt exactly where it stopped
+    plot: bool = False  # the fine-tuning loss curve as out_dir/loss.png (needs matplotlib)
+    out_dir: str = "out/evaluate"  # log.jsonl, ckpt.pt and loss.png go here
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0  # the world, the data order and the samples
+
+    def __post_init__(self):
+        lowest = dict(instructions=1, countries=4, held_out=1, repeat=1, judge_cases=0, steps=1,
+                      lr=1e-9, batch_size=1, n_layer=1, n_embd=8, vocab_size=256, samples=1,
+                      temperature=0, ckpt_every=1, stop_after=0)
+        for name, low in lowest.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
+        if not self.held_out < self.countries <= 100:
+            raise ValueError(f"countries={self.countries}, held_out={self.held_out}: at most 100"
+                             " countries, and some of them not held out")
+        if self.n_embd % 8:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of 8: 4 heads of even width")
+        for name in ("init", "ckpt"):
+            if getattr(self, name) and not os.path.exists(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} does not exist: fix the path")
+        if self.ckpt and (self.init or self.resume):
+            raise ValueError("ckpt= scores a checkpoint as it is; init= and resume= fine-tune one")
+
+
+GPU = dict(n_layer=4, n_embd=256)
+
+
 # ----------------------------------------------------------------------------- BLEU (= sacrebleu)
 
-# mteval-v13a: split off ASCII punctuation except ' , - . (the space in the class is harmless)
-_13A_PUNCT = re.compile(r"([ -&(-+/:-@\[-`{-~])")
+_13A_PUNCT = re.compile(r"([ -&(-+/:-@\[-`{-~])")  # ASCII punctuation but ' , - . (mteval-v13a)
 
 
 def tokenize_13a(line):
-    """mteval-v13a.pl's tokenisation (WMT's standard, sacrebleu's default): unescape a few HTML
-    entities, split punctuation off words, and periods/commas unless they sit inside a number."""
+    """mteval-v13a.pl's tokenisation (WMT's, sacrebleu's default): unescape a few HTML entities,
+    split punctuation off words, and periods/commas unless they sit inside a number."""
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
         line = line.replace(entity, char)
     line = _13A_PUNCT.sub(r" \1 ", f" {line} ")
     line = re.sub(r"([^0-9])([.,])", r"\1 \2 ", line)  # . or , after a non-digit
     line = re.sub(r"([.,])([^0-9])", r" \1 \2", line)  # . or , before a non-digit
-    line = re.sub(r"([0-9])(-)", r"\1 \2 ", line)  # a dash after a digit
-    return " ".join(line.split())
+    return " ".join(re.sub(r"([0-9])(-)", r"\1 \2 ", line).split())  # a dash after a digit
 
 
-MAX_ORDER = 4  # BLEU's n-grams run from 1 to 4
-
-
-def ngram_counts(tokens, n):
+def ngrams(tokens, n):
     return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
-def bleu_stats(hypothesis, references, tokenize="13a", lowercase=False):
-    """One segment's sufficient statistics, a flat row [hyp_len, ref_len, matches_1..4, totals_1..4]
-    that a corpus sums column by column: ref_len is the closest reference length (the shorter on
-    ties); a hypothesis n-gram matches at most as often as it occurs in any single reference."""
-    if tokenize not in ("13a", "none"):
-        raise ValueError(f"tokenize={tokenize!r}; choose 13a or none")
+def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None,
+         lowercase=False, effective_order=False):
+    """Corpus BLEU (0-100) from counts summed over segments: BP = min(1, exp(1 - r / c)) with c
+    the hypotheses' length and r the closest reference lengths (the shorter on ties); p_n clips
+    each n-gram's matches at its count in any one reference. references[i] lists the references
+    of hypotheses[i] (sacrebleu's streams are refs[j][i]). Zero-match orders (Chen & Cherry 2014):
+    exp halves a pseudo-count at each, p_n = 100 / (2^j total_n); floor takes smooth_value (0.1)
+    / total_n; add-k adds k (1) to matches and totals for n >= 2; none scores 0. effective_order
+    drops orders a short hypothesis cannot have. The defaults equal sacrebleu's BLEU()."""
+    if isinstance(hypotheses, str) or not hypotheses or len(hypotheses) != len(references):
+        raise ValueError(f"bleu needs a list of hypotheses and a list of references for each (got"
+                         f" {type(hypotheses).__name__} and {len(references)} reference lists)")
+    if any(isinstance(refs, str) or not refs for refs in references):
+        raise ValueError("each references[i] must be a non-empty list of strings; for one"
+                         " reference per hypothesis pass [[r] for r in refs]")
+    if tokenize not in ("13a", "none") or smooth not in ("exp", "floor", "add-k", "none"):
+        raise ValueError(f"tokenize={tokenize!r} (13a, none) or smooth={smooth!r} (exp, floor,"
+                         " add-k, none) is unknown")
 
     def words(text):
         text = (text.lower() if lowercase else text).rstrip()
         return (tokenize_13a(text) if tokenize == "13a" else text).split()
 
-    hyp, refs = words(hypothesis), [words(r) for r in references]
-    ref_len = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
-    correct, total = [], []
-    for n in range(1, MAX_ORDER + 1):
-        max_ref = collections.Counter()
-        for r in refs:
-            max_ref |= ngram_counts(r, n)  # |: elementwise max
-        counts = ngram_counts(hyp, n)
-        correct.append(sum(min(c, max_ref[g]) for g, c in counts.items()))
-        total.append(sum(counts.values()))
-    return [len(hyp), ref_len] + correct + total
-
-
-def bleu_from_stats(hyp_len, ref_len, correct, total, smooth="exp", smooth_value=None, effective_order=False):
-    """BLEU = BP * exp(mean_n log p_n), 0-100, with BP = min(1, exp(1 - ref_len / hyp_len)).
-    Smoothing of zero-match orders (Chen & Cherry 2014): exp halves the pseudo-count at each
-    successive one, p_n = 100 / (2^j * total_n); floor uses smooth_value / total_n (0.1);
-    add-k adds k (1) to matches and totals for n >= 2; none leaves p_n = 0 (BLEU 0).
-    effective_order drops the orders the hypothesis is too short to have."""
-    if smooth not in ("exp", "floor", "add-k", "none"):
-        raise ValueError(f"smooth={smooth!r}; choose exp, floor, add-k or none")
-    k = smooth_value if smooth_value is not None else {"floor": 0.1, "add-k": 1}.get(smooth)
-    bp = 1.0 if hyp_len >= ref_len else (math.exp(1 - ref_len / hyp_len) if hyp_len > 0 else 0.0)
+    c = r = 0
+    correct, total = [0] * 4, [0] * 4  # BLEU's n-grams run from 1 to 4
+    for hyp, refs in zip(map(words, hypotheses), ([words(x) for x in refs] for refs in references)):
+        c += len(hyp)
+        r += min((abs(len(x) - len(hyp)), len(x)) for x in refs)[1]
+        for n in range(1, 5):
+            max_ref = collections.Counter()
+            for x in refs:
+                max_ref |= ngrams(x, n)  # |: elementwise max
+            correct[n - 1] += sum(min(count, max_ref[g]) for g, count in ngrams(hyp, n).items())
+            total[n - 1] += max(len(hyp) - n + 1, 0)
     if not any(correct):
         return 0.0
-    precisions, order, halvings = [0.0] * len(correct), len(correct), 1.0
-    for n, (c, t) in enumerate(zip(correct, total)):
-        if smooth == "add-k" and n > 0:
-            c, t = c + k, t + k
+    k = smooth_value if smooth_value is not None else {"floor": 0.1, "add-k": 1}.get(smooth)
+    precisions = [0.0] * 4
+    order = 4
+    halvings = 1
+    for n, (m, t) in enumerate(zip(correct, total)):
+        m, t = (m + k, t + k) if smooth == "add-k" and n > 0 else (m, t)
         if t == 0:
             break  # longer n-grams do not exist either
         order = n + 1 if effective_order else order
-        if c > 0:
-            precisions[n] = 100.0 * c / t
-        elif smooth == "exp":
-            halvings *= 2
-            precisions[n] = 100.0 / (halvings * t)
-        elif smooth == "floor":
-            precisions[n] = 100.0 * k / t
-    log_p = [math.log(p) if p > 0 else -9999999999 for p in precisions[:order]]  # sacrebleu's log(0)
+        halvings *= 2 if m == 0 and smooth == "exp" else 1
+        precisions[n] = 100 * (m if m else {"exp": 1 / halvings, "floor": k}.get(smooth, 0)) / t
+    bp = 1.0 if c >= r else (math.exp(1 - r / c) if c > 0 else 0.0)
+    log_p = [math.log(p) if p > 0 else -9999999999 for p in precisions[:order]]  # as sacrebleu
     return bp * math.exp(sum(log_p) / order)
-
-
-def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None, lowercase=False,
-         effective_order=False):
-    """Corpus BLEU (0-100): statistics summed over segments, then one score. references[i] is the
-    list of reference strings for hypotheses[i]. The defaults equal sacrebleu's BLEU() (13a,
-    exp smoothing, no effective order); sacrebleu takes references as streams, refs[j][i]."""
-    if isinstance(hypotheses, str) or not hypotheses or len(hypotheses) != len(references):
-        raise ValueError(f"bleu needs a list of hypotheses and one list of references per hypothesis "
-                         f"(got {type(hypotheses).__name__} and {len(references)} reference lists)")
-    if any(isinstance(refs, str) or not refs for refs in references):
-        raise ValueError("each references[i] must be a non-empty list of strings; for one reference per "
-                         "hypothesis pass [[r] for r in refs]")
-    stats = [bleu_stats(h, refs, tokenize, lowercase) for h, refs in zip(hypotheses, references)]
-    sums = [sum(column) for column in zip(*stats)]
-    return bleu_from_stats(sums[0], sums[1], sums[2:2 + MAX_ORDER], sums[2 + MAX_ORDER:], smooth, smooth_value,
-                           effective_order)
 
 
 def sentence_bleu(hypothesis, references, **options):
     """sacrebleu.sentence_bleu: one segment, exp smoothing, effective order on."""
-    if isinstance(references, str):
-        references = [references]
+    references = [references] if isinstance(references, str) else references
     return bleu([hypothesis], [references], **{"effective_order": True, **options})
 
 
-# ----------------------------------------------------------------------------- Porter stemmer (= NLTK)
-
-_POOL = {"skies": "sky", "sky": "sky", "dying": "die", "lying": "lie", "tying": "tie", "news": "news",
-         "innings": "inning", "inning": "inning", "outings": "outing", "outing": "outing",
-         "cannings": "canning", "canning": "canning", "howe": "howe", "proceed": "proceed",
-         "exceed": "exceed", "succeed": "succeed"}  # irregular forms NLTK's extensions look up
-
-
-def _consonants(word):
-    """c/v flags: a consonant is not a e i o u, and not a y that follows a consonant."""
-    flags = []
-    for i, ch in enumerate(word):
-        flags.append(ch not in "aeiou" and not (ch == "y" and i > 0 and flags[i - 1]))
-    return flags
-
-
-def _measure(stem):  # m in [C](VC)^m[V]: the number of vowel->consonant transitions
-    flags = _consonants(stem)
-    return sum(not a and b for a, b in zip(flags, flags[1:]))
-
-
-def _has_vowel(stem):
-    return not all(_consonants(stem))
-
-
-def _ends_cvc(stem):  # *o: consonant-vowel-consonant, the last not w, x or y (NLTK: or a 2-letter vc)
-    f = _consonants(stem)
-    if len(stem) >= 3 and f[-3] and not f[-2] and f[-1] and stem[-1] not in "wxy":
-        return True
-    return len(stem) == 2 and not f[0] and f[1]
-
-
-def _first_rule(word, rules):
-    """Porter's rule lists: the first listed suffix the word ends with decides (longer suffixes
-    are listed before their tails); if its condition on the stem fails, the word stays as is."""
-    for suffix, replacement, condition in rules:
-        if word.endswith(suffix):
-            stem = word[:len(word) - len(suffix)]
-            return stem + replacement if condition(stem) else word
-    return word
-
-
-def _m_above(k):
-    return lambda stem: _measure(stem) > k
-
-
-_STEP1A = [("sses", "ss"), ("ies", "i"), ("ss", "ss"), ("s", "")]
-_STEP2 = [("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"), ("izer", "ize"),
-          ("bli", "ble"), ("alli", "al"), ("entli", "ent"), ("eli", "e"), ("ousli", "ous"),
-          ("ization", "ize"), ("ation", "ate"), ("ator", "ate"), ("alism", "al"), ("iveness", "ive"),
-          ("fulness", "ful"), ("ousness", "ous"), ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"),
-          ("fulli", "ful")]
-_STEP3 = [("icate", "ic"), ("ative", ""), ("alize", "al"), ("iciti", "ic"), ("ical", "ic"), ("ful", ""),
-          ("ness", "")]
-_STEP4 = ["al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent", "ion", "ou",
-          "ism", "ate", "iti", "ous", "ive", "ize"]
-
-
-def _step4_condition(suffix):  # (m > 1), and for -ion also a stem ending in s or t (adoption)
-    if suffix == "ion":
-        return lambda stem: _measure(stem) > 1 and stem[-1] in "st"
-    return _m_above(1)
-
-
-def _step1b(word):
-    if word.endswith("ied"):  # NLTK: died -> die, spied -> spi
-        return word[:-3] + ("ie" if len(word) == 4 else "i")
-    if word.endswith("eed"):
-        return word[:-1] if _measure(word[:-3]) > 0 else word
-    for suffix in ("ed", "ing"):
-        if word.endswith(suffix) and _has_vowel(word[:-len(suffix)]):
-            stem = word[:-len(suffix)]
-            break
-    else:
-        return word
-    for suffix in ("at", "bl", "iz"):  # conflat(ed) -> conflate
-        if stem.endswith(suffix):
-            return stem + "e"
-    if len(stem) >= 2 and stem[-1] == stem[-2] and _consonants(stem)[-1]:  # hopp(ing) -> hop
-        return stem if stem[-1] in "lsz" else stem[:-1]
-    return stem + "e" if _measure(stem) == 1 and _ends_cvc(stem) else stem  # fil(ing) -> file
-
-
-def _step2(word):
-    if word.endswith("alli") and _measure(word[:-4]) > 0:  # NLTK: alli -> al first, then again
-        return _step2(word[:-2])
-    if word.endswith("logi"):  # NLTK: the l stays with the stem (geology -> geolog)
-        return word[:-1] if _measure(word[:-3]) > 0 else word
-    return _first_rule(word, [(s, r, _m_above(0)) for s, r in _STEP2])
-
-
-def porter_stem(word):
-    """The Porter (1980) stemmer exactly as NLTK's PorterStemmer() (its default NLTK_EXTENSIONS
-    mode, which rouge-score and NLTK's METEOR use): five steps of suffix rules guarded by the
-    stem's measure m, plus NLTK's irregular forms and its y/ies/ied/alli/logi/fulli tweaks."""
-    stem = word.lower()
-    if stem in _POOL:
-        return _POOL[stem]
-    if len(word) <= 2:
-        return stem
-    if stem.endswith("ies") and len(stem) == 4:  # step 1a; NLTK: dies -> die
-        stem = stem[:-1]
-    else:
-        stem = _first_rule(stem, [(s, r, lambda _: True) for s, r in _STEP1A])
-    stem = _step1b(stem)
-    stem = _first_rule(stem, [("y", "i", lambda s: len(s) > 1 and _consonants(s)[-1])])  # 1c: happy -> happi
-    stem = _step2(stem)
-    stem = _first_rule(stem, [(s, r, _m_above(0)) for s, r in _STEP3])
-    stem = _first_rule(stem, [(s, "", _step4_condition(s)) for s in _STEP4])
-    if stem.endswith("e"):  # 5a: (m > 1) or (m = 1 and not *o) E ->
-        m = _measure(stem[:-1])
-        if m > 1 or (m == 1 and not _ends_cvc(stem[:-1])):
-            stem = stem[:-1]
-    if stem.endswith("ll") and _measure(stem[:-1]) > 1:  # 5b: controll -> control
-        stem = stem[:-1]
-    return stem
-
-
-# ----------------------------------------------------------------------------- ROUGE (= rouge-score)
+# ----------------------------------------------------------------------------- ROUGE
 
 def rouge_tokens(text, stem=False):
     """rouge-score's tokeniser: lowercase, anything but [a-z0-9] is a space, Porter-stem the
     words longer than 3 characters."""
-    words = re.split(r"\s+", re.sub(r"[^a-z0-9]+", " ", text.lower()))
-    if stem:
-        words = [porter_stem(w) if len(w) > 3 else w for w in words]
-    return [w for w in words if re.fullmatch(r"[a-z0-9]+", w)]
+    words = [porter_stem(w) if stem and len(w) > 3 else w for w in
+             re.sub(r"[^a-z0-9]+", " ", text.lower()).split()]
+    return [w for w in words if w]
 
 
 def prf(matches, n_pred, n_ref):
     """(precision, recall, F1), with 0 for empty denominators."""
-    p, r = matches / max(n_pred, 1), matches / max(n_ref, 1)
+    p = matches / max(n_pred, 1)
+    r = matches / max(n_ref, 1)
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
 
 def lcs_table(a, b):
     """T[i][j] = length of the longest common subsequence of a[:i] and b[:j]."""
-    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            table[i][j] = table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1][j], table[i][j - 1])
-    return table
+    T = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, j in ((i, j) for i in range(1, len(a) + 1) for j in range(1, len(b) + 1)):
+        T[i][j] = T[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(T[i - 1][j], T[i][j - 1])
+    return T
 
 
 def lcs_positions(ref, cand):
     """Positions in ref of one LCS, read back from the table (rouge-score's tie-breaking)."""
-    table, i, j, positions = lcs_table(ref, cand), len(ref), len(cand), []
+    T, i, j, positions = lcs_table(ref, cand), len(ref), len(cand), []
     while i > 0 and j > 0:
         if ref[i - 1] == cand[j - 1]:
             positions.append(i - 1)
             i, j = i - 1, j - 1
-        elif table[i][j - 1] > table[i - 1][j]:
+        elif T[i][j - 1] > T[i - 1][j]:
             j -= 1
         else:
             i -= 1
@@ -300,10 +206,7 @@ def lcs_positions(ref, cand):
 
 def rouge_lsum(pred_sents, ref_sents):
     """Summary-level LCS (Lin 2004, sec. 3.2): for each reference sentence, the union of its LCS
-    with every predicted sentence, each token counted at most as often as it occurs on both sides."""
-    m, n = sum(map(len, ref_sents)), sum(map(len, pred_sents))
-    if not m or not n:
-        return 0.0, 0.0, 0.0
+    with every predicted sentence, each token counted at most as often as on both sides."""
     left_ref = collections.Counter(t for s in ref_sents for t in s)
     left_pred = collections.Counter(t for s in pred_sents for t in s)
     hits = 0
@@ -311,8 +214,10 @@ def rouge_lsum(pred_sents, ref_sents):
         union = sorted(set().union(*(lcs_positions(ref, cand) for cand in pred_sents)))
         for token in (ref[i] for i in union):
             if left_pred[token] > 0 and left_ref[token] > 0:
-                hits, left_pred[token], left_ref[token] = hits + 1, left_pred[token] - 1, left_ref[token] - 1
-    return prf(hits, n, m)
+                hits += 1
+                left_pred[token] -= 1
+                left_ref[token] -= 1
+    return prf(hits, sum(map(len, pred_sents)), sum(map(len, ref_sents)))
 
 
 def rouge(prediction, reference, stem=False):
@@ -323,21 +228,20 @@ def rouge(prediction, reference, stem=False):
         if not reference:
             raise ValueError("rouge needs at least one reference")
         per_ref = [rouge(prediction, r, stem) for r in reference]
-        return {k: max(per_ref, key=lambda s: s[k][2])[k] for k in per_ref[0]}  # max keeps the first tie
+        return {k: max(per_ref, key=lambda s: s[k][2])[k] for k in per_ref[0]}  # first of ties
     pred, ref = rouge_tokens(prediction, stem), rouge_tokens(reference, stem)
     scores = {}
     for n in (1, 2):
-        p_grams, r_grams = ngram_counts(pred, n), ngram_counts(ref, n)
+        p_grams, r_grams = ngrams(pred, n), ngrams(ref, n)
         overlap = sum(min(c, p_grams[g]) for g, c in r_grams.items())
-        scores[f"rouge{n}"] = prf(overlap, sum(p_grams.values()), sum(r_grams.values()))
-    lcs = lcs_table(ref, pred)[-1][-1] if pred and ref else 0
-    scores["rougeL"] = prf(lcs, len(pred), len(ref))
-    sentences = [[rouge_tokens(s, stem) for s in text.split("\n") if s] for text in (prediction, reference)]
-    scores["rougeLsum"] = rouge_lsum(*sentences)
+        scores[f"rouge{n}"] = prf(overlap, p_grams.total(), r_grams.total())
+    scores["rougeL"] = prf(lcs_table(ref, pred)[-1][-1], len(pred), len(ref))
+    lines = [[rouge_tokens(s, stem) for s in text.split("\n")] for text in (prediction, reference)]
+    scores["rougeLsum"] = rouge_lsum(*lines)
     return scores
 
 
-# ----------------------------------------------------------------------------- METEOR (= NLTK, minus WordNet)
+# ----------------------------------------------------------------------------- METEOR (= NLTK)
 
 def _match(hyp, ref, key):
     """Greedy one-to-one matching of (position, word) lists on key(word): from the last
@@ -358,14 +262,12 @@ def _match(hyp, ref, key):
 
 
 def meteor(hypothesis, reference, alpha=0.9, beta=3.0, gamma=0.5):
-    """METEOR: align unigrams (exact, then Porter stems), then
-    F_mean = P R / (alpha P + (1 - alpha) R), penalty = gamma (chunks / matches)^beta,
-    score = (1 - penalty) F_mean, where a chunk is a run of matches adjacent on both sides.
-    A list of references gives the maximum. Words are str.split() tokens, lowercased.
-    Equal to nltk.translate.meteor_score.meteor_score([r.split() ...], hypothesis.split())
-    with WordNet switched off: NLTK adds a third stage that matches WordNet synonyms, which we
-    leave out (no corpus download), so a synonym pair scores lower here. Like NLTK, and unlike
-    METEOR 1.x, the alignment is greedy rather than the one with the fewest crossings."""
+    """METEOR: align unigrams (exact, then Porter stems), then F_mean = P R / (alpha P +
+    (1 - alpha) R), penalty = gamma (chunks / matches)^beta, score = (1 - penalty) F_mean, where a
+    chunk is a run of matches adjacent on both sides; of several references, the best. Words
+    are lowercased str.split() tokens. Equal to NLTK's meteor_score without its WordNet synonym
+    stage (no corpus download: a synonym pair scores lower here); like NLTK, and unlike METEOR
+    1.x, the alignment is greedy rather than the one with the fewest crossings."""
     if not isinstance(reference, str):
         if not reference:
             raise ValueError("meteor needs at least one reference")
@@ -373,42 +275,36 @@ def meteor(hypothesis, reference, alpha=0.9, beta=3.0, gamma=0.5):
     hyp = list(enumerate(w.lower() for w in hypothesis.split()))
     ref = list(enumerate(w.lower() for w in reference.split()))
     exact, hyp_left, ref_left = _match(hyp, ref, key=lambda w: w)
-    stemmed, _, _ = _match(hyp_left, ref_left, key=porter_stem)
-    matches = sorted(exact + stemmed)
+    matches = sorted(exact + _match(hyp_left, ref_left, key=porter_stem)[0])
     if not matches:
         return 0.0
     precision, recall = len(matches) / len(hyp), len(matches) / len(ref)
     f_mean = (precision * recall) / (alpha * precision + (1 - alpha) * recall)
-    chunks = 1 + sum(not (b[0] == a[0] + 1 and b[1] == a[1] + 1) for a, b in zip(matches, matches[1:]))
+    chunks = 1 + sum((b[0] - a[0], b[1] - a[1]) != (1, 1) for a, b in zip(matches, matches[1:]))
     return (1 - gamma * (chunks / len(matches)) ** beta) * f_mean
 
 
 # ----------------------------------------------------------------------------- sampling metrics
 
 def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021):
-    1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k / i), a product with no huge binomials."""
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c, k) /
+    C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k / i), a product with no huge binomials."""
     if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}: "
-                         "draw at least k samples per problem")
-    if n - c < k:
-        return 1.0  # every k-subset holds a correct sample
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}:"
+                         " draw at least k samples per problem")
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1)) if n - c >= k else 1.0
 
 
 def majority_vote(answers):
     """The most frequent answer (None = no answer, never voted for); a tie goes to the answer,
     among the tied, that appeared first. None if there is no answer at all."""
     counts = collections.Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == top)
+    return next((a for a in answers if a is not None and counts[a] == max(counts.values())), None)
 
 
 def maj_at_k(samples, correct, k):
-    """maj@k (cons@k): the fraction of problems whose majority answer over the first k samples
-    equals the correct one. samples[i] is the list of parsed answers to problem i."""
+    """maj@k (cons@k): the share of problems whose majority answer over the first k samples is
+    the correct one. samples[i]: the parsed answers to problem i."""
     if any(len(s) < k for s in samples):
         raise ValueError(f"maj@{k} needs at least {k} samples per problem")
     return sum(majority_vote(s[:k]) == c for s, c in zip(samples, correct)) / len(samples)
@@ -419,7 +315,7 @@ def maj_at_k(samples, correct, k):
 def raw_agreement(a, b):
     """p_o: the fraction of items on which two raters give the same label."""
     if len(a) != len(b) or not a:
-        raise ValueError(f"two raters must label the same non-empty list of items ({len(a)} vs {len(b)})")
+        raise ValueError(f"two raters must label the same non-empty list ({len(a)} vs {len(b)})")
     return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
@@ -438,10 +334,9 @@ def fleiss_kappa(counts):
     kappa = (mean_i P_i - sum_j p_j^2) / (1 - sum_j p_j^2); nan when that is 0/0."""
     n = sum(counts[0]) if counts else 0
     if n < 2 or any(sum(row) != n for row in counts):
-        raise ValueError("fleiss_kappa needs every row of counts to sum to the same number of raters (>= 2)")
-    N = len(counts)
-    P_bar = sum((sum(x * x for x in row) - n) / (n * (n - 1)) for row in counts) / N
-    P_e = sum((sum(col) / (N * n)) ** 2 for col in zip(*counts))
+        raise ValueError("fleiss_kappa needs each row to sum to the same number of raters, >= 2")
+    P_bar = sum((sum(x * x for x in row) - n) / (n * (n - 1)) for row in counts) / len(counts)
+    P_e = sum((sum(col) / (len(counts) * n)) ** 2 for col in zip(*counts))
     return (P_bar - P_e) / (1 - P_e) if P_e < 1 else math.nan
 
 
@@ -453,83 +348,72 @@ def precision_recall_f1(predicted, actual, positive=True):
     return prf(tp, sum(p == positive for p in predicted), sum(a == positive for a in actual))
 
 
-# ----------------------------------------------------------------------------- model-based evaluation
+# ----------------------------------------------------------------------------- model-based
 
-def require_gpt():
-    if gpt is None:
-        raise ImportError("the model-based part of evaluate.py needs torch, tqdm and gpt.py next to it "
-                          "(pip install -r requirements.txt); the metrics above it do not")
+def option_logprobs(model, prompts, options, batch_size=64):
+    """log p(option | prompt) summed over the option's tokens, for each row of token ids."""
+    scores = []
+    with gpt.evaluating(model), gpt.autocast(next(model.parameters()).device):
+        for i in range(0, len(prompts), batch_size):
+            logp, _ = gpt.completion_logprobs(model, prompts[i:i + batch_size],
+                                              options[i:i + batch_size])
+            scores += logp.sum(-1).tolist()  # masked positions are already 0
+    return scores
 
 
 def perplexity(model, sequences, batch_size=32):
     """exp(sum NLL / sum predicted tokens) over a corpus of token-id sequences: one pooled ratio,
     not a mean of per-sequence perplexities. A sequence longer than the context is cut into
-    windows of block_size tokens overlapping by one, so every token after the first of each
-    sequence is predicted exactly once."""
-    require_gpt()
+    windows of block_size tokens overlapping by one: each token but the first is predicted once."""
     T = model.config.block_size
     windows = [s[i:i + T] for s in sequences for i in range(0, len(s) - 1, T - 1)]
     if not windows:
         raise ValueError("perplexity needs at least one sequence of 2 or more tokens")
-    nll, count, device = 0.0, 0, next(model.parameters()).device
-    with gpt.evaluating(model), gpt.autocast(device):
-        for i in range(0, len(windows), batch_size):
-            chunk = windows[i:i + batch_size]  # each window: first token as context, the rest predicted
-            logp, mask = gpt.completion_logprobs(model, [w[:1] for w in chunk], [w[1:] for w in chunk])
-            nll, count = nll - logp.sum().item(), count + int(mask.sum())
-    return math.exp(nll / count)
-
-
-def option_logprobs(model, tok, prompts, options, batch_size=64):
-    """log p(option | prompt) summed over the option's tokens, for each (prompt, option) row."""
-    require_gpt()
-    rows = [(tok.encode(p), tok.encode(o)) for p, o in zip(prompts, options)]
-    scores, device = [], next(model.parameters()).device
-    with gpt.evaluating(model), gpt.autocast(device):
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i:i + batch_size]
-            logp, _ = gpt.completion_logprobs(model, [p for p, _ in chunk], [o for _, o in chunk])
-            scores += logp.sum(-1).tolist()  # masked positions are already 0
-    return scores
+    logps = option_logprobs(model, [w[:1] for w in windows], [w[1:] for w in windows], batch_size)
+    return math.exp(-sum(logps) / sum(len(w) - 1 for w in windows))
 
 
 def multiple_choice(model, tok, questions, batch_size=64):
-    """MMLU-style cloze scoring: each question is (prompt, options, index of the right one), and
-    the option with the highest log p(option | prompt) wins; `accuracy` sums the log-probs,
-    `accuracy_norm` divides them by the option's length in UTF-8 bytes (lm-evaluation-harness's
-    acc_norm), which stops long options losing just for having more tokens to pay for."""
-    prompts = [p for p, opts, _ in questions for _ in opts]
-    options = [o for _, opts, _ in questions for o in opts]
-    scores, hits, hits_norm, i = option_logprobs(model, tok, prompts, options, batch_size), 0, 0, 0
+    """MMLU-style cloze scoring of (prompt ids, option texts, index of the right one): the option
+    of highest log p(option <|end|> | prompt) wins. `accuracy` sums the log-probs; `accuracy_norm`
+    divides them by the option's UTF-8 bytes (lm-evaluation-harness's acc_norm), so that long
+    options do not lose for having more tokens to pay for."""
+    rows = [(p, o) for p, opts, _ in questions for o in opts]
+    end = tok.special("<|end|>")
+    scores = iter(option_logprobs(model, [p for p, _ in rows],
+                                  [tok.encode(o) + [end] for _, o in rows], batch_size))
+    hits = collections.Counter()
     for _, opts, right in questions:
-        s = scores[i:i + len(opts)]
+        s = [next(scores) for _ in opts]
+        hits["accuracy"] += s.index(max(s)) == right
         norm = [x / len(o.encode("utf-8")) for x, o in zip(s, opts)]
-        hits += s.index(max(s)) == right
-        hits_norm += norm.index(max(norm)) == right
-        i += len(opts)
-    return {"accuracy": hits / len(questions), "accuracy_norm": hits_norm / len(questions)}
+        hits["accuracy_norm"] += norm.index(max(norm)) == right
+    return {key: hits[key] / len(questions) for key in ("accuracy", "accuracy_norm")}
 
 
-# ----------------------------------------------------------------------------- factuality
+def replies(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=12, seed=0):
+    """n replies to each prompt of token ids (greedy at temperature 0), cut at <|end|>, stripped:
+    [[str] * n]."""
+    end = tok.special("<|end|>")
+    g = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    outs = model.generate([p for p in prompts for _ in range(n)], max_new_tokens, temperature,
+                          stop_tokens=[end], generator=g)
+    texts = [tok.decode([t for t in o if t != end]).strip() for o in outs]
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
 
 CLAIM = re.compile(r"(?:Its|The) (\w+) is (\w+)\.?")  # the one claim shape the built-in world uses
 
 
-def atomic_claims(text):
-    """Decompose a text into atomic claims: here its sentences (FActScore, Min et al. 2023, then
-    asks an LLM to split each sentence further; ours say one thing each)."""
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-
-
 def fact_check(text, subject, knowledge):
-    """Verify each atomic claim of `text` (about `subject`) against a knowledge source, a set of
-    (subject, relation, value) triples; the model that wrote the text is never asked. A claim
-    that does not parse cannot be verified and counts as unsupported. Returns [(claim, bool)]."""
-    verdicts = []
-    for claim in atomic_claims(text):
-        m = CLAIM.fullmatch(claim)
-        verdicts.append((claim, bool(m) and (subject, m.group(1), m.group(2)) in knowledge))
-    return verdicts
+    """Factual precision, FActScore-style: the text's atomic claims (here its sentences; FActScore
+    has an LLM split them further), each verified against a knowledge source of (subject,
+    relation, value) triples, never by the model that wrote them; a claim that does not parse
+    cannot be verified and counts as unsupported. Returns [(claim, bool)]."""
+    claims = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+    matches = [CLAIM.fullmatch(claim) for claim in claims]
+    return [(claim, bool(m) and (subject, *m.groups()) in knowledge)
+            for claim, m in zip(claims, matches)]
 
 
 # ----------------------------------------------------------------------------- LLM-as-a-judge
@@ -537,14 +421,12 @@ def fact_check(text, subject, knowledge):
 CRITERIA = "it names what the reference names; length and style do not count"
 
 
-def judge_prompt(question, reference, answer):
-    """Pointwise, reference-guided grading: the criteria, the case, then a rationale that comes
-    before the verdict (so the verdict is conditioned on the written reasoning, as in CoT)."""
-    return f"PASS or FAIL: {CRITERIA}.\nQ: {question}\nReference: {reference}\nAnswer: {answer}\nRationale:"
-
-
-def pairwise_prompt(question, reference, answer_a, answer_b):
-    return f"A or B: {CRITERIA}.\nQ: {question}\nReference: {reference}\nA: {answer_a}\nB: {answer_b}\nRationale:"
+def judge_prompt(question, reference, *answers):
+    """Reference-guided grading of one answer (PASS or FAIL) or two (pairwise: A or B): the
+    criteria, the case, then a rationale before the verdict, which it conditions (as in CoT)."""
+    shown = f"Answer: {answers[0]}" if len(answers) == 1 else "A: {}\nB: {}".format(*answers)
+    return (f"{'PASS or FAIL' if len(answers) == 1 else 'A or B'}: {CRITERIA}.\nQ: {question}\n"
+            f"Reference: {reference}\n{shown}\nRationale:")
 
 
 def verdict_constraint(tok, labels, budget, vocab_size):
@@ -566,7 +448,7 @@ def verdict_constraint(tok, labels, budget, vocab_size):
                 masks[row, newline[0]] = True
                 continue
             forced = g[g.index(newline[0]) + 1:]  # walk the trie of the allowed tails
-            nxt = {t[len(forced)] for t in tails if len(t) > len(forced) and t[:len(forced)] == forced}
+            nxt = {t[len(forced)] for t in tails if t[:len(forced)] == forced and t[len(forced):]}
             masks[row, list(nxt or {end})] = True
         return masks.to(generated.device)
     return allowed
@@ -575,90 +457,75 @@ def verdict_constraint(tok, labels, budget, vocab_size):
 def run_judge(model, tok, prompts, labels=("PASS", "FAIL"), budget=40, batch_size=64):
     """Greedy (temperature 0, for reproducibility) rationale, then a constrained verdict.
     Returns (verdicts, rationales)."""
-    require_gpt()
     ids, end = [tok.encode(p) for p in prompts], tok.special("<|end|>")
-    tail = 2 + max(len(tok.encode(f"Verdict: {label}")) for label in labels)  # newline, "Verdict: X", <|end|>
-    budget = min(budget, model.config.block_size - max(map(len, ids)) - tail)  # what the context leaves
+    tail = 2 + max(len(tok.encode(f"Verdict: {label}")) for label in labels)  # \n, verdict, end
+    budget = min(budget, model.config.block_size - max(map(len, ids)) - tail)  # the room left
     if budget < 1:
-        raise ValueError(f"a judge prompt of {max(map(len, ids))} tokens leaves no room for a rationale in "
-                         f"block_size={model.config.block_size}: shorten the prompts")
+        raise ValueError(f"a judge prompt of {max(map(len, ids))} tokens leaves no room for a"
+                         f" rationale in block_size={model.config.block_size}: shorten it")
     constraint = verdict_constraint(tok, labels, budget, model.config.vocab_size)
-    verdicts, rationales = [], []
-    for i in range(0, len(ids), batch_size):
-        for out in model.generate(ids[i:i + batch_size], budget + tail, temperature=0, stop_tokens=[end],
-                                  allowed_tokens=constraint):
-            rationale, _, verdict = tok.decode([t for t in out if t != end]).rpartition("\nVerdict: ")
-            verdicts.append(verdict)
-            rationales.append(rationale.strip())
-    return verdicts, rationales
+    outs = [out for i in range(0, len(ids), batch_size) for out in model.generate(
+        ids[i:i + batch_size], budget + tail, temperature=0, stop_tokens=[end],
+        allowed_tokens=constraint)]
+    split = [tok.decode([t for t in out if t != end]).rpartition("\nVerdict: ") for out in outs]
+    return [verdict for _, _, verdict in split], [rationale.strip() for rationale, _, _ in split]
 
 
 def judge_pairwise(model, tok, items):
     """Position-bias mitigation: judge each (question, reference, answer 1, answer 2) as A=1,B=2
-    and again as A=2,B=1. The winner (1 or 2) stands only where both orders agree, else it
-    is a tie (None). Returns the winners, the consistency rate and how often "A" was chosen."""
-    forward = [pairwise_prompt(q, r, a, b) for q, r, a, b in items]
-    swapped = [pairwise_prompt(q, r, b, a) for q, r, a, b in items]
+    and again as A=2,B=1; a winner (1 or 2) stands only where both orders agree, else a tie
+    (None). Returns the winners, the consistency rate and how often "A" was chosen."""
+    forward = [judge_prompt(q, r, a, b) for q, r, a, b in items]
+    swapped = [judge_prompt(q, r, b, a) for q, r, a, b in items]
     verdicts, _ = run_judge(model, tok, forward + swapped, labels=("A", "B"))
-    first, second = verdicts[:len(items)], verdicts[len(items):]
-    winners = [(1 if v1 == "A" else 2) if (v1 == "A") != (v2 == "A") else None for v1, v2 in zip(first, second)]
+    winners = [(1 if v1 == "A" else 2) if (v1 == "A") != (v2 == "A") else None
+               for v1, v2 in zip(verdicts[:len(items)], verdicts[len(items):])]
     return {"winners": winners, "consistency": sum(w is not None for w in winners) / len(items),
             "chose_A": verdicts.count("A") / len(verdicts)}
 
 
 def verbosity_probe(model, tok, items, padding=", as any atlas shows"):
-    """Verbosity bias: the same (question, reference, answer) cases with and without content-free
-    padding on the answer. An unbiased judge passes both equally often: (PASS rate plain, padded)."""
+    """Verbosity bias: the PASS rates of (question, reference, answer) cases as they are and with
+    content-free padding on the answer; an unbiased judge passes both equally often."""
     plain, _ = run_judge(model, tok, [judge_prompt(q, r, a) for q, r, a in items])
     padded, _ = run_judge(model, tok, [judge_prompt(q, r, a + padding) for q, r, a in items])
     return plain.count("PASS") / len(items), padded.count("PASS") / len(items)
 
 
-# ----------------------------------------------------------------------------- the built-in suite
+# ----------------------------------------------------------------------------- the built-in world
 
 SYLLABLES = "zor bi quel mir tha ven dor ka lis on ru sel ta mo gri fen ul pra nes vo ar li".split()
 ATTRIBUTES = ("capital", "river", "language")
+# Training text asks every fact of every country in question()'s wording and describes the
+# training countries. Held out: the other countries' descriptions and judge cases, and this
+# wording, in which the QA and multiple-choice rows ask every fact (no training text holds it:
+# tested). Asked in the trained wording, QA measures memorisation.
+PARAPHRASES = {"capital": "Which city is the capital of {}?",
+               "river": "Which river flows through {}?",
+               "language": "Which language do the people of {} speak?"}
 
 
 def make_world(n_countries, seed):
-    """{country: {attribute: value}} of made-up, all-distinct names: no model knows them beforehand,
-    so whatever it knows about them, the fine-tuning taught it."""
-    if not 4 <= n_countries <= 100:
-        raise ValueError(f"countries={n_countries}: use between 4 and 100")
+    """{country: {attribute: value}} of made-up, all-distinct names: no model knows them
+    beforehand, so whatever it knows about them, the fine-tuning taught it."""
     rng, used = random.Random(seed), set()
 
     def new_name(most_syllables):  # a fresh name of 1 to most_syllables syllables
         while True:
-            name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, most_syllables))).capitalize()
+            k = rng.randint(1, most_syllables)
+            name = "".join(rng.choice(SYLLABLES) for _ in range(k)).capitalize()
             if name not in used:
                 used.add(name)
                 return name
     return {new_name(3): {a: new_name(2) for a in ATTRIBUTES} for _ in range(n_countries)}
 
 
-# The split. Training text holds every fact of every country, asked in question()'s wording, and
-# the descriptions of the training countries. Held out: the other countries' descriptions and
-# judge cases, and the wording below, in which the QA and multiple-choice rows ask every fact
-# (no training text contains it: tested). Asked in the trained wording, QA measures memorisation.
-PARAPHRASES = {"capital": "Which city is the capital of {}?",
-               "river": "Which river flows through {}?",
-               "language": "Which language do the people of {} speak?"}
-
-
 def question(country, attribute):
     return f"What is the {attribute} of {country}?"
 
 
-def paraphrase(country, attribute):
-    return PARAPHRASES[attribute].format(country)
-
-
-def qa_prompt(country, attribute, ask=question):
-    return f"Q: {ask(country, attribute)}\nA:"
-
-
-def describe_prompt(country):
-    return f"Describe {country}.\n"
+def qa_prompt(question):  # the scaffold, not the wording, tells a QA case from a description
+    return f"Q: {question}\nA:"
 
 
 def description(world, country):  # three atomic claims, one sentence each
@@ -666,227 +533,302 @@ def description(world, country):  # three atomic claims, one sentence each
 
 
 def judge_example(world, rng, countries, pairwise):
-    """One graded case, right or wrong by construction, with its target rationale and verdict.
-    The reference is any value of the asked attribute (an answer key), so the judge must read
-    it rather than recall the world; the wrong answer is another value of that attribute. The
-    rationale puts the two names side by side before saying same/different: a tiny model cannot
-    compare tokens that sit far apart, but learns to compare neighbours quickly."""
+    """One graded case, right or wrong by construction: (prompt, rationale and verdict). The
+    reference is any value of the asked attribute (an answer key), so the judge must read it,
+    not recall the world; the wrong answer is another value of that attribute. The rationale
+    puts the two names side by side before saying same/different: a tiny model cannot compare
+    tokens that sit far apart, but learns to compare neighbours quickly."""
     c, a = rng.choice(countries), rng.choice(ATTRIBUTES)
     values = sorted({world[x][a] for x in world})
     reference = rng.choice(values)
     wrong = rng.choice([v for v in values if v != reference])
+    same = {True: "same", False: "different"}
     if pairwise:
         first, second = (reference, wrong) if rng.random() < 0.5 else (wrong, reference)
-        rationale = f"{reference} vs {first}: {compare(reference, first)}; {reference} vs {second}: {compare(reference, second)}."
-        return pairwise_prompt(question(c, a), reference, first, second), rationale, "A" if first == reference else "B"
+        return (judge_prompt(question(c, a), reference, first, second),
+                f" {reference} vs {first}: {same[first == reference]}; {reference} vs {second}:"
+                f" {same[second == reference]}.\nVerdict: {'A' if first == reference else 'B'}")
     answer = reference if rng.random() < 0.5 else wrong
-    rationale = f"{reference} vs {answer}: {compare(reference, answer)}."
-    return judge_prompt(question(c, a), reference, answer), rationale, "PASS" if answer == reference else "FAIL"
+    return (judge_prompt(question(c, a), reference, answer), f" {reference} vs {answer}:"
+            f" {same[answer == reference]}.\nVerdict: {'PASS' if answer == reference else 'FAIL'}")
 
 
-def compare(reference, answer):
-    return "same" if reference == answer else "different"
+def unseen_items(world, tok):
+    """Every fact in PARAPHRASES' wording: (prompt ids, right reply, the attribute's others)."""
+    return [(tok.encode(qa_prompt(PARAPHRASES[a].format(c))), f" {v}", [f" {x}" for x in sorted(
+        {world[other][a] for other in world} - {v})]) for c in world for a, v in world[c].items()]
 
 
 def training_pairs(world, train, tok, cfg, rng):
-    """(prompt ids, completion ids) for gpt.finetune: every fact as a question, the descriptions
-    of the training countries, and graded judge cases, point- and pairwise."""
-    end = tok.special("<|end|>")
-    texts = [(qa_prompt(c, a), f" {v}") for c in world for a, v in world[c].items()] * cfg.repeat
-    texts += [(describe_prompt(c), description(world, c)) for c in train] * cfg.repeat
-    for i in range(cfg.judge_cases):
-        prompt, rationale, verdict = judge_example(world, rng, train, pairwise=i % 2 == 1)
-        texts.append((prompt, f" {rationale}\nVerdict: {verdict}"))
-    return [(tok.encode(p), tok.encode(c) + [end]) for p, c in texts]
-
-
-def eval_judge_cases(world, held_out, rng):
-    """Cases about countries the judge never graded, each fact with its right answer and with a
-    wrong one: (question, reference, answer, is_right)."""
-    cases = []
-    for c in held_out:
-        for a in ATTRIBUTES:
-            wrong = rng.choice([world[x][a] for x in world if x != c])
-            cases += [(question(c, a), world[c][a], world[c][a], True), (question(c, a), world[c][a], wrong, False)]
-    return cases
+    """(prompt ids, reply ids) for finetune: every fact as a question, the descriptions of the
+    training countries, and graded judge cases, point- and pairwise in turn. An answer starts
+    with a space, so that a name is the one BPE token it is in running text (" Quel")."""
+    qa = [(qa_prompt(question(c, a)), f" {v}") for c in world for a, v in world[c].items()]
+    described = [(f"Describe {c}.\n", description(world, c)) for c in train]
+    texts = qa * cfg.repeat + described * cfg.repeat
+    texts += [judge_example(world, rng, train, i % 2 == 1) for i in range(cfg.judge_cases)]
+    return [(tok.encode(p), tok.encode(c) + [tok.special("<|end|>")]) for p, c in texts]
 
 
 # ----------------------------------------------------------------------------- the report card
 
-@dataclass
-class EvalConfig:
-    ckpt: str = ""  # a gpt.py checkpoint to fine-tune and evaluate; empty = a tiny model from scratch
-    countries: int = 16  # made-up countries in the built-in world, 3 facts each
-    held_out: int = 6  # countries never described nor judged in training: the generation and judge tests
-    repeat: int = 30  # copies of each fact and description in the fine-tuning mix
-    judge_cases: int = 4000  # graded cases the judge learns from, half pointwise, half pairwise
-    steps: int = 3000  # fine-tuning steps
-    lr: float = 3e-3  # peak fine-tuning learning rate (cosine decay)
-    batch_size: int = 16  # fine-tuning sequences per step
-    n_layer: int = 0  # layers of the from-scratch model; 0 = 2 on CPU, 4 on CUDA
-    n_embd: int = 0  # its width; 0 = 96 on CPU, 256 on CUDA
-    vocab_size: int = 900  # its BPE vocabulary, trained on corpus text plus the world's names
-    samples: int = 8  # samples per question for pass@k and maj@k
-    temperature: float = 1.0  # sampling temperature for pass@k
-    device: str = "auto"  # auto | cpu | cuda | mps
-    seed: int = 0  # the world, the data order and the samples
-    bench: bool = False  # time multiple-choice scoring: batched vs one forward per option
-
-
-def mean(xs):
-    return sum(xs) / len(xs)
-
-
-def sample_answers(model, tok, world, cfg, ask):
-    """cfg.samples sampled answers to every question of the world: {(country, attribute): [str]}."""
-    end, facts = tok.special("<|end|>"), [(c, a) for c in world for a in ATTRIBUTES]
-    g = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
-    prompts = [tok.encode(qa_prompt(c, a, ask)) for c, a in facts for _ in range(cfg.samples)]
-    outs = model.generate(prompts, 12, temperature=cfg.temperature, stop_tokens=[end], generator=g)
-    answers = [tok.decode([t for t in o if t != end]).strip() for o in outs]
-    return {f: answers[i * cfg.samples:(i + 1) * cfg.samples] for i, f in enumerate(facts)}
-
-
-def text_rows(model, tok, world, held_out):
-    """Perplexity, then greedy descriptions of the held-out countries scored against the
-    references (BLEU, ROUGE-L, METEOR) and fact-checked against the world."""
-    end, refs = tok.special("<|end|>"), [description(world, c) for c in held_out]
-    tail = gpt.embedded_corpus()[-20_000:]  # the end of the corpus, which train.py holds out too
-    outs = model.generate([tok.encode(describe_prompt(c)) for c in held_out], 48, temperature=0, stop_tokens=[end])
-    hyps = [tok.decode([t for t in o if t != end]).strip() for o in outs]
-    knowledge = {(c, a, v) for c in world for a, v in world[c].items()}
-    checks = [ok for h, c in zip(hyps, held_out) for _, ok in fact_check(h, c, knowledge)]
-    return [("perplexity, held-out descriptions", perplexity(model, [tok.encode(describe_prompt(c) + r)
-                                                                      for c, r in zip(held_out, refs)])),
-            ("perplexity, corpus text", perplexity(model, [tok.encode(tail)])),
-            ("BLEU, held-out descriptions", bleu(hyps, [[r] for r in refs])),
-            ("ROUGE-L F1 (x100)", 100 * mean([rouge(h, r)["rougeL"][2] for h, r in zip(hyps, refs)])),
-            ("METEOR (x100)", 100 * mean([meteor(h, r) for h, r in zip(hyps, refs)])),
-            ("factual precision of their claims %", 100 * sum(checks) / max(len(checks), 1))], hyps
-
-
-def qa_rows(model, tok, world, cfg, rng):
-    """pass@1, pass@k and maj@n from n sampled answers per question, then 4-way multiple choice,
-    all asked in the held-out PARAPHRASES wording."""
-    answers = sample_answers(model, tok, world, cfg, paraphrase)
-    right = {f: world[f[0]][f[1]] for f in answers}
-    n_right = [sum(a == right[f] for a in s) for f, s in answers.items()]
-    k, questions = min(4, cfg.samples), []
-    for (c, a), v in right.items():  # the right value and three others of that attribute
-        options = [v] + rng.sample(sorted({world[x][a] for x in world} - {v}), 3)
-        rng.shuffle(options)
-        prompt = qa_prompt(c, a, paraphrase)
-        questions.append((prompt, [f" {o}" for o in options], options.index(v)))
-    mc, n = multiple_choice(model, tok, questions), cfg.samples
-    return [("QA pass@1 %, unseen wording", 100 * mean([pass_at_k(n, c, 1) for c in n_right])),
-            (f"QA pass@{k} %, unseen wording", 100 * mean([pass_at_k(n, c, k) for c in n_right])),
-            (f"QA maj@{n} %, unseen wording",
-             100 * maj_at_k(list(answers.values()), list(right.values()), n)),
-            ("multiple choice %, unseen wording", 100 * mc["accuracy"]),
-            ("multiple choice, length-normalised %, unseen", 100 * mc["accuracy_norm"])]
-
-
-def judge_rows(model, tok, world, held_out, rng):
-    """The judge on cases about held-out countries: calibration against the labels, pairwise
-    consistency across the two orders, and the verbosity probe."""
-    cases = eval_judge_cases(world, held_out, rng)  # alternately the right and a wrong answer
-    verdicts, _ = run_judge(model, tok, [judge_prompt(q, r, a) for q, r, a, _ in cases])
-    labels = ["PASS" if ok else "FAIL" for *_, ok in cases]
-    pairs = judge_pairwise(model, tok, [(q, r, a, wrong[2]) for (q, r, a, _), wrong in zip(cases[::2], cases[1::2])])
-    pass_plain, pass_padded = verbosity_probe(model, tok, [(q, r, a) for q, r, a, _ in cases])
-    return [("judge agreement with labels %", 100 * raw_agreement(verdicts, labels)),
-            ("judge Cohen's kappa", cohen_kappa(verdicts, labels)),
-            ("judge F1 of PASS", precision_recall_f1(verdicts, labels, positive="PASS")[2]),
-            ("pairwise: same winner in both orders %", 100 * pairs["consistency"]),
-            ("pairwise: right answer wins both orders %", 100 * mean([w == 1 for w in pairs["winners"]])),
-            ("pairwise: picks position A %", 100 * pairs["chose_A"]),
-            ("verbosity: PASS rate, plain answers %", 100 * pass_plain),
-            ("verbosity: PASS rate, same answers padded %", 100 * pass_padded)]
-
-
-def report_card(model, tok, world, held_out, cfg):
-    """Every evaluation of this file on one model: [(row, value)], and the generated descriptions."""
+def qa_rows(model, tok, items, cfg, wording):
+    """items: (prompt ids, right reply, wrong replies). pass@1, pass@k and maj@n of n sampled
+    replies, then multiple choice among the right reply and (up to) three wrong ones."""
+    n = cfg.samples
+    k = min(4, n)
     rng = random.Random(cfg.seed + 1)
-    rows, hyps = text_rows(model, tok, world, held_out)
-    recalled = sample_answers(model, tok, world, cfg, question)  # the trained wording: memorisation
-    memorised = mean([a == world[c][x] for (c, x), s in recalled.items() for a in s])  # pass@1
-    rows += qa_rows(model, tok, world, cfg, rng)
-    rows.append(("QA pass@1 %, trained wording (memorisation)", 100 * memorised))
-    return rows + judge_rows(model, tok, world, held_out, rng), hyps
+    samples = replies(model, tok, [p for p, _, _ in items], n, cfg.temperature, seed=cfg.seed)
+    right = [a.strip() for _, a, _ in items]
+    n_right = [sum(s == a for s in answers) for answers, a in zip(samples, right)]
+    questions = []
+    for prompt, a, wrong in items:
+        options = [a] + rng.sample(wrong, min(3, len(wrong)))
+        rng.shuffle(options)
+        questions.append((prompt, options, options.index(a)))
+    mc = multiple_choice(model, tok, questions)
+    return [(f"QA pass@1 %, {wording}", 100 * mean([pass_at_k(n, c, 1) for c in n_right])),
+            (f"QA pass@{k} %, {wording}", 100 * mean([pass_at_k(n, c, k) for c in n_right])),
+            (f"QA maj@{n} %, {wording}", 100 * maj_at_k(samples, right, n)),
+            ("multiple choice %", 100 * mc["accuracy"]),
+            ("multiple choice, length-normalised %", 100 * mc["accuracy_norm"])]
 
+
+def corpus_row(model, tok):  # the end of the corpus, which train.py holds out too
+    held_out_text = gpt.embedded_corpus()[-20_000:]
+    return "perplexity, corpus text", perplexity(model, [tok.encode(held_out_text)])
+
+
+def instruction_card(model, tok, cfg):
+    """A chat checkpoint as it is: held-out perplexity, and gpt.py's held-out instructions (the
+    task of sft.py and dpo.py) answered greedily, sampled and as multiple choice."""
+    task = gpt.make_task(0, cfg.instructions, cfg.seed)[1]  # (task, instruction, answer)
+    accuracy, nll, _ = gpt.evaluate_instructions(model, tok, task)
+    items = [(gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True), a,  # as sft.py asks
+              sorted({b for t, _, b in task if t == name} - {a})) for name, x, a in task]
+    return [corpus_row(model, tok), ("instructions: greedy exact match %", 100 * accuracy),
+            ("instructions: NLL per answer token", nll)] + \
+        qa_rows(model, tok, items, cfg, "held-out instructions")
+
+
+def world_card(model, tok, world, held_out, cfg):
+    """Every evaluation of this file on one model: [(row, value)], and its descriptions."""
+    refs = [description(world, c) for c in held_out]
+    prompts = [f"Describe {c}.\n" for c in held_out]
+    hyps = [r[0] for r in replies(model, tok, [tok.encode(p) for p in prompts], 1, 0, 48)]
+    facts = [(c, a, v) for c in world for a, v in world[c].items()]
+    checks = [ok for h, c in zip(hyps, held_out) for _, ok in fact_check(h, c, set(facts))]
+    texts = [tok.encode(p + r) for p, r in zip(prompts, refs)]
+    rouge_l = [rouge(h, r)["rougeL"][2] for h, r in zip(hyps, refs)]
+    rows = [("perplexity, held-out descriptions", perplexity(model, texts)), corpus_row(model, tok),
+            ("BLEU, held-out descriptions", bleu(hyps, [[r] for r in refs])),
+            ("ROUGE-L F1 (x100)", 100 * mean(rouge_l)),
+            ("METEOR (x100)", 100 * mean([meteor(h, r) for h, r in zip(hyps, refs)])),
+            ("factual precision of their claims %", 100 * mean(checks or [0]))]
+    rows += qa_rows(model, tok, unseen_items(world, tok), cfg, "unseen wording")
+    trained = [tok.encode(qa_prompt(question(c, a))) for c, a, _ in facts]
+    recalled = replies(model, tok, trained, cfg.samples, cfg.temperature, seed=cfg.seed)
+    memorised = mean([s == v for (*_, v), answers in zip(facts, recalled) for s in answers])
+    rows.append(("QA pass@1 %, trained wording (memorisation)", 100 * memorised))
+    rng = random.Random(cfg.seed)
+    cases = []  # about countries the judge never graded: each fact right, then wrong
+    for c, a in [(c, a) for c in held_out for a in ATTRIBUTES]:
+        wrong = rng.choice([world[x][a] for x in world if x != c])
+        cases += [(question(c, a), world[c][a], world[c][a]), (question(c, a), world[c][a], wrong)]
+    labels = ["PASS", "FAIL"] * (len(cases) // 2)
+    verdicts, _ = run_judge(model, tok, [judge_prompt(*case) for case in cases])
+    pairs = judge_pairwise(model, tok, [(q, r, r, w) for q, r, w in cases[1::2]])
+    plain, padded = verbosity_probe(model, tok, cases)
+    return rows + [("judge agreement with labels %", 100 * raw_agreement(verdicts, labels)),
+                   ("judge Cohen's kappa", cohen_kappa(verdicts, labels)),
+                   ("judge F1 of PASS", precision_recall_f1(verdicts, labels, positive="PASS")[2]),
+                   ("pairwise: same winner in both orders %", 100 * pairs["consistency"]),
+                   ("pairwise: right answer wins both orders %",
+                    100 * mean([w == 1 for w in pairs["winners"]])),
+                   ("pairwise: picks position A %", 100 * pairs["chose_A"]),
+                   ("verbosity: PASS rate, plain answers %", 100 * plain),
+                   ("verbosity: PASS rate, same answers padded %", 100 * padded)], hyps, cases
+
+
+# ----------------------------------------------------------------------------- fine-tuning
 
 def tiny_model(cfg, world, device):
     """From scratch: a BPE vocabulary trained on some corpus text plus the world's names (so each
     name is a token, as real names are in a large vocabulary), and an untrained GPT."""
     names = " ".join(f"{c} {a} {v}." for c in world for a, v in world[c].items())
-    template = judge_prompt("What is the capital of X?", "Y", "Z") + pairwise_prompt("Q", "R", "A", "B")
-    tok = gpt.Tokenizer.from_spec("bpe", gpt.embedded_corpus()[:20_000] + f"\n{names}" * 40 + template * 40,
-                                  vocab_size=cfg.vocab_size)
-    cuda = str(device).startswith("cuda")
-    model_cfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_layer=cfg.n_layer or (4 if cuda else 2),
-                              n_embd=cfg.n_embd or (256 if cuda else 96), n_head=4)
-    return gpt.GPT(model_cfg).to(device), tok
+    template = judge_prompt("What is the capital of X?", "Y", "Z") + judge_prompt(*"QRAB")
+    text = gpt.embedded_corpus()[:20_000] + f"\n{names}" * 40 + template * 40
+    tok = gpt.Tokenizer.from_spec("bpe", text, vocab_size=cfg.vocab_size)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=128,
+                                  n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=4))
+    return model.to(device), tok
+
+
+def finetune(model, tok, pairs, cfg, log, state=None, before=None):
+    """gpt.finetune's recipe (AdamW, cosine lr, the completion loss on random batches), with a
+    checkpoint every ckpt_every steps that --resume continues bit for bit: the weights, AdamW's
+    moments, the step, the RNGs, the batch order. None if stop_after ended it."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        gpt.set_rng_state(state["rng"], g)
+    start = state["step"] if state else 0
+    model.train()
+    for step in tqdm(range(start, cfg.steps + 1), desc="fine-tune", leave=False):
+        stop = step == cfg.steps or 0 < cfg.stop_after == step
+        if stop or (step > start and step % cfg.ckpt_every == 0):
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step=step,
+                                config=cfg, optimizer=opt.state_dict(), rng=gpt.rng_state(g),
+                                before=before)
+        if stop:
+            return model.eval() if step == cfg.steps else None
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        batch = [pairs[i] for i in torch.randint(len(pairs), (cfg.batch_size,), generator=g)]
+        with gpt.autocast(next(model.parameters()).device):
+            loss = gpt.completion_loss(model, [p for p, _ in batch], [c for _, c in batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % max(1, cfg.steps // 100) == 0:  # about 100 points on the curve
+            log(step=step, loss=loss.item())
 
 
 def main(cfg):
-    require_gpt()
+    if gpt is None:
+        raise SystemExit("error: evaluate.py's models need torch and gpt.py beside it; the metrics"
+                         " do not")
     device = gpt.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    rng, world = random.Random(cfg.seed), make_world(cfg.countries, cfg.seed)
-    if not 1 <= cfg.held_out < cfg.countries:
-        raise SystemExit(f"error: held_out={cfg.held_out} must be between 1 and countries - 1 = {cfg.countries - 1}")
-    train, held_out = list(world)[:-cfg.held_out], list(world)[-cfg.held_out:]
+    plt = gpt.pyplot(cfg.plot)
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    state = None
+    with gpt.bad_input():
+        if cfg.ckpt or cfg.init or cfg.resume:
+            model, tok, state = gpt.load_model(path if cfg.resume else cfg.ckpt or cfg.init, device)
+            gpt.check_chat_model(model, tok, 64)  # the instructions' context, as in sft.py
+        changed = [f"{k}={state['config'].get(k)!r}" for k, v in asdict(cfg).items() if cfg.resume
+                   and k not in ("resume", "stop_after", "plot", "device")
+                   and state["config"].get(k) != v]
+        if changed:
+            raise ValueError(f"{path} was saved with {', '.join(changed)}: resume with those")
+    log = gpt.RunLog(cfg.out_dir, step=state["step"] if cfg.resume else 0)
     if cfg.ckpt:
-        model, tok, _ = gpt.load_model(cfg.ckpt, device)
-        print(f"loaded {cfg.ckpt}: {gpt.count_params(model) / 1e6:.2f}M parameters")
-    else:
+        rows = instruction_card(model.eval(), tok, cfg)
+        print(f"{cfg.ckpt}, as it is")
+        for name, value in rows:
+            log(step=0, metric=name, value=value)
+            print(f"{name:<48} {value:>9.2f}")
+        return rows
+    world = make_world(cfg.countries, cfg.seed)
+    train, held_out = list(world)[:-cfg.held_out], list(world)[-cfg.held_out:]
+    if not (cfg.init or cfg.resume):
         model, tok = tiny_model(cfg, world, device)
-        print(f"a {gpt.count_params(model) / 1e6:.2f}M-parameter model from scratch (--ckpt=path to start from yours)")
-    if cfg.bench:
-        return bench(model, tok, world)
-    pairs = training_pairs(world, train, tok, cfg, rng)
-    longest = max(len(p) + len(c) for p, c in pairs)
-    if longest > model.config.block_size:
-        raise SystemExit(f"error: a training example has {longest} tokens, more than block_size="
-                         f"{model.config.block_size}: use fewer/shorter names or a model with a longer context")
-    print(f"world: {len(world)} countries x {len(ATTRIBUTES)} facts; {len(held_out)} held out for the "
-          f"generation task, the judge cases and the pairwise cases")
-    before, _ = report_card(model, tok, world, held_out, cfg)
-    t0 = time.time()
-    loss = gpt.finetune(model, pairs, cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, desc="fine-tune")
-    print(f"fine-tuned {cfg.steps} steps on {len(pairs)} examples in {time.time() - t0:.0f}s, last loss {loss:.3f}")
-    after, hyps = report_card(model, tok, world, held_out, cfg)
+    pairs = training_pairs(world, train, tok, cfg, random.Random(cfg.seed))
+    with gpt.bad_input():  # an --init checkpoint too short for the task: say so before training
+        gpt.check_chat_model(model, tok, max(len(p) + len(c) for p, c in pairs))
+    print(f"{gpt.count_params(model) / 1e6:.2f}M parameters; {len(world)} countries x 3 facts,"
+          f" {len(held_out)} held out")
+    before = state["before"] if cfg.resume else world_card(model, tok, world, held_out, cfg)[0]
+    if not finetune(model, tok, pairs, cfg, log, state if cfg.resume else None, before):
+        return print(f"stopped after {cfg.stop_after} steps: {path} (--resume continues)")
+    after, hyps, cases = world_card(model, tok, world, held_out, cfg)
     print(f"\n{'report card':<48} {'base':>9} {'fine-tuned':>11}")
-    for (name, value), (_, tuned) in zip(before, after):
-        print(f"{name:<48} {value:>9.2f} {tuned:>11.2f}")
+    for (name, base), (_, tuned) in zip(before, after):
+        log(step=cfg.steps, metric=name, base=base, fine_tuned=tuned)
+        print(f"{name:<48} {base:>9.2f} {tuned:>11.2f}")
     knowledge = {(c, a, v) for c in world for a, v in world[c].items()}
-    print(f"\na held-out description: {hyps[0]!r}\n  reference:            {description(world, held_out[0])!r}")
-    print("  fact check: " + "; ".join(f"{claim} {'supported' if ok else 'NOT supported'}"
-                                       for claim, ok in fact_check(hyps[0], held_out[0], knowledge)))
-    q, r, a, _ = eval_judge_cases(world, held_out, random.Random(0))[1]
-    (verdict,), (rationale,) = run_judge(model, tok, [judge_prompt(q, r, a)])
-    print(f"a judge call: Q {q!r}, reference {r!r}, answer {a!r}\n  rationale {rationale!r} -> verdict {verdict}")
+    checks = fact_check(hyps[0], held_out[0], knowledge)
+    print(f"\na held-out description: {hyps[0]!r}\n  reference: {description(world, held_out[0])!r}"
+          "\n  fact check: " + "; ".join(f"{claim} {'supported' if ok else 'NOT supported'}"
+                                         for claim, ok in checks))
+    (verdict,), (rationale,) = run_judge(model, tok, [judge_prompt(*cases[1])])
+    print(f"a judge call: {cases[1]}\n  rationale {rationale!r} -> verdict {verdict}")
+    if plt:
+        gpt.plot_curves(plt, log, ["loss"], os.path.join(cfg.out_dir, "loss.png"))
+    return after
 
 
-def bench(model, tok, world, repeats=3):
-    """Multiple-choice scoring: every option of every question in a few batched forward passes
-    vs the naive loop of one forward per (question, option). Same numbers, measured side by side."""
-    rows = [(qa_prompt(c, a), f" {world[x][a]}") for c in world for a in ATTRIBUTES for x in list(world)[:4]]
-    prompts, options = [p for p, _ in rows], [o for _, o in rows]
-    timings = {}
-    for name, run in [("batched (ours)", lambda: option_logprobs(model, tok, prompts, options)),
-                      ("one forward per option", lambda: [option_logprobs(model, tok, [p], [o])[0] for p, o in rows])]:
-        scores, best = gpt.best_time(run, repeats)
-        timings[name] = (best, scores)
-    (fast, ours), (slow, naive) = timings.values()
-    worst = max(abs(x - y) for x, y in zip(ours, naive))
-    print(f"multiple-choice scoring of {len(rows)} (question, option) rows, {gpt.count_params(model) / 1e6:.2f}M params")
-    print(f"{'method':<24} {'rows/s':>9} {'ratio':>7}")
-    print(f"{'one forward per option':<24} {len(rows) / slow:>9.0f} {1.0:>6.1f}x")
-    print(f"{'batched (ours)':<24} {len(rows) / fast:>9.0f} {slow / fast:>6.1f}x")
-    print(f"largest difference in log p between the two: {worst:.1e}")
+# ----------------------------------------------------------------------------- Porter's stemmer
+# For ROUGE's and METEOR's stemming, not the lecture: Porter (1980) exactly as NLTK's
+# PorterStemmer() in its default NLTK_EXTENSIONS mode, which rouge-score and NLTK's METEOR use.
+
+_IRREGULAR = dict(pair.split(":") for pair in "skies:sky sky:sky dying:die lying:lie tying:tie "
+                  "news:news innings:inning inning:inning outings:outing outing:outing cannings:"
+                  "canning canning:canning howe:howe proceed:proceed exceed:exceed succeed:succeed"
+                  .split())
+# suffix:replacement per step, the first suffix the word ends with decides (longer ones first)
+_RULES = {step: [rule.partition(":")[::2] for rule in rules.split()] for step, rules in [
+    (1, "sses:ss ies:i ss:ss s:"),
+    (2, "ational:ate tional:tion enci:ence anci:ance izer:ize bli:ble alli:al entli:ent eli:e "
+        "ousli:ous ization:ize ation:ate ator:ate alism:al iveness:ive fulness:ful ousness:ous "
+        "aliti:al iviti:ive biliti:ble fulli:ful"),
+    (3, "icate:ic ative: alize:al iciti:ic ical:ic ful: ness:"),
+    (4, "al ance ence er ic able ible ant ement ment ent ion ou ism ate iti ous ive ize")]}
+
+
+def _consonants(word):  # a consonant is not a e i o u, nor a y after a consonant
+    flags = []
+    for ch in word:
+        flags.append(ch not in "aeiou" and not (ch == "y" and flags and flags[-1]))
+    return flags
+
+
+def _measure(stem):  # m in [C](VC)^m[V]: the number of vowel -> consonant transitions
+    flags = _consonants(stem)
+    return sum(not a and b for a, b in zip(flags, flags[1:]))
+
+
+def _ends_cvc(stem):  # *o: consonant-vowel-consonant, the last not w, x, y (NLTK: or a 2-letter vc)
+    f = _consonants(stem)
+    return (len(f) >= 3 and f[-3] and not f[-2] and f[-1] and stem[-1] not in "wxy") or \
+        (len(f) == 2 and not f[0] and f[1])
+
+
+def _apply(word, step, above=-1):
+    """Step's first rule whose suffix ends the word, if the rest has m > above (and for -ion, ends
+    in s or t); a failed condition leaves the word as it is."""
+    for suffix, replacement in _RULES[step]:
+        if word.endswith(suffix):
+            stem = word[:len(word) - len(suffix)]
+            ok = _measure(stem) > above and (suffix != "ion" or stem.endswith(("s", "t")))
+            return stem + replacement if ok else word
+    return word
+
+
+def porter_stem(word):
+    """Five steps of suffix rules guarded by the stem's measure m, with NLTK's irregular forms
+    and its ies/ied/y/alli/logi/fulli tweaks."""
+    w = word.lower()
+    if w in _IRREGULAR or len(w) <= 2:
+        return _IRREGULAR.get(w, w)
+    w = w[:-1] if w.endswith("ies") and len(w) == 4 else _apply(w, 1)  # 1a (NLTK: dies -> die)
+    stem = next((w[:-len(s)] for s in ("ed", "ing") if w.endswith(s)), None)  # 1b
+    if w.endswith("ied"):  # NLTK: died -> die, spied -> spi
+        w = w[:-3] + ("ie" if len(w) == 4 else "i")
+    elif w.endswith("eed"):
+        w = w[:-1] if _measure(w[:-3]) > 0 else w
+    elif stem is not None and not all(_consonants(stem)):  # a vowel before -ed / -ing
+        double = len(stem) >= 2 and stem[-1] == stem[-2] and _consonants(stem)[-1]
+        if stem.endswith(("at", "bl", "iz")) or (_measure(stem) == 1 and _ends_cvc(stem)):
+            w = stem + "e"  # conflat(ed) -> conflate, fil(ing) -> file
+        else:  # hopp(ing) -> hop, but fall(ing) -> fall
+            w = stem[:-1] if double and stem[-1] not in "lsz" else stem
+    if w.endswith("y") and len(w) > 2 and _consonants(w)[-2]:  # 1c: happy -> happi
+        w = w[:-1] + "i"
+    if w.endswith("alli") and _measure(w[:-4]) > 0:  # 2 (NLTK: alli -> al first, then again)
+        w = w[:-2]
+    if w.endswith("logi"):  # NLTK: the l stays with the stem (geology -> geolog)
+        w = w[:-1] if _measure(w[:-3]) > 0 else w
+    w = _apply(_apply(_apply(w, 2, 0), 3, 0), 4, 1)
+    m = _measure(w[:-1])
+    if w.endswith("e") and (m > 1 or m == 1 and not _ends_cvc(w[:-1])):  # 5a
+        w = w[:-1]
+    return w[:-1] if w.endswith("ll") and _measure(w[:-1]) > 1 else w  # 5b: controll -> control
 
 
 if __name__ == "__main__":
-    require_gpt()
-    main(gpt.parse_args(EvalConfig))
+    if gpt is None:
+        raise SystemExit("error: evaluate.py's command line needs torch and gpt.py beside it")
+    main(gpt.parse_args(EvalConfig, gpu=GPU))
