@@ -1,0 +1,166 @@
+"""The GPU paths, caught on the CPU where they can be: each script's training step under bf16
+autocast (CPU bf16 stands in for CUDA's) against its fp32 step, the equalities that must hold
+whatever the precision (PPO's ratio of 1 on the first minibatch; DPO's ln 2 is in test_dpo.py),
+gpt.GPT compiled by inductor against eager, train.py --compile, and bench/gpu.py --device=cpu."""
+import copy
+import dataclasses
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import diffusion_lm
+import dpo
+import gpt
+import moe
+import ppo
+import sft
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = gpt.GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+def bf16(device):
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def rows(n, vocab=64, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(1, vocab) for _ in range(rng.randint(2, 7))] for _ in range(n)]
+
+
+def assert_bf16_close(monkeypatch, model, step):
+    """step(model) runs one training step of a script and returns its loss; run it on two copies
+    of model, in fp32 and with gpt.autocast patched to CPU bf16, and compare loss and gradients.
+    bf16 keeps 8 significant bits: each rounded operand is off by up to 2^-9 (0.2%) relative,
+    and a 2-layer model's loss goes through some tens of them, forward and backward."""
+    out = []
+    for patch in (False, True):
+        with monkeypatch.context() as m:
+            if patch:
+                m.setattr(gpt, "autocast", bf16)
+            copied = copy.deepcopy(model)
+            torch.manual_seed(0)
+            loss = float(step(copied))
+            grads = [p.grad.flatten() for p in copied.parameters() if p.grad is not None]
+            out.append((loss, torch.cat(grads)))
+    (loss32, grad32), (loss16, grad16) = out
+    assert loss16 != loss32  # the step did run under the (patched) autocast
+    # measured: loss within 3e-5, gradients within 6.3e-3 of the norm; fp32 accumulation keeps
+    # the errors to the rounded operands, so one 2^-8 for the loss and five for the gradients
+    assert abs(loss16 - loss32) <= 2 ** -8 * abs(loss32)
+    assert (grad16 - grad32).norm() <= 5 * 2 ** -8 * grad32.norm()
+
+
+def test_train_step_bf16_close_to_fp32(monkeypatch, tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, depth=2, grad_accum=2)
+    ids = torch.randint(64, (2000,), generator=torch.Generator().manual_seed(0)).numpy()
+
+    def step(model):  # no optimizer: the gradients stay for the comparison
+        return train.train_step(model, [], ids, cfg, torch.Generator().manual_seed(0), 0, "cpu",
+                                0, 1)
+    torch.manual_seed(0)
+    assert_bf16_close(monkeypatch, gpt.GPT(cfg.model_config(64)), step)
+
+
+def test_finetune_bf16_close_to_fp32(monkeypatch):
+    """gpt.finetune: sft.py's and ppo.py's base models, agent.py's tool traces."""
+    pairs = list(zip(rows(32), rows(32, seed=1)))
+    torch.manual_seed(0)
+    assert_bf16_close(monkeypatch, gpt.GPT(TINY),
+                      lambda model: gpt.finetune(model, pairs, steps=1, lr=0.0, batch_size=8))
+
+
+def test_sft_packed_step_bf16_close_to_fp32(monkeypatch):
+    examples = [(ids, [i > 1 for i in range(len(ids))]) for ids in rows(40)]
+    packed = sft.pack(examples, TINY.block_size)
+    cfg = sft.SFTConfig(steps=1, batch_size=4)
+    losses = []
+
+    def step(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+        sft.train_sft(model, packed, opt, torch.Generator().manual_seed(0), cfg, 0, "cpu",
+                      lambda done, loss: losses.append(loss))
+        return losses[-1]
+    torch.manual_seed(0)
+    assert_bf16_close(monkeypatch, gpt.GPT(TINY), step)
+
+
+def test_dpo_batch_loss_bf16_close_to_fp32(monkeypatch):
+    torch.manual_seed(0)
+    ref = gpt.GPT(TINY).eval().requires_grad_(False)
+    policy = copy.deepcopy(ref).requires_grad_(True)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a policy away from the reference: margin != 0
+    prompts, chosen, rejected = rows(8), rows(8, seed=1), rows(8, seed=2)
+
+    def step(model):
+        loss = dpo.batch_loss(model, ref, prompts, chosen, rejected, dpo.DPOConfig())[0]
+        loss.backward()
+        return loss.detach()
+    assert_bf16_close(monkeypatch, policy, step)
+
+
+def test_diffusion_lm_step_bf16_close_to_fp32(monkeypatch):
+    cfg = diffusion_lm.DiffusionConfig(gen_length=16, n_layer=2, n_embd=32, batch_size=4)
+    torch.manual_seed(0)
+    models = nn.ModuleDict({"diffusion": gpt.GPT(dataclasses.replace(TINY, causal=False)),
+                            "ar": gpt.GPT(TINY)})
+    xy = torch.randint(1, 63, (4, 18), generator=torch.Generator().manual_seed(0))
+
+    def step(both):  # the AR loss and the masked-diffusion bound, one update each
+        opts = {k: torch.optim.AdamW(m.parameters()) for k, m in both.items()}
+        losses = diffusion_lm.train_step(dict(both.items()), opts, xy, cfg, 0,
+                                         torch.Generator().manual_seed(0))
+        return sum(losses.values())
+    assert_bf16_close(monkeypatch, models, step)
+
+
+def test_moe_step_bf16_close_to_fp32(monkeypatch, tmp_path):
+    cfg = moe.DemoConfig(steps=1, batch_size=4, block_size=16, n_layer=2, n_embd=64, n_expert=4)
+    torch.manual_seed(0)
+    model = moe.moe_gpt(dataclasses.replace(TINY, vocab_size=64, n_embd=64, n_kv_head=None),
+                        moe.MoEConfig(n_embd=64, n_expert=4, top_k=2, expert_hidden=64))
+    ids = torch.randint(64, (500,), generator=torch.Generator().manual_seed(0))
+    logged = []
+
+    def step(model):
+        moe.train(model, "moe", 0, ids, cfg, None, lambda **row: logged.append(row["loss"]))
+        return logged[-1]
+    assert_bf16_close(monkeypatch, model, step)
+
+
+def test_ppo_first_minibatch_ratio_is_1_under_bf16(monkeypatch, tmp_path):
+    """The rollout's log pi_old and the first update's log pi come from the same weights, so
+    rho = exp(log pi - log pi_old) is 1 on the first minibatch, exactly, as long as both are
+    computed under the same autocast (a bf16 update against fp32 old log-probs starts from
+    rho = exp(bf16 rounding noise): 1 +- 1.5e-3 here); and pi = pi_ref, so the KL is 0."""
+    monkeypatch.setattr(gpt, "autocast", bf16)
+    cfg = ppo.Config(iters=1, rollout_size=8, minibatch=8, epochs=1, n_embd=32, max_new_tokens=8)
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    policy, tok = ppo.start_model(cfg, rng)
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    rm = ppo.ScalarModel(copy.deepcopy(ref)).eval().requires_grad_(False)
+    seen, rows_logged, ppo_loss = [], [], ppo.ppo_loss
+
+    def recording(logp, old_logp, *args):
+        seen.append((logp.detach(), old_logp))
+        return ppo_loss(logp, old_logp, *args)
+    monkeypatch.setattr(ppo, "ppo_loss", recording)
+    ppo.train_ppo(policy, ref, rm, tok, cfg, rng, torch.Generator().manual_seed(0),
+                  lambda **row: rows_logged.append(row))
+    logp, old_logp = seen[0]
+    assert logp.dtype == torch.float32  # log-probs upcast from the bf16 logits
+    torch.testing.assert_close(torch.exp(logp - old_logp), torch.ones_like(logp), rtol=0, atol=0)
+    # log_softmax + gather (policy) against cross_entropy (reference), both in fp32 from the same
+    # bf16 logits: only fp32 rounding of ~1e-7 per token is left
+    assert abs(rows_logged[0]["kl"]) < 1e-5
