@@ -28,7 +28,7 @@ import math
 import os
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from statistics import fmean as mean
 
 try:  # the model-based part needs torch and gpt.py; the metrics do not
@@ -664,35 +664,23 @@ def tiny_model(cfg, world, device):
     return model.to(device), tok
 
 
-def finetune(model, tok, pairs, cfg, log, state=None, before=None):
-    """gpt.finetune's recipe (AdamW, cosine lr, the completion loss on random batches), with a
-    checkpoint every ckpt_every steps that --resume continues bit for bit: the weights, AdamW's
-    moments, the step, the RNGs, the batch order. None if stop_after ended it."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed)
-    if state:
-        opt.load_state_dict(state["optimizer"])
-        gpt.set_rng_state(state["rng"], g)
-    start = state["step"] if state else 0
-    model.train()
-    for step in tqdm(range(start, cfg.steps + 1), desc="fine-tune", leave=False):
-        stop = step == cfg.steps or 0 < cfg.stop_after == step
-        if stop or (step > start and step % cfg.ckpt_every == 0):
-            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step=step,
-                                config=cfg, optimizer=opt.state_dict(), rng=gpt.rng_state(g),
-                                before=before)
-        if stop:
-            return model.eval() if step == cfg.steps else None
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        batch = [pairs[i] for i in torch.randint(len(pairs), (cfg.batch_size,), generator=g)]
-        with gpt.autocast(next(model.parameters()).device):
-            loss = gpt.completion_loss(model, [p for p, _ in batch], [c for _, c in batch])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(1, cfg.steps // 100) == 0:  # about 100 points on the curve
-            log(step=step, loss=loss.item())
+def finetune(model, tok, pairs, cfg, log, ckpt, before):
+    """gpt.finetune, saving what --resume needs to continue bit for bit every ckpt_every steps
+    (the global RNGs too: an --init model may have dropout). False if stop_after ended it."""
+    def on_step(step, loss, state):
+        if (step - 1) % max(1, cfg.steps // 100) == 0:  # about 100 points on the curve
+            log(step=step - 1, loss=loss)
+        if step % cfg.ckpt_every == 0 or step in (cfg.stop_after, cfg.steps):
+            state = state()
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step, cfg,
+                                state["optimizer"], generator=state["generator"],
+                                rng=gpt.rng_state(), before=before)
+        return step == cfg.stop_after
+    if ckpt:
+        gpt.set_rng_state(ckpt["rng"])
+    gpt.finetune(model, pairs, cfg.steps, cfg.lr, cfg.batch_size, seed=cfg.seed, desc="fine-tune",
+                 resume=ckpt, on_step=on_step)
+    return not (ckpt["step"] if ckpt else 0) < cfg.stop_after < cfg.steps
 
 
 def main(cfg):
@@ -706,13 +694,11 @@ def main(cfg):
     state = None
     with gpt.bad_input():
         if cfg.ckpt or cfg.init or cfg.resume:
-            model, tok, state = gpt.load_model(path if cfg.resume else cfg.ckpt or cfg.init, device)
+            model, tok, state = gpt.load_model(path if cfg.resume else cfg.ckpt or cfg.init)
+            model.to(device)  # the checkpoint's RNG states stay on the CPU, where torch wants them
             gpt.check_chat_model(model, tok, 64)  # the instructions' context, as in sft.py
-        changed = [f"{k}={state['config'].get(k)!r}" for k, v in asdict(cfg).items() if cfg.resume
-                   and k not in ("resume", "stop_after", "plot", "device")
-                   and state["config"].get(k) != v]
-        if changed:
-            raise ValueError(f"{path} was saved with {', '.join(changed)}: resume with those")
+        if cfg.resume:
+            gpt.check_resume(path, state, cfg)
     log = gpt.RunLog(cfg.out_dir, step=state["step"] if cfg.resume else 0)
     if cfg.ckpt:
         rows = instruction_card(model.eval(), tok, cfg)

@@ -557,13 +557,25 @@ def test_resume_is_exact_and_prints_the_card(tmp_path, capsys, monkeypatch):
     assert sum('"metric": ' in line for line in log_lines(whole)) == 20  # every row of the card
 
 
-def tiny_checkpoint(path, block_size=96, vocab_size=None):
+def tiny_checkpoint(path, block_size=96, vocab_size=None, dropout=0.0):
     tok = byte_tokenizer()
     torch.manual_seed(0)
     model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab_size or tok.model_vocab_size, n_layer=1,
-                                  n_head=2, n_embd=16, block_size=block_size))
+                                  n_head=2, n_embd=16, block_size=block_size, dropout=dropout))
     gpt.save_checkpoint(str(path), model, tok)
     return str(path)
+
+
+def test_resume_of_an_init_model_with_dropout_is_exact(tmp_path):
+    """Dropout draws from the global RNG, which the checkpoint must carry for a bit-exact resume."""
+    init = tiny_checkpoint(tmp_path / "init.pt", block_size=256, dropout=0.2)
+    whole = E.EvalConfig(**TINY, init=init, out_dir=str(tmp_path / "whole"))
+    E.main(whole)
+    split = dataclasses.replace(whole, out_dir=str(tmp_path / "split"), stop_after=2)
+    E.main(split)
+    E.main(dataclasses.replace(split, stop_after=0, resume=True))
+    a, b = (gpt.load_checkpoint(os.path.join(c.out_dir, "ckpt.pt"))["model"] for c in (whole, split))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_ckpt_scores_a_chat_checkpoint_as_it_is(tmp_path, capsys):
@@ -604,8 +616,12 @@ def test_resume_with_other_settings_is_an_error(tmp_path):
     tok = byte_tokenizer()
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, n_layer=1, n_head=2, n_embd=16))
     gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step=1, config=cfg)
-    with pytest.raises(SystemExit, match="^error: .*saved with steps=4: resume with those"):
+    with pytest.raises(SystemExit, match="^error: .*saved with --steps=4: resume with those"):
         E.main(dataclasses.replace(cfg, steps=5, resume=True))
+    gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step=1,
+                        config=gpt.SampleConfig())  # another script's settings
+    with pytest.raises(SystemExit, match="^error: .*not saved by this script"):
+        E.main(dataclasses.replace(cfg, resume=True))
 
 
 @pytest.mark.parametrize("field,value", [
