@@ -93,8 +93,7 @@ def upcast(x):
 
 @contextmanager
 def evaluating(*models):
-    """Eval mode (no dropout, so no draw from the global RNG) and no autograd inside the block;
-    each model's previous mode comes back afterwards."""
+    """Eval mode (no dropout draws from the global RNG) and no autograd, then the old modes."""
     modes = [m.training for m in models]
     try:
         for m in models:
@@ -116,16 +115,14 @@ def inference(fn):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate each pair (x_i, x_{i+d/2}) by the angle pos * theta_i (the half-split "NeoX" layout):
-    x_i' = x_i cos - x_{i+d/2} sin,  x_{i+d/2}' = x_{i+d/2} cos + x_i sin.
-    x: (B, H, T, hd); cos = [cos, cos] and sin = [-sin, sin], (B|1, 1, T, hd), in float32."""
+    """Half-split ("NeoX") pairs: x_i' = x_i cos - x_{i+d/2} sin, x_{i+d/2}' = x_{i+d/2} cos
+    + x_i sin. x: (B, H, T, hd); cos = [cos, cos], sin = [-sin, sin]: (B|1, 1, T, hd), float32."""
     x1, x2 = upcast(x).chunk(2, dim=-1)
     return (upcast(x) * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
 
 
 def rope_angles(positions, head_dim, base):
-    """The cos and signed sin tables apply_rope wants, for angles pos * base^(-2i/d), in
-    float32 whatever the autocast. positions: (B|1, T)."""
+    """apply_rope's tables for angles pos * base^(-2i/d), float32 under any autocast."""
     i = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
     inv_freq = base ** (-i / head_dim)
     angles = positions.float()[..., None] * inv_freq  # (B|1, T, hd/2)
@@ -134,9 +131,7 @@ def rope_angles(positions, head_dim, base):
 
 
 class KVCache:
-    """Keys and values of every layer for tokens already seen, plus which of them are real
-    (not padding). Preallocated; `pos` is the number of buffer slots filled, and can be set back
-    to roll the cache back (speculative decoding), or rows reordered (beam search)."""
+    """Every layer's keys and values so far, and which are real; setting pos back rolls it back."""
 
     def __init__(self, cfg, batch, max_len, device, dtype):
         shape = (cfg.n_layer, batch, cfg.n_kv_head, max_len, cfg.n_embd // cfg.n_head)
@@ -157,9 +152,8 @@ class KVCache:
 
 
 def attention_mask(key_valid, T, causal):
-    """(B, 1, T, S) boolean mask for T queries that sit at the last T of S buffer slots: a query
-    sees real keys at or before its own slot, and always itself, so no row is empty (padding
-    queries then give finite garbage that nobody reads, never NaN)."""
+    """(B, 1, T, S) for queries in the last T of S slots: real keys up to the query's slot, and
+    always itself, so a padding query's row is never empty (finite garbage, never NaN)."""
     S = key_valid.size(1)
     q_slot = torch.arange(S - T, S, device=key_valid.device)[:, None]  # (T, 1)
     k_slot = torch.arange(S, device=key_valid.device)[None, :]  # (1, S)
@@ -262,9 +256,8 @@ class GPT(nn.Module):
         return KVCache(self.config, batch, max_len, p.device, dtype)
 
     def hidden(self, idx, attn_mask=None, cache=None, embeds=None):
-        """Final hidden states (B, T, n_embd). attn_mask (B, T) marks real tokens (False = padding);
-        with a cache, idx holds only the new tokens and attends to everything cached before.
-        embeds (B, T, n_embd) replaces the token embeddings (e.g. image patches in a VLM)."""
+        """(B, T, n_embd); attn_mask (B, T) is False on padding; with a cache, idx is the new tokens
+        only. embeds (B, T, n_embd) stands in for the token embeddings (a VLM's image patches)."""
         cfg, (B, T) = self.config, (idx.shape if embeds is None else embeds.shape[:2])
         device = idx.device if embeds is None else embeds.device
         start = cache.pos if cache is not None else 0
@@ -307,8 +300,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def flops_per_token(self, seq_len=None):
-        """Training FLOPs per token: 6N for the weight matmuls (2N forward, 4N backward) plus
-        12*L*T*d for Q K^T and A V (PaLM, Chowdhery et al. 2022, appendix B)."""
+        """6N (weight matmuls, forward + backward) + 12*L*T*d (Q K^T, A V): PaLM's appendix B."""
         cfg = self.config
         n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         return 6 * n_matmul + 12 * cfg.n_layer * (seq_len or cfg.block_size) * cfg.n_embd
@@ -328,11 +320,9 @@ class GPT(nn.Module):
     @inference
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                  allowed_tokens=None, use_cache=True, generator=None, pad_id=0, on_token=None):
-        """Sample continuations of a batch of token lists, left-padded so they end together.
-        temperature=0 is greedy. allowed_tokens(generated (b, t)) -> bool (b, vocab) constrains
-        each step; it gets only the b unfinished rows, in batch order, since a finished row's
-        tokens may no longer parse. on_token((B,) tokens) sees each step (to stream it). Returns
-        the new tokens of each prompt, up to and including its first stop token."""
+        """Each prompt's new tokens, up to its first stop token (temperature=0: greedy). Only the
+        unfinished rows go to allowed_tokens(generated (b, t)) -> (b, vocab) bool, in batch order,
+        since a finished row may no longer parse. on_token((B,) tokens) streams each step."""
         idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
@@ -364,10 +354,8 @@ class GPT(nn.Module):
     @inference
     def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(),
                     length_penalty=1.0):
-        """Keep the beam_size most probable partial continuations; a hypothesis that emits a stop
-        token is finished, and the search ends once beam_size are finished (or at the length
-        limit, where the live beams join the finished ones, as in Hugging Face's finalize).
-        Returns the hypothesis with the best log p / len^length_penalty."""
+        """The best log p / len^length_penalty of beam_size finished hypotheses (or, at the length
+        limit, of those and the live beams, as in Hugging Face's finalize)."""
         idx, _ = self._prepare([prompt], max_new_tokens, 0)
         cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
         h = self.hidden(idx.expand(beam_size, -1), cache=cache)
@@ -418,8 +406,7 @@ def pad_left(seqs, pad_id, device=None, width=None):
 
 
 def constrain(allowed_tokens, generated, done):
-    """The (B, vocab) mask for step t = generated.size(1): allowed_tokens' for the unfinished rows,
-    everything for the finished ones, which it never sees."""
+    """(B, vocab): allowed_tokens' mask for the unfinished rows, everything for finished ones."""
     rows = (~done).nonzero().flatten()
     allowed = allowed_tokens(generated[rows])  # (b, vocab)
     empty = (~allowed.any(-1)).nonzero().flatten().tolist()
@@ -431,8 +418,7 @@ def constrain(allowed_tokens, generated, done):
 
 
 def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None):
-    """The distribution we sample from, (B, vocab): mask, then temperature, top-k and top-p.
-    temperature=0 is greedy, a one-hot distribution on the argmax."""
+    """(B, vocab): mask, temperature, top-k, then top-p; temperature=0 is one-hot on the argmax."""
     if allowed is not None:
         logits = logits.masked_fill(~allowed, -math.inf)
     if temperature == 0:
@@ -464,11 +450,9 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, gener
 @inference
 def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0,
                          top_p=1.0, stop_tokens=(), generator=None):
-    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batch of one. The draft
-    proposes k tokens from q; one target pass scores them all with p. Token x_i is kept with
-    probability min(1, p(x_i)/q(x_i)); the first rejected one is resampled from
-    norm(max(0, p - q)), and if all k pass one more comes free from p. The output is
-    distributed exactly as sampling from the target alone. Returns (tokens, stats)."""
+    """Speculative sampling (Leviathan et al. 2023), batch of one: the draft proposes k tokens from
+    q, one target pass scores them with p; x_i is kept with probability min(1, p/q), the first
+    rejected is redrawn from norm(max(0, p - q)): exactly the target's distribution."""
     device = target.lm_head.weight.device
     target._prepare([prompt], max_new_tokens, 0)
     draft._prepare([prompt], max_new_tokens, 0)
@@ -527,10 +511,8 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
 # ----------------------------------------------------------------------------- log-probs
 
 def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None, temperature=1.0):
-    """log pi(c_t | prompt, c_<t) for every completion token: (B, Tc) log-probs and the (B, Tc)
-    mask of real completion tokens. Rows are [pad.. prompt completion ..pad]; the masks come
-    from the lengths, never from token values, so pad_id may equal the eos id. temperature:
-    score the distribution softmax(z / T) that sampling at T drew from (on-policy RL)."""
+    """(B, Tc) log pi(c_t | prompt, c_<t) and the mask of real tokens, from lengths (pad_id may be
+    eos). temperature: score softmax(z / T), the distribution sampling at T drew from."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     width = max(prompt_width or 0, max(len(p) for p in prompts))  # the prompt column
@@ -550,19 +532,15 @@ def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None
 
 
 def completion_loss(model, prompts, completions, pad_id=0):
-    """SFT loss: the mean negative log-likelihood of completion tokens only, the prompt being
-    context. L = -sum_t mask_t log pi(c_t | ...) / sum_t mask_t, over the whole batch."""
+    """SFT loss on completion tokens only: L = -sum_t mask_t log pi(c_t | ...) / sum_t mask_t."""
     logp, mask = completion_logprobs(model, prompts, completions, pad_id)
     return -logp.sum() / mask.sum().clamp(min=1)
 
 
 def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune",
              resume=None, on_step=None):
-    """AdamW with a cosine-decayed lr on completion_loss over random mini-batches of (prompt ids,
-    completion ids) pairs. params: what to train (default: everything). on_step(step, loss,
-    state) runs after each step; state() is what a bit-exact resume needs (step, optimizer,
-    batch generator), to save; finetune(..., resume=that) continues from it. on_step returning
-    True stops the loop early. Returns the last batch loss."""
+    """AdamW, cosine lr, completion_loss on random batches of pairs; the last loss. on_step(step,
+    loss, state) after each step (True stops); resume=state() continues bit for bit."""
     if not pairs:
         raise ValueError("finetune needs at least one (prompt, completion) pair")
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -605,9 +583,8 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<
 
 
 def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
-    """Byte-level BPE (Sennrich et al. 2016; GPT-2's byte variant): start from the 256 bytes,
-    repeatedly merge the most frequent adjacent pair inside regex-split chunks. Returns the
-    mergeable ranks {token bytes: rank} that tiktoken encodes with."""
+    """Byte-level BPE (Sennrich et al. 2016): from the 256 bytes, merge the most frequent adjacent
+    pair within regex-split chunks, again and again. tiktoken's ranks {token bytes: rank}."""
     chunks = collections.Counter(re.findall(pattern, text))
     words = [list(w.encode("utf-8")) for w in chunks]  # each chunk as a list of token ids
     counts = list(chunks.values())
@@ -647,17 +624,14 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
 
 
 def gpt2_byte_decoder():
-    """GPT-2's vocab.json spells each byte as a printable character: bytes 33-126, 161-172 and
-    174-255 as themselves, the other 68 as chr(256 + n) in byte order. {character: byte}."""
+    """{character: byte} of GPT-2's vocab.json: printable bytes as themselves, others chr(256+n)."""
     kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
     moved = [b for b in range(256) if b not in kept]
     return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
 
 
 class Tokenizer:
-    """tiktoken with our chat special tokens appended after the ordinary tokens. Built from
-    "gpt2" (tiktoken's download), a .tiktoken ranks file, a Hugging Face folder, or train_bpe on
-    a corpus; state_dict() is stored inside every checkpoint so any script can rebuild it."""
+    """tiktoken plus our chat special tokens; state_dict() rides in every checkpoint."""
 
     def __init__(self, ranks, pattern, name="bpe"):
         if sorted(ranks.values()) != list(range(len(ranks))):
@@ -692,8 +666,7 @@ class Tokenizer:
 
     @classmethod
     def from_hf(cls, folder):
-        """GPT-2's vocab.json + merges.txt as tiktoken ranks. tiktoken merges the pair whose result
-        has the lowest rank, so the ids must grow in merges.txt's order (true of GPT-2)."""
+        """GPT-2's vocab.json + merges.txt as ranks; tiktoken needs ids in merges.txt's order."""
         with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
             vocab = json.load(f)
         byte_of = gpt2_byte_decoder()
@@ -748,8 +721,7 @@ ROLES = ("system", "user", "assistant")
 
 
 def _chat_segments(messages, tok, add_generation_prompt):
-    """(token ids, spoken by the assistant?) pieces: <|role|> content <|end|> per message.
-    Content is encoded as ordinary text, so a user typing "<|end|>" cannot forge a token."""
+    """(ids, the assistant's?) of <|role|> content <|end|>; a typed "<|end|>" stays plain text."""
     end = tok.special("<|end|>")
     for msg in messages:
         if msg.get("role") not in ROLES:
@@ -761,20 +733,17 @@ def _chat_segments(messages, tok, add_generation_prompt):
 
 
 def render_chat(messages, tok, add_generation_prompt=False):
-    """Token ids of a conversation [{"role": ..., "content": ...}, ...]. With add_generation_prompt,
-    it ends with <|assistant|>: the prompt from which the model writes its answer."""
+    """Ids of [{"role", "content"}, ...]; add_generation_prompt ends it with <|assistant|>."""
     return [t for ids, _ in _chat_segments(messages, tok, add_generation_prompt) for t in ids]
 
 
 def loss_mask(messages, tok):
-    """1 for every token of render_chat(messages) that the assistant wrote (its closing <|end|>
-    included), 0 for the template and the other roles: only those tokens are trained on."""
+    """1 on the assistant's tokens of render_chat(messages), its <|end|> too: what is trained on."""
     return [int(assistant) for ids, assistant in _chat_segments(messages, tok, False) for _ in ids]
 
 
 def check_chat_model(model, tok, context):
-    """A model loaded for chat must embed the chat tokens and hold `context` tokens: say so at load,
-    not after minutes of training."""
+    """Say at load, not after minutes of training, that a model lacks chat tokens or context."""
     if max(tok.special(s) for s in SPECIAL_TOKENS) >= model.config.vocab_size:
         raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) has no rows for the"
                          " chat tokens: start from a checkpoint of this project (python train.py)")
@@ -794,8 +763,7 @@ def unwrap(model):
 
 def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None, model_state=None,
                     **extra):
-    """torch.save to a temporary file, then rename: a crash mid-write never clobbers a good one.
-    optimizer is a state dict; model_state overrides model.state_dict() (FSDP gathers its own)."""
+    """Write, then rename: a crash never clobbers a good file. model_state: FSDP's gathered one."""
     model = unwrap(model)
     state = {"model_args": dataclasses.asdict(model.config),
              "model": model_state or model.state_dict(), "optimizer": optimizer, "step": step,
@@ -834,9 +802,7 @@ def load_model(path, device="cpu"):
 
 
 def from_pretrained_gpt2(state_dict, config):
-    """A GPT from a Hugging Face GPT-2 state dict (GPT2Model or GPT2LMHeadModel) and its
-    config.json as a dict. HF stores its projections as Conv1D, weight (in, out): we transpose
-    them into nn.Linear's (out, in)."""
+    """A GPT from a Hugging Face GPT-2 state dict and its config.json (a dict)."""
     shape = ("n_head", "n_layer", "n_embd", "n_positions", "vocab_size", "layer_norm_epsilon")
     missing = [key for key in shape if key not in (config or {})]
     if missing:  # the head count is not in the weights, and a guess gives wrong logits silently
@@ -853,7 +819,7 @@ def from_pretrained_gpt2(state_dict, config):
         if k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight":
             continue  # causal-mask buffers; the head is tied to wte
         if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-            v = v.t()
+            v = v.t()  # HF's Conv1D stores (in, out); nn.Linear wants (out, in)
         ours["transformer." + k] = v
     ours["lm_head.weight"] = ours["transformer.wte.weight"]
     model = GPT(cfg)
@@ -867,9 +833,8 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 def read_safetensors(path):
-    """{name: tensor} from a .safetensors file: an 8-byte little-endian header length n, n bytes
-    of JSON {name: {dtype, shape, data_offsets: [start, end]}}, then the raw little-endian data
-    (offsets count from the end of the header). No dependency beyond torch."""
+    """{name: tensor}: 8-byte header length n, n bytes of JSON {name: {dtype, shape,
+    data_offsets}}, then the data (offsets from the header's end). Only torch needed."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -885,8 +850,7 @@ def read_safetensors(path):
 
 
 def from_pretrained(folder):
-    """(model, tokenizer) from a Hugging Face GPT-2 folder as downloaded: config.json, weights in
-    model.safetensors (or pytorch_model.bin), and vocab.json + merges.txt."""
+    """(model, tokenizer) from a Hugging Face GPT-2 folder as downloaded."""
     names = [n for n in ("model.safetensors", "pytorch_model.bin")
              if os.path.exists(os.path.join(folder, n))]
     needed = ["config.json", "vocab.json", "merges.txt"]
@@ -931,8 +895,7 @@ def autocast(device):
 
 
 def best_time(fn, repeats=3):
-    """(fn's last output, its best wall time in seconds over `repeats` runs): the minimum is the
-    run least disturbed by everything else on the machine."""
+    """(fn's last output, its best seconds): the least disturbed of `repeats` runs."""
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -963,8 +926,7 @@ def read_text(path):
 
 @contextmanager
 def bad_input():
-    """Around the loading of what the user named (config, data, checkpoints), before any work: a
-    ValueError or OSError there is the input's fault, said in one line, not a traceback."""
+    """A ValueError or OSError loading what the user named is the input's: one line, no trace."""
     try:
         yield
     except (ValueError, OSError) as e:
@@ -972,8 +934,7 @@ def bad_input():
 
 
 class RunLog:
-    """out_dir/log.jsonl, one JSON object a line. A fresh run starts it anew; a resumed run keeps
-    its own lines before its step and goes on from there, so no step is written twice."""
+    """out_dir/log.jsonl; a resumed run keeps the lines before its step: none is written twice."""
 
     def __init__(self, out_dir, step=0):
         self.path = os.path.join(out_dir, "log.jsonl")
@@ -991,8 +952,7 @@ class RunLog:
 
 
 def pyplot(plot):
-    """matplotlib.pyplot when --plot asks for it, else None; without matplotlib, a one-line note
-    now, before any work, and no plot."""
+    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
     if not plot:
         return None
     try:
@@ -1036,8 +996,7 @@ def set_rng_state(state, *generators):
 
 
 def check_resume(path, ckpt, cfg, free=("resume", "stop_after", "plot", "device", "out_dir")):
-    """Refuse to resume from a checkpoint another script saved, or this one with other settings
-    than cfg's, except the fields that may change between the parts of a run."""
+    """Refuse another script's checkpoint, or one saved with settings other than the free ones."""
     saved = ckpt.get("config") or {}
     if set(saved) != {f.name for f in dataclasses.fields(cfg)}:
         raise ValueError(f"{path} was not saved by this script: cannot resume from it")
@@ -1060,8 +1019,7 @@ TASKS = {  # name: (instruction template, answer), over a word or (parity) a num
 
 
 def make_task(n_train, n_eval, seed):
-    """(train, held-out) lists of (task, instruction, answer). Words from the embedded corpus,
-    numbers 0-999; held-out ones never appear in training, so accuracy measures the skill."""
+    """(train, held-out) lists of (task, instruction, answer); held-out words, numbers unseen."""
     rng = random.Random(seed)
     words = sorted(set(re.findall(r"\b[a-z]{3,8}\b", embedded_corpus())))
     numbers = [str(n) for n in range(1000)]
@@ -1109,8 +1067,7 @@ def evaluate_instructions(model, tok, examples):
 
 
 def base_model(init, steps, device):
-    """(model, tokenizer): the checkpoint at init, or a tiny byte-level GPT pretrained here on the
-    embedded corpus (4 x 128 on CPU, 6 x 384 on CUDA)."""
+    """(model, tokenizer): init's checkpoint, or a byte-level 4x128 GPT (6x384 on CUDA) here."""
     if init:
         model, tok, _ = load_model(init, device)
         check_chat_model(model, tok, 64)
@@ -1169,8 +1126,7 @@ class SampleConfig:
 
 
 def chat_loop(model, tok, cfg, lines, generator):
-    """Each line is a user turn; the reply streams as it is sampled. The oldest turns are dropped
-    when the conversation no longer fits the context."""
+    """A user turn per line, the reply streamed; the oldest turns go when the context is full."""
     history, end = [], tok.special("<|end|>")
     for line in lines:
         history.append({"role": "user", "content": line.rstrip("\n")})
