@@ -164,3 +164,51 @@ def test_ppo_first_minibatch_ratio_is_1_under_bf16(monkeypatch, tmp_path):
     # log_softmax + gather (policy) against cross_entropy (reference), both in fp32 from the same
     # bf16 logits: only fp32 rounding of ~1e-7 per token is left
     assert abs(rows_logged[0]["kl"]) < 1e-5
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """(cfg, eager, compiled, batch): the one model this file compiles, at the shape of the
+    train.py run below, so that run finds the graphs already compiled (Dynamo guards on the
+    module's structure and the tensors' shapes, not on which GPT it is)."""
+    if not (shutil.which("g++") or shutil.which("clang++")) and os.environ.get(
+            "REQUIRE_REFERENCES") != "1":
+        pytest.skip("inductor on CPU needs a C++ compiler (g++ or clang++): none on this machine")
+    tmp = tmp_path_factory.mktemp("compile")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(gpt.embedded_corpus()[:20_000], encoding="utf-8")
+    cfg = train.TrainConfig(data=str(corpus), tokenizer="byte", cache_dir=str(tmp / "cache"),
+                            out_dir=str(tmp / "out"), depth=2, n_embd=32, n_head=2, block_size=16,
+                            batch_size=4, max_iters=3, eval_interval=3, eval_iters=1,
+                            sample_tokens=0, device="cpu", compile=True)
+    train_ids, _, tok = train.prepare_data(cfg)
+    starts = train.step_starts(len(train_ids), cfg, torch.Generator().manual_seed(0), 1)[0, 0]
+    torch.manual_seed(0)
+    eager = gpt.GPT(cfg.model_config(tok.model_vocab_size))
+    return cfg, eager, torch.compile(copy.deepcopy(eager)), train.get_batch(train_ids, starts, 16,
+                                                                           "cpu")
+
+
+def test_compiled_gpt_equals_eager_forward_and_backward(compiled):
+    """Inductor fuses kernels and so reorders fp32 sums: measured 2.4e-7 of each tensor's largest
+    entry (a couple of ulps); 1e-5 leaves room for another CPU's vector width."""
+    cfg, eager, fast, (x, y) = compiled
+
+    def assert_near(got, want, name=""):
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max(), name
+    with torch.no_grad():  # eval mode, no autograd: the graph train.estimate_loss runs
+        assert_near(fast.eval()(x, y)[0], eager.eval()(x, y)[0])
+    losses = [m.train()(x, y)[1] for m in (eager, fast)]
+    for loss in losses:
+        loss.backward()
+    assert_near(losses[1], losses[0])
+    for (name, p), q in zip(eager.named_parameters(), fast.parameters()):
+        assert_near(q.grad, p.grad, name)
+
+
+def test_train_compile_runs(compiled):
+    result = train.main(compiled[0])
+    assert [row["step"] for row in result["history"]] == [0, 3]
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
