@@ -23,7 +23,7 @@ Left out: a value network (GRPO needs none), the papers' large models and free-f
 (the default policy has 0.26M parameters), any task but two-digit + one-digit sums.
 """
 import copy
-import dataclasses
+import json
 import math
 import os
 import random
@@ -315,21 +315,26 @@ def logprobs(model, batch, rows, cfg):
                                    batch["pad"], temperature=cfg.temperature)
 
 
-def score_batch(policy, ref, batch, cfg):
-    """Add what the loss needs from a rollout batch: advantages (N,), and old_logp, ref_logp and
-    the completion mask (N, T), each in one no-grad pass before any update."""
+def score_batch(policy, ref, batch, cfg, start=0):
+    """Add what the loss needs from a rollout batch: advantages (N,), and ref_logp, the completion
+    mask and old_logp (N, T) in no-grad passes before any update. old_logp of rows before start
+    is left at 0 for the first minibatch to fill from its own forward (pi_old = pi_theta there)."""
     scale = "none" if cfg.loss == "dr_grpo" else "group"
     batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, scale)
     with gpt.evaluating(policy, ref):
-        batch["old_logp"], batch["mask"] = logprobs(policy, batch, slice(None), cfg)
-        batch["ref_logp"], _ = logprobs(ref, batch, slice(None), cfg)
+        batch["ref_logp"], batch["mask"] = logprobs(ref, batch, slice(None), cfg)
+        batch["old_logp"] = torch.zeros_like(batch["ref_logp"])
+        if start < len(batch["prompts"]):
+            logp, _ = logprobs(policy, batch, slice(start, None), cfg)
+            batch["old_logp"][start:, :logp.size(1)] = logp
     return batch
 
 
-def minibatch_backward(policy, batch, rows, cfg):
+def minibatch_backward(policy, batch, rows, cfg, first=False):
     """Backpropagate grpo_loss over the rows (a slice) of a scored batch, micro_batch sequences at
     a time. The token weights are the whole minibatch's, sliced, so the accumulated gradient
-    equals that of a single pass. Returns the loss statistics, averaged."""
+    equals that of a single pass. first: before any step, old_logp is this very forward, detached
+    (ratio 1 exactly, and no scoring pass). Returns the loss statistics, averaged."""
     weights = token_weights(batch["mask"][rows], cfg.loss, cfg.max_new_tokens)  # (n, T)
     n = weights.size(0)
     micro = cfg.micro_batch or n
@@ -338,6 +343,8 @@ def minibatch_backward(policy, batch, rows, cfg):
         r = slice(rows.start + m, rows.start + min(m + micro, n))
         logp, _ = logprobs(policy, batch, r, cfg)
         T = logp.size(1)  # this micro-batch's longest completion; the rest of the row is padding
+        if first:
+            batch["old_logp"][r, :T] = logp.detach()
         loss, s = grpo_loss(logp, batch["old_logp"][r, :T], batch["ref_logp"][r, :T],
                             batch["advantages"][r], batch["mask"][r, :T], cfg.loss, cfg.eps_low,
                             cfg.eps_high, cfg.beta, weights[m:m + micro, :T])
@@ -350,33 +357,36 @@ def policy_update(policy, ref, opt, batch, cfg):
     """updates_per_rollout optimizer steps per epoch over minibatches of one rollout batch, their
     sizes within one row of each other even when DAPO refilled only part of it. old_logp comes
     from the policy before the first step, so the first minibatch's ratio is exactly 1."""
-    score_batch(policy, ref, batch, cfg)
     N = len(batch["prompts"])
     bounds = [N * i // cfg.updates_per_rollout for i in range(cfg.updates_per_rollout + 1)]
+    score_batch(policy, ref, batch, cfg, start=bounds[1])
     stats = []
     policy.train()
-    for start, end in [b for _ in range(cfg.epochs) for b in zip(bounds, bounds[1:])]:
+    minibatches = [b for _ in range(cfg.epochs) for b in zip(bounds, bounds[1:])]
+    for i, (start, end) in enumerate(minibatches):
         opt.zero_grad(set_to_none=True)
-        stats.append(minibatch_backward(policy, batch, slice(start, end), cfg))
+        stats.append(minibatch_backward(policy, batch, slice(start, end), cfg, first=i == 0))
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
     policy.eval()
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
 
-def evaluate(model, tok, problems, cfg, generator):
-    """Greedy accuracy, sampled pass@1 and pass@k, format rate and mean length on held-out
-    problems."""
+def evaluate(model, tok, problems, cfg, generator, sampled=True):
+    """Greedy accuracy on held-out problems; with sampled, also pass@1 and pass@k, the format rate
+    and the mean length of cfg.pass_k samples per problem."""
     end = tok.special("<|end|>")
     k = cfg.pass_k
     prompts = [prompt_ids(tok, q) for q, _, _ in problems]
     greedy = model.generate(prompts, cfg.max_new_tokens, temperature=0, stop_tokens=(end,),
                             pad_id=end)
+    right = [reward(answer_text(tok, c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
+    if not sampled:
+        return {"accuracy": sum(right) / len(problems)}
     sampled = model.generate([p for p in prompts for _ in range(k)], cfg.max_new_tokens,
                              temperature=cfg.temperature, stop_tokens=(end,), generator=generator,
                              pad_id=end)
     texts = [answer_text(tok, c) for c in sampled]
-    right = [reward(answer_text(tok, c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
     counts = [sum(reward(t, ans, 0)[1] for t in texts[i * k:(i + 1) * k])  # right per problem
               for i, (_, ans, _) in enumerate(problems)]
     return {"accuracy": sum(right) / len(problems),
@@ -415,25 +425,26 @@ def train_grpo(policy, ref, opt, tok, cfg, run):
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, step / cfg.warmup)
-        if cfg.loss == "dapo":
-            batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, run["generator"])
-        else:
-            batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg,
-                                   run["generator"])
-        batch["pad"] = tok.special("<|end|>")
+        stats = dict(kl=0.0, clipped=0.0)
+        with gpt.autocast(run["generator"].device):  # bf16 on CUDA for rollouts and update
+            if cfg.loss == "dapo":
+                batch, seen = dynamic_rollout(policy, tok, sample_problems, cfg, run["generator"])
+            else:
+                batch = seen = rollout(policy, tok, sample_problems(cfg.prompts_per_step), cfg,
+                                       run["generator"])
+            batch["pad"] = tok.special("<|end|>")
+            if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:  # dapo: signal?
+                stats = policy_update(policy, ref, opt, batch, cfg)
         r = seen["rewards"].view(-1, cfg.group_size)
         row = dict(step=step, reward=float(seen["rewards"].mean()),
                    acc=float(seen["correct"].mean()),
                    zero_std=float((r == r[:, :1]).all(1).float().mean()),
                    length=float(seen["lengths"].float().mean()),
-                   truncated=float(seen["truncated"].float().mean()), kl=0.0, clipped=0.0)
-        if len(batch["prompts"]) >= cfg.updates_per_rollout * cfg.group_size:  # dapo: signal?
-            row.update(policy_update(policy, ref, opt, batch, cfg))
-        if step % cfg.eval_every == 0 and step < cfg.steps:  # the last one is main's table
-            held_out = evaluate(policy, tok, run["held_out"], cfg, run["generator"])
-            row.update({"held_out_" + k: v for k, v in held_out.items()})
-            tqdm.write(f"step {step}: held-out accuracy {held_out['accuracy']:.0%}, "
-                       f"pass@1 {held_out['pass@1']:.0%}, KL {row['kl']:.3f}")
+                   truncated=float(seen["truncated"].float().mean()), **stats)
+        if step % cfg.eval_every == 0:  # greedy only: cheap enough to watch the curve closely
+            held_out = evaluate(policy, tok, run["held_out"], cfg, None, sampled=False)
+            row["held_out_accuracy"] = held_out["accuracy"]
+            tqdm.write(f"step {step}: held-out greedy accuracy {row['held_out_accuracy']:.0%}")
         run["log"](**row)
         if step % cfg.eval_every == 0 or step == end:
             run["save"](step)
@@ -447,15 +458,7 @@ def start_policy(cfg, path):
     GPT made here with the task's tokenizer. Loaded on the CPU, where RNG states must stay."""
     if cfg.resume:
         policy, tok, ckpt = gpt.load_model(path)
-        saved = ckpt.get("config") or {}
-        now = dataclasses.asdict(cfg)
-        if saved.keys() != now.keys() or "ref" not in ckpt:
-            raise ValueError(f"{path} was not saved by grpo.py: cannot resume from it")
-        same = ("resume", "stop_after", "steps", "plot", "device")  # free to change on resume
-        diff = [f"--{k}={v}" for k, v in saved.items() if k not in same and now[k] != v]
-        if diff:
-            raise ValueError(f"{path} was trained with other settings: resume with"
-                             f" {' '.join(diff)}")
+        gpt.check_resume(path, ckpt, cfg, free=("resume", "stop_after", "steps", "plot", "device"))
         return policy, tok, ckpt
     if cfg.init:
         policy, tok, _ = gpt.load_model(cfg.init)
@@ -524,6 +527,10 @@ def main(cfg):
         return before, None
     after = evaluate(policy, tok, held_out, cfg, run["generator"])
     report(policy, tok, cfg, held_out, before, after)
+    with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
+        hit = [r["step"] for r in map(json.loads, f) if r.get("held_out_accuracy", 0) >= 0.8]
+    print(f"held-out greedy accuracy first reached 80% at step {hit[0] if hit else 'none'}"
+          f" (checked every {cfg.eval_every} steps)")
     print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in "
           f"{cfg.out_dir}/")
     return before, after

@@ -171,8 +171,8 @@ def test_a_partly_refilled_batch_splits_into_fair_minibatches(monkeypatch):
     # minibatches of 16 // 3 = 5 rows and added a fourth optimizer step of 1 row
     cfg = grpo.Config(loss="dapo", group_size=4, prompts_per_step=6, updates_per_rollout=3)
     seen = []
-    monkeypatch.setattr(grpo, "minibatch_backward", lambda m, b, rows, c: seen.append(rows) or {})
-    monkeypatch.setattr(grpo, "score_batch", lambda policy, ref, b, c: b)
+    monkeypatch.setattr(grpo, "minibatch_backward", lambda m, b, rows, c, first: seen.append(rows) or {})
+    monkeypatch.setattr(grpo, "score_batch", lambda policy, ref, b, c, start: b)
     model = torch.nn.Linear(1, 1)
     batch = dict(prompts=[[1]] * 16)
     grpo.policy_update(model, None, torch.optim.SGD(model.parameters()), batch, cfg)
@@ -193,6 +193,64 @@ def test_ratio_is_one_and_kl_zero_at_init(tiny_gpt_config):
     assert torch.equal(batch["ref_logp"], batch["old_logp"])
     _, stats = grpo.grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], mask, "grpo", beta=0.1)
     assert stats["kl"] == 0.0 and stats["clipped"] == 0.0
+
+
+def recorded_update(model, cfg, monkeypatch, seed=0):
+    """policy_update on a fresh 8-row batch, recording each policy log-prob pass (rows, grad on?)
+    and each grpo_loss call's ratio and loss."""
+    passes, calls = [], []
+    logprobs, loss_fn = grpo.logprobs, grpo.grpo_loss
+
+    def spy_logprobs(m, batch, rows, c):
+        if m is model:
+            passes.append((rows.start or 0, rows.stop, torch.is_grad_enabled()))
+        return logprobs(m, batch, rows, c)
+
+    def spy_loss(logp, old_logp, *args):
+        loss, stats = loss_fn(logp, old_logp, *args)
+        calls.append((torch.exp(logp - old_logp).detach(), loss.item(), logp.detach()))
+        return loss, stats
+    monkeypatch.setattr(grpo, "logprobs", spy_logprobs)
+    monkeypatch.setattr(grpo, "grpo_loss", spy_loss)
+    prompts, completions = random_batch(8, model.config.vocab_size, seed, G=2)
+    rewards = torch.tensor([float(i % 3 == 0) for i in range(8)])
+    batch = dict(prompts=prompts, completions=completions, rewards=rewards, pad=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    grpo.policy_update(model, copy.deepcopy(model), opt, batch, cfg)
+    return passes, calls
+
+
+def test_the_first_minibatch_is_its_own_pi_old(tiny_gpt_config, monkeypatch):
+    # before any step pi_old = pi_theta: the first minibatch's forward, detached, is old_logp, so
+    # the policy scores only the other rows without grad and the first ratio is exactly 1
+    cfg = grpo.Config(group_size=2, prompts_per_step=4, beta=0.1, max_new_tokens=9)
+    passes, calls = recorded_update(tiny_model(tiny_gpt_config), cfg, monkeypatch)
+    assert [p for p in passes if not p[2]] == [(4, None, False)]  # rows 4.. only, once
+    assert [p[:2] for p in passes if p[2]] == [(0, 4), (4, 8), (0, 4), (4, 8)]  # 2 epochs x 2
+    assert torch.equal(calls[0][0], torch.ones_like(calls[0][0]))
+
+
+def test_bf16_autocast_covers_rollouts_and_the_update(tmp_path, tiny_gpt_config, monkeypatch):
+    # issue 19: on CUDA gpt.autocast is bf16; here CPU bf16 stands in for it
+    monkeypatch.setattr(gpt, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen = []
+    for name in ("rollout", "policy_update"):
+        fn = getattr(grpo, name)
+        monkeypatch.setattr(grpo, name, lambda *a, fn=fn, name=name: seen.append(
+            (name, torch.is_autocast_enabled("cpu"))) or fn(*a))
+    grpo.main(tiny_run(tmp_path, steps=1))
+    assert seen == [("rollout", True), ("policy_update", True)]
+    # old and new log-probs under the same precision: the first minibatch's ratio is still
+    # exactly 1 and its log-probs and loss are near float32's. bf16 keeps 8 significant bits
+    # (rounding 2^-9 relative): log-probs near log(64) = 4.2 move by ~0.01 at most, within 0.05.
+    # At ratio 1 the surrogate is -sum w A in both; only beta x k3 ~ 0.1 x 0.05^2 / 2 can differ.
+    cfg = grpo.Config(group_size=2, prompts_per_step=4, beta=0.1, max_new_tokens=9)
+    _, fp32 = recorded_update(tiny_model(tiny_gpt_config), cfg, monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, bf16 = recorded_update(tiny_model(tiny_gpt_config), cfg, monkeypatch)
+    assert torch.equal(bf16[0][0], torch.ones_like(bf16[0][0]))
+    torch.testing.assert_close(bf16[0][2], fp32[0][2], rtol=0, atol=0.05)
+    assert bf16[0][1] == pytest.approx(fp32[0][1], abs=2e-4)
 
 
 def test_log_probs_are_taken_at_the_sampling_temperature(tiny_gpt_config):
@@ -382,7 +440,7 @@ def test_resume_refuses_other_settings_or_no_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no checkpoint at"):  # nothing to resume yet
         grpo.main(dataclasses.replace(cfg, resume=True))
     grpo.main(cfg)
-    with pytest.raises(SystemExit, match="^error: .*resume with --lr=0.0003$"):
+    with pytest.raises(SystemExit, match="^error: .*saved with --lr=0.0003: resume with those settings$"):
         grpo.main(dataclasses.replace(cfg, resume=True, lr=1e-3))
     assert (tmp_path / "log.jsonl").read_text().count("\n") == 1  # the refusal wrote nothing
 
