@@ -30,7 +30,7 @@ import operator
 import os
 import random
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
@@ -80,7 +80,7 @@ GPU = dict(n_eval=200, steps=6000, n_embd=256)  # the defaults that change on CU
 # ----------------------------------------------------------------------------- tools
 
 class ToolError(Exception):
-    """A tool refusing its input; the agent turns it into an is_error observation."""
+    """A tool refusing its input: an is_error observation for the model."""
 
 
 @dataclass
@@ -95,9 +95,7 @@ TYPES = {"string": str, "integer": int, "number": (int, float)}  # JSON schema t
 
 
 def validate(arguments, schema):
-    """Problems with arguments under a flat JSON schema (types, required, enum, no unknown
-    keys), each a sentence that says what to fix; [] when valid. Raises ValueError on a schema
-    type it cannot check (the tool's fault, not the caller's)."""
+    """Each problem of arguments under a flat JSON schema as a sentence saying what to fix."""
     if not isinstance(arguments, dict):
         return [f"arguments must be a JSON object, got {type(arguments).__name__}"]
     properties = schema.get("properties", {})
@@ -119,9 +117,7 @@ def validate(arguments, schema):
 
 
 class ToolRegistry:
-    """The MCP-like interface the agent sees: list_tools() and call_tool(name, arguments). A call
-    never raises: unknown tools, invalid arguments and tool failures come back as is_error
-    results (with `error` naming the kind, for the failure taxonomy)."""
+    """MCP-like list_tools() and call_tool(name, arguments); every failure is an is_error result."""
 
     def __init__(self, tools):
         self.tools = {t.name: t for t in tools}
@@ -155,9 +151,7 @@ ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.m
 
 
 def calculate(expression):
-    """Arithmetic over exact fractions, never eval: Python's parser reads the expression and only
-    numbers, + - * / (and unary + -) and parentheses are evaluated. Anything else (names, calls,
-    attributes, '**', '1e3', '_') is refused with a ToolError."""
+    """Exact arithmetic, never eval: of Python's syntax tree only numbers, + - * / and () pass."""
     if len(expression) > 200:
         raise ToolError("expression too long (200 characters at most)")
     text = " ".join(expression.split())  # one line, no indent: what the parser accepts
@@ -208,8 +202,7 @@ ROOMS = ["living_room", "bedroom", "kitchen", "garage"]
 
 
 class House:
-    """The simulated environment behind the thermostat tools: a temperature per room, setpoints
-    the agent changes, and a garage whose sensor is offline (an empty result, not an error)."""
+    """The thermostat's world: a temperature per room, setpoints, an offline garage sensor."""
 
     def __init__(self, temperatures):
         self.temperature, self.setpoint = dict(temperatures), {}
@@ -257,8 +250,7 @@ def defuse(text):
 
 
 def parse_tool_call(text):
-    """(thought, name, arguments) from a turn 'thought<|tool_call|>{json}<|end|>'. Raises
-    ValueError with a message the model can act on when the turn is not a well-formed call."""
+    """(thought, name, arguments) of 'thought<|tool_call|>{json}<|end|>', or a ValueError."""
     if TOOL_CALL not in text:
         raise ValueError(f'no tool call: write {TOOL_CALL}{{"name": ..., "arguments": {{...}}}}'
                          + END)
@@ -412,9 +404,7 @@ class CallConstraint:
 # ----------------------------------------------------------------------------- the ReAct loop
 
 def system_prompt(registry):
-    """The tools the model may use. A large model would read the full specs (json of
-    list_tools()); our tiny one was trained on these tools, so their names keep the context
-    short."""
+    """Tool names only: a large model would read list_tools()'s specs; ours was trained on them."""
     return "<|system|>tools: " + ", ".join(registry.tools)
 
 
@@ -424,10 +414,8 @@ def observation(content):
 
 
 def run_agent(policy, task, registry, max_steps=5):
-    """Observe (the transcript) -> plan and act (policy writes a thought and a call) -> the result
-    is the next observation. Ends on final_answer, on a repeated identical call (a loop) or after
-    max_steps turns. policy(transcript) -> the model's next turn as text. Returns the episode:
-    answer, stop reason, events, the calls made [(name, arguments, result)] and the transcript."""
+    """ReAct: observe the transcript, policy(transcript) plans and calls, the result is observed;
+    until final_answer, a repeated call or max_steps. Calls are (name, arguments, result)."""
     transcript = system_prompt(registry) + "<|user|>" + task + "<|assistant|>"
     events, calls, seen = [], [], set()
     episode = dict(answer=None, stop="max_steps", events=events, calls=calls)
@@ -463,8 +451,7 @@ def run_agent(policy, task, registry, max_steps=5):
 
 
 class GPTPolicy:
-    """A gpt.py model as the agent's policy: greedy decoding of one turn, constrained to
-    well-formed calls of this registry's tools unless constrained=False."""
+    """A gpt.py model's greedy turn, constrained to well-formed calls unless constrained=False."""
 
     def __init__(self, model, tok, registry, constrained=True, max_thought=32, max_call=64):
         self.model, self.tok, self.max_new_tokens = model, tok, max_thought + max_call + 1
@@ -499,8 +486,7 @@ WORDING = {  # a task's text is one of these
 
 
 def make_task(family, rng):
-    """A task with its checkable answer, the house it runs in, and the expert's calls
-    [(thought, tool, arguments)] with tools (the trace we imitate)."""
+    """A task, its answer, its house and the expert's calls [(thought, tool, arguments)]."""
     temperatures = {room: rng.randint(14, 28) for room in ROOMS} | {"garage": None}
     task = dict(family=family, temperatures=temperatures, setpoint={})
     if family == "multiply":
@@ -535,9 +521,7 @@ def make_task(family, rng):
 
 
 def trace_pairs(task, with_tools):
-    """(prompt, completion) text pairs, one per model turn: the completion is the turn, and tool
-    results only ever sit in the prompt, so the SFT loss never trains on them. Without tools the
-    model answers alone, and the thermostat is out of its reach."""
+    """(prompt, completion) per model turn: tool results sit in prompts, out of the SFT loss."""
     registry = make_registry(House(task["temperatures"]) if with_tools else None)
     alone = "I cannot reach the thermostat" if task["family"] == "thermostat" else task["answer"]
     calls = task["calls"] if with_tools else [("Answer directly.", "final_answer",
@@ -558,9 +542,7 @@ DIGIT_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)
 # ----------------------------------------------------------------------------- SFT on the traces
 
 def train_agent(cfg, device, log, ckpt=None):
-    """A byte-level BPE on the traces and a 2-layer gpt.py model SFT-trained on every model turn
-    with AdamW and a cosine-decayed lr, checkpointed every ckpt_every steps; ckpt: the run to
-    continue. Returns (model, tokenizer), or None when stop_after ended the run."""
+    """A BPE and a gpt.py model SFT-trained on every model turn; None when stop_after ends it."""
     rng, texts = random.Random(cfg.seed), []
     for i in range(cfg.n_train):
         task = make_task(FAMILIES[i % 3], rng)
@@ -596,21 +578,6 @@ def train_agent(cfg, device, log, ckpt=None):
     return (model.eval(), tok) if end == cfg.steps else None
 
 
-def resume_from(cfg):
-    """The checkpoint --resume continues; one saved with other training settings is refused."""
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = gpt.load_checkpoint(path)
-    saved = ckpt.get("config") or {}
-    if set(saved) != {f.name for f in fields(cfg)}:
-        raise ValueError(f"{path} was not saved by agent.py: cannot resume from it")
-    free = ("n_eval", "max_steps", "ckpt_every", "stop_after", "resume", "plot", "out_dir",
-            "device")
-    changed = [f"--{k}={v}" for k, v in saved.items() if k not in free and getattr(cfg, k) != v]
-    if changed:
-        raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")
-    return ckpt
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 TAXONOMY = ["tool_not_called", "invalid_format", "wrong_tool", "hallucinated_tool",
@@ -619,10 +586,8 @@ TAXONOMY = ["tool_not_called", "invalid_format", "wrong_tool", "hallucinated_too
 
 
 def classify(episode, task):
-    """The one failure kind of a failed episode, judged against the expert's calls: a tool that
-    does not exist; else the first expert call the model did not make with the expert's result
-    (its last try invalid, failing, or schema-valid with wrong values, e.g. a miscopied digit; or
-    never tried, another tool in its place); else how it used the outputs it had."""
+    """A failed episode's one failure kind: a made-up tool; else the first expert call not made
+    with the expert's result (judged by the last try); else the use of the outputs it had."""
     calls, expert = episode["calls"], make_registry(House(task["temperatures"]))
     if any(result["error"] == "unknown_tool" for _, _, result in calls):
         return "hallucinated_tool"
@@ -645,7 +610,7 @@ def classify(episode, task):
 
 
 def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
-    """Success rate per family, and failed episodes counted by their one failure kind (classify)."""
+    """Success rate per family, and failed episodes counted by kind."""
     wins, failures = {f: [] for f in FAMILIES}, dict.fromkeys(TAXONOMY, 0)
     desc = f"eval: {'tools' if with_tools else 'no tools'}{', constrained' if constrained else ''}"
     for task in tqdm(tasks, desc=desc, leave=False):
@@ -664,7 +629,11 @@ def main(cfg):
     plt = gpt.pyplot(cfg.plot)
     with gpt.bad_input():
         device = gpt.pick_device(cfg.device)
-        ckpt = resume_from(cfg) if cfg.resume else None
+        path = os.path.join(cfg.out_dir, "ckpt.pt")
+        ckpt = gpt.load_checkpoint(path) if cfg.resume else None
+        if ckpt:  # the settings that do not change the training may
+            gpt.check_resume(path, ckpt, cfg, ("n_eval", "max_steps", "ckpt_every", "stop_after",
+                                               "resume", "plot", "out_dir", "device"))
     log = gpt.RunLog(cfg.out_dir, ckpt["step"] if ckpt else 0)
     torch.manual_seed(cfg.seed)
     trained = train_agent(cfg, device, log, ckpt)

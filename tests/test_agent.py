@@ -410,7 +410,7 @@ def test_resume_refuses_other_settings_another_scripts_checkpoint_and_garbage(tm
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=16, n_layer=1,
                                   n_head=2, n_embd=16))
     gpt.save_checkpoint(path, model, tok, config=gpt.SampleConfig())
-    with pytest.raises(SystemExit, match="not saved by agent.py"):
+    with pytest.raises(SystemExit, match="not saved by this script"):
         agent.main(resume)
     with open(path, "wb") as f:
         f.write(b"not a checkpoint")
