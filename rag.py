@@ -1,27 +1,20 @@
 """Retrieval-augmented generation: find the passages that answer a question, then read them.
 
-A small generator answers from what retrieval found (lecture 7). Retrieval maximises recall,
-re-ranking maximises precision.
+BM25 (Robertson & Zaragoza 2009), score = sum_t idf(t) f(t,d) (k1 + 1) / (f(t,d) + k1 (1 - b +
+b |d| / avgdl)). A bi-encoder (Reimers & Gurevych 2019) trained with InfoNCE over in-batch
+negatives, L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched
+exactly or with random-hyperplane LSH (Charikar 2002). Hybrid: reciprocal rank fusion,
+sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). A cross-encoder re-ranks [CLS] q [SEP] d (Nogueira
+& Cho 2019); HyDE (Gao et al. 2022) searches with a passage the generator imagines (lecture 7).
 
-Sparse: BM25 (Robertson & Zaragoza 2009),
-    score(q, d) = sum_t idf(t) f(t,d) (k1 + 1) / (f(t,d) + k1 (1 - b + b |d| / avgdl)).
-Dense: a bi-encoder (Reimers & Gurevych 2019) trained with in-batch negatives, the InfoNCE loss
-L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched exactly by
-cosine or approximately with random-hyperplane LSH (Charikar 2002). Hybrid: reciprocal rank
-fusion, sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). Re-ranking: a cross-encoder over
-[CLS] q [SEP] d (Nogueira & Cho 2019). HyDE (Gao et al. 2022): search with a passage the
-generator imagines.
-
-    python rag.py                     # made-up knowledge base -> retrieval table -> reader accuracy
+    python rag.py                          # made-up knowledge base -> retrieval -> reader accuracy
     python rag.py --hyde --n_entities=200  # also HyDE; a bigger knowledge base
-    python bench/rag.py               # query latency vs corpus size: BM25, exact dense, LSH
+    python bench/rag.py                    # query latency vs corpus size: BM25, exact dense, LSH
 
-On CPU you see one table of Recall@1/5, hit@1, P@5, MRR and NDCG@10 on held-out questions for
-BM25, dense, hybrid, hybrid + re-rank (and dense + HyDE with --hyde), with the ideal ranking as
-each metric's ceiling (a fact in two chunks caps Recall@1 at 1/2), LSH's recall against exact
-search at three probe radii, then the reader's answer accuracy with no retrieval, with the
-retrieved passages, and with the gold passage. The retrieval half (BM25, the encoders, the
-metrics) needs only torch and numpy; the reader and HyDE need gpt.py beside this file.
+On CPU: Recall@1/5, hit@1, P@5, MRR, NDCG@10 of each retriever on held-out questions beside the
+ideal ranking; LSH's recall against exact search; the reader's exact match with no retrieval, with
+the retrieved passages, with the gold one. Retrieval needs only torch and numpy; the reader and
+HyDE need gpt.py beside this file.
 Left out: real documents and pretrained encoders (all is trained from scratch on made-up
 biographies), vector databases, query rewriting beyond HyDE, and multi-hop questions.
 """
@@ -36,6 +29,7 @@ import sys
 import typing
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import torch
@@ -79,19 +73,18 @@ class RAGConfig:
                      "batch_size", "n_negatives", "lsh_tables", "top_k", "reader_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        problems = [
-            (not 0 <= self.chunk_overlap < self.chunk_size, f"chunk_overlap={self.chunk_overlap}"
-             f" must be >= 0 and below chunk_size={self.chunk_size}"),
-            (not 0 < self.test_frac < 1, f"test_frac={self.test_frac} must lie in (0, 1)"),
-            (self.n_embd < 16 or self.n_embd % 16, f"n_embd={self.n_embd}: a multiple of 16"),
-            (self.reader_embd < 8 or self.reader_embd % 8, f"reader_embd={self.reader_embd}: a"
-             " multiple of 8 (4 heads of an even width: RoPE rotates pairs)"),
-            (min(self.tau, self.reader_lr) <= 0, "tau and reader_lr must be positive"),
-            (not self.top_k <= self.rerank_depth, f"rerank_depth={self.rerank_depth} must be at"
-             f" least top_k={self.top_k}"),
-            (not 1 <= self.lsh_bits <= 20, f"lsh_bits={self.lsh_bits}: 1 to 20 (2^bits buckets)"),
-            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a folder")]
-        for bad, error in problems:
+        for bad, error in [
+                (not 0 <= self.chunk_overlap < self.chunk_size, f"chunk_overlap="
+                 f"{self.chunk_overlap} must be >= 0 and below chunk_size={self.chunk_size}"),
+                (not 0 < self.test_frac < 1, f"test_frac={self.test_frac} must lie in (0, 1)"),
+                (self.n_embd < 16 or self.n_embd % 16, f"n_embd={self.n_embd}: a multiple of 16"),
+                (self.reader_embd < 8 or self.reader_embd % 8, f"reader_embd={self.reader_embd}:"
+                 " a multiple of 8 (4 heads of an even width: RoPE rotates pairs)"),
+                (min(self.tau, self.reader_lr) <= 0, "tau and reader_lr must be positive"),
+                (self.top_k > self.rerank_depth, f"rerank_depth={self.rerank_depth} must be at"
+                 f" least top_k={self.top_k}"),
+                (not 1 <= self.lsh_bits <= 20, f"lsh_bits={self.lsh_bits}: 1 to 20 (2^bits)"),
+                (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file")]:
             if bad:
                 raise ValueError(error)
 
@@ -101,14 +94,11 @@ GPU = dict(n_entities=1000, reader_steps=6000, reader_embd=256)  # the defaults 
 
 # ----------------------------------------------------------------------------- text
 
-def words(text):
-    """Lower-cased word tokens, shared by BM25 and the encoders' vocabulary."""
+def words(text):  # one tokenisation for BM25 and the encoders' vocabulary
     return re.findall(r"\w+", text.lower())
 
 
-def chunk(text, size, overlap):
-    """Windows of `size` whitespace-separated words, each sharing `overlap` words with the next;
-    the last window ends at the text's end (it may be shorter)."""
+def chunk(text, size, overlap):  # windows of `size` words, `overlap` shared with the next
     if not 0 <= overlap < size:
         raise ValueError(f"need 0 <= overlap < size, got size={size}, overlap={overlap}")
     tokens, stride = text.split(), size - overlap
@@ -116,8 +106,7 @@ def chunk(text, size, overlap):
     return [" ".join(tokens[s:s + size]) for s in starts]
 
 
-def top_k(scores, k):
-    """Indices of the k highest scores, best first, ties to the lower index; O(N), no full sort."""
+def top_k(scores, k):  # ids of the k highest, best first, ties to the lower id; O(N), no sort
     scores = np.asarray(scores)
     k = min(k, len(scores))
     if k == 0:
@@ -130,12 +119,8 @@ def top_k(scores, k):
 # ----------------------------------------------------------------------------- sparse: BM25
 
 class BM25:
-    """Okapi BM25 over an inverted index: each (term, document) weight is precomputed, so a query
-    touches only the postings of its own terms. idf(t) = ln((N - n_t + 0.5) / (n_t + 0.5)) is
-    negative for a term in more than half the documents; as rank_bm25 does, such terms get the
-    floor eps * (mean idf over the vocabulary), eps = 0.25. That floor is positive only while the
-    mean idf is: where most terms are common it is negative, and a common query word then lowers
-    every score it touches. (Lucene's ln(1 + (N - n + 0.5)/(n + 0.5)) is never negative.)"""
+    """On an inverted index: a query touches only its terms' postings. As in rank_bm25, an idf below
+    0 (a term in over half the documents) becomes eps * mean idf, negative if most terms are."""
 
     def __init__(self, docs, k1=1.5, b=0.75, eps=0.25):
         tokenized = [words(d) for d in docs]
@@ -154,8 +139,7 @@ class BM25:
                 postings[t][1].append(self.idf[t] * f * (k1 + 1) / (f + norm))
         self.postings = {t: (np.array(ids), np.array(w)) for t, (ids, w) in postings.items()}
 
-    def scores(self, query):
-        """(N,) BM25 score of every document; a repeated query term counts each time."""
+    def scores(self, query):  # (N,); a repeated query term counts each time
         s = np.zeros(self.n_docs)
         for t in words(query):
             if t in self.postings:
@@ -166,8 +150,7 @@ class BM25:
 
 # ----------------------------------------------------------------------------- dense: encoders
 
-class Vocab:
-    """Word-level ids for the encoders: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word seen."""
+class Vocab:  # word ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word seen
 
     def __init__(self, texts):
         self.itos = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w for t in texts
@@ -178,8 +161,7 @@ class Vocab:
         return [self.stoi.get(w, 1) for w in words(text)]
 
 
-def pad_right(seqs, max_len, device):
-    """(B, T) tensor of right-padded int lists (cut at max_len) and the (B, T) mask of them."""
+def pad_right(seqs, max_len, device):  # -> (B, T) ids cut at max_len, (B, T) mask of real ones
     seqs = [s[:max_len] for s in seqs]
     idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
     for row, s in enumerate(seqs):
@@ -188,9 +170,7 @@ def pad_right(seqs, max_len, device):
     return idx.to(device), valid.to(device)
 
 
-class Encoder(nn.Module):
-    """A small bidirectional transformer: token + learned position embeddings, pre-norm blocks
-    (torch's own nn.TransformerEncoderLayer), padding keys masked out. Returns (B, T, n_embd)."""
+class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm blocks
 
     def __init__(self, vocab_size, n_embd, n_layer, max_len=64):
         super().__init__()
@@ -204,12 +184,12 @@ class Encoder(nn.Module):
     def forward(self, idx, valid, extra=None):  # idx, valid (B, T); extra (B, T, n_embd) or None
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))  # (B, T, C)
         x = x if extra is None else x + extra
-        return self.ln_f(self.blocks(x, src_key_padding_mask=~valid))
+        return self.ln_f(self.blocks(x, src_key_padding_mask=~valid))  # (B, T, C)
 
 
 class BiEncoder(nn.Module):
-    """Query and passage encoded separately by one shared encoder, so passages are embedded once,
-    offline. e = normalise(mean of the real tokens' states); relevance = cosine = q . d."""
+    """e = normalise(mean of the real tokens' states), relevance = cos = q . d; one encoder for
+    queries and passages, so passages are embedded once, offline."""
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
@@ -223,28 +203,22 @@ class BiEncoder(nn.Module):
         return F.normalize(mean, dim=-1)
 
     @torch.no_grad()
-    def embed(self, texts, batch_size=256):
-        """(N, n_embd) float32 numpy array of unit vectors (the trained model is in eval mode)."""
+    def embed(self, texts, batch_size=256):  # -> (N, n_embd) float32 numpy unit vectors
         out = torch.cat([self(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
         return out.float().cpu().numpy()
 
 
-def info_nce(q, d, tau, false_negatives=None):
-    """In-batch-negative contrastive loss: row i's positive is d_i, the other rows' passages are
-    its negatives. L = -(1/B) sum_i log softmax_j(q_i . d_j / tau)[i]. false_negatives (B, B) bool
-    marks off-diagonal passages that are also relevant to q_i: they are removed from the softmax."""
-    logits = q @ d.T / tau  # (B, B)
+def info_nce(q, d, tau, false_negatives=None):  # (B, B) false_negatives: relevant, not negative
+    logits = q @ d.T / tau  # (B, B); L = -(1/B) sum_i log softmax_j(q_i . d_j / tau)[i]
     if false_negatives is not None:
         logits = logits.masked_fill(false_negatives, -math.inf)
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
 class CrossEncoder(nn.Module):
-    """Query and passage in one sequence, [CLS] q [SEP] d, so every query word attends to every
-    passage word; score = w . h_[CLS]. Each token also gets a feature embedding for its segment
-    and for whether it appears in the other segment (the exact-match feature of DrQA, Chen et al.
-    2017), without which a small model trained from scratch learns to match words far too slowly.
-    Far slower than a bi-encoder at search time, so it only re-ranks a few candidates."""
+    """score = w . h_[CLS] of [CLS] q [SEP] d: every query word attends to every passage word, too
+    slow for search, so it re-ranks a few. DrQA's exact-match feature (Chen et al. 2017) marks the
+    words found in the other segment: from scratch, a small model learns matching slowly."""
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
@@ -265,19 +239,15 @@ class CrossEncoder(nn.Module):
         return self.head(h[:, 0]).squeeze(-1)
 
 
-def dense_search(query_emb, doc_embs, k):
-    """Exact cosine top-k of one unit query (d,) against unit passages (N, d): (ids, scores)."""
+def dense_search(query_emb, doc_embs, k):  # exact: unit query (d,), unit passages (N, d)
     scores = doc_embs @ query_emb  # (N,) cos = q . d for unit vectors
     ids = top_k(scores, k)
     return ids, scores[ids]
 
 
 class LSHIndex:
-    """Random-hyperplane LSH for cosine: bit_i(x) = [r_i . x > 0] with Gaussian r_i, so two
-    vectors at angle theta agree on a bit with probability 1 - theta/pi. n_tables tables of
-    n_bits-bit codes; a query probes every bucket within Hamming distance `radius` of its code in
-    each table (multi-probe), then scores the union of candidates exactly. radius = n_bits probes
-    everything."""
+    """bit_i(x) = [r_i . x > 0], r_i Gaussian: at angle theta, P(same bit) = 1 - theta/pi. A query
+    scores exactly the buckets within Hamming distance radius of its codes (n_bits: all)."""
 
     def __init__(self, doc_embs, n_tables=8, n_bits=8, seed=0):
         self.doc_embs, self.n_bits = doc_embs, n_bits
@@ -288,17 +258,14 @@ class LSHIndex:
             order = np.argsort(codes, kind="stable")
             keys, starts = np.unique(codes[order], return_index=True)
             self.tables.append(dict(zip(keys.tolist(), np.split(order, starts[1:]))))
-        # XOR masks by number of flipped bits: the codes within radius r are code ^ the first
-        # n_within[r] masks
-        self.masks = sorted(range(1 << n_bits), key=lambda m: bin(m).count("1"))
-        self.n_within = np.cumsum([math.comb(n_bits, r) for r in range(n_bits + 1)])
 
     def codes(self, x):  # x (N, d) -> (n_tables, N) integer codes
         bits = np.einsum("tbd,nd->tnb", self.planes, x) > 0  # (n_tables, N, n_bits)
         return bits @ (1 << np.arange(self.n_bits))
 
-    def search(self, query_emb, k, radius=1):
-        flips = self.masks[:self.n_within[min(radius, self.n_bits)]]
+    def search(self, query_emb, k, radius=1):  # -> (ids, number of chunks scored)
+        flips = [sum(1 << b for b in bits) for r in range(radius + 1)
+                 for bits in combinations(range(self.n_bits), r)]  # XOR masks of <= radius bits
         codes = self.codes(query_emb[None])[:, 0].tolist()
         buckets = [table.get(code ^ m) for table, code in zip(self.tables, codes) for m in flips]
         found = [b for b in buckets if b is not None] or [np.zeros(0, int)]
@@ -307,99 +274,80 @@ class LSHIndex:
         return candidates[ids], len(candidates)
 
 
-def reciprocal_rank_fusion(rankings, k=60):
-    """RRF: score(d) = sum over rankings r of 1 / (k + rank_r(d)), ranks counted from 1, nothing
-    from a ranking that lacks d. Needs no score calibration between retrievers. Returns
-    [(doc, score)] best first, ties to the lower id."""
+def reciprocal_rank_fusion(rankings, k=60):  # needs no score calibration between retrievers
     fused = defaultdict(float)
     for ranking in rankings:
         for rank, doc in enumerate(ranking, start=1):
-            fused[doc] += 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+            fused[doc] += 1.0 / (k + rank)  # sum_r 1 / (k + rank_r(d)); 0 if r lacks d
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))  # ties to the lower id
 
 
 # ----------------------------------------------------------------------------- metrics
-# Each takes, per query, a ranking (doc ids, best first) and the set of relevant ids, and returns
-# the mean over queries. Relevance is binary. A query with no relevant document scores 0 in every
-# metric (trec_eval would drop it; keeping it makes each average count every query once).
+# Mean over queries of a ranking (ids, best first) against the set R of relevant ids. A query
+# with no relevant id scores 0 (trec_eval would drop it; kept, every query counts once).
 
-def recall_at_k(rankings, relevant, k):
-    """|top-k & R| / |R|: how much of what matters was found."""
+def recall_at_k(rankings, relevant, k):  # |top-k & R| / |R|
     return float(np.mean([len(set(r[:k]) & rel) / len(rel) if rel else 0.0
                           for r, rel in zip(rankings, relevant)]))
 
 
-def precision_at_k(rankings, relevant, k):
-    """|top-k & R| / k: how much of what was returned matters (the denominator is k, always)."""
+def precision_at_k(rankings, relevant, k):  # |top-k & R| / k, k even past the ranking's end
     return float(np.mean([len(set(r[:k]) & rel) / k for r, rel in zip(rankings, relevant)]))
 
 
-def mrr(rankings, relevant):
-    """Mean reciprocal rank: 1 / (1-based rank of the first relevant document), 0 if none is."""
+def mrr(rankings, relevant):  # mean of 1 / (rank of the first relevant id), 0 if none
     return float(np.mean([next((1.0 / i for i, d in enumerate(r, 1) if d in rel), 0.0)
                           for r, rel in zip(rankings, relevant)]))
 
 
-def ndcg_at_k(rankings, relevant, k):
-    """DCG@k / IDCG@k, DCG = sum_{i=1..k} rel_i / log2(i + 1) with rel_i in {0, 1}; the ideal
-    ranking puts all |R| relevant documents first: IDCG = sum_{i=1..min(k, |R|)} 1 / log2(i + 1)."""
+def ndcg_at_k(rankings, relevant, k):  # DCG@k / IDCG@k, DCG = sum_{i<=k} rel_i / log2(i + 1)
     out = []
     for r, rel in zip(rankings, relevant):
         dcg = sum(1.0 / math.log2(i + 1) for i, d in enumerate(r[:k], 1) if d in rel)
-        ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(k, len(rel)) + 1))
+        ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(k, len(rel)) + 1))  # R first
         out.append(dcg / ideal if rel else 0.0)
     return float(np.mean(out))
 
 
 # ----------------------------------------------------------------------------- the knowledge base
-# People who never existed, each with six attributes. Every attribute has several sentence
-# templates (for the documents) and several question paraphrases, so neither the generator nor
-# any pretrained model can know an answer, and word overlap alone does not find the passage.
+# Made-up people, so no model knows an answer; paraphrased templates, so word overlap alone does
+# not find the passage. Rows: attribute, values, sentence templates, questions ("|" between).
 
 SYLLABLES = "ka lo mi ra ve tu shi no pa de lin bor zan qui el mar tho rin sa vel dru fen gal"
-ATTRIBUTES = [  # (attribute, values, document templates, question templates)
-    ("town", None,
-     ["{n} was born in {v}.", "{n} comes from the town of {v}.", "The birthplace of {n} is {v}."],
-     ["Where was {n} born?", "Which town does {n} come from?", "What is the hometown of {n}?"]),
+ATTRIBUTES = [
+    ("town", "", "{n} was born in {v}.|{n} comes from the town of {v}.|The birthplace of {n} is"
+     " {v}.", "Where was {n} born?|Which town does {n} come from?|What is the hometown of {n}?"),
     ("job", "glassblower beekeeper cartographer ferryman astronomer locksmith puppeteer tailor "
-     "falconer brewer clockmaker surveyor",
-     ["{n} works as a {v}.", "By trade, {n} is a {v}.", "{n} earns a living as a {v}."],
-     ["What does {n} do for a living?", "What is the profession of {n}?",
-      "Which job does {n} have?"]),
-    ("instrument", "harp cello oboe banjo lute zither bassoon ukulele accordion sitar",
-     ["{n} plays the {v}.", "{n} practises the {v} every evening.",
-      "The instrument of {n} is the {v}."],
-     ["Which instrument does {n} play?", "What does {n} practise in the evenings?",
-      "What music does {n} make?"]),
-    ("colour", "crimson teal amber violet ochre indigo scarlet olive",
-     ["The favourite colour of {n} is {v}.", "{n} always dresses in {v}.",
-      "Above all colours, {n} likes {v}."],
-     ["What colour does {n} like best?", "Which colour is the favourite of {n}?",
-      "What shade does {n} wear?"]),
-    ("pet", "tortoise parrot ferret goat hedgehog iguana donkey owl",
-     ["{n} keeps a {v} as a pet.", "At home {n} looks after a {v}.", "The pet of {n} is a {v}."],
-     ["What pet does {n} have?", "Which animal lives with {n}?",
-      "What animal does {n} look after?"]),
-    ("year", None,
-     ["{n} was born in {v}.", "{n} came into the world in {v}.", "The birth year of {n} is {v}."],
-     ["When was {n} born?", "In which year was {n} born?",
-      "What year did {n} come into the world?"]),
+     "falconer brewer clockmaker surveyor", "{n} works as a {v}.|By trade, {n} is a {v}.|{n} earns"
+     " a living as a {v}.", "What does {n} do for a living?|What is the profession of {n}?|Which"
+     " job does {n} have?"),
+    ("instrument", "harp cello oboe banjo lute zither bassoon ukulele accordion sitar", "{n} plays"
+     " the {v}.|{n} practises the {v} every evening.|The instrument of {n} is the {v}.", "Which"
+     " instrument does {n} play?|What does {n} practise in the evenings?|What music does {n}"
+     " make?"),
+    ("colour", "crimson teal amber violet ochre indigo scarlet olive", "The favourite colour of {n}"
+     " is {v}.|{n} always dresses in {v}.|Above all colours, {n} likes {v}.", "What colour does"
+     " {n} like best?|Which colour is the favourite of {n}?|What shade does {n} wear?"),
+    ("pet", "tortoise parrot ferret goat hedgehog iguana donkey owl", "{n} keeps a {v} as a pet.|At"
+     " home {n} looks after a {v}.|The pet of {n} is a {v}.", "What pet does {n} have?|Which"
+     " animal lives with {n}?|What animal does {n} look after?"),
+    ("year", "", "{n} was born in {v}.|{n} came into the world in {v}.|The birth year of {n} is"
+     " {v}.", "When was {n} born?|In which year was {n} born?|What year did {n} come into the"
+     " world?"),
 ]
 
 
-def made_up_word(rng, n_syllables):
-    return "".join(rng.choice(SYLLABLES.split()) for _ in range(n_syllables)).capitalize()
-
-
 def make_knowledge_base(n_entities, size, overlap, seed=0):
-    """Chunks of made-up biographies, and one fact per (person, attribute): its sentence, answer,
-    question paraphrases and the ids of the chunks that hold the whole sentence (the relevant
-    ones)."""
+    """Chunks of biographies and a fact per (person, attribute): sentence, answer, questions, and
+    `relevant`, the ids of the chunks that hold the whole sentence."""
     rng = random.Random(seed)
-    towns = sorted({made_up_word(rng, 2) + rng.choice(["ton", "mere", "holm", "by"])
+
+    def made_up_word(n_syllables):
+        return "".join(rng.choice(SYLLABLES.split()) for _ in range(n_syllables)).capitalize()
+    towns = sorted({made_up_word(2) + rng.choice(["ton", "mere", "holm", "by"])
                     for _ in range(40)})
-    firsts = sorted({made_up_word(rng, 2) for _ in range(60)})
-    lasts = sorted({made_up_word(rng, 3) for _ in range(max(60, n_entities // 20))})  # enough
+    firsts = sorted({made_up_word(2) for _ in range(60)})
+    lasts = sorted({made_up_word(3) for _ in range(max(60, n_entities // 20))})  # enough
     names = rng.sample(sorted({f"{a} {b}" for a in firsts for b in lasts}), n_entities)
     chunks, facts = [], []
     for name in names:
@@ -407,10 +355,10 @@ def make_knowledge_base(n_entities, size, overlap, seed=0):
         for attribute, values, templates, questions in ATTRIBUTES:
             value = rng.choice(towns) if attribute == "town" else \
                 str(rng.randint(1900, 1999)) if attribute == "year" else rng.choice(values.split())
-            sentence = rng.choice(templates).format(n=name, v=value)
+            sentence = rng.choice(templates.split("|")).format(n=name, v=value)
             sentences.append(sentence)
             facts.append(dict(name=name, attribute=attribute, answer=value, sentence=sentence,
-                              questions=[q.format(n=name) for q in questions]))
+                              questions=[q.format(n=name) for q in questions.split("|")]))
         rng.shuffle(sentences)
         first = len(chunks)
         chunks += chunk(" ".join(sentences), size, overlap)  # each biography is chunked alone
@@ -424,27 +372,39 @@ def make_knowledge_base(n_entities, size, overlap, seed=0):
     return chunks, facts
 
 
-def split_questions(facts, test_frac, seed=0):
-    """Held-out facts never appear in any training step: (train, test) lists of (question, fact).
-    Training uses every paraphrase; the test uses one random paraphrase per held-out fact."""
+def split_questions(facts, test_frac, seed=0):  # held-out facts are never trained on
     rng = random.Random(seed + 1)
     order = list(range(len(facts)))
     rng.shuffle(order)
     n_test = int(len(facts) * test_frac)
-    test = [(rng.choice(facts[i]["questions"]), facts[i]) for i in order[:n_test]]
-    train = [(q, facts[i]) for i in order[n_test:] for q in facts[i]["questions"]]
+    test = [(rng.choice(facts[i]["questions"]), facts[i]) for i in order[:n_test]]  # one each
+    train = [(q, facts[i]) for i in order[n_test:] for q in facts[i]["questions"]]  # every one
     return train, test
 
 
 # ----------------------------------------------------------------------------- retriever training
 
-def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3, log=None):
-    """InfoNCE with in-batch negatives. A batch never holds the same positive chunk twice, and a
-    chunk that is relevant to a question is masked out of that question's negatives."""
-    rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
+def optimise(model, loss_fn, steps, lr, name, log):  # AdamW on loss_fn(device), both encoders
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     device = model.encoder.wte.weight.device
     model.train()
-    for step in (bar := tqdm(range(steps), desc="bi-encoder", leave=False)):
+    for step in (bar := tqdm(range(steps), desc=name, leave=False)):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_fn(device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if log:
+            log(step=step, **{f"{name}_loss": loss.item()})
+    return model.eval()
+
+
+def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3, log=None):
+    """InfoNCE with in-batch negatives; no positive twice in a batch, no relevant one negative."""
+    rng = random.Random(seed)
+
+    def loss_fn(device):
         batch, positives = [], []
         while len(batch) < min(batch_size, len(train)):
             question, fact = rng.choice(train)
@@ -455,22 +415,14 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
         relevant = torch.tensor([[p in fact["relevant"] for p in positives] for _, fact in batch])
         false_negatives = relevant.to(device) & ~torch.eye(len(batch), dtype=torch.bool,
                                                            device=device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            q, d = model([question for question, _ in batch]), model([chunks[p] for p in positives])
-            loss = info_nce(q.float(), d.float(), tau, false_negatives)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if log:
-            log(step=step, bi_encoder_loss=loss.item())
-    return model.eval()
+        q, d = model([question for question, _ in batch]), model([chunks[p] for p in positives])
+        return info_nce(q.float(), d.float(), tau, false_negatives)
+    return optimise(model, loss_fn, steps, lr, "bi_encoder", log)
 
 
 def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
-    """For each training question, the retrieved chunks that are not relevant, in retrieval order:
-    the re-ranker only ever sees such candidates (random ones would be easy cases it never meets).
-    Random chunks fill a list only where fewer than n_negatives were retrieved."""
+    """The retrieved chunks that are not relevant, in order, as the re-ranker meets them at test
+    time (easy random ones taught it less); random ones only fill a list that is too short."""
     rng, out = random.Random(seed), []
     for ranking, (_, fact) in zip(rankings, train):
         hard = [c for c in ranking if c not in fact["relevant"]]
@@ -483,12 +435,10 @@ def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
 
 def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, seed=0, lr=2e-3,
                         n_questions=8, log=None):
-    """Listwise: each question against its positive and n_negatives hard negatives (retrieved but
-    not relevant); cross-entropy with the positive as the target class."""
-    rng, opt = random.Random(seed), torch.optim.AdamW(model.parameters(), lr=lr)
-    device = model.encoder.wte.weight.device
-    model.train()
-    for step in (bar := tqdm(range(steps), desc="cross-encoder", leave=False)):
+    """Listwise: cross-entropy of each positive against n_negatives hard negatives."""
+    rng = random.Random(seed)
+
+    def loss_fn(device):
         queries, passages = [], []
         for i in rng.sample(range(len(train)), n_questions):
             question, fact = train[i]
@@ -496,20 +446,12 @@ def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, see
             candidates = [positive] + rng.sample(negatives[i], n_negatives)
             queries += [question] * len(candidates)
             passages += [chunks[c] for c in candidates]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            scores = model(queries, passages).float().view(n_questions, 1 + n_negatives)
-        loss = F.cross_entropy(scores, torch.zeros(n_questions, dtype=torch.long, device=device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if log:
-            log(step=step, cross_encoder_loss=loss.item())
-    return model.eval()
+        scores = model(queries, passages).float().view(n_questions, 1 + n_negatives)
+        return F.cross_entropy(scores, torch.zeros(n_questions, dtype=torch.long, device=device))
+    return optimise(model, loss_fn, steps, lr, "cross_encoder", log)
 
 
-def search_all(questions, bm25, query_embs, doc_embs, depth):
-    """BM25, dense and hybrid (RRF) rankings of depth ids for each question."""
+def search_all(questions, bm25, query_embs, doc_embs, depth):  # BM25, dense, hybrid (RRF) ids
     sparse = [top_k(bm25.scores(q), depth).tolist() for q in questions]
     dense = [dense_search(e, doc_embs, depth)[0].tolist() for e in query_embs]
     hybrid = [[d for d, _ in reciprocal_rank_fusion([s, v])][:depth]
@@ -518,8 +460,7 @@ def search_all(questions, bm25, query_embs, doc_embs, depth):
 
 
 @torch.no_grad()
-def rerank(cross, questions, rankings, chunks):
-    """Re-order each candidate list by the cross-encoder's score (ties keep the earlier rank)."""
+def rerank(cross, questions, rankings, chunks):  # by the cross-encoder; ties keep the old order
     out = []
     for question, ranking in zip(questions, rankings):
         scores = cross([question] * len(ranking), [chunks[c] for c in ranking]).float()
@@ -530,24 +471,17 @@ def rerank(cross, questions, rankings, chunks):
 # ----------------------------------------------------------------------------- generation (gpt.py)
 
 SPECIAL = re.compile(r"<\|[a-z_]+\|>")
+HYDE = "<|system|>write the passage<|user|>{}<|assistant|>"  # worded like the chunks, maybe wrong
 
 
 def augment(question, passages):
-    """The reader's prompt: numbered passages, then the question. Retrieved text is untrusted
-    input, so special-token strings in it are removed (no prompt injection through a passage).
-    The question comes first, so that the passage tokens can attend to it."""
+    """The reader's prompt: the question first (passage tokens can attend to it), then numbered
+    passages, special-token strings removed: retrieved text is untrusted (no prompt injection)."""
     context = "\n".join(f"[{i}] {SPECIAL.sub('', p)}" for i, p in enumerate(passages, 1))
     return f"<|user|>{question}<|system|>{context}<|assistant|>"
 
 
-def hyde_prompt(question):
-    """HyDE: ask the generator for a passage that would answer the question; its content may be
-    wrong, but it is written like the documents, so it lands near them in embedding space."""
-    return f"<|system|>write the passage<|user|>{question}<|assistant|>"
-
-
-def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):
-    """Greedy completions of text prompts, cut at <|end|>."""
+def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):  # greedy, cut at <|end|>
     end, out = tok.special("<|end|>"), []
     for i in range(0, len(prompts), batch_size):
         ids = [tok.encode(p, allow_special=True) for p in prompts[i:i + batch_size]]
@@ -557,9 +491,8 @@ def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):
 
 
 def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_book=0.15):
-    """SFT pairs for the generator: read 1..top_k passages (the gold one among 0..top_k-1
-    retrieved distractors) and answer; a few closed-book rows (no passage: only memory can
-    answer); and, with hyde, the HyDE task (question -> the fact's own sentence)."""
+    """SFT pairs: the gold passage among 0..top_k-1 retrieved distractors -> the answer; a few
+    closed-book rows (only memory can answer); with hyde, question -> the fact's sentence."""
     rng, end, rows = random.Random(seed), "<|end|>", []
     for i, (question, fact) in enumerate(train):
         if rng.random() < closed_book:
@@ -572,14 +505,14 @@ def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_bo
             prompt = augment(question, passages)
         rows.append((prompt, fact["answer"] + end))
         if hyde:
-            rows.append((hyde_prompt(question), fact["sentence"] + end))
+            rows.append((HYDE.format(question), fact["sentence"] + end))
     return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
             for p, c in rows]
 
 
 def train_reader(train, chunks, distractors, cfg, device):
-    """A byte-level BPE trained on the knowledge base, and a 2-layer gpt.py model fine-tuned from
-    scratch on reader and HyDE pairs: only completion tokens carry loss."""
+    """A BPE trained on the knowledge base and a 2-layer gpt.py model fine-tuned from scratch
+    on reader_pairs (loss on the completion tokens only)."""
     if gpt is None:
         raise ImportError("the reader needs gpt.py next to rag.py (retrieval alone does not)")
     tok = gpt.Tokenizer.from_spec("bpe", "\n".join(chunks + [q for q, _ in train]), vocab_size=512)
@@ -597,8 +530,8 @@ def train_reader(train, chunks, distractors, cfg, device):
 # ----------------------------------------------------------------------------- the demo
 
 def print_retrieval_table(rows, relevant, n_chunks, log=None):
-    """hit@1 (= P@1: a relevant chunk at rank 1) beside Recall@1, which a question with two
-    relevant chunks caps at 1/2; the last row, every relevant chunk first, is each ceiling."""
+    """hit@1 (= P@1) beside Recall@1, which two relevant chunks cap at 1/2; the last row, every
+    relevant chunk first, is each metric's ceiling."""
     print(f"\nretrieval on {len(relevant)} held-out questions over {n_chunks} chunks")
     header = ("Recall@1", "hit@1", "Recall@5", "P@5", "MRR", "NDCG@10")
     print(f"{'method':<22}" + "".join(f"{h:>9}" for h in header))
@@ -655,7 +588,7 @@ def main(cfg):
     rows = {"BM25": sparse, "dense (bi-encoder)": dense, "hybrid (RRF, k=60)": hybrid,
             "hybrid + re-rank": reranked}
     if cfg.hyde:  # embed question + imagined passage together, as Gao et al. average embeddings
-        imagined = generate_text(reader, tok, [hyde_prompt(q) for q in questions], 48)
+        imagined = generate_text(reader, tok, [HYDE.format(q) for q in questions], 48)
         hyde_embs = query_embs + bi.embed(imagined)
         hyde_embs /= np.linalg.norm(hyde_embs, axis=1, keepdims=True)
         rows["dense + HyDE"] = [dense_search(e, doc_embs, cfg.rerank_depth)[0].tolist()
