@@ -78,10 +78,8 @@ class GPTConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
         if min(self.vocab_size, self.block_size, self.n_layer) < 1:
             raise ValueError("vocab_size, block_size and n_layer must be positive")
-        if not self.mlp_hidden and self.mlp == "gelu":
-            self.mlp_hidden = 4 * self.n_embd
-        if not self.mlp_hidden:  # SwiGLU has 3 matrices, not 2: 8/3 keeps the parameter count
-            self.mlp_hidden = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+        swiglu = 32 * math.ceil(self.n_embd / 12)  # 8/3 n_embd in 32s: 3 matrices, GELU's 2 of 4x
+        self.mlp_hidden = self.mlp_hidden or (4 * self.n_embd if self.mlp == "gelu" else swiglu)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -343,12 +341,9 @@ class GPT(nn.Module):
             lengths[stopped], done = t + 1, done | stopped
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
-            if cache is not None:
-                h = self.hidden(token[:, None], cache=cache)
-                continue
             idx = torch.cat([idx, token[:, None]], 1)
             valid = F.pad(valid, (0, 1), value=True)
-            h = self.hidden(idx, valid)
+            h = self.hidden(token[:, None], cache=cache) if cache else self.hidden(idx, valid)
         return [out[b, :lengths[b]].tolist() for b in range(B)]
 
     @inference
@@ -379,11 +374,10 @@ class GPT(nn.Module):
                     finished.append((score / len(hypothesis) ** length_penalty, hypothesis))
             if len(finished) >= beam_size or not parents:
                 break
-            n_live = len(parents)  # pad with dead rows so the batch keeps its shape
-            parents += [parents[0]] * (beam_size - n_live)
-            tokens += [tokens[0]] * (beam_size - n_live)
-            new_scores += [-math.inf] * (beam_size - n_live)
-            scores = torch.tensor(new_scores, device=idx.device)
+            n_dead = beam_size - len(parents)  # dead rows keep the batch's shape
+            parents += [parents[0]] * n_dead
+            tokens += [tokens[0]] * n_dead
+            scores = torch.tensor(new_scores + [-math.inf] * n_dead, device=idx.device)
             beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
             cache.reorder(torch.tensor(parents, device=idx.device))
             h = self.hidden(torch.tensor(tokens, device=idx.device)[:, None], cache=cache)
@@ -439,11 +433,9 @@ def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None):
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, generator=None):
-    if temperature == 0:
-        if allowed is not None:
-            logits = logits.masked_fill(~allowed, -math.inf)
-        return logits.argmax(-1)
     probs = next_token_probs(logits, temperature, top_k, top_p, allowed)
+    if temperature == 0:  # one-hot: take its argmax, no draw from the generator
+        return probs.argmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -1147,12 +1139,9 @@ def chat_loop(model, tok, cfg, lines, generator):
 
 def demo(cfg, device, g):
     """A tiny byte-level model and a 1-layer draft, then a sample from each decoding method."""
-    text = embedded_corpus()
-    tok = Tokenizer.from_spec("byte", text)
-    model = train_tiny(GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_embd=128),
-                       text, tok, cfg.steps, device)
+    model, tok = base_model("", cfg.steps, device)
     draft_cfg = dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0)
-    draft = train_tiny(draft_cfg, text, tok, cfg.steps // 2, device)
+    draft = train_tiny(draft_cfg, embedded_corpus(), tok, cfg.steps // 2, device)
     prompt, n = tok.encode(cfg.prompt), cfg.max_new_tokens
     letters = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
     letters[[t for t in range(256) if re.fullmatch(rb"[a-z ]", tok.decode_bytes([t]))]] = True
@@ -1172,11 +1161,8 @@ def demo(cfg, device, g):
     print(f"speculative: {stats['acceptance']:.0%} of draft tokens accepted, "
           f"{len(spec) / stats['target_calls']:.2f} tokens per target forward pass")
     n = model.config.block_size - len(prompt)
-    seconds = []
-    for use_cache in (False, True):
-        t0 = time.perf_counter()
-        model.generate([prompt], n, temperature=0, use_cache=use_cache)
-        seconds.append(time.perf_counter() - t0)
+    seconds = [best_time(lambda: model.generate([prompt], n, temperature=0, use_cache=c), 1)[1]
+               for c in (False, True)]  # noqa: B023 (called at once)
     print(f"greedy, {n} new tokens: {n / seconds[0]:.0f} tok/s without the KV cache,"
           f" {n / seconds[1]:.0f} with it ({seconds[0] / seconds[1]:.1f}x)")
 
