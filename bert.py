@@ -11,11 +11,12 @@ al. 2019 (RoBERTa), Hinton et al. 2015, Sanh et al. 2019 (DistilBERT), Wu et al.
     python bert.py                     # CPU: pretrain, fine-tune vs scratch, distill (~5 min)
     python bert.py --nsp=true          # BERT's MLM + NSP instead of RoBERTa-style MLM only
     python bert.py --resume --plot     # go on from out/bert/ckpt.pt; a PNG of the MLM loss
+    python bench/bert.py               # the half-depth student's speed against the teacher's
     >>> model, tok = bert.from_pretrained("bert-base-uncased")  # a downloaded Hugging Face folder
 
-On CPU you see the MLM loss falling with masked-token (and NSP) accuracy on held-out text,
-held-out accuracy on a sentence task for the pretrained model vs the same model from scratch at
-the same budget, and the half-depth student's parameters, speed and accuracy retained.
+On CPU you see the held-out MLM loss and masked-token (and NSP) accuracy before and after
+pretraining, then held-out accuracy on a sentence task: pretrained vs from scratch at the same
+budget, and the half-depth students, distilled or on the labels alone.
 Left out: training a WordPiece vocabulary (the demo uses whole words; WordPiece here reads a
 downloaded vocab.txt), whole-word and span masking, and BERT-base sizes on CPU.
 """
@@ -28,11 +29,9 @@ import os
 import random
 import re
 import sys
-import time
 import typing
 import unicodedata
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -49,8 +48,7 @@ class Config:
     n_layer: int = 4  # encoder layers; the student keeps half
     n_embd: int = 128  # hidden size
     n_head: int = 4  # attention heads
-    nsp: bool = False  # next sentence prediction; false = RoBERTa-style MLM on contiguous text (at
-    # the CPU budget NSP learns little, 65% after 2000 steps, and its model fine-tunes worse)
+    nsp: bool = False  # next sentence prediction; false = RoBERTa-style MLM on contiguous text
     batch_size: int = 32  # sequences per step
     pretrain_steps: int = 1000  # MLM (+ NSP) steps
     pretrain_lr: float = 2e-3  # peak AdamW learning rate for pretraining
@@ -79,8 +77,7 @@ class Config:
         for name, (ok, rule) in rules.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)} must be {rule}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        BertConfig(n_embd=self.n_embd, n_head=self.n_head)  # its check: n_head divides n_embd
 
 
 GPU = dict(n_layer=12, n_embd=768, n_head=12, pretrain_steps=20000, finetune_steps=1000,
@@ -112,8 +109,7 @@ class BertConfig:
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention, softmax(Q K^T / sqrt(d) + M) V, where M is -inf on
-    [PAD] keys and 0 elsewhere: nothing attends to padding, and no future mask."""
+    """softmax(Q K^T / sqrt(d) + M) V, M = -inf on [PAD] keys: no future mask, no padding read."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -132,8 +128,7 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-norm, as in BERT and the 2017 Transformer: x = LN(x + Attn(x)); x = LN(x + FFN(x)),
-    FFN(x) = GELU(x W_1 + b_1) W_2 + b_2 with the exact (erf) GELU."""
+    """Post-norm, as BERT: x = LN(x + Attn(x)); x = LN(x + W_2 GELU(W_1 x)), the erf GELU."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -150,8 +145,7 @@ class EncoderLayer(nn.Module):
 
 
 class Bert(nn.Module):
-    """Embeddings (token + position + segment, then LayerNorm), L encoder layers, and the pooler
-    tanh(W h_[CLS] + b) that NSP and classifiers read."""
+    """Embeddings (token + position + segment, then LayerNorm), then L encoder layers."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -166,13 +160,11 @@ class Bert(nn.Module):
         self.apply(init_weights)
 
     def forward(self, idx, segments=None, attn_mask=None):
-        """Hidden states (B, T, C) of ids (B, T); segments 0 for sentence A, 1 for B (default 0);
-        attn_mask True or 1 for real tokens, bool or 0/1 integers as Hugging Face passes it
-        (default idx != [PAD])."""
-        B, T = idx.shape
+        """(B, T) ids -> (B, T, C). segments: 0 for sentence A, 1 for B. attn_mask: 1 = a real
+        token, bool or Hugging Face's 0/1 integers; by default idx != [PAD]."""
+        T = idx.shape[1]
         if T > self.config.max_len:
-            raise ValueError(f"input of {T} tokens is longer than max_len={self.config.max_len}:"
-                             " truncate it")
+            raise ValueError(f"input of {T} tokens is longer than max_len={self.config.max_len}")
         segments = torch.zeros_like(idx) if segments is None else segments
         attn_mask = idx != PAD if attn_mask is None else attn_mask.bool()
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
@@ -183,12 +175,11 @@ class Bert(nn.Module):
             x = layer(x, key_mask)
         return x
 
-    def pool(self, h):  # (B, T, C) -> (B, C): the [CLS] summary
+    def pool(self, h):  # (B, T, C) -> (B, C): tanh(W h_[CLS] + b), read by NSP and classifiers
         return torch.tanh(self.pooler(h[:, 0]))
 
 
-def init_weights(module):
-    """BERT's initialisation: N(0, 0.02) weights, zero biases, LayerNorm gain 1 and bias 0."""
+def init_weights(module):  # BERT's: N(0, 0.02) weights, zero biases (LayerNorm keeps 1 and 0)
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
@@ -196,9 +187,8 @@ def init_weights(module):
 
 
 class BertPretraining(nn.Module):
-    """The two pretraining heads on a Bert. MLM: LN(GELU(W h + b)) E^T + b_vocab, its output
-    matrix tied to the token embeddings E. NSP: a 2-way linear on the pooled [CLS] (None when
-    nsp=False, RoBERTa-style)."""
+    """MLM head LN(GELU(W h + b)) E^T + b_vocab, tied to the token embeddings E; NSP head a
+    2-way linear on the pooled [CLS] (None without NSP, as RoBERTa)."""
 
     def __init__(self, bert, nsp=True):
         super().__init__()
@@ -209,18 +199,16 @@ class BertPretraining(nn.Module):
         self.mlm_bias = nn.Parameter(torch.zeros(bert.config.vocab_size))
         self.nsp = nn.Linear(C, 2) if nsp else None
         init_weights(self.mlm_dense)
-        if nsp:
-            init_weights(self.nsp)
+        init_weights(self.nsp)
 
     def mlm_logits(self, h):  # (..., C) -> (..., vocab)
         return self.mlm_ln(F.gelu(self.mlm_dense(h))) @ self.bert.tok_emb.weight.T + self.mlm_bias
 
     def forward(self, idx, segments, targets, is_next=None):
-        """(loss, stats). targets: (B, T) original ids at the masked positions, -100 elsewhere;
-        is_next: (B,) NSP labels. Logits are computed only where a token was masked."""
+        """(loss, stats). targets: (B, T), the original ids where masked, -100 elsewhere."""
         h = self.bert(idx, segments)
         picked = targets != -100
-        logits = self.mlm_logits(h[picked])  # (n_masked, vocab)
+        logits = self.mlm_logits(h[picked])  # (n_masked, vocab): only where a token was masked
         loss = F.cross_entropy(logits.float(), targets[picked])
         hits = logits.argmax(-1) == targets[picked]
         stats = {"mlm": loss.item(), "mlm_acc": hits.float().mean().item()}
@@ -254,10 +242,9 @@ CJK = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df"
 
 
 def basic_tokens(text, lower=True):
-    """BERT's BasicTokenizer: drop control characters; when lower, lower-case and strip accents
-    (NFD, then drop the combining marks); split on whitespace, and around every punctuation mark
-    and CJK character."""
-    if lower:
+    """BERT's BasicTokenizer: drop control characters, maybe lower-case and strip accents, and
+    split on whitespace and around every punctuation mark and CJK character."""
+    if lower:  # NFD, then drop the combining marks: é -> e
         text = "".join(c for c in unicodedata.normalize("NFD", text.lower())
                        if unicodedata.category(c) != "Mn")
     out = []
@@ -275,11 +262,9 @@ def basic_tokens(text, lower=True):
 
 
 class WordPiece:
-    """BERT's tokenizer: basic_tokens, then each word cut greedily, longest match first, into
-    pieces of the vocabulary (a list: id = index): the longest piece that starts the word, then
-    the longest "##" piece that continues it, and so on ("unaffable" -> un ##aff ##able). A word
-    that cannot be cut so, or is over 100 characters, is [UNK]. The demo's vocabulary is the
-    most frequent whole words, so every other word is [UNK]; a real vocab.txt has the pieces."""
+    """BERT's tokenizer: basic_tokens, then each word cut greedily, longest piece first, into
+    pieces of the vocabulary (id = index): "unaffable" -> un ##aff ##able. A word that cannot be
+    cut so, or is over 100 characters, is [UNK]."""
 
     def __init__(self, vocab, lower=True):
         self.itos = vocab
@@ -324,14 +309,13 @@ def load_documents(data):
     return {f"paragraph {i}": p for i, p in enumerate(paragraphs)}
 
 
-def split_sentences(doc, tok):
-    """A document as a list of sentences, each a list of token ids (empty ones dropped)."""
+def split_sentences(doc, tok):  # a list of sentences, each a list of ids; empty ones dropped
     return [ids for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", doc) if (ids := tok.encode(s))]
 
 
 def split_documents(texts, tok, heldout_frac, rng, block=8):
-    """(train, held-out) documents, lists of sentences: each document is cut into blocks of
-    `block` sentences, and heldout_frac of the blocks, at random, are never trained on."""
+    """(train, held-out) documents as lists of sentences: heldout_frac of each document's blocks
+    of `block` sentences, drawn at random, are never trained on."""
     train, heldout = [], []
     for doc in (split_sentences(t, tok) for t in texts):
         blocks = [(doc[i:i + block], rng.random() < heldout_frac)
@@ -345,11 +329,10 @@ def split_documents(texts, tok, heldout_frac, rng, block=8):
 
 
 def mask_tokens(idx, vocab_size, generator=None, p=0.15):
-    """BERT's MLM corruption, drawn afresh for every batch (dynamic masking, as RoBERTa). Each
-    ordinary token is selected with probability p (special tokens never are); of the selected,
-    80% become [MASK], 10% a random ordinary token and 10% stay as they are, so the model cannot
-    tell which visible tokens it will be asked about. Returns (inputs, targets): targets hold
-    the original id at the selected positions and -100 (ignored by the loss) elsewhere."""
+    """BERT's corruption, drawn afresh for every batch (dynamic masking, as RoBERTa): each
+    ordinary token is picked with probability p; of those, 80% become [MASK], 10% a random
+    ordinary token and 10% stay, so the model cannot tell which visible tokens it will be asked
+    about. (inputs, targets): targets hold the original id where picked, -100 elsewhere."""
     selected = (torch.rand(idx.shape, generator=generator) < p) & (idx >= N_SPECIAL)
     r = torch.rand(idx.shape, generator=generator)  # which of the three fates
     random_ids = torch.randint(N_SPECIAL, vocab_size, idx.shape, generator=generator)
@@ -368,8 +351,7 @@ def pack_pair(a, b, max_len):
 
 
 def nsp_pair(docs, rng):
-    """(A, B, is_next): half the time B is the sentence after A; otherwise B is a random
-    sentence from another document (is_next = 0)."""
+    """(A, B, is_next): half the time B follows A; else B is a sentence of another document."""
     d = rng.choice([i for i, doc in enumerate(docs) if len(doc) >= 2])
     i = rng.randrange(len(docs[d]) - 1)
     if rng.random() < 0.5:
@@ -378,35 +360,33 @@ def nsp_pair(docs, rng):
     return docs[d][i], rng.choice(docs[other]), 0
 
 
-def pad_batch(rows, segments=None):
-    """Right-pad lists of ids with [PAD] to the longest: (B, W) ids and (B, W) segments."""
-    W = max(len(r) for r in rows)
-    idx = torch.tensor([r + [PAD] * (W - len(r)) for r in rows])
-    if segments is None:
-        return idx, torch.zeros_like(idx)
-    return idx, torch.tensor([s + [0] * (W - len(s)) for s in segments])
+def pad_batch(rows):  # lists of ids right-padded with [PAD] to the longest: (B, W)
+    W = max(map(len, rows))
+    return torch.tensor([list(r) + [PAD] * (W - len(r)) for r in rows])
 
 
 def pretraining_batch(docs, stream, batch, max_len, vocab_size, nsp, rng, generator=None):
     """(inputs, segments, targets, is_next). With NSP: sentence pairs, half of them consecutive.
-    Without (RoBERTa): windows of contiguous text as one segment, and is_next is None."""
+    Without (RoBERTa): full windows of contiguous text as one segment, and is_next is None."""
     if nsp:
         pairs = [nsp_pair(docs, rng) for _ in range(batch)]
         rows, segs = zip(*(pack_pair(a, b, max_len) for a, b, _ in pairs))
-        idx, seg = pad_batch(list(rows), list(segs))
+        idx = pad_batch(rows)
+        seg = pad_batch(segs)  # padding falls in segment 0, as [PAD] is 0
         is_next = torch.tensor([label for *_, label in pairs])
     else:
         starts = [rng.randrange(len(stream) - max_len + 2) for _ in range(batch)]
-        idx, seg = pad_batch([[CLS, *stream[s:s + max_len - 2], SEP] for s in starts])
+        idx = torch.tensor([[CLS, *stream[s:s + max_len - 2], SEP] for s in starts])
+        seg = torch.zeros_like(idx)
         is_next = None
     inputs, targets = mask_tokens(idx, vocab_size, generator)
     return inputs, seg, targets, is_next
 
 
 def topic_task(train_docs, heldout_docs, n_classes, n_per_class, max_len, rng):
-    """A sentence task with a known answer: which of the n_classes longest documents does a
-    sentence come from? Returns n_per_class training sentences per class and every held-out
-    sentence of those documents, as ([CLS] sentence [SEP], label), and the classes' indices."""
+    """A sentence task with a known answer: which of the n_classes longest documents is a
+    sentence from? n_per_class training sentences per class and every held-out one, as
+    ([CLS] sentence [SEP], label), and the classes' document indices."""
     classes = sorted(range(len(train_docs)), key=lambda d: -len(train_docs[d]))[:n_classes]
 
     def examples(docs, per_class):
@@ -434,51 +414,54 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature=2.0, a
 
 
 def half_depth(classifier):
-    """DistilBERT's student: a copy of the classifier keeping layers 0, 2, 4, ... of its encoder
-    (the teacher's weights are the initialisation), so it starts close to the teacher."""
+    """DistilBERT's student: a copy keeping layers 0, 2, 4, ..., so it starts near the teacher."""
     student = copy.deepcopy(classifier)
     student.bert.layers = nn.ModuleList(student.bert.layers[::2])
     student.bert.config = dataclasses.replace(student.bert.config, n_layer=len(student.bert.layers))
     return student
 
 
+def autocast(device):  # bf16 on CUDA; full precision elsewhere
+    return torch.autocast("cuda", torch.bfloat16, enabled=str(device).startswith("cuda"))
+
+
 def fit(model, step_loss, steps, lr, run, phase):
-    """AdamW (weight decay 0.01 on matrices), linear warmup over the first 10% of steps and
-    linear decay to 0, as BERT; the gradient norm is clipped at 1. step_loss(rng) -> (loss,
-    stats). Each step seeds its own RNGs, so --resume needs no RNG state to go on bit for bit."""
+    """AdamW (weight decay 0.01 on matrices), linear warmup over 10% of the steps then linear
+    decay to 0, as BERT; gradient norm clipped at 1. step_loss(rng) -> (loss, stats)."""
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                             lr=lr)
     warmup = max(1, steps // 10)
-    schedule = lambda s: min((s + 1) / warmup, (steps - s) / max(1, steps - warmup))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    start = run.restore(phase, model, opt, sched)
+    start = run.restore(phase, model, opt)
     model.train()
     bar = tqdm(range(start, steps), desc=phase, total=steps, initial=start, leave=False)
     for step in bar:
-        rng = random.Random(f"{run.cfg.seed} {step}")  # the batch: the same for every classifier
-        torch.manual_seed(rng.getrandbits(62))  # masks and dropout
+        for group in opt.param_groups:  # linear warmup, then linear decay to 0
+            group["lr"] = lr * min((step + 1) / warmup, (steps - step) / max(1, steps - warmup))
+        # seeded by the step alone: every classifier sees the same batches and dropout masks,
+        # and --resume needs no RNG state to go on bit for bit
+        rng = random.Random(f"{run.cfg.seed} {step}")
+        torch.manual_seed(rng.getrandbits(62))
         with autocast(params[0].device):
             loss, stats = step_loss(rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()})
-        run.after_step(phase, step + 1, steps, stats, model, opt, sched)
+        run.after_step(phase, step + 1, steps, stats, model, opt)
     return model.eval()
 
 
 def finetune(model, data, cfg, run, phase, teacher=None):
-    """Train a classifier on labelled (ids, label) examples, encoder and head together: with
-    cross-entropy, or, given a frozen teacher, with the distillation loss."""
+    """Train encoder and head on (ids, label) examples: cross-entropy, or, given a frozen
+    teacher, the distillation loss."""
     device = next(model.parameters()).device
 
     def step_loss(rng):
         rows = rng.sample(data, min(cfg.batch_size, len(data)))
-        idx = pad_batch([r for r, _ in rows])[0].to(device)  # (B, W)
+        idx = pad_batch([r for r, _ in rows]).to(device)  # (B, W)
         y = torch.tensor([label for _, label in rows], device=device)
         if teacher is None:
             loss = F.cross_entropy(model(idx).float(), y)
@@ -495,7 +478,7 @@ def accuracy(model, data, device, batch=256):
     model.eval()
     correct = 0
     for i in range(0, len(data), batch):
-        idx, _ = pad_batch([r for r, _ in data[i:i + batch]])
+        idx = pad_batch([r for r, _ in data[i:i + batch]])
         with autocast(device):
             pred = model(idx.to(device)).argmax(-1).cpu()
         correct += (pred == torch.tensor([y for _, y in data[i:i + batch]])).sum().item()
@@ -519,67 +502,42 @@ def pretraining_metrics(model, docs, stream, batch_size, device, n_batches=8):
     return {k: v / n_batches for k, v in totals.items()}
 
 
-@torch.no_grad()
-def sequences_per_second(model, data, device, batch=64, repeats=5):
-    """Inference throughput on one fixed batch, the best of `repeats` after a warm-up call."""
-    idx = pad_batch([r for r, _ in data[:batch]])[0].to(device)
-    seconds = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        with autocast(device):
-            model.eval()(idx)
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t0)
-    return len(idx) / min(seconds[1:])
-
-
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-def autocast(device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 # ----------------------------------------------------------------------------- checkpoint and log
 
 class Run:
-    """out_dir/ckpt.pt: the weights of every phase so far, and the optimizer, schedule and step of
-    the one under way, saved atomically every ckpt_interval steps and at each phase's end.
-    out_dir/log.jsonl: a line per step; a fresh run starts it anew, a resumed one keeps its lines
-    before the checkpoint's step."""
+    """out_dir/ckpt.pt: every phase's weights so far, and the optimizer and step of the one under
+    way. out_dir/log.jsonl: a line per step; a resumed run keeps those before the checkpoint."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.path = os.path.join(cfg.out_dir, "ckpt.pt")
         self.log = os.path.join(cfg.out_dir, "log.jsonl")
-        self.ckpt = {"config": settings(cfg), "models": {}, "steps": {}, "phase": None, "step": 0}
+        self.ckpt = {"config": dataclasses.asdict(cfg), "models": {}, "steps": {}, "phase": None,
+                     "step": 0}
         if cfg.resume:
             self.ckpt = load_run(self.path, cfg)
         self.step = self.ckpt["step"]  # over all phases: the log's step and --stop_after's count
         os.makedirs(cfg.out_dir, exist_ok=True)
         kept = []
-        if cfg.resume and os.path.exists(self.log):
+        if cfg.resume:
             with open(self.log) as f:
                 kept = [line for line in f if json.loads(line)["step"] < self.step]
         with open(self.log, "w") as f:
             f.writelines(kept)
 
-    def restore(self, phase, model, opt, sched):
-        """The step `phase` starts at: 0 when new, else where the checkpoint left it."""
+    def restore(self, phase, model, opt):  # the step `phase` starts at
         if phase not in self.ckpt["models"]:
             return 0
         model.load_state_dict(self.ckpt["models"][phase])
         if phase == self.ckpt["phase"]:
             opt.load_state_dict(self.ckpt["optimizer"])
-            sched.load_state_dict(self.ckpt["schedule"])
         return self.ckpt["steps"][phase]
 
-    def after_step(self, phase, step, steps, stats, model, opt, sched):
+    def after_step(self, phase, step, steps, stats, model, opt):
         with open(self.log, "a") as f:
             f.write(json.dumps({"step": self.step, "phase": phase, **stats}) + "\n")
         self.step += 1
@@ -587,17 +545,11 @@ class Run:
         if step == steps or stop or step % self.cfg.ckpt_interval == 0:
             self.ckpt["models"][phase] = model.state_dict()
             self.ckpt["steps"][phase] = step
-            self.ckpt |= {"phase": phase, "step": self.step, "optimizer": opt.state_dict(),
-                          "schedule": sched.state_dict()}
+            self.ckpt |= {"phase": phase, "step": self.step, "optimizer": opt.state_dict()}
             torch.save(self.ckpt, self.path + ".tmp")
             os.replace(self.path + ".tmp", self.path)  # a crash mid-write keeps the last one
         if stop:
             raise SystemExit(f"stopped after {self.step} steps (--stop_after): go on with --resume")
-
-
-def settings(cfg):  # the fields a resumed run must share with its checkpoint
-    return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in ("resume", "stop_after", "plot", "device")}
 
 
 def load_run(path, cfg):
@@ -606,10 +558,10 @@ def load_run(path, cfg):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch's own message advises weights_only=False: unsafe, and no help here
-        raise SystemExit(f"error: {path} is not a readable checkpoint (corrupt, truncated, or"
-                         " not a torch.save file)") from None
-    saved = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
-    changed = [k for k, v in settings(cfg).items() if saved.get(k) != v]
+        raise SystemExit(f"error: {path} is not a readable checkpoint") from None
+    free = ("resume", "stop_after", "plot", "device")  # may change between the parts of a run
+    changed = [k for k, v in dataclasses.asdict(cfg).items()
+               if k not in free and ckpt.get("config", {}).get(k) != v]
     if changed:
         raise SystemExit(f"error: {path} was saved with other {', '.join(changed)}: resume with"
                          " the settings it was started with")
@@ -617,8 +569,7 @@ def load_run(path, cfg):
 
 
 def pyplot(plot):
-    """matplotlib.pyplot for --plot, else None; without matplotlib, a one-line note now, before
-    any work, and no plot."""
+    """matplotlib.pyplot for --plot, else None; without matplotlib, a note before any work."""
     if not plot:
         return None
     try:
@@ -642,6 +593,8 @@ def main(cfg):
     words = Counter(basic_tokens("\n".join(documents.values())))
     tok = WordPiece(SPECIALS + [w for w, _ in words.most_common(cfg.vocab_size - N_SPECIAL)])
     train_docs, heldout_docs = split_documents(documents.values(), tok, 0.15, rng)
+    task_train, task_test, classes = topic_task(train_docs, heldout_docs, cfg.n_classes,
+                                                cfg.n_per_class, cfg.max_len, rng)
     train_stream = [t for d in train_docs for s in d for t in s]
     heldout_stream = [t for d in heldout_docs for s in d for t in s]
     model_cfg = BertConfig(vocab_size=len(tok.itos), max_len=cfg.max_len, n_layer=cfg.n_layer,
@@ -669,8 +622,6 @@ def main(cfg):
             print(f"{name:<24}{before[key]:>8.3f}{after[key]:>8.3f}")
 
     # 2. fine-tuning on a sentence task vs the same classifier from scratch
-    task_train, task_test, classes = topic_task(train_docs, heldout_docs, cfg.n_classes,
-                                                cfg.n_per_class, cfg.max_len, rng)
     majority = max(Counter(y for _, y in task_test).values()) / len(task_test)
     print(f"\nsentence task: which of {cfg.n_classes} documents is a sentence from? "
           f"({', '.join(list(documents)[d] for d in classes)})\n{len(task_train)} labelled training"
@@ -680,25 +631,19 @@ def main(cfg):
     scratch = BertClassifier(Bert(model_cfg), cfg.n_classes).to(device)
     finetune(pretrained, task_train, cfg, run, "finetune")
     finetune(scratch, task_train, cfg, run, "scratch")
-    acc_pre = accuracy(pretrained, task_test, device)
-    print(f"{'classifier':<34}{'held-out accuracy':>18}")
-    print(f"{'pretrained, then fine-tuned':<34}{acc_pre:>18.1%}")
-    print(f"{'from scratch, same steps':<34}{accuracy(scratch, task_test, device):>18.1%}")
 
-    # 3. distillation into a student with half the layers
+    # 3. distillation (T, alpha) into a student with every other layer of the teacher
     student = finetune(half_depth(pretrained), task_train, cfg, run, "distill", teacher=pretrained)
     hard_only = finetune(half_depth(pretrained), task_train, cfg, run, "labels_only")
-    models = [("teacher (fine-tuned)", pretrained), ("student, distilled", student),
-              ("student, labels only", hard_only)]
-    speeds = [sequences_per_second(model, task_test, device) for _, model in models]
-    print(f"\ndistillation (T={cfg.temperature}, alpha={cfg.alpha}): student = every other layer"
-          f" of the teacher\n{'model':<24}{'layers':>7}{'params':>9}{'seq/s':>9}{'speed':>7}"
-          f"{'accuracy':>10}{'retained':>10}")
-    for (name, model), speed in zip(models, speeds):
-        acc = accuracy(model, task_test, device)
-        retained = acc / acc_pre if acc_pre else float("nan")  # a teacher at 0% retains nothing
-        print(f"{name:<24}{model.bert.config.n_layer:>7}{count_params(model) / 1e6:>8.2f}M"
-              f"{speed:>9.0f}{speed / speeds[0]:>6.2f}x{acc:>10.1%}{retained:>10.1%}")
+    models = {"pretrained, then fine-tuned (teacher)": pretrained,
+              "from scratch, same steps": scratch, "student, distilled": student,
+              "student, labels only": hard_only}
+    acc = {name: accuracy(model, task_test, device) for name, model in models.items()}
+    teacher_acc = acc["pretrained, then fine-tuned (teacher)"] or float("nan")  # 0% keeps nothing
+    print(f"{'classifier':<40}{'layers':>7}{'params':>9}{'accuracy':>10}{'retained':>10}")
+    for name, model in models.items():
+        print(f"{name:<40}{model.bert.config.n_layer:>7}{count_params(model) / 1e6:>8.2f}M"
+              f"{acc[name]:>10.1%}{acc[name] / teacher_acc:>10.1%}")
     if plt:  # the pretraining losses against the step
         with open(run.log) as f:
             rows = [row for line in f if (row := json.loads(line))["phase"] == "pretrain"]
@@ -711,10 +656,8 @@ def main(cfg):
 
 
 # ----------------------------------------------------------------------------- Hugging Face weights
+# Not the lecture: a downloaded BERT, read into the encoder above.
 
-HF_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                  "layer_norm_eps")
 HF_NAMES = {"tok_emb": "embeddings.word_embeddings", "pos_emb": "embeddings.position_embeddings",
             "seg_emb": "embeddings.token_type_embeddings", "emb_ln": "embeddings.LayerNorm",
             "pooler": "pooler.dense"}  # ours: theirs
@@ -723,13 +666,8 @@ HF_LAYER_NAMES = {"attn.proj": "attention.output.dense", "ln_1": "attention.outp
 
 
 def from_hf_bert(state_dict, config):
-    """A Bert from a Hugging Face BertModel (or BertFor*, whose keys start with "bert.") state
-    dict and its config.json as a dict. HF keeps Q, K and V as three Linears; we stack them into
-    one. The head count is not in the weights, so it comes from the config, never a guess. Head
-    weights (cls.*) are ignored."""
-    missing = [k for k in HF_CONFIG_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"config lacks {missing}: pass the model's config.json as a dict")
+    """A Bert from a Hugging Face BertModel or BertFor* state dict (cls.* heads are ignored) and
+    its config.json as a dict, where the head count is. Q, K and V are stacked into one Linear."""
     sd = {}
     for k, v in state_dict.items():  # the original checkpoints call LayerNorm's gain gamma
         k = k.removeprefix("bert.").replace("LayerNorm.gamma", "LayerNorm.weight")
@@ -767,9 +705,8 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 def read_safetensors(path):
-    """{name: tensor} from a .safetensors file: an 8-byte little-endian header length n, n bytes
-    of JSON {name: {dtype, shape, data_offsets: [start, end]}}, then the raw little-endian data
-    (offsets count from the end of the header). No dependency beyond torch."""
+    """{name: tensor}: 8-byte header length n, n bytes of JSON {name: {dtype, shape,
+    data_offsets}}, then the data (offsets from the header's end). Only torch needed."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -785,10 +722,9 @@ def read_safetensors(path):
 
 
 def from_pretrained(folder):
-    """(Bert, WordPiece) from a Hugging Face BERT folder as downloaded: config.json, the weights
-    in model.safetensors (or pytorch_model.bin), vocab.txt, and do_lower_case from
-    tokenizer_config.json (true without one, as for the uncased models). The model reads
-    [tok.stoi["[CLS]"], *tok.encode(text), tok.stoi["[SEP]"]]."""
+    """(Bert, WordPiece) from a downloaded Hugging Face BERT folder: config.json, vocab.txt, the
+    weights in model.safetensors or pytorch_model.bin, and do_lower_case from
+    tokenizer_config.json (true without one). The model reads [CLS] + tok.encode(text) + [SEP]."""
     path = lambda name: os.path.join(folder, name)  # noqa: E731
     weights = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.exists(path(n))]
     if not weights or not all(os.path.exists(path(n)) for n in ("config.json", "vocab.txt")):
