@@ -859,7 +859,105 @@ def from_pretrained(folder):
     return from_pretrained_gpt2(weights, config), Tokenizer.from_hf(folder)
 
 
+# ----------------------------------------------------------------------------- sample, chat, demo
+
+@dataclass
+class SampleConfig:
+    ckpt: str = ""  # a checkpoint or a Hugging Face GPT-2 folder; empty: train a tiny demo model
+    prompt: str = "The "  # text to continue
+    num_samples: int = 1  # samples of the prompt's continuation (with --ckpt)
+    max_new_tokens: int = 64  # tokens per sample or chat reply
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 0  # sample among the k most likely tokens only (0 = all)
+    top_p: float = 1.0  # sample from the smallest set of tokens holding this much mass (1 = all)
+    chat: bool = False  # talk to --ckpt: each line of standard input is a user turn
+    steps: int = 300  # training steps of the tiny demo model (its draft gets half)
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 1337  # sampling, and the tiny demo model
+
+    def __post_init__(self):
+        if self.ckpt and not os.path.exists(self.ckpt):
+            raise ValueError(f"--ckpt={self.ckpt} does not exist: train one (python train.py) or"
+                             " fix the path")
+        if self.chat and not self.ckpt:
+            raise ValueError("--chat needs --ckpt: a checkpoint with the chat template (sft.py's)")
+        if min(self.num_samples, self.max_new_tokens, self.steps) < 1 or self.temperature < 0:
+            raise ValueError("num_samples, max_new_tokens and steps must be >= 1, temperature >= 0")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1], top_k={self.top_k} >= 0")
+
+
+def chat_loop(model, tok, cfg, lines, generator):
+    """A user turn per line, the reply streamed; the oldest turns go when the context is full."""
+    history, end = [], tok.special("<|end|>")
+    for line in lines:
+        history.append({"role": "user", "content": line.rstrip("\n")})
+        prompt = render_chat(history, tok, add_generation_prompt=True)
+        while len(prompt) + cfg.max_new_tokens > model.config.block_size and len(history) > 1:
+            history = history[2:]
+            prompt = render_chat(history, tok, add_generation_prompt=True)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # whole characters only
+        stream = lambda t: t != end and print(utf8.decode(tok.decode_bytes([int(t)])),  # noqa: E731
+                                              end="", flush=True)
+        print("assistant: ", end="")
+        reply = model.generate([prompt], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                               cfg.top_p, stop_tokens=(end,), generator=generator,
+                               on_token=lambda token: stream(token[0]))[0]
+        print()
+        history.append({"role": "assistant", "content": tok.decode([t for t in reply if t != end])})
+
+
+def demo(cfg, device, g):
+    """A tiny byte-level model and a 1-layer draft, then a sample from each decoding method."""
+    model, tok = base_model("", cfg.steps, device)
+    draft_cfg = dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0)
+    draft = train_tiny(draft_cfg, embedded_corpus(), tok, cfg.steps // 2, device)
+    prompt, n = tok.encode(cfg.prompt), cfg.max_new_tokens
+    letters = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
+    letters[[t for t in range(256) if re.fullmatch(rb"[a-z ]", tok.decode_bytes([t]))]] = True
+    only_letters = lambda x: letters.expand(len(x), -1)  # noqa: E731
+    samples = {
+        "greedy": model.generate([prompt], n, temperature=0)[0],
+        "temperature 0.8": model.generate([prompt], n, temperature=0.8, generator=g)[0],
+        "top-k 20": model.generate([prompt], n, top_k=20, generator=g)[0],
+        "top-p 0.9": model.generate([prompt], n, top_p=0.9, generator=g)[0],
+        "beam search (4)": model.beam_search(prompt, beam_size=4, max_new_tokens=n),
+        "only [a-z ] allowed": model.generate([prompt], n, temperature=0.8, generator=g,
+                                              allowed_tokens=only_letters)[0]}
+    spec, stats = speculative_generate(model, draft, prompt, n, k=4, temperature=0.8, generator=g)
+    samples["speculative (k=4)"] = spec
+    for name, ids in samples.items():
+        print(f"--- {name}\n{cfg.prompt}{tok.decode(ids)}")
+    print(f"speculative: {stats['acceptance']:.0%} of draft tokens accepted, "
+          f"{len(spec) / stats['target_calls']:.2f} tokens per target forward pass")
+    n = model.config.block_size - len(prompt)
+    seconds = [best_time(lambda: model.generate([prompt], n, temperature=0, use_cache=c), 1)[1]
+               for c in (False, True)]  # noqa: B023 (called at once)
+    print(f"greedy, {n} new tokens: {n / seconds[0]:.0f} tok/s without the KV cache,"
+          f" {n / seconds[1]:.0f} with it ({seconds[0] / seconds[1]:.1f}x)")
+
+
+def main(cfg):
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator(device).manual_seed(cfg.seed)
+    if not cfg.ckpt:
+        return demo(cfg, device, g)
+    with bad_input():
+        model, tok, _ = load_model(cfg.ckpt, device)
+        if cfg.chat:
+            check_chat_model(model, tok, cfg.max_new_tokens + 8)
+    print(f"{cfg.ckpt}: {count_params(model) / 1e6:.2f}M parameters, {tok.n_vocab} tokens")
+    if cfg.chat:
+        return chat_loop(model.eval(), tok, cfg, sys.stdin, g)
+    prompts = [tok.encode(cfg.prompt)] * cfg.num_samples
+    for ids in model.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                              stop_tokens=(tok.eot_id,), generator=g):
+        print(f"{cfg.prompt}{tok.decode(ids)}\n---")
+
+
 # ----------------------------------------------------------------------------- shared run helpers
+# Not the lecture: the plumbing every script needs (devices, timing, data, logs, resume).
 
 def count_params(model):
     return sum(p.numel() for p in unwrap(model).parameters())
@@ -998,8 +1096,8 @@ def check_resume(path, ckpt, cfg, free=("resume", "stop_after", "plot", "device"
 
 
 # ----------------------------------------------------------------------------- the instruction task
-# Not the lecture: the task sft.py trains on and dpo.py prefers answers in, kept here because both
-# need it. One-line instructions over a word or a number, with answers a program can check.
+# Not the lecture: the task that sft.py, dpo.py and evaluate.py share, and the tiny base model.
+# One-line instructions over a word or a number, with answers a program can check.
 
 TASKS = {  # name: (instruction template, answer), over a word or (parity) a number
     "count": ("count the letters: {}", lambda w: str(len(w))),
@@ -1087,103 +1185,6 @@ def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
         loss.backward()
         opt.step()
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- sample, chat, demo
-
-@dataclass
-class SampleConfig:
-    ckpt: str = ""  # a checkpoint or a Hugging Face GPT-2 folder; empty: train a tiny demo model
-    prompt: str = "The "  # text to continue
-    num_samples: int = 1  # samples of the prompt's continuation (with --ckpt)
-    max_new_tokens: int = 64  # tokens per sample or chat reply
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # sample among the k most likely tokens only (0 = all)
-    top_p: float = 1.0  # sample from the smallest set of tokens holding this much mass (1 = all)
-    chat: bool = False  # talk to --ckpt: each line of standard input is a user turn
-    steps: int = 300  # training steps of the tiny demo model (its draft gets half)
-    device: str = "auto"  # auto | cpu | cuda | mps
-    seed: int = 1337  # sampling, and the tiny demo model
-
-    def __post_init__(self):
-        if self.ckpt and not os.path.exists(self.ckpt):
-            raise ValueError(f"--ckpt={self.ckpt} does not exist: train one (python train.py) or"
-                             " fix the path")
-        if self.chat and not self.ckpt:
-            raise ValueError("--chat needs --ckpt: a checkpoint with the chat template (sft.py's)")
-        if min(self.num_samples, self.max_new_tokens, self.steps) < 1 or self.temperature < 0:
-            raise ValueError("num_samples, max_new_tokens and steps must be >= 1, temperature >= 0")
-        if not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1], top_k={self.top_k} >= 0")
-
-
-def chat_loop(model, tok, cfg, lines, generator):
-    """A user turn per line, the reply streamed; the oldest turns go when the context is full."""
-    history, end = [], tok.special("<|end|>")
-    for line in lines:
-        history.append({"role": "user", "content": line.rstrip("\n")})
-        prompt = render_chat(history, tok, add_generation_prompt=True)
-        while len(prompt) + cfg.max_new_tokens > model.config.block_size and len(history) > 1:
-            history = history[2:]
-            prompt = render_chat(history, tok, add_generation_prompt=True)
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # whole characters only
-        stream = lambda t: t != end and print(utf8.decode(tok.decode_bytes([int(t)])),  # noqa: E731
-                                              end="", flush=True)
-        print("assistant: ", end="")
-        reply = model.generate([prompt], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                               cfg.top_p, stop_tokens=(end,), generator=generator,
-                               on_token=lambda token: stream(token[0]))[0]
-        print()
-        history.append({"role": "assistant", "content": tok.decode([t for t in reply if t != end])})
-
-
-def demo(cfg, device, g):
-    """A tiny byte-level model and a 1-layer draft, then a sample from each decoding method."""
-    model, tok = base_model("", cfg.steps, device)
-    draft_cfg = dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0)
-    draft = train_tiny(draft_cfg, embedded_corpus(), tok, cfg.steps // 2, device)
-    prompt, n = tok.encode(cfg.prompt), cfg.max_new_tokens
-    letters = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    letters[[t for t in range(256) if re.fullmatch(rb"[a-z ]", tok.decode_bytes([t]))]] = True
-    only_letters = lambda x: letters.expand(len(x), -1)  # noqa: E731
-    samples = {
-        "greedy": model.generate([prompt], n, temperature=0)[0],
-        "temperature 0.8": model.generate([prompt], n, temperature=0.8, generator=g)[0],
-        "top-k 20": model.generate([prompt], n, top_k=20, generator=g)[0],
-        "top-p 0.9": model.generate([prompt], n, top_p=0.9, generator=g)[0],
-        "beam search (4)": model.beam_search(prompt, beam_size=4, max_new_tokens=n),
-        "only [a-z ] allowed": model.generate([prompt], n, temperature=0.8, generator=g,
-                                              allowed_tokens=only_letters)[0]}
-    spec, stats = speculative_generate(model, draft, prompt, n, k=4, temperature=0.8, generator=g)
-    samples["speculative (k=4)"] = spec
-    for name, ids in samples.items():
-        print(f"--- {name}\n{cfg.prompt}{tok.decode(ids)}")
-    print(f"speculative: {stats['acceptance']:.0%} of draft tokens accepted, "
-          f"{len(spec) / stats['target_calls']:.2f} tokens per target forward pass")
-    n = model.config.block_size - len(prompt)
-    seconds = [best_time(lambda: model.generate([prompt], n, temperature=0, use_cache=c), 1)[1]
-               for c in (False, True)]  # noqa: B023 (called at once)
-    print(f"greedy, {n} new tokens: {n / seconds[0]:.0f} tok/s without the KV cache,"
-          f" {n / seconds[1]:.0f} with it ({seconds[0] / seconds[1]:.1f}x)")
-
-
-def main(cfg):
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator(device).manual_seed(cfg.seed)
-    if not cfg.ckpt:
-        return demo(cfg, device, g)
-    with bad_input():
-        model, tok, _ = load_model(cfg.ckpt, device)
-        if cfg.chat:
-            check_chat_model(model, tok, cfg.max_new_tokens + 8)
-    print(f"{cfg.ckpt}: {count_params(model) / 1e6:.2f}M parameters, {tok.n_vocab} tokens")
-    if cfg.chat:
-        return chat_loop(model.eval(), tok, cfg, sys.stdin, g)
-    prompts = [tok.encode(cfg.prompt)] * cfg.num_samples
-    for ids in model.generate(prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                              stop_tokens=(tok.eot_id,), generator=g):
-        print(f"{cfg.prompt}{tok.decode(ids)}\n---")
 
 
 # ----------------------------------------------------------------------------- command line
