@@ -160,13 +160,12 @@ class Bert(nn.Module):
         self.apply(init_weights)
 
     def forward(self, idx, segments=None, attn_mask=None):
-        """(B, T) ids -> (B, T, C). segments: 0 for sentence A, 1 for B. attn_mask: 1 = a real
-        token, bool or Hugging Face's 0/1 integers; by default idx != [PAD]."""
+        """(B, T) -> (B, T, C); segments 0 = sentence A, 1 = B; attn_mask 1 = a real token."""
         T = idx.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"input of {T} tokens is longer than max_len={self.config.max_len}")
         segments = torch.zeros_like(idx) if segments is None else segments
-        attn_mask = idx != PAD if attn_mask is None else attn_mask.bool()
+        attn_mask = idx != PAD if attn_mask is None else attn_mask.bool()  # HF's 0/1 integers too
         x = self.tok_emb(idx) + self.pos_emb(torch.arange(T, device=idx.device))
         x = self.drop(self.emb_ln(x + self.seg_emb(segments)))  # (B, T, C)
         # (B, 1, 1, T); None when nothing is padded, so attention takes its fast path
@@ -384,9 +383,8 @@ def pretraining_batch(docs, stream, batch, max_len, vocab_size, nsp, rng, genera
 
 
 def topic_task(train_docs, heldout_docs, n_classes, n_per_class, max_len, rng):
-    """A sentence task with a known answer: which of the n_classes longest documents is a
-    sentence from? n_per_class training sentences per class and every held-out one, as
-    ([CLS] sentence [SEP], label), and the classes' document indices."""
+    """Which of the n_classes longest documents is a sentence from? ([CLS] s [SEP], label) pairs:
+    n_per_class to train on per class, every held-out one to test; and the classes' indices."""
     classes = sorted(range(len(train_docs)), key=lambda d: -len(train_docs[d]))[:n_classes]
 
     def examples(docs, per_class):
@@ -455,8 +453,7 @@ def fit(model, step_loss, steps, lr, run, phase):
 
 
 def finetune(model, data, cfg, run, phase, teacher=None):
-    """Train encoder and head on (ids, label) examples: cross-entropy, or, given a frozen
-    teacher, the distillation loss."""
+    """Encoder and head on (ids, label) pairs: cross-entropy, or with a teacher, distillation."""
     device = next(model.parameters()).device
 
     def step_loss(rng):
@@ -616,10 +613,9 @@ def main(cfg):
     print(f"\npretraining ({'MLM+NSP' if cfg.nsp else 'MLM'}), {cfg.pretrain_steps} steps,"
           f" {count_params(pre.bert) / 1e6:.2f}M encoder parameters; held-out text:")
     print(f"{'':<24}{'before':>8}{'after':>8}")
-    for key, name in [("mlm", "MLM loss"), ("mlm_acc", "masked-token accuracy"),
-                      ("nsp_acc", "NSP accuracy")]:
-        if key in after:
-            print(f"{name:<24}{before[key]:>8.3f}{after[key]:>8.3f}")
+    names = {"mlm": "MLM loss", "mlm_acc": "masked-token accuracy", "nsp_acc": "NSP accuracy"}
+    for key in [k for k in names if k in after]:
+        print(f"{names[key]:<24}{before[key]:>8.3f}{after[key]:>8.3f}")
 
     # 2. fine-tuning on a sentence task vs the same classifier from scratch
     majority = max(Counter(y for _, y in task_test).values()) / len(task_test)
