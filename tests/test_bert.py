@@ -32,17 +32,23 @@ def random_hf_state_dict(vocab=50, max_len=24, n_layer=2, hidden=32, intermediat
     sd = {"embeddings.word_embeddings.weight": rnd(vocab, hidden, scale=0.5),
           "embeddings.position_embeddings.weight": rnd(max_len, hidden, scale=0.5),
           "embeddings.token_type_embeddings.weight": rnd(2, hidden, scale=0.5),
-          "embeddings.LayerNorm.weight": rnd(hidden, shift=1.0), "embeddings.LayerNorm.bias": rnd(hidden),
+          "embeddings.LayerNorm.weight": rnd(hidden, shift=1.0),
+          "embeddings.LayerNorm.bias": rnd(hidden),
           "embeddings.position_ids": torch.arange(max_len)[None],
           "pooler.dense.weight": rnd(hidden, hidden, scale=0.3), "pooler.dense.bias": rnd(hidden)}
     for l in range(n_layer):
         p = f"encoder.layer.{l}."
-        for name, (n_out, n_in) in [("attention.self.query", (hidden, hidden)), ("attention.self.key", (hidden, hidden)),
-                                    ("attention.self.value", (hidden, hidden)), ("attention.output.dense", (hidden, hidden)),
-                                    ("intermediate.dense", (intermediate, hidden)), ("output.dense", (hidden, intermediate))]:
-            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(n_out, n_in, scale=0.3), rnd(n_out)
+        square = ["attention.self.query", "attention.self.key", "attention.self.value",
+                  "attention.output.dense"]
+        shapes = [(name, (hidden, hidden)) for name in square]
+        shapes += [("intermediate.dense", (intermediate, hidden)),
+                   ("output.dense", (hidden, intermediate))]
+        for name, (n_out, n_in) in shapes:
+            sd[p + name + ".weight"] = rnd(n_out, n_in, scale=0.3)
+            sd[p + name + ".bias"] = rnd(n_out)
         for name in ("attention.output.LayerNorm", "output.LayerNorm"):
-            sd[p + name + ".weight"], sd[p + name + ".bias"] = rnd(hidden, shift=1.0), rnd(hidden)
+            sd[p + name + ".weight"] = rnd(hidden, shift=1.0)
+            sd[p + name + ".bias"] = rnd(hidden)
     return sd
 
 
@@ -66,23 +72,27 @@ def hf_reference(sd, idx, segments, attention_mask, n_head, eps=1e-12):
     hd = C // n_head
 
     def layer_norm(x, name):
-        mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        mu = x.mean(-1, keepdim=True)
+        var = x.var(-1, unbiased=False, keepdim=True)
         return (x - mu) / torch.sqrt(var + eps) * W[name + ".weight"] + W[name + ".bias"]
 
     def dense(x, name):
         return x @ W[name + ".weight"].T + W[name + ".bias"]
 
-    x = (W["embeddings.word_embeddings.weight"][idx] + W["embeddings.position_embeddings.weight"][:T]
+    x = (W["embeddings.word_embeddings.weight"][idx]
+         + W["embeddings.position_embeddings.weight"][:T]
          + W["embeddings.token_type_embeddings.weight"][segments])
     x = layer_norm(x, "embeddings.LayerNorm")
     additive = (1.0 - attention_mask.double())[:, None, None, :] * -1e9
     n_layer = 1 + max(int(k.split(".")[2]) for k in W if k.startswith("encoder.layer."))
     for l in range(n_layer):
         p = f"encoder.layer.{l}."
-        q, k, v = (dense(x, p + f"attention.self.{n}").view(B, T, n_head, hd).transpose(1, 2) for n in ("query", "key", "value"))
+        q, k, v = (dense(x, p + f"attention.self.{n}").view(B, T, n_head, hd).transpose(1, 2)
+                   for n in ("query", "key", "value"))
         probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + additive, dim=-1)
         context = (probs @ v).transpose(1, 2).reshape(B, T, C)
-        x = layer_norm(dense(context, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
+        x = layer_norm(dense(context, p + "attention.output.dense") + x,
+                       p + "attention.output.LayerNorm")
         h = dense(x, p + "intermediate.dense")
         h = 0.5 * h * (1.0 + torch.erf(h / math.sqrt(2.0)))
         x = layer_norm(dense(h, p + "output.dense") + x, p + "output.LayerNorm")
@@ -96,7 +106,8 @@ def test_forward_matches_float64_hf_reference():
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(bert.N_SPECIAL, 50, (3, 20), generator=g)
     idx[:, 0] = bert.CLS
-    idx[1, 14:], idx[2, 9:] = bert.PAD, bert.PAD  # two rows end in padding
+    idx[1, 14:] = bert.PAD  # two rows end in padding
+    idx[2, 9:] = bert.PAD
     segments = (torch.arange(20) >= 10).long().expand(3, -1)
     hidden = model(idx, segments)
     ref_hidden, ref_pooled = hf_reference(sd, idx, segments, idx != bert.PAD, n_head=4)
@@ -107,8 +118,10 @@ def test_forward_matches_float64_hf_reference():
 def test_from_hf_bert_reads_bert_prefixed_pretraining_dicts():
     """BertForPreTraining keys start with "bert." and carry cls.* heads, which are ignored."""
     sd = random_hf_state_dict(seed=2)
-    wrapped = {"bert." + k: v for k, v in sd.items()} | {"cls.seq_relationship.weight": torch.zeros(2, 32)}
-    a, b = bert.from_hf_bert(sd, hf_config()).eval(), bert.from_hf_bert(wrapped, hf_config()).eval()
+    wrapped = {"bert." + k: v for k, v in sd.items()}
+    wrapped["cls.seq_relationship.weight"] = torch.zeros(2, 32)
+    a = bert.from_hf_bert(sd, hf_config()).eval()
+    b = bert.from_hf_bert(wrapped, hf_config()).eval()
     idx = torch.randint(bert.N_SPECIAL, 50, (2, 12))
     torch.testing.assert_close(a(idx), b(idx), rtol=0, atol=0)
     with pytest.raises(ValueError, match="not a BERT state dict"):
@@ -168,7 +181,8 @@ def test_too_long_input_and_bad_shapes_are_clear_errors():
 
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    cfg = bert.BertConfig(**{**dict(vocab_size=40, max_len=16, n_layer=2, n_head=2, n_embd=16), **overrides})
+    shape = dict(vocab_size=40, max_len=16, n_layer=2, n_head=2, n_embd=16)
+    cfg = bert.BertConfig(**{**shape, **overrides})
     return bert.Bert(cfg).double().eval()
 
 
@@ -184,7 +198,8 @@ def test_pad_receives_no_attention():
     torch.testing.assert_close(model(other, attn_mask=mask)[0, :6], out[0, :6], rtol=0, atol=1e-12)
     changed = idx.clone()
     changed[0, 3] = 22
-    assert (model(changed, attn_mask=mask)[0, [0, 1, 2, 4, 5]] - out[0, [0, 1, 2, 4, 5]]).abs().max() > 1e-3
+    others = [0, 1, 2, 4, 5]
+    assert (model(changed, attn_mask=mask)[0, others] - out[0, others]).abs().max() > 1e-3
 
 
 def test_padding_equals_the_unpadded_sequence():
@@ -199,7 +214,8 @@ def test_padding_equals_the_unpadded_sequence():
 def test_masking_proportions():
     """15% of ordinary tokens are selected; of those 80% -> [MASK], 10% -> a random ordinary
     token, 10% kept. Each count is checked within 4 standard deviations of its binomial mean."""
-    vocab, g = 30, torch.Generator().manual_seed(0)
+    vocab = 30
+    g = torch.Generator().manual_seed(0)
     idx = torch.randint(bert.N_SPECIAL, vocab, (400, 250), generator=g)
     inputs, targets = bert.mask_tokens(idx, vocab, generator=g)
     selected = targets != -100
@@ -207,7 +223,8 @@ def test_masking_proportions():
 
     def within(count, n, p):
         assert abs(count - n * p) < 4 * math.sqrt(n * p * (1 - p)), (count, n, p)
-    n, s = idx.numel(), int(selected.sum())
+    n = idx.numel()
+    s = int(selected.sum())
     within(s, n, 0.15)
     masked = int((inputs[selected] == bert.MASK).sum())
     randomised = int(((inputs[selected] != bert.MASK) & (inputs[selected] != idx[selected])).sum())
@@ -216,7 +233,8 @@ def test_masking_proportions():
     within(randomised, s, 0.1 * (1 - p_other))
     within(s - masked - randomised, s, 0.1 + 0.1 * p_other)
     assert torch.equal(inputs[~selected], idx[~selected])  # unselected tokens are untouched
-    assert int((inputs[selected] < bert.N_SPECIAL).sum()) == masked  # random tokens are never special
+    # random tokens are never special
+    assert int((inputs[selected] < bert.N_SPECIAL).sum()) == masked
 
 
 def test_special_tokens_are_never_masked_and_masks_are_dynamic():
@@ -246,7 +264,8 @@ def test_pretraining_heads_and_loss_by_hand():
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(bert.N_SPECIAL, 40, (3, 10), generator=g)
     idx[:, 0] = bert.CLS
-    segments, is_next = (torch.arange(10) >= 5).long().expand(3, -1), torch.tensor([1, 0, 1])
+    segments = (torch.arange(10) >= 5).long().expand(3, -1)
+    is_next = torch.tensor([1, 0, 1])
     targets = torch.full_like(idx, -100)
     for b, t in [(0, 2), (0, 7), (1, 3), (2, 1), (2, 8)]:
         targets[b, t] = int(torch.randint(bert.N_SPECIAL, 40, (), generator=g))
@@ -283,7 +302,8 @@ def test_pretraining_heads_and_loss_by_hand():
 def test_nsp_pairs_are_half_and_half_and_true_pairs_are_consecutive():
     # sentence j of document d is the single token 100 * d + j, so a pair tells its own story
     docs = [[[100 * d + j] for j in range(2 + d % 5)] for d in range(30)]
-    rng, n = random.Random(0), 4000
+    rng = random.Random(0)
+    n = 4000
     pairs = [bert.nsp_pair(docs, rng) for _ in range(n)]
     positives = sum(label for *_, label in pairs)
     assert abs(positives - n / 2) < 4 * math.sqrt(n / 4)
@@ -294,14 +314,15 @@ def test_nsp_pairs_are_half_and_half_and_true_pairs_are_consecutive():
 
 def test_pack_pair_layout_and_truncation():
     ids, seg = bert.pack_pair([5, 6, 7, 8, 9, 10], [11, 12], max_len=9)
-    assert ids == [bert.CLS, 5, 6, 7, 8, bert.SEP, 11, 12, bert.SEP]  # the longer sentence lost 2 tokens
+    # the longer sentence lost 2 tokens
+    assert ids == [bert.CLS, 5, 6, 7, 8, bert.SEP, 11, 12, bert.SEP]
     assert seg == [0, 0, 0, 0, 0, 0, 1, 1, 1]
 
 
 def test_roberta_batches_are_contiguous_single_segment_text():
     stream = list(range(bert.N_SPECIAL, 200))
-    inputs, seg, targets, is_next = bert.pretraining_batch([], stream, 4, 12, 200, False, random.Random(0),
-                                                           torch.Generator().manual_seed(0))
+    inputs, seg, targets, is_next = bert.pretraining_batch(
+        [], stream, 4, 12, 200, False, random.Random(0), torch.Generator().manual_seed(0))
     assert is_next is None and not seg.any()
     original = torch.where(targets != -100, targets, inputs)
     for row in original.tolist():
@@ -314,11 +335,13 @@ def test_roberta_batches_are_contiguous_single_segment_text():
 
 def test_held_out_blocks_partition_each_document():
     tok = bert.WordPiece(bert.SPECIALS + ["alpha", "beta", "gamma", "delta", "."])
-    texts = [" ".join(f"alpha beta{'.' if j % 2 else ' gamma.'}" for j in range(n)) for n in (30, 17, 5, 40)]
+    texts = [" ".join(f"alpha beta{'.' if j % 2 else ' gamma.'}" for j in range(n))
+             for n in (30, 17, 5, 40)]
     train, heldout = bert.split_documents(texts, tok, 0.3, random.Random(0), block=4)
     for text, t, h in zip(texts, train, heldout):
         every = bert.split_sentences(text, tok)
-        assert sorted(map(tuple, t + h)) == sorted(map(tuple, every))  # nothing lost, nothing shared
+        # nothing lost, nothing shared
+        assert sorted(map(tuple, t + h)) == sorted(map(tuple, every))
     assert 0 < sum(map(len, heldout)) < sum(map(len, train))
     with pytest.raises(SystemExit, match="too few or too short"):
         bert.split_documents(["one sentence."], tok, 0.3, random.Random(0))
@@ -332,31 +355,39 @@ def test_topic_task_labels_sentences_by_their_document():
     assert classes == [0, 1, 2]  # the three longest documents
     assert len(train) == 30 and len(test) == 9
     for ids, label in train + test:
-        assert ids[0] == bert.CLS and ids[-1] == bert.SEP and set(ids[1:-1]) == {100 + classes[label]}
+        assert ids[0] == bert.CLS and ids[-1] == bert.SEP
+        assert set(ids[1:-1]) == {100 + classes[label]}
 
 
 # ----------------------------------------------------------------------------- distillation
 
 def test_distillation_loss_against_its_formula_and_zero_for_identical_models():
     g = torch.Generator().manual_seed(0)
-    zs, zt, y = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.randint(0, 3, (6,), generator=g)
-    T, alpha = 2.5, 0.7
-    pt, ps = torch.softmax(zt.double() / T, -1), torch.softmax(zs.double() / T, -1)
+    zs = torch.randn(6, 3, generator=g)
+    zt = torch.randn(6, 3, generator=g)
+    y = torch.randint(0, 3, (6,), generator=g)
+    T = 2.5
+    alpha = 0.7
+    pt = torch.softmax(zt.double() / T, -1)
+    ps = torch.softmax(zs.double() / T, -1)
     kl = (pt * (pt.log() - ps.log())).sum(-1).mean()  # KL(teacher || student), mean over the batch
     ce = -torch.log_softmax(zs.double(), -1)[torch.arange(6), y].mean()
     expected = alpha * T * T * kl + (1 - alpha) * ce
-    torch.testing.assert_close(bert.distillation_loss(zs, zt, y, T, alpha).double(), expected, rtol=1e-5, atol=1e-6)
+    ours = bert.distillation_loss(zs, zt, y, T, alpha).double()  # float32 inside: rtol 1e-5
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
 
     teacher = bert.BertClassifier(tiny_model().float(), 3).eval()
     student = copy.deepcopy(teacher)
     idx = torch.randint(bert.N_SPECIAL, 40, (4, 10))
-    assert bert.distillation_loss(student(idx), teacher(idx), y[:4], 2.0, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    same = bert.distillation_loss(student(idx), teacher(idx), y[:4], 2.0, alpha=1.0)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_half_depth_student_keeps_every_other_layer():
     teacher = bert.BertClassifier(tiny_model(n_layer=4).float(), 2)
     student = bert.half_depth(teacher)
-    assert len(student.bert.layers) == 2 and student.bert.config.n_layer == 2 and len(teacher.bert.layers) == 4
+    assert len(student.bert.layers) == student.bert.config.n_layer == 2
+    assert len(teacher.bert.layers) == 4
     for s, t in zip(student.bert.layers, teacher.bert.layers[::2]):
         for ps, pt in zip(s.parameters(), t.parameters()):
             assert torch.equal(ps, pt) and ps.data_ptr() != pt.data_ptr()  # a copy, not shared
@@ -368,8 +399,10 @@ def test_basic_tokens_match_berts_published_examples():
     # Google's BERT README ("Tokenization"): whitespace to spaces, lower-case, strip accents, and
     # split every punctuation mark; then the expected outputs of Hugging Face's BasicTokenizer
     # tests (tests/models/bert/test_tokenization_bert.py in transformers).
-    assert bert.basic_tokens("John Johanson's, house") == ["john", "johanson", "'", "s", ",", "house"]
-    assert bert.basic_tokens(" \tHeLLo!how  \n Are yoU?  ") == ["hello", "!", "how", "are", "you", "?"]
+    assert bert.basic_tokens("John Johanson's, house") == [
+        "john", "johanson", "'", "s", ",", "house"]
+    assert bert.basic_tokens(" \tHeLLo!how  \n Are yoU?  ") == [
+        "hello", "!", "how", "are", "you", "?"]
     assert bert.basic_tokens("H\u00e9llo") == ["hello"]
     assert bert.basic_tokens(" \tHeLLo!how  \n Are yoU?  ", lower=False) == [
         "HeLLo", "!", "how", "Are", "yoU", "?"]
@@ -414,7 +447,9 @@ def write_safetensors(path, tensors):
     the raw little-endian data."""
     kinds = {torch.float64: ("F64", "<f8"), torch.float32: ("F32", "<f4"),
              torch.int64: ("I64", "<i8")}
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    header = {"__metadata__": {"format": "pt"}}
+    blobs = []
+    offset = 0
     for name, t in tensors.items():
         kind, layout = kinds[t.dtype]
         blob = t.numpy().astype(layout).tobytes()
@@ -542,7 +577,8 @@ def test_resume_is_exact(small_run, stop_after):
     with open(os.path.join(split.out_dir, "log.jsonl"), "a") as f:  # logged, then killed before
         f.write(json.dumps({"step": stop_after, "phase": "pretrain", "mlm": 0.0}) + "\n")  # a save
     bert.main(dataclasses.replace(split, stop_after=0, resume=True))
-    (whole, whole_log), (resumed, resumed_log) = saved_run(small_run), saved_run(split)
+    whole, whole_log = saved_run(small_run)
+    resumed, resumed_log = saved_run(split)
     assert list(whole["models"]) == ["pretrain", "finetune", "scratch", "distill", "labels_only"]
     for phase, weights in whole["models"].items():
         assert all(torch.equal(w, resumed["models"][phase][k]) for k, w in weights.items()), phase
