@@ -1,12 +1,9 @@
 """Evaluating LLMs: reference metrics, LLM-as-a-judge and benchmark harnesses, on one report card.
 
-Rule-based metrics compare text with references: BLEU (Papineni et al. 2002) is clipped n-gram
-precision with a brevity penalty, BP * exp(mean_n log p_n); ROUGE (Lin 2004) is n-gram and LCS
-recall/precision; METEOR (Banerjee & Lavie 2005) a recall-weighted F-mean of aligned unigrams with
-a fragmentation penalty. They equal sacrebleu, rouge-score and NLTK. Model-based: perplexity
-exp(sum NLL / sum tokens), pass@k (Chen et al. 2021), maj@k, multiple-choice log-likelihood
-scoring (MMLU, Hendrycks et al. 2021), FActScore-style factuality (Min et al. 2023), and an LLM
-judge (Zheng et al. 2023): a rationale, then a PASS/FAIL verdict forced by constrained decoding,
+BLEU (Papineni et al. 2002), ROUGE (Lin 2004) and METEOR (Banerjee & Lavie 2005) equal sacrebleu,
+rouge-score and NLTK. Model-based: perplexity, pass@k (Chen et al. 2021), maj@k, multiple choice
+by log-likelihood (MMLU, Hendrycks et al. 2021), FActScore-style factuality (Min et al. 2023), and
+an LLM judge (Zheng et al. 2023): a rationale, then PASS/FAIL forced by constrained decoding,
 judged in both orders, probed for verbosity bias, calibrated against labels by Cohen's kappa.
 
     python evaluate.py                          # a tiny model fine-tuned on a made-up world
@@ -15,13 +12,10 @@ judged in both orders, probed for verbosity bias, calibrated against labels by C
     python evaluate.py --resume --plot          # continue out/evaluate/ckpt.pt; loss.png
     python bench/evaluate.py                    # multiple choice: batched vs a pass per option
 
-On CPU (about 3 minutes): a report card of a tiny model before and after its fine-tuning on a
-world of made-up facts: perplexity, BLEU/ROUGE/METEOR and factual precision of descriptions,
-pass@k/maj@k and multiple choice asked in a wording no training text has (memorisation beside),
-and the judge's kappa, position consistency and verbosity bias. --ckpt trains nothing: held-out
-perplexity, and gpt.py's held-out instructions in the chat template (sft.py's task). The metrics
-need only the standard library. Left out: METEOR's WordNet synonyms, real benchmark data (MMLU,
-HumanEval's sandbox), and a judge stronger than the model it grades.
+On CPU (about 3 minutes): a report card of a tiny model before and after fine-tuning on made-up
+facts, on held-out items. --ckpt trains nothing: held-out perplexity and gpt.py's held-out
+instructions. The metrics need only the standard library. Left out: METEOR's WordNet synonyms,
+real benchmark data (MMLU, HumanEval's sandbox), and a judge stronger than the model it grades.
 """
 import collections
 import math
@@ -33,10 +27,9 @@ from statistics import fmean as mean
 
 try:  # the model-based part needs torch and gpt.py; the metrics do not
     import torch
-    from tqdm import tqdm
     import gpt
 except ImportError:
-    torch = tqdm = gpt = None
+    torch = gpt = None
 
 
 @dataclass
@@ -91,9 +84,7 @@ GPU = dict(n_layer=4, n_embd=256)
 _13A_PUNCT = re.compile(r"([ -&(-+/:-@\[-`{-~])")  # ASCII punctuation but ' , - . (mteval-v13a)
 
 
-def tokenize_13a(line):
-    """mteval-v13a.pl's tokenisation (WMT's, sacrebleu's default): unescape a few HTML entities,
-    split punctuation off words, and periods/commas unless they sit inside a number."""
+def tokenize_13a(line):  # mteval-v13a.pl's tokenisation, WMT's and sacrebleu's default
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
         line = line.replace(entity, char)
@@ -109,19 +100,12 @@ def ngrams(tokens, n):
 
 def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None,
          lowercase=False, effective_order=False):
-    """Corpus BLEU (0-100) from counts summed over segments: BP = min(1, exp(1 - r / c)) with c
-    the hypotheses' length and r the closest reference lengths (the shorter on ties); p_n clips
-    each n-gram's matches at its count in any one reference. references[i] lists the references
-    of hypotheses[i] (sacrebleu's streams are refs[j][i]). Zero-match orders (Chen & Cherry 2014):
-    exp halves a pseudo-count at each, p_n = 100 / (2^j total_n); floor takes smooth_value (0.1)
-    / total_n; add-k adds k (1) to matches and totals for n >= 2; none scores 0. effective_order
-    drops orders a short hypothesis cannot have. The defaults equal sacrebleu's BLEU()."""
-    if isinstance(hypotheses, str) or not hypotheses or len(hypotheses) != len(references):
-        raise ValueError(f"bleu needs a list of hypotheses and a list of references for each (got"
-                         f" {type(hypotheses).__name__} and {len(references)} reference lists)")
-    if any(isinstance(refs, str) or not refs for refs in references):
-        raise ValueError("each references[i] must be a non-empty list of strings; for one"
-                         " reference per hypothesis pass [[r] for r in refs]")
+    """Corpus BLEU (0-100) = BP * exp(mean_n log p_n) from counts summed over segments, equal to
+    sacrebleu's BLEU(); references[i] lists hypotheses[i]'s (sacrebleu's streams: refs[j][i])."""
+    if isinstance(hypotheses, str) or not hypotheses or len(hypotheses) != len(references) or \
+            any(isinstance(refs, str) or not refs for refs in references):
+        raise ValueError("bleu needs a list of hypotheses and a non-empty list of references for"
+                         " each; for one reference per hypothesis pass [[r] for r in refs]")
     if tokenize not in ("13a", "none") or smooth not in ("exp", "floor", "add-k", "none"):
         raise ValueError(f"tokenize={tokenize!r} (13a, none) or smooth={smooth!r} (exp, floor,"
                          " add-k, none) is unknown")
@@ -130,7 +114,7 @@ def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None
         text = (text.lower() if lowercase else text).rstrip()
         return (tokenize_13a(text) if tokenize == "13a" else text).split()
 
-    c = r = 0
+    c = r = 0  # the hypotheses' length; the closest reference lengths (the shorter on ties)
     correct, total = [0] * 4, [0] * 4  # BLEU's n-grams run from 1 to 4
     for hyp, refs in zip(map(words, hypotheses), ([words(x) for x in refs] for refs in references)):
         c += len(hyp)
@@ -138,11 +122,13 @@ def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None
         for n in range(1, 5):
             max_ref = collections.Counter()
             for x in refs:
-                max_ref |= ngrams(x, n)  # |: elementwise max
+                max_ref |= ngrams(x, n)  # |: elementwise max, the clip of each n-gram's matches
             correct[n - 1] += sum(min(count, max_ref[g]) for g, count in ngrams(hyp, n).items())
             total[n - 1] += max(len(hyp) - n + 1, 0)
     if not any(correct):
         return 0.0
+    # Zero-match orders (Chen & Cherry 2014): exp halves a pseudo-count at each, p_n = 100 / (2^j
+    # total_n); floor uses smooth_value (0.1) / total_n; add-k adds k (1) to both for n >= 2.
     k = smooth_value if smooth_value is not None else {"floor": 0.1, "add-k": 1}.get(smooth)
     precisions = [0.0] * 4
     order = 4
@@ -151,68 +137,59 @@ def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None
         m, t = (m + k, t + k) if smooth == "add-k" and n > 0 else (m, t)
         if t == 0:
             break  # longer n-grams do not exist either
-        order = n + 1 if effective_order else order
+        order = n + 1 if effective_order else order  # drop the orders a short text cannot have
         halvings *= 2 if m == 0 and smooth == "exp" else 1
         precisions[n] = 100 * (m if m else {"exp": 1 / halvings, "floor": k}.get(smooth, 0)) / t
-    bp = 1.0 if c >= r else (math.exp(1 - r / c) if c > 0 else 0.0)
+    bp = 1.0 if c >= r else (math.exp(1 - r / c) if c > 0 else 0.0)  # min(1, exp(1 - r / c))
     log_p = [math.log(p) if p > 0 else -9999999999 for p in precisions[:order]]  # as sacrebleu
     return bp * math.exp(sum(log_p) / order)
 
 
-def sentence_bleu(hypothesis, references, **options):
-    """sacrebleu.sentence_bleu: one segment, exp smoothing, effective order on."""
+def sentence_bleu(hypothesis, references, **options):  # sacrebleu's: effective order on
     references = [references] if isinstance(references, str) else references
     return bleu([hypothesis], [references], **{"effective_order": True, **options})
 
 
-# ----------------------------------------------------------------------------- ROUGE
+# --------------------------------------------------------------------------- ROUGE (= rouge-score)
 
-def rouge_tokens(text, stem=False):
-    """rouge-score's tokeniser: lowercase, anything but [a-z0-9] is a space, Porter-stem the
-    words longer than 3 characters."""
-    words = [porter_stem(w) if stem and len(w) > 3 else w for w in
-             re.sub(r"[^a-z0-9]+", " ", text.lower()).split()]
-    return [w for w in words if w]
+def rouge_tokens(text, stem=False):  # rouge-score's: [a-z0-9] words, stemmed if longer than 3
+    words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    return [porter_stem(w) if stem and len(w) > 3 else w for w in words]
 
 
-def prf(matches, n_pred, n_ref):
-    """(precision, recall, F1), with 0 for empty denominators."""
+def prf(matches, n_pred, n_ref):  # (precision, recall, F1), 0 for empty denominators
     p = matches / max(n_pred, 1)
     r = matches / max(n_ref, 1)
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
 
-def lcs_table(a, b):
-    """T[i][j] = length of the longest common subsequence of a[:i] and b[:j]."""
+def lcs_table(a, b):  # T[i][j] = the length of the longest common subsequence of a[:i], b[:j]
     T = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i, j in ((i, j) for i in range(1, len(a) + 1) for j in range(1, len(b) + 1)):
         T[i][j] = T[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(T[i - 1][j], T[i][j - 1])
     return T
 
 
-def lcs_positions(ref, cand):
-    """Positions in ref of one LCS, read back from the table (rouge-score's tie-breaking)."""
-    T, i, j, positions = lcs_table(ref, cand), len(ref), len(cand), []
-    while i > 0 and j > 0:
-        if ref[i - 1] == cand[j - 1]:
-            positions.append(i - 1)
-            i, j = i - 1, j - 1
-        elif T[i][j - 1] > T[i - 1][j]:
-            j -= 1
-        else:
-            i -= 1
-    return positions[::-1]
-
-
 def rouge_lsum(pred_sents, ref_sents):
-    """Summary-level LCS (Lin 2004, sec. 3.2): for each reference sentence, the union of its LCS
-    with every predicted sentence, each token counted at most as often as on both sides."""
+    """Summary-level LCS (Lin 2004, sec. 3.2): per reference sentence, the union of its LCS with
+    every predicted sentence, each token counted at most as often as on both sides."""
     left_ref = collections.Counter(t for s in ref_sents for t in s)
     left_pred = collections.Counter(t for s in pred_sents for t in s)
     hits = 0
     for ref in ref_sents:
-        union = sorted(set().union(*(lcs_positions(ref, cand) for cand in pred_sents)))
-        for token in (ref[i] for i in union):
+        union = set()
+        for cand in pred_sents:  # read one LCS back from the table, as rouge-score breaks ties
+            T = lcs_table(ref, cand)
+            i, j = len(ref), len(cand)
+            while i > 0 and j > 0:
+                if ref[i - 1] == cand[j - 1]:
+                    union.add(i - 1)
+                    i, j = i - 1, j - 1
+                elif T[i][j - 1] > T[i - 1][j]:
+                    j -= 1
+                else:
+                    i -= 1
+        for token in (ref[i] for i in sorted(union)):
             if left_pred[token] > 0 and left_ref[token] > 0:
                 hits += 1
                 left_pred[token] -= 1
@@ -221,15 +198,16 @@ def rouge_lsum(pred_sents, ref_sents):
 
 
 def rouge(prediction, reference, stem=False):
-    """{"rouge1", "rouge2", "rougeL", "rougeLsum": (precision, recall, f)}, equal to rouge-score's
-    RougeScorer(..., use_stemmer=stem).score(reference, prediction); rougeLsum treats each line
-    as a sentence. A list of references gives, per type, the one with the best f (score_multi)."""
+    """{"rouge1", "rouge2", "rougeL", "rougeLsum": (precision, recall, f)} as rouge-score's
+    RougeScorer(..., use_stemmer=stem).score(reference, prediction), rougeLsum a sentence a line.
+    A list of references gives, per type, the one of best f (score_multi)."""
     if not isinstance(reference, str):
         if not reference:
             raise ValueError("rouge needs at least one reference")
         per_ref = [rouge(prediction, r, stem) for r in reference]
         return {k: max(per_ref, key=lambda s: s[k][2])[k] for k in per_ref[0]}  # first of ties
-    pred, ref = rouge_tokens(prediction, stem), rouge_tokens(reference, stem)
+    pred = rouge_tokens(prediction, stem)
+    ref = rouge_tokens(reference, stem)
     scores = {}
     for n in (1, 2):
         p_grams, r_grams = ngrams(pred, n), ngrams(ref, n)
@@ -243,85 +221,65 @@ def rouge(prediction, reference, stem=False):
 
 # ----------------------------------------------------------------------------- METEOR (= NLTK)
 
-def _match(hyp, ref, key):
-    """Greedy one-to-one matching of (position, word) lists on key(word): from the last
-    hypothesis word backwards, each takes the last free reference word with the same key.
-    Returns the matched position pairs and what is left on each side."""
-    free = collections.defaultdict(list)
-    for j, (_, word) in enumerate(ref):
-        free[key(word)].append(j)
-    pairs, used_h, used_r = [], set(), set()
-    for i in reversed(range(len(hyp))):
-        if free.get(key(hyp[i][1])):
-            j = free[key(hyp[i][1])].pop()
-            pairs.append((hyp[i][0], ref[j][0]))
-            used_h.add(i)
-            used_r.add(j)
-    return (pairs, [w for i, w in enumerate(hyp) if i not in used_h],
-            [w for j, w in enumerate(ref) if j not in used_r])
-
-
 def meteor(hypothesis, reference, alpha=0.9, beta=3.0, gamma=0.5):
-    """METEOR: align unigrams (exact, then Porter stems), then F_mean = P R / (alpha P +
-    (1 - alpha) R), penalty = gamma (chunks / matches)^beta, score = (1 - penalty) F_mean, where a
-    chunk is a run of matches adjacent on both sides; of several references, the best. Words
-    are lowercased str.split() tokens. Equal to NLTK's meteor_score without its WordNet synonym
-    stage (no corpus download: a synonym pair scores lower here); like NLTK, and unlike METEOR
-    1.x, the alignment is greedy rather than the one with the fewest crossings."""
+    """METEOR of lowercased words, the best over several references: NLTK's meteor_score without
+    its WordNet synonyms. Like NLTK, unlike METEOR 1.x, the alignment is greedy."""
     if not isinstance(reference, str):
         if not reference:
             raise ValueError("meteor needs at least one reference")
         return max(meteor(hypothesis, r, alpha, beta, gamma) for r in reference)
     hyp = list(enumerate(w.lower() for w in hypothesis.split()))
     ref = list(enumerate(w.lower() for w in reference.split()))
-    exact, hyp_left, ref_left = _match(hyp, ref, key=lambda w: w)
-    matches = sorted(exact + _match(hyp_left, ref_left, key=porter_stem)[0])
+    matches = []  # (hypothesis position, reference position)
+    for key in (lambda word: word, porter_stem):  # exact, then Porter stems of the words left
+        free = collections.defaultdict(list)
+        for j, word in ref:
+            free[key(word)].append(j)
+        for i, word in reversed(hyp):  # from the last word back, each takes the last free match
+            if free[key(word)]:
+                matches.append((i, free[key(word)].pop()))
+        hyp = [(i, w) for i, w in hyp if i not in {h for h, _ in matches}]
+        ref = [(j, w) for j, w in ref if j not in {r for _, r in matches}]
     if not matches:
         return 0.0
-    precision, recall = len(matches) / len(hyp), len(matches) / len(ref)
-    f_mean = (precision * recall) / (alpha * precision + (1 - alpha) * recall)
+    matches.sort()
+    precision = len(matches) / len(hypothesis.split())
+    recall = len(matches) / len(reference.split())
+    f_mean = precision * recall / (alpha * precision + (1 - alpha) * recall)
+    # chunks: runs of matches adjacent on both sides; penalty = gamma (chunks / matches)^beta
     chunks = 1 + sum((b[0] - a[0], b[1] - a[1]) != (1, 1) for a, b in zip(matches, matches[1:]))
     return (1 - gamma * (chunks / len(matches)) ** beta) * f_mean
 
 
-# ----------------------------------------------------------------------------- sampling metrics
+# ----------------------------------------------------------------------------- sampling, agreement
 
 def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c, k) /
-    C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k / i), a product with no huge binomials."""
+    """Unbiased pass@k of n samples, c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)
+    = 1 - prod_{i=n-c+1}^{n} (1 - k / i), a product with no huge binomials."""
     if not (0 <= c <= n and 1 <= k <= n):
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}:"
                          " draw at least k samples per problem")
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1)) if n - c >= k else 1.0
 
 
-def majority_vote(answers):
-    """The most frequent answer (None = no answer, never voted for); a tie goes to the answer,
-    among the tied, that appeared first. None if there is no answer at all."""
+def majority_vote(answers):  # None (no answer) never wins; a tie goes to the first to appear
     counts = collections.Counter(a for a in answers if a is not None)
     return next((a for a in answers if a is not None and counts[a] == max(counts.values())), None)
 
 
-def maj_at_k(samples, correct, k):
-    """maj@k (cons@k): the share of problems whose majority answer over the first k samples is
-    the correct one. samples[i]: the parsed answers to problem i."""
+def maj_at_k(samples, correct, k):  # maj@k (cons@k): the majority of the first k is correct
     if any(len(s) < k for s in samples):
         raise ValueError(f"maj@{k} needs at least {k} samples per problem")
     return sum(majority_vote(s[:k]) == c for s, c in zip(samples, correct)) / len(samples)
 
 
-# ----------------------------------------------------------------------------- agreement
-
-def raw_agreement(a, b):
-    """p_o: the fraction of items on which two raters give the same label."""
+def raw_agreement(a, b):  # p_o: the share of items two raters label the same
     if len(a) != len(b) or not a:
         raise ValueError(f"two raters must label the same non-empty list ({len(a)} vs {len(b)})")
     return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
-def cohen_kappa(a, b):
-    """kappa = (p_o - p_e) / (1 - p_e), p_e = sum_k p_a(k) p_b(k): agreement beyond chance.
-    When p_e = 1 (both raters always give one same label) kappa is 0/0: nan, as scikit-learn."""
+def cohen_kappa(a, b):  # (p_o - p_e) / (1 - p_e), p_e = sum_k p_a(k) p_b(k); nan when p_e = 1
     p_o = raw_agreement(a, b)
     count_a, count_b = collections.Counter(a), collections.Counter(b)
     p_e = sum(count_a[k] * count_b[k] for k in count_a) / len(a) ** 2
@@ -329,9 +287,9 @@ def cohen_kappa(a, b):
 
 
 def fleiss_kappa(counts):
-    """Fleiss (1971) kappa for N items each rated by the same n raters. counts[i][j] = raters who
-    put item i in category j. P_i = (sum_j n_ij^2 - n) / (n (n - 1)), p_j = sum_i n_ij / (N n),
-    kappa = (mean_i P_i - sum_j p_j^2) / (1 - sum_j p_j^2); nan when that is 0/0."""
+    """Fleiss (1971): counts[i][j] of the n raters put item i in category j. P_i = (sum_j n_ij^2
+    - n) / (n (n - 1)), p_j = sum_i n_ij / (N n), kappa = (mean P_i - sum p_j^2) / (1 - sum p_j^2)
+    (nan when that is 0/0)."""
     n = sum(counts[0]) if counts else 0
     if n < 2 or any(sum(row) != n for row in counts):
         raise ValueError("fleiss_kappa needs each row to sum to the same number of raters, >= 2")
@@ -340,8 +298,7 @@ def fleiss_kappa(counts):
     return (P_bar - P_e) / (1 - P_e) if P_e < 1 else math.nan
 
 
-def precision_recall_f1(predicted, actual, positive=True):
-    """Binary precision TP/(TP+FP), recall TP/(TP+FN) and F1 for the label `positive`."""
+def precision_recall_f1(predicted, actual, positive=True):  # TP/(TP+FP), TP/(TP+FN), F1
     if len(predicted) != len(actual):
         raise ValueError(f"{len(predicted)} predictions but {len(actual)} labels")
     tp = sum(p == positive and a == positive for p, a in zip(predicted, actual))
@@ -362,10 +319,8 @@ def option_logprobs(model, prompts, options, batch_size=64):
 
 
 def perplexity(model, sequences, batch_size=32):
-    """exp(sum NLL / sum predicted tokens) over a corpus of token-id sequences: one pooled ratio,
-    not a mean of per-sequence perplexities. A sequence longer than the context is cut into
-    windows of block_size tokens overlapping by one: each token but the first is predicted once."""
-    T = model.config.block_size
+    """exp(sum NLL / sum predicted tokens) pooled over sequences, not a mean of perplexities."""
+    T = model.config.block_size  # longer sequences: windows overlapping by one token
     windows = [s[i:i + T] for s in sequences for i in range(0, len(s) - 1, T - 1)]
     if not windows:
         raise ValueError("perplexity needs at least one sequence of 2 or more tokens")
@@ -375,9 +330,8 @@ def perplexity(model, sequences, batch_size=32):
 
 def multiple_choice(model, tok, questions, batch_size=64):
     """MMLU-style cloze scoring of (prompt ids, option texts, index of the right one): the option
-    of highest log p(option <|end|> | prompt) wins. `accuracy` sums the log-probs; `accuracy_norm`
-    divides them by the option's UTF-8 bytes (lm-evaluation-harness's acc_norm), so that long
-    options do not lose for having more tokens to pay for."""
+    of highest log p(option <|end|> | prompt) wins; accuracy_norm divides by the option's UTF-8
+    bytes (lm-evaluation-harness's acc_norm), so long options do not lose for their length."""
     rows = [(p, o) for p, opts, _ in questions for o in opts]
     end = tok.special("<|end|>")
     scores = iter(option_logprobs(model, [p for p, _ in rows],
@@ -392,8 +346,7 @@ def multiple_choice(model, tok, questions, batch_size=64):
 
 
 def replies(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=12, seed=0):
-    """n replies to each prompt of token ids (greedy at temperature 0), cut at <|end|>, stripped:
-    [[str] * n]."""
+    """n replies ([[str] * n]) to each prompt of token ids, cut at <|end|>, stripped."""
     end = tok.special("<|end|>")
     g = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     outs = model.generate([p for p in prompts for _ in range(n)], max_new_tokens, temperature,
@@ -406,34 +359,30 @@ CLAIM = re.compile(r"(?:Its|The) (\w+) is (\w+)\.?")  # the one claim shape the 
 
 
 def fact_check(text, subject, knowledge):
-    """Factual precision, FActScore-style: the text's atomic claims (here its sentences; FActScore
-    has an LLM split them further), each verified against a knowledge source of (subject,
-    relation, value) triples, never by the model that wrote them; a claim that does not parse
-    cannot be verified and counts as unsupported. Returns [(claim, bool)]."""
+    """FActScore-style: each atomic claim (here a sentence) verified against a knowledge source
+    of (subject, relation, value), never by the model that wrote it: [(claim, supported)]."""
     claims = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-    matches = [CLAIM.fullmatch(claim) for claim in claims]
+    matches = [CLAIM.fullmatch(claim) for claim in claims]  # what does not parse is unsupported
     return [(claim, bool(m) and (subject, *m.groups()) in knowledge)
             for claim, m in zip(claims, matches)]
 
 
 # ----------------------------------------------------------------------------- LLM-as-a-judge
 
-CRITERIA = "it names what the reference names; length and style do not count"
-
-
 def judge_prompt(question, reference, *answers):
-    """Reference-guided grading of one answer (PASS or FAIL) or two (pairwise: A or B): the
-    criteria, the case, then a rationale before the verdict, which it conditions (as in CoT)."""
+    """Reference-guided grading of one answer (PASS or FAIL) or two (A or B); the rationale comes
+    before the verdict, which it conditions (as in CoT)."""
+    criteria = "it names what the reference names; length and style do not count"
     shown = f"Answer: {answers[0]}" if len(answers) == 1 else "A: {}\nB: {}".format(*answers)
-    return (f"{'PASS or FAIL' if len(answers) == 1 else 'A or B'}: {CRITERIA}.\nQ: {question}\n"
+    return (f"{'PASS or FAIL' if len(answers) == 1 else 'A or B'}: {criteria}.\nQ: {question}\n"
             f"Reference: {reference}\n{shown}\nRationale:")
 
 
 def verdict_constraint(tok, labels, budget, vocab_size):
-    """An allowed_tokens callback for gpt's generate: a free rationale of at most `budget` tokens
-    that a newline ends, then exactly "Verdict: <one of labels>" and <|end|>. Whatever the
-    weights, the output parses: the mask makes every other token impossible."""
-    newline, end = tok.encode("\n"), tok.special("<|end|>")
+    """generate's allowed_tokens: a free rationale of at most `budget` tokens that a newline
+    ends, then exactly "Verdict: <label>" and <|end|>, so the output parses whatever the weights."""
+    newline = tok.encode("\n")
+    end = tok.special("<|end|>")
     if len(newline) != 1:
         raise ValueError("the judge needs a tokenizer in which a newline is one token")
     tails = [tok.encode(f"Verdict: {label}") + [end] for label in labels]
@@ -455,9 +404,9 @@ def verdict_constraint(tok, labels, budget, vocab_size):
 
 
 def run_judge(model, tok, prompts, labels=("PASS", "FAIL"), budget=40, batch_size=64):
-    """Greedy (temperature 0, for reproducibility) rationale, then a constrained verdict.
-    Returns (verdicts, rationales)."""
-    ids, end = [tok.encode(p) for p in prompts], tok.special("<|end|>")
+    """A greedy rationale (reproducible), then a constrained verdict: (verdicts, rationales)."""
+    ids = [tok.encode(p) for p in prompts]
+    end = tok.special("<|end|>")
     tail = 2 + max(len(tok.encode(f"Verdict: {label}")) for label in labels)  # \n, verdict, end
     budget = min(budget, model.config.block_size - max(map(len, ids)) - tail)  # the room left
     if budget < 1:
@@ -472,9 +421,8 @@ def run_judge(model, tok, prompts, labels=("PASS", "FAIL"), budget=40, batch_siz
 
 
 def judge_pairwise(model, tok, items):
-    """Position-bias mitigation: judge each (question, reference, answer 1, answer 2) as A=1,B=2
-    and again as A=2,B=1; a winner (1 or 2) stands only where both orders agree, else a tie
-    (None). Returns the winners, the consistency rate and how often "A" was chosen."""
+    """Position-bias mitigation: each (question, reference, answer 1, answer 2) judged as A=1,B=2
+    and as A=2,B=1; a winner (1 or 2) stands only where both orders agree, else a tie (None)."""
     forward = [judge_prompt(q, r, a, b) for q, r, a, b in items]
     swapped = [judge_prompt(q, r, b, a) for q, r, a, b in items]
     verdicts, _ = run_judge(model, tok, forward + swapped, labels=("A", "B"))
@@ -485,32 +433,31 @@ def judge_pairwise(model, tok, items):
 
 
 def verbosity_probe(model, tok, items, padding=", as any atlas shows"):
-    """Verbosity bias: the PASS rates of (question, reference, answer) cases as they are and with
-    content-free padding on the answer; an unbiased judge passes both equally often."""
-    plain, _ = run_judge(model, tok, [judge_prompt(q, r, a) for q, r, a in items])
+    """The PASS rate of (question, reference, answer) cases with content-free padding on the
+    answer, which an unbiased judge passes as often as the plain answers."""
     padded, _ = run_judge(model, tok, [judge_prompt(q, r, a + padding) for q, r, a in items])
-    return plain.count("PASS") / len(items), padded.count("PASS") / len(items)
+    return padded.count("PASS") / len(items)
 
 
 # ----------------------------------------------------------------------------- the built-in world
 
 SYLLABLES = "zor bi quel mir tha ven dor ka lis on ru sel ta mo gri fen ul pra nes vo ar li".split()
 ATTRIBUTES = ("capital", "river", "language")
-# Training text asks every fact of every country in question()'s wording and describes the
-# training countries. Held out: the other countries' descriptions and judge cases, and this
-# wording, in which the QA and multiple-choice rows ask every fact (no training text holds it:
-# tested). Asked in the trained wording, QA measures memorisation.
+QUESTION = "What is the {} of {}?"  # every fact is trained in this wording, Q: ... A: around it
+# Held out: some countries' descriptions and judge cases, and this wording, in which the QA and
+# multiple-choice rows ask every fact (tested: no training text holds it).
 PARAPHRASES = {"capital": "Which city is the capital of {}?",
                "river": "Which river flows through {}?",
                "language": "Which language do the people of {} speak?"}
 
 
 def make_world(n_countries, seed):
-    """{country: {attribute: value}} of made-up, all-distinct names: no model knows them
-    beforehand, so whatever it knows about them, the fine-tuning taught it."""
-    rng, used = random.Random(seed), set()
+    """{country: {attribute: value}} of made-up, all-distinct names: no model knows them before,
+    so whatever it knows about them, the fine-tuning taught it."""
+    rng = random.Random(seed)
+    used = set()
 
-    def new_name(most_syllables):  # a fresh name of 1 to most_syllables syllables
+    def new_name(most_syllables):
         while True:
             k = rng.randint(1, most_syllables)
             name = "".join(rng.choice(SYLLABLES) for _ in range(k)).capitalize()
@@ -520,50 +467,40 @@ def make_world(n_countries, seed):
     return {new_name(3): {a: new_name(2) for a in ATTRIBUTES} for _ in range(n_countries)}
 
 
-def question(country, attribute):
-    return f"What is the {attribute} of {country}?"
-
-
-def qa_prompt(question):  # the scaffold, not the wording, tells a QA case from a description
-    return f"Q: {question}\nA:"
-
-
 def description(world, country):  # three atomic claims, one sentence each
     return " ".join(f"Its {a} is {v}." for a, v in world[country].items())
 
 
 def judge_example(world, rng, countries, pairwise):
     """One graded case, right or wrong by construction: (prompt, rationale and verdict). The
-    reference is any value of the asked attribute (an answer key), so the judge must read it,
-    not recall the world; the wrong answer is another value of that attribute. The rationale
-    puts the two names side by side before saying same/different: a tiny model cannot compare
-    tokens that sit far apart, but learns to compare neighbours quickly."""
+    reference is any value of the attribute, so the judge must read it, not recall the world.
+    The rationale sets the names side by side: a tiny model compares neighbours quickly."""
     c, a = rng.choice(countries), rng.choice(ATTRIBUTES)
     values = sorted({world[x][a] for x in world})
     reference = rng.choice(values)
     wrong = rng.choice([v for v in values if v != reference])
-    same = {True: "same", False: "different"}
     if pairwise:
-        first, second = (reference, wrong) if rng.random() < 0.5 else (wrong, reference)
-        return (judge_prompt(question(c, a), reference, first, second),
-                f" {reference} vs {first}: {same[first == reference]}; {reference} vs {second}:"
-                f" {same[second == reference]}.\nVerdict: {'A' if first == reference else 'B'}")
-    answer = reference if rng.random() < 0.5 else wrong
-    return (judge_prompt(question(c, a), reference, answer), f" {reference} vs {answer}:"
-            f" {same[answer == reference]}.\nVerdict: {'PASS' if answer == reference else 'FAIL'}")
+        shown = (reference, wrong) if rng.random() < 0.5 else (wrong, reference)
+    else:
+        shown = (reference if rng.random() < 0.5 else wrong,)
+    labels = ("A", "B") if pairwise else ("PASS", "FAIL")
+    steps = "; ".join(f"{reference} vs {x}: {'same' if x == reference else 'different'}"
+                      for x in shown)
+    return (judge_prompt(QUESTION.format(a, c), reference, *shown),
+            f" {steps}.\nVerdict: {labels[shown[0] != reference]}")
 
 
 def unseen_items(world, tok):
     """Every fact in PARAPHRASES' wording: (prompt ids, right reply, the attribute's others)."""
-    return [(tok.encode(qa_prompt(PARAPHRASES[a].format(c))), f" {v}", [f" {x}" for x in sorted(
+    return [(tok.encode(f"Q: {PARAPHRASES[a].format(c)}\nA:"), f" {v}", [f" {x}" for x in sorted(
         {world[other][a] for other in world} - {v})]) for c in world for a, v in world[c].items()]
 
 
 def training_pairs(world, train, tok, cfg, rng):
-    """(prompt ids, reply ids) for finetune: every fact as a question, the descriptions of the
-    training countries, and graded judge cases, point- and pairwise in turn. An answer starts
-    with a space, so that a name is the one BPE token it is in running text (" Quel")."""
-    qa = [(qa_prompt(question(c, a)), f" {v}") for c in world for a, v in world[c].items()]
+    """(prompt ids, reply ids): every fact as a question, the training countries' descriptions,
+    judge cases point- and pairwise in turn. A reply starts with a space, so that a name is the
+    one BPE token it is in running text (" Quel")."""
+    qa = [(f"Q: {QUESTION.format(a, c)}\nA:", f" {v}") for c in world for a, v in world[c].items()]
     described = [(f"Describe {c}.\n", description(world, c)) for c in train]
     texts = qa * cfg.repeat + described * cfg.repeat
     texts += [judge_example(world, rng, train, i % 2 == 1) for i in range(cfg.judge_cases)]
@@ -573,8 +510,8 @@ def training_pairs(world, train, tok, cfg, rng):
 # ----------------------------------------------------------------------------- the report card
 
 def qa_rows(model, tok, items, cfg, wording):
-    """items: (prompt ids, right reply, wrong replies). pass@1, pass@k and maj@n of n sampled
-    replies, then multiple choice among the right reply and (up to) three wrong ones."""
+    """items: (prompt ids, right reply, wrong replies). pass@1, pass@k and maj@n of n samples,
+    then multiple choice among the right reply and (up to) three wrong ones."""
     n = cfg.samples
     k = min(4, n)
     rng = random.Random(cfg.seed + 1)
@@ -600,8 +537,8 @@ def corpus_row(model, tok):  # the end of the corpus, which train.py holds out t
 
 
 def instruction_card(model, tok, cfg):
-    """A chat checkpoint as it is: held-out perplexity, and gpt.py's held-out instructions (the
-    task of sft.py and dpo.py) answered greedily, sampled and as multiple choice."""
+    """A chat checkpoint as it is: gpt.py's held-out instructions (sft.py's and dpo.py's task)
+    answered greedily, sampled and as multiple choice."""
     task = gpt.make_task(0, cfg.instructions, cfg.seed)[1]  # (task, instruction, answer)
     accuracy, nll, _ = gpt.evaluate_instructions(model, tok, task)
     items = [(gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True), a,  # as sft.py asks
@@ -612,21 +549,22 @@ def instruction_card(model, tok, cfg):
 
 
 def world_card(model, tok, world, held_out, cfg):
-    """Every evaluation of this file on one model: [(row, value)], and its descriptions."""
+    """Every evaluation of this file on one model: [(row, value)], and an example of each kind."""
     refs = [description(world, c) for c in held_out]
     prompts = [f"Describe {c}.\n" for c in held_out]
     hyps = [r[0] for r in replies(model, tok, [tok.encode(p) for p in prompts], 1, 0, 48)]
     facts = [(c, a, v) for c in world for a, v in world[c].items()]
-    checks = [ok for h, c in zip(hyps, held_out) for _, ok in fact_check(h, c, set(facts))]
+    checks = [fact_check(h, c, set(facts)) for h, c in zip(hyps, held_out)]
     texts = [tok.encode(p + r) for p, r in zip(prompts, refs)]
     rouge_l = [rouge(h, r)["rougeL"][2] for h, r in zip(hyps, refs)]
+    supported = [ok for claims in checks for _, ok in claims] or [0]
     rows = [("perplexity, held-out descriptions", perplexity(model, texts)), corpus_row(model, tok),
             ("BLEU, held-out descriptions", bleu(hyps, [[r] for r in refs])),
             ("ROUGE-L F1 (x100)", 100 * mean(rouge_l)),
             ("METEOR (x100)", 100 * mean([meteor(h, r) for h, r in zip(hyps, refs)])),
-            ("factual precision of their claims %", 100 * mean(checks or [0]))]
+            ("factual precision of their claims %", 100 * mean(supported))]
     rows += qa_rows(model, tok, unseen_items(world, tok), cfg, "unseen wording")
-    trained = [tok.encode(qa_prompt(question(c, a))) for c, a, _ in facts]
+    trained = [tok.encode(f"Q: {QUESTION.format(a, c)}\nA:") for c, a, _ in facts]
     recalled = replies(model, tok, trained, cfg.samples, cfg.temperature, seed=cfg.seed)
     memorised = mean([s == v for (*_, v), answers in zip(facts, recalled) for s in answers])
     rows.append(("QA pass@1 %, trained wording (memorisation)", 100 * memorised))
@@ -634,11 +572,16 @@ def world_card(model, tok, world, held_out, cfg):
     cases = []  # about countries the judge never graded: each fact right, then wrong
     for c, a in [(c, a) for c in held_out for a in ATTRIBUTES]:
         wrong = rng.choice([world[x][a] for x in world if x != c])
-        cases += [(question(c, a), world[c][a], world[c][a]), (question(c, a), world[c][a], wrong)]
+        cases += [(QUESTION.format(a, c), world[c][a], world[c][a]),
+                  (QUESTION.format(a, c), world[c][a], wrong)]
     labels = ["PASS", "FAIL"] * (len(cases) // 2)
-    verdicts, _ = run_judge(model, tok, [judge_prompt(*case) for case in cases])
+    verdicts, rationales = run_judge(model, tok, [judge_prompt(*case) for case in cases])
     pairs = judge_pairwise(model, tok, [(q, r, r, w) for q, r, w in cases[1::2]])
-    plain, padded = verbosity_probe(model, tok, cases)
+    example = (f"a held-out description: {hyps[0]!r}\n  reference: {refs[0]!r}\n  fact check: "
+               + "; ".join(f"{claim} {'supported' if ok else 'NOT supported'}"
+                           for claim, ok in checks[0])
+               + f"\na judge call: {cases[1]}\n  rationale {rationales[1]!r} -> verdict"
+               f" {verdicts[1]}")
     return rows + [("judge agreement with labels %", 100 * raw_agreement(verdicts, labels)),
                    ("judge Cohen's kappa", cohen_kappa(verdicts, labels)),
                    ("judge F1 of PASS", precision_recall_f1(verdicts, labels, positive="PASS")[2]),
@@ -646,15 +589,17 @@ def world_card(model, tok, world, held_out, cfg):
                    ("pairwise: right answer wins both orders %",
                     100 * mean([w == 1 for w in pairs["winners"]])),
                    ("pairwise: picks position A %", 100 * pairs["chose_A"]),
-                   ("verbosity: PASS rate, plain answers %", 100 * plain),
-                   ("verbosity: PASS rate, same answers padded %", 100 * padded)], hyps, cases
+                   ("verbosity: PASS rate, plain answers %",
+                    100 * verdicts.count("PASS") / len(cases)),
+                   ("verbosity: PASS rate, same answers padded %",
+                    100 * verbosity_probe(model, tok, cases))], example
 
 
 # ----------------------------------------------------------------------------- fine-tuning
 
 def tiny_model(cfg, world, device):
-    """From scratch: a BPE vocabulary trained on some corpus text plus the world's names (so each
-    name is a token, as real names are in a large vocabulary), and an untrained GPT."""
+    """A BPE vocabulary of corpus text and the world's names (each name a token, as real names
+    are in a large vocabulary), and an untrained GPT."""
     names = " ".join(f"{c} {a} {v}." for c in world for a, v in world[c].items())
     template = judge_prompt("What is the capital of X?", "Y", "Z") + judge_prompt(*"QRAB")
     text = gpt.embedded_corpus()[:20_000] + f"\n{names}" * 40 + template * 40
@@ -691,15 +636,16 @@ def main(cfg):
     torch.manual_seed(cfg.seed)
     plt = gpt.pyplot(cfg.plot)
     path = os.path.join(cfg.out_dir, "ckpt.pt")
-    state = None
+    ckpt = None
     with gpt.bad_input():
         if cfg.ckpt or cfg.init or cfg.resume:
-            model, tok, state = gpt.load_model(path if cfg.resume else cfg.ckpt or cfg.init)
+            model, tok, ckpt = gpt.load_model(path if cfg.resume else cfg.ckpt or cfg.init)
             model.to(device)  # the checkpoint's RNG states stay on the CPU, where torch wants them
             gpt.check_chat_model(model, tok, 64)  # the instructions' context, as in sft.py
         if cfg.resume:
-            gpt.check_resume(path, state, cfg)
-    log = gpt.RunLog(cfg.out_dir, step=state["step"] if cfg.resume else 0)
+            gpt.check_resume(path, ckpt, cfg)
+    ckpt = ckpt if cfg.resume else None  # what --resume continues
+    log = gpt.RunLog(cfg.out_dir, step=ckpt["step"] if ckpt else 0)
     if cfg.ckpt:
         rows = instruction_card(model.eval(), tok, cfg)
         print(f"{cfg.ckpt}, as it is")
@@ -708,29 +654,23 @@ def main(cfg):
             print(f"{name:<48} {value:>9.2f}")
         return rows
     world = make_world(cfg.countries, cfg.seed)
-    train, held_out = list(world)[:-cfg.held_out], list(world)[-cfg.held_out:]
+    held_out = list(world)[-cfg.held_out:]
     if not (cfg.init or cfg.resume):
         model, tok = tiny_model(cfg, world, device)
-    pairs = training_pairs(world, train, tok, cfg, random.Random(cfg.seed))
+    pairs = training_pairs(world, list(world)[:-cfg.held_out], tok, cfg, random.Random(cfg.seed))
     with gpt.bad_input():  # an --init checkpoint too short for the task: say so before training
         gpt.check_chat_model(model, tok, max(len(p) + len(c) for p, c in pairs))
     print(f"{gpt.count_params(model) / 1e6:.2f}M parameters; {len(world)} countries x 3 facts,"
           f" {len(held_out)} held out")
-    before = state["before"] if cfg.resume else world_card(model, tok, world, held_out, cfg)[0]
-    if not finetune(model, tok, pairs, cfg, log, state if cfg.resume else None, before):
+    before = ckpt["before"] if ckpt else world_card(model, tok, world, held_out, cfg)[0]
+    if not finetune(model, tok, pairs, cfg, log, ckpt, before):
         return print(f"stopped after {cfg.stop_after} steps: {path} (--resume continues)")
-    after, hyps, cases = world_card(model, tok, world, held_out, cfg)
+    after, example = world_card(model, tok, world, held_out, cfg)
     print(f"\n{'report card':<48} {'base':>9} {'fine-tuned':>11}")
     for (name, base), (_, tuned) in zip(before, after):
         log(step=cfg.steps, metric=name, base=base, fine_tuned=tuned)
         print(f"{name:<48} {base:>9.2f} {tuned:>11.2f}")
-    knowledge = {(c, a, v) for c in world for a, v in world[c].items()}
-    checks = fact_check(hyps[0], held_out[0], knowledge)
-    print(f"\na held-out description: {hyps[0]!r}\n  reference: {description(world, held_out[0])!r}"
-          "\n  fact check: " + "; ".join(f"{claim} {'supported' if ok else 'NOT supported'}"
-                                         for claim, ok in checks))
-    (verdict,), (rationale,) = run_judge(model, tok, [judge_prompt(*cases[1])])
-    print(f"a judge call: {cases[1]}\n  rationale {rationale!r} -> verdict {verdict}")
+    print(f"\n{example}")
     if plt:
         gpt.plot_curves(plt, log, ["loss"], os.path.join(cfg.out_dir, "loss.png"))
     return after
@@ -740,10 +680,9 @@ def main(cfg):
 # For ROUGE's and METEOR's stemming, not the lecture: Porter (1980) exactly as NLTK's
 # PorterStemmer() in its default NLTK_EXTENSIONS mode, which rouge-score and NLTK's METEOR use.
 
-_IRREGULAR = dict(pair.split(":") for pair in "skies:sky sky:sky dying:die lying:lie tying:tie "
-                  "news:news innings:inning inning:inning outings:outing outing:outing cannings:"
-                  "canning canning:canning howe:howe proceed:proceed exceed:exceed succeed:succeed"
-                  .split())
+_IRREGULAR = {"skies": "sky", "dying": "die", "lying": "lie", "tying": "tie", "innings": "inning",
+              "outings": "outing", "cannings": "canning"}  # NLTK's, beside the words it keeps:
+_KEPT = {"sky", "news", "inning", "outing", "canning", "howe", "proceed", "exceed", "succeed"}
 # suffix:replacement per step, the first suffix the word ends with decides (longer ones first)
 _RULES = {step: [rule.partition(":")[::2] for rule in rules.split()] for step, rules in [
     (1, "sses:ss ies:i ss:ss s:"),
@@ -772,22 +711,19 @@ def _ends_cvc(stem):  # *o: consonant-vowel-consonant, the last not w, x, y (NLT
         (len(f) == 2 and not f[0] and f[1])
 
 
-def _apply(word, step, above=-1):
-    """Step's first rule whose suffix ends the word, if the rest has m > above (and for -ion, ends
-    in s or t); a failed condition leaves the word as it is."""
+def _apply(word, step, above=-1):  # the first rule whose suffix ends word, if the stem's m > above
+
     for suffix, replacement in _RULES[step]:
         if word.endswith(suffix):
             stem = word[:len(word) - len(suffix)]
             ok = _measure(stem) > above and (suffix != "ion" or stem.endswith(("s", "t")))
-            return stem + replacement if ok else word
+            return stem + replacement if ok else word  # a failed condition ends the step
     return word
 
 
-def porter_stem(word):
-    """Five steps of suffix rules guarded by the stem's measure m, with NLTK's irregular forms
-    and its ies/ied/y/alli/logi/fulli tweaks."""
+def porter_stem(word):  # five steps of rules guarded by m, with NLTK's tweaks and irregular forms
     w = word.lower()
-    if w in _IRREGULAR or len(w) <= 2:
+    if w in _IRREGULAR or w in _KEPT or len(w) <= 2:
         return _IRREGULAR.get(w, w)
     w = w[:-1] if w.endswith("ies") and len(w) == 4 else _apply(w, 1)  # 1a (NLTK: dies -> die)
     stem = next((w[:-len(s)] for s in ("ed", "ing") if w.endswith(s)), None)  # 1b
