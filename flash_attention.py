@@ -57,15 +57,13 @@ class Config:
 # ----------------------------------------------------------------------------- reference
 
 def causal_mask(Lq, Lk, device=None):
-    """Bottom-right aligned causal mask (Lq, Lk): query r sees key c iff c <= r + (Lk - Lq).
-    With Lq < Lk the queries are the last Lq positions (decoding with a cache); with Lq > Lk the
-    first Lq - Lk queries see nothing."""
+    """(Lq, Lk), bottom-right aligned: query r sees key c iff c <= r + (Lk - Lq), as when the
+    queries are the last Lq positions (decoding with a cache); Lq > Lk: the first see nothing."""
     return torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril(diagonal=Lk - Lq)
 
 
 def naive_attention(q, k, v, causal=False, scale=None):
-    """softmax(Q K^T * scale) V with the whole (B, H, Lq, Lk) matrix in memory. Rows with no
-    visible key give 0, as F.scaled_dot_product_attention does."""
+    """softmax(Q K^T * scale) V, all (B, H, Lq, Lk) of it in memory; a row with no key gives 0."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     S = scale * q @ k.transpose(-2, -1)  # (B, H, Lq, Lk)
     if not causal:
@@ -75,16 +73,14 @@ def naive_attention(q, k, v, causal=False, scale=None):
     return P @ v
 
 
-def sdpa(q, k, v, causal=False):
-    """F.scaled_dot_product_attention with bottom-right causal alignment (is_causal is top-left)."""
+def sdpa(q, k, v, causal=False):  # bottom-right causal alignment (is_causal is top-left)
     if not causal or q.shape[-2] == k.shape[-2]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def check_inputs(q, k, v):
-    """Clear errors for the mistakes that are easy to make with attention tensors."""
+def check_inputs(q, k, v):  # the mistakes that are easy to make with attention tensors
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if not (q.dim() == k.dim() == v.dim() == 4) or q.shape[:2] != k.shape[:2] or (
             k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]):
@@ -99,17 +95,15 @@ def check_inputs(q, k, v):
 
 # ----------------------------------------------------------------------------- in PyTorch
 
-def _tile_keep(i0, i1, j0, j1, offset, device):
-    """Causal keep-mask of the tile rows i0:i1 x cols j0:j1, or None when all of it is visible."""
+def _tile_keep(i0, i1, j0, j1, offset, device):  # causal mask of a tile, None if all is seen
     if j1 - 1 <= i0 + offset:  # the tile's last key is visible to its first query
         return None
     rows = torch.arange(i0, i1, device=device)[:, None]
     return torch.arange(j0, j1, device=device) <= rows + offset
 
 
-def _torch_forward(q, k, v, causal, scale, block_q, block_k):
-    """Returns O and L = logsumexp of each score row, in float32 (float64 for float64 inputs)."""
-    acc = torch.promote_types(q.dtype, torch.float32)
+def _torch_forward(q, k, v, causal, scale, block_q, block_k):  # -> O, L = logsumexp rows
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
     Lq, Lk = q.shape[2], k.shape[2]
     offset = Lk - Lq  # bottom-right causal alignment
     O = q.new_empty(q.shape[:3] + v.shape[-1:], dtype=acc)  # (B, H, Lq, d_v)
@@ -172,8 +166,7 @@ def _torch_backward(q, k, v, O, L, dO, causal, scale, block_q, block_k):
     return dQ.to(q.dtype), dK.to(k.dtype), dV.to(v.dtype)
 
 
-class FlashAttentionTorch(torch.autograd.Function):
-    """Saves q, k, v, O and L (linear in N); the backward recomputes the rest tile by tile."""
+class FlashAttentionTorch(torch.autograd.Function):  # saves q, k, v, O, L: linear in N
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, block_q, block_k):
@@ -188,9 +181,8 @@ class FlashAttentionTorch(torch.autograd.Function):
 
 
 def flash_attention_torch(q, k, v, causal=False, scale=None, block_q=256, block_k=256):
-    """The PyTorch FlashAttention-2 on any device; q (B, H, Lq, d), k (B, H, Lk, d) and
-    v (B, H, Lk, d_v). Tiles of 256 x 256 ran fastest on CPU (Python overhead per tile against
-    cache-sized work)."""
+    """FlashAttention-2 in PyTorch on any device. 256 x 256 tiles ran fastest on CPU (Python
+    overhead per tile against cache-sized work)."""
     check_inputs(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTorch.apply(q, k, v, causal, scale, block_q, block_k)
@@ -219,8 +211,8 @@ if triton is not None:
            128: [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2)]}
 
     def _autotune(table, interpreted):
-        """Autotune over the candidates listed for the call's head dim (16 and 32 take those of
-        64); in the interpreter one small tiling, so that tiny tests span several tiles."""
+        """The candidates listed for the head dim (16 and 32 take 64's); in the interpreter one
+        small tiling, so that tiny tests span several tiles."""
         key = ["Lq", "Lk", "HEAD_DIM", "CAUSAL"]
         if INTERPRET:
             return triton.autotune([triton.Config(dict(BLOCK_M=interpreted[0],
@@ -249,8 +241,8 @@ if triton is not None:
 
     @triton.jit
     def _load_rows(base, idx, dims, n, MASKED: tl.constexpr):
-        """Rows idx of an (n, d) matrix; with MASKED, rows past n read as 0. The addresses are
-        built here from 1-D indices rather than kept as a 2-D tensor of pointers, which spills."""
+        """Rows idx of an (n, d) matrix, those past n as 0 with MASKED. Addresses from 1-D
+        indices here: a 2-D tensor of pointers kept across the loop spills registers."""
         ptrs = base + idx[:, None] * dims.shape[0] + dims[None, :]
         if MASKED:
             rows = tl.load(ptrs, mask=idx[:, None] < n, other=0.0)
@@ -261,8 +253,8 @@ if triton is not None:
     @triton.jit
     def _key_split(start_m, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr):
-        """The keys a query tile visits, [0, end), split at full_end: before it whole tiles that
-        every row of the tile sees (no mask); after it tiles cut by the diagonal or ragged end."""
+        """A query tile's keys [0, end): before full_end, tiles seen whole (no mask); after it,
+        tiles cut by the diagonal or the ragged end."""
         if CAUSAL:
             full_end = tl.maximum(start_m + Lk - Lq + 1, 0) // BLOCK_N * BLOCK_N
             end = tl.minimum(start_m + BLOCK_M + Lk - Lq, Lk)  # nothing after the last diagonal
@@ -425,8 +417,7 @@ if triton is not None:
         tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=rows[:, None] < Lq)
 
 
-def _triton_forward(q, k, v, causal, scale):
-    """O (in q's dtype) and L = logsumexp of each score row in float32; q, k, v contiguous."""
+def _triton_forward(q, k, v, causal, scale):  # O in q's dtype, L in float32; all contiguous
     B, H, Lq, d = q.shape
     O = torch.empty_like(q)
     L = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
@@ -470,8 +461,7 @@ def _triton_supports(q, v):
     return q.dtype in TRITON_DTYPES and d in TRITON_HEAD_DIMS and v.shape[-1] == d
 
 
-def flash_attention_triton(q, k, v, causal=False, scale=None):
-    """The Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+def flash_attention_triton(q, k, v, causal=False, scale=None):  # CUDA, or CPU interpreted
     check_inputs(q, k, v)
     if triton is None:
         raise RuntimeError("Triton is not installed: pip install triton, or use the PyTorch path")
@@ -488,9 +478,8 @@ def flash_attention_triton(q, k, v, causal=False, scale=None):
 
 
 def flash_attention(q, k, v, causal=False, scale=None):
-    """Exact attention softmax(Q K^T * scale) V in the (B, H, N, d) layout of
-    F.scaled_dot_product_attention, differentiable; causal masking is bottom-right aligned (query
-    r sees keys c <= r + Lk - Lq). The Triton kernels on CUDA for the shapes they take."""
+    """softmax(Q K^T * scale) V, exact and differentiable, in SDPA's layout: q (B, H, Lq, d),
+    k (B, H, Lk, d), v (B, H, Lk, d_v), causal bottom-right; Triton on CUDA where it can."""
     check_inputs(q, k, v)
     if triton is not None and q.is_cuda and _triton_supports(q, v):
         return flash_attention_triton(q, k, v, causal, scale)
@@ -500,16 +489,14 @@ def flash_attention(q, k, v, causal=False, scale=None):
 # ----------------------------------------------------------------------------- IO analysis
 
 def hbm_accesses(N, d, sram):
-    """Elements read + written in HBM by one head's attention forward: (naive, tiled, tile size).
-    Naive: S = Q K^T reads Q, K and writes S; P = softmax(S) reads S, writes P; O = P V reads P, V
-    and writes O. Tiled (FlashAttention-2 loop order): Q read once; K and V once per query tile;
-    O and L written once."""
+    """HBM elements read + written by one head's forward: (naive, tiled, tile size)."""
+    # naive: S = Q K^T reads Q, K, writes S; P = softmax(S) reads S, writes P; O = P V reads P, V
     naive = (2 * N * d + N * N) + (N * N + N * N) + (N * N + N * d + N * d)  # = 4 N^2 + 4 N d
     # B: the largest square tile whose working set fits, Q_i, O_i, K_j, V_j (4 B d) and S_ij (B^2)
     B = math.isqrt(4 * d * d + sram) - 2 * d  # solves B^2 + 4 d B <= sram
     if B < 1:
         raise ValueError(f"sram={sram} elements cannot hold a 1-row tile at d={d}: more SRAM")
-    query_tiles = -(-N // B)
+    query_tiles = -(-N // B)  # tiled: Q once, K and V once per query tile, O and L once
     tiled = N * d + query_tiles * 2 * N * d + N * d + N  # ~ 2 N^2 d / B ~ 8 N^2 d^2 / M
     return naive, tiled, B
 
@@ -529,8 +516,7 @@ def print_io_table(sram_kb):
 
 # ----------------------------------------------------------------------------- main
 
-def check_table(device, d):
-    """Max |error| of O, dQ, dK, dV against float64 naive attention, for ours and for SDPA."""
+def check_table(device, d):  # max |error| of O, dQ, dK, dV: ours and SDPA's
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     print(f"max |error| of O, dQ, dK, dV against float64 naive attention ({dtype}, B=1, H=4, "
           f"d={d}); ours passes within 2x SDPA's error + 1e-6")

@@ -1,22 +1,20 @@
 """ViT: an image is a sequence of patches, and a Transformer encoder reads it.
 
-Cut an H x W image into N = HW / P^2 patches of P x P pixels and map each flattened patch to a
-D-wide token, x_p E (a conv whose kernel and stride are both P). Prepend a learned [CLS] token,
-add position embeddings, run pre-norm blocks z = z + MSA(LN(z)); z = z + MLP(LN(z)), and classify
-y = head(LN(z)_[CLS]) (or the mean of the patch tokens). Then a tiny vision-language model:
-the ViT's patch tokens, projected into a gpt.py decoder's input, answer questions about the image.
-Papers: Dosovitskiy et al. 2020 (ViT), Liu et al. 2023 (LLaVA), He et al. 2021 (MAE: 2D sin-cos).
+Cut an H x W image into N = HW / P^2 patches, map each flattened patch to a token x_p E (a conv
+with kernel = stride = P), prepend a [CLS] token, add positions, run pre-norm blocks
+z = z + MSA(LN(z)); z = z + MLP(LN(z)), and classify y = head(LN(z)_[CLS]) (or the patch mean).
+Then a tiny vision-language model: the ViT's tokens, projected into a gpt.py decoder's input,
+answer questions about the image. Dosovitskiy et al. 2020 (ViT), Liu et al. 2023 (LLaVA), He et
+al. 2021 (MAE: 2D sin-cos).
 
     python vit.py                             # CPU: ViT vs CNN, attention map, VLM (~3 min)
     python vit.py --pool=mean --pos=sincos    # mean pooling, fixed 2D sin-cos positions
     python vit.py --plot                      # also out/vit/attention.png (needs matplotlib)
     python vit.py --data=mnist --patch_size=7 # or cifar10: downloaded once into data/
 
-On CPU you see test accuracy of the ViT and of a CNN with about as many parameters trained for
-the same steps, the [CLS] attention (with --pool=mean: the patches' mean attention) over the
-patches of one image as a text heat map, and the vision-language model's accuracy per question
-("what shape is this?", "what colour ...?", ...). Only the VLM demo needs gpt.py (imported
-inside it): the ViT itself can be copied on its own.
+On CPU: the test accuracy of the ViT and of a CNN as large, the attention the head reads over
+one image's patches as a text heat map, and the VLM's accuracy per question. Only the VLM needs
+gpt.py (imported inside it): the ViT can be copied on its own.
 Left out: data augmentation and regularisation (the ViT paper's large-data recipe), pretraining
 at scale, and the VLM's instruction tuning: its decoder is trained from scratch on templates.
 """
@@ -35,7 +33,6 @@ import time
 import typing
 import urllib.error
 import urllib.request
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,14 +87,13 @@ class ViTConfig:
     n_layer: int = 4  # encoder blocks
     n_head: int = 4  # attention heads
     n_embd: int = 64  # token width D
-    mlp_hidden: int = 0  # MLP width; 0 = 4 * n_embd
     dropout: float = 0.0  # on attention weights and residual branches
     pool: str = "cls"  # cls (the [CLS] token) | mean (average of the patch tokens)
     pos: str = "learned"  # learned (1D table) | sincos (fixed 2D sine-cosine)
 
     def __post_init__(self):
-        sizes = ("image_size", "patch_size", "channels", "n_classes", "n_layer", "n_head", "n_embd")
-        for name in sizes:
+        for name in ("image_size", "patch_size", "channels", "n_classes", "n_layer", "n_head",
+                     "n_embd"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.image_size % self.patch_size:
@@ -110,7 +106,6 @@ class ViTConfig:
         for name, allowed in [("pool", ("cls", "mean")), ("pos", ("learned", "sincos"))]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
-        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
 
     @property
     def n_patches(self):
@@ -120,9 +115,8 @@ class ViTConfig:
 # ----------------------------------------------------------------------------- the model
 
 class PatchEmbedding(nn.Module):
-    """Token p = x_p E + b for every P x P patch x_p. As a conv, kernel = stride = P; as unfold +
-    linear, cut the patches out, flatten each (C*P*P values, channel-major) and multiply by the
-    same E: the two are one linear map, shown equal in the tests and in main()."""
+    """Token p = x_p E + b per P x P patch x_p: a conv with kernel = stride = P, or the same map
+    as unfold (each patch flattened channel-major) + linear, shown equal in main()."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -138,8 +132,8 @@ class PatchEmbedding(nn.Module):
 
 
 def sincos_2d(grid, dim):
-    """Fixed 2D positions (MAE): the patch at (row r, col c) gets [sin(c w), cos(c w), sin(r w),
-    cos(r w)], w_i = 10000^(-i / (dim/4)), i < dim/4; the [CLS] slot gets zeros. (1, 1 + N, dim)"""
+    """(1, 1 + N, dim), fixed (MAE): the patch at (r, c) gets [sin(c w), cos(c w), sin(r w),
+    cos(r w)], w_i = 10000^(-i / (dim/4)), i < dim/4; the [CLS] slot gets zeros."""
     w = 10000.0 ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     steps = torch.arange(grid, dtype=torch.float64)
     r, c = torch.meshgrid(steps, steps, indexing="ij")
@@ -180,8 +174,8 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
         self.attn = Attention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, cfg.mlp_hidden), nn.GELU(),
-                                 nn.Linear(cfg.mlp_hidden, cfg.n_embd))
+        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, z):
@@ -208,14 +202,12 @@ class ViT(nn.Module):
     def embed(self, img):  # (B, C, H, W) -> z_0 (B, 1 + N, D)
         side = self.config.image_size
         if img.shape[1:] != (self.config.channels, side, side):
-            raise ValueError(f"images of shape {tuple(img.shape[1:])}, but the model takes "
-                             f"({self.config.channels}, {side}, {side}): resize them or change"
-                             " the config")
+            raise ValueError(f"images of shape {tuple(img.shape[1:])}, not ({self.config.channels}"
+                             f", {side}, {side}): resize them or change the config")
         x = self.patch(img)  # (B, N, D)
         return self.drop(torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos_emb)
 
-    def features(self, img):
-        """Every token after the last block and the final LayerNorm: (B, 1 + N, D), [CLS] first."""
+    def features(self, img):  # -> (B, 1 + N, D), [CLS] first, after the final LayerNorm
         z = self.embed(img)
         for block in self.blocks:
             z = block(z)
@@ -227,9 +219,8 @@ class ViT(nn.Module):
 
     @torch.no_grad()
     def pooled_attention(self, img):
-        """How much the tokens the head reads attend to each patch in the last block, averaged
-        over heads: (B, N). pool=cls: the [CLS] row. pool=mean: the mean of the patch rows, the
-        weight each patch's value gets in the mean of that block's attention outputs."""
+        """(B, N): the last block's attention (mean of heads) from the tokens the head reads to
+        each patch: the [CLS] row, or for pool=mean the mean of the patch rows."""
         z = self.embed(img)
         for block in self.blocks[:-1]:
             z = block(z)
@@ -238,9 +229,8 @@ class ViT(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """The baseline: a stride-2 3x3 conv stem, then 3x3 convs (width w, 2w, 4w), each followed by
-    BatchNorm and ReLU, with 2x2 max-pooling between them, global average pooling and a linear
-    head; w is chosen to match the ViT's parameter count."""
+    """The baseline: 3x3 convs of width w (stride 2), 2w, 4w, each with BatchNorm and ReLU, 2x2
+    max-pooling between them, global average pooling, a linear head."""
 
     def __init__(self, channels, n_classes, width):
         super().__init__()
@@ -257,8 +247,7 @@ class SmallCNN(nn.Module):
         return self.net(img)
 
 
-def cnn_matching(params, channels, n_classes):
-    """The SmallCNN whose parameter count is closest to `params` (the count grows with width)."""
+def cnn_matching(params, channels, n_classes):  # the width whose count is closest to params
     best = SmallCNN(channels, n_classes, 4)
     for width in range(8, 1025, 4):
         cnn = SmallCNN(channels, n_classes, width)
@@ -280,10 +269,8 @@ PLACES = ("top left", "top right", "bottom left", "bottom right")
 
 
 def make_shapes(n, size=32, seed=0):
-    """The embedded data set: one shape (4 kinds) in one colour (3) in one quadrant (4), with
-    random size, offset, colour jitter, background level and pixel noise. Class = shape * 3 +
-    colour (12 classes). Returns images (n, 3, size, size) float32, labels (n,), and the
-    attributes (n, 3) = (shape, colour, quadrant) that the vision-language demo asks about."""
+    """One shape (4 kinds) in one colour (3) in one quadrant (4), jittered, on a noisy background:
+    images (n, 3, size, size), labels shape * 3 + colour (n,), attributes (n, 3) for the VLM."""
     rng = np.random.default_rng(seed)
     shape, colour, place = rng.integers(0, 4, n), rng.integers(0, 3, n), rng.integers(0, 4, n)
     r = rng.uniform(0.11, 0.2, n)[:, None, None] * size  # radius, pixels
@@ -310,8 +297,7 @@ def make_shapes(n, size=32, seed=0):
 # ----------------------------------------------------------------------------- training, pictures
 
 def train_classifier(model, data, steps, lr, batch, device, seed=0, desc="train"):
-    """AdamW (weight decay 0.05) with 10% linear warmup and cosine decay; cross-entropy on
-    random batches of the training split. The same loop, seed and batches for every model."""
+    """AdamW, 10% warmup, cosine decay: the same loop, seed and batches for every model."""
     x, y = data["train"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 10)
@@ -343,23 +329,18 @@ def accuracy(model, x, y, device, batch=500):
     return correct / len(x)
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def autocast(device):  # bfloat16 on CUDA, full precision elsewhere
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
 
 
-def heat_map(values, grid, ramp=" .:-=+*#%@"):
-    """A (grid*grid,) array as lines of text, darkest character = largest value."""
+def heat_map(values, grid, ramp=" .:-=+*#%@"):  # (grid*grid,) as text, largest = darkest
     v = (values - values.min()) / (values.max() - values.min() + 1e-12)
     chars = [ramp[min(len(ramp) - 1, int(u * len(ramp)))] * 2 for u in v.tolist()]
     return ["".join(chars[r * grid:(r + 1) * grid]) for r in range(grid)]
 
 
 def show_attention(vit, img, device, plt=None, path=None):
-    """The image's per-patch brightness beside the attention that the pooled tokens pay to each
-    patch, as text; and, given matplotlib.pyplot, the image and the map as a PNG at path."""
+    """Per-patch brightness beside the attention the head reads, as text; a PNG with plt."""
     cfg = vit.config
     grid = cfg.image_size // cfg.patch_size
     attention = vit.pooled_attention(img[None].to(device))[0].float().cpu()
@@ -380,9 +361,7 @@ def show_attention(vit, img, device, plt=None, path=None):
         print(f"plot: {path}")
 
 
-def pyplot(plot):
-    """matplotlib.pyplot for --plot, else None; without matplotlib, a one-line note now, before
-    any work, and no plot."""
+def pyplot(plot):  # matplotlib.pyplot for --plot; without it, a note before any work
     if not plot:
         return None
     try:
@@ -403,10 +382,8 @@ ANSWERS = {"shape": SHAPES, "colour": tuple(COLOURS), "place": PLACES}  # by att
 
 
 class TinyVLM(nn.Module):
-    """LLaVA's recipe ("method 1": reuse a decoder-only LM). The frozen ViT's output tokens are
-    mapped by a trained 2-layer MLP into the decoder's embedding space and placed before the
-    text: [img_0 .. img_N, question, answer]. The decoder is causal, so the answer reads both
-    the image and the question; the loss is on the answer tokens only."""
+    """LLaVA: a 2-layer MLP maps the frozen ViT's tokens into a decoder-only LM's input, before
+    the text: [img_0 .. img_N, question, answer]. Causal, so the answer reads image and question."""
 
     def __init__(self, vision_dim, decoder):
         super().__init__()
@@ -420,8 +397,7 @@ class TinyVLM(nn.Module):
         return self.decoder.lm_head(h[:, image_tokens.size(1):])
 
 
-def vqa_examples(attrs, tok, rng):
-    """One (kind, prompt ids, answer ids) per image, the question kind drawn at random."""
+def vqa_examples(attrs, tok, rng):  # (kind, prompt ids, answer ids) per image, a random kind
     kinds = list(QUESTIONS)
     out = []
     for row in attrs.tolist():
@@ -431,8 +407,7 @@ def vqa_examples(attrs, tok, rng):
     return out
 
 
-def vqa_batch(examples, rows, device):
-    """Right-padded [prompt, answer] ids (B, T) and a (B, T - 1) mask of the answer targets."""
+def vqa_batch(examples, rows, device):  # right-padded ids (B, T), (B, T - 1) answer targets
     seqs = [examples[r][1] + examples[r][2] for r in rows]
     T = max(map(len, seqs))
     text = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=device)
@@ -443,8 +418,7 @@ def vqa_batch(examples, rows, device):
 
 
 @torch.no_grad()
-def answer(vlm, image_tokens, prompt, newline, max_tokens=16):
-    """Greedy answers to one prompt for a batch of images, each cut at its first newline."""
+def answer(vlm, image_tokens, prompt, newline, max_tokens=16):  # greedy, cut at the newline
     text = torch.tensor(prompt, device=image_tokens.device).expand(len(image_tokens), -1)
     for _ in range(max_tokens):
         text = torch.cat([text, vlm(image_tokens, text)[:, -1].argmax(-1, keepdim=True)], dim=1)
@@ -455,9 +429,8 @@ def answer(vlm, image_tokens, prompt, newline, max_tokens=16):
 
 
 def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, seed=0, batch=64):
-    """Train a TinyVLM on templated questions about n_train fresh shapes images (ones the ViT
-    never trained on, so its frozen tokens look as they will at test time); return its accuracy
-    on the test images per question kind. gpt.py is needed here, and only here."""
+    """Accuracy per question of a TinyVLM trained on n_train fresh images (the ViT's tokens look
+    as at test time). gpt.py is needed here, and only here."""
     import gpt
     tok = gpt.Tokenizer.from_spec("byte", text="bytes need no training")
     images, _, train_attrs = make_shapes(n_train, size=test_images.size(-1), seed=seed + 1)
@@ -584,21 +557,18 @@ def download(url, md5, cache_dir):
     return path
 
 
-def read_idx(path):
-    """An idx file (MNIST's format): 2 zero bytes, a type byte (0x08 = uint8), the number of
-    dimensions, each dimension as a big-endian int32, then the values."""
+def read_idx(path):  # MNIST's format: 0, 0, 0x08 (uint8), ndim, big-endian int32 sizes, values
     with gzip.open(path, "rb") as f:
         data = f.read()
     if data[:3] != b"\x00\x00\x08":
         raise ValueError(f"{path} is not a uint8 idx file")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    shape = np.frombuffer(data, dtype=">i4", count=data[3], offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * data[3]).reshape(shape)
 
 
 def read_cifar(path):
-    """CIFAR-10's python archive: pickled batches of 10000 rows of 3072 bytes (R, G, B planes of
-    32 x 32). Only called on an archive whose MD5 matched, since unpickling runs code."""
+    """Pickled rows of 3072 bytes (R, G, B planes of 32 x 32); unpickling runs code, so only
+    called on an archive whose MD5 matched."""
     split = {"train": ([], []), "test": ([], [])}
     with tarfile.open(path, "r:gz") as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
@@ -612,9 +582,8 @@ def read_cifar(path):
 
 
 def load_data(name, n_train, n_test, cache_dir="data", seed=0):
-    """{"train": (images, labels), "test": ...} as float tensors in [0, 1], and "attrs" for the
-    shapes set: mnist and cifar10 from their archives (cached in cache_dir), the shapes set when
-    they cannot be had, with a message."""
+    """{"train": (images in [0, 1], labels), "test": ...}, and "attrs" for the shapes set, which
+    stands in for mnist or cifar10 when they cannot be had."""
     arrays = None
     if name == "mnist":
         paths = [download(MNIST_URL + f, md5, cache_dir) for f, md5 in MNIST_MD5.items()]
