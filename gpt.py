@@ -455,21 +455,16 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         logits = upcast(model.lm_head(model.hidden(tokens[None], cache=cache))[0])
         return next_token_probs(logits, temperature, top_k, top_p)
 
-    context = torch.tensor(prompt, device=device)
-    for model, cache in ((target, t_cache), (draft, d_cache)):
-        if len(prompt) > 1:
-            model.hidden(context[None, :-1], cache=cache)
-    t_pending = d_pending = context[-1:]  # committed tokens that a cache has not seen yet
     out, stats = [], dict(target_calls=0, drafted=0, accepted=0)
     while len(out) < max_new_tokens and not (out and out[-1] in stop_tokens):
-        t_start, d_start = t_cache.pos, d_cache.pos
+        seq = torch.tensor(prompt + out, device=device)  # a cache is fed seq[cache.pos:], unseen
         drafted, q = [], []  # x_1..x_n and the draft distributions they came from
         for i in range(min(k, max_new_tokens - len(out) - 1)):
             if drafted and int(drafted[-1]) in stop_tokens:
                 break  # whatever follows a stop is thrown away: draft no further
-            q.append(probs(draft, d_pending if i == 0 else drafted[-1][None], d_cache)[-1])
+            q.append(probs(draft, seq[d_cache.pos:] if i == 0 else drafted[-1][None], d_cache)[-1])
             drafted.append(torch.multinomial(q[-1], 1, generator=generator)[0])
-        p = probs(target, torch.cat([t_pending, *[x[None] for x in drafted]]), t_cache)
+        p = probs(target, torch.cat([seq[t_cache.pos:], *[x[None] for x in drafted]]), t_cache)
         p = p[-len(drafted) - 1:]
         accepted, residual = 0, p[len(drafted)]  # p[i]: the target's distribution for x_{i+1}
         for i, x in enumerate(drafted):
@@ -487,15 +482,9 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         stats["target_calls"] += 1
         stats["drafted"] += len(drafted)
         stats["accepted"] += accepted
-        # roll each cache back to the last kept token it has seen; the rest is fed next round
-        t_cache.pos, t_pending = t_start + len(t_pending) + accepted, new
-        if not drafted:
-            d_pending = torch.cat([d_pending, new])
-        elif accepted == len(drafted):  # the draft never fed its own last proposal
-            d_cache.pos = d_start + len(d_pending) + accepted - 1
-            d_pending = torch.cat([drafted[-1][None], new])
-        else:
-            d_cache.pos, d_pending = d_start + len(d_pending) + accepted, new
+        # roll each cache back to the kept tokens it has seen (the draft never fed its last one)
+        t_cache.pos = min(t_cache.pos, len(seq) + accepted)
+        d_cache.pos = min(d_cache.pos, len(seq) + accepted)
     stats["acceptance"] = stats["accepted"] / max(stats["drafted"], 1)
     return out, stats  # it ends at its first stop token, within max_new_tokens
 
