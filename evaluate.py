@@ -712,7 +712,6 @@ def _ends_cvc(stem):  # *o: consonant-vowel-consonant, the last not w, x, y (NLT
 
 
 def _apply(word, step, above=-1):  # the first rule whose suffix ends word, if the stem's m > above
-
     for suffix, replacement in _RULES[step]:
         if word.endswith(suffix):
             stem = word[:len(word) - len(suffix)]
@@ -751,6 +750,4 @@ def porter_stem(word):  # five steps of rules guarded by m, with NLTK's tweaks a
 
 
 if __name__ == "__main__":
-    if gpt is None:
-        raise SystemExit("error: evaluate.py's command line needs torch and gpt.py beside it")
-    main(gpt.parse_args(EvalConfig, gpu=GPU))
+    main(gpt.parse_args(EvalConfig, gpu=GPU) if gpt else None)  # without gpt.py main says so
