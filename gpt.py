@@ -820,10 +820,9 @@ def read_safetensors(path):
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
         data = bytearray(f.read())
+    header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         start, end = info["data_offsets"]
         flat = torch.frombuffer(data[start:end], dtype=SAFETENSORS_DTYPES[info["dtype"]])
         tensors[name] = flat.reshape(info["shape"])
@@ -841,10 +840,8 @@ def from_pretrained(folder):
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
     path = os.path.join(folder, names[0])
-    if path.endswith(".bin"):
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        weights = read_safetensors(path)
+    safe = path.endswith(".safetensors")
+    weights = read_safetensors(path) if safe else torch.load(path, "cpu", weights_only=True)
     return from_pretrained_gpt2(weights, config), Tokenizer.from_hf(folder)
 
 
