@@ -34,11 +34,12 @@ README_REFS = [["The dog bit the man.", "The dog had bit the man."],
 def test_bleu_sacrebleu_readme_example():
     # sacrebleu's README prints "BLEU = 48.53 82.4/50.0/45.5/37.5 (BP = 0.943 ...)"; the full
     # values below are sacrebleu 2.6.0's corpus_bleu with each smoothing / option.
-    assert E.bleu(README_HYPS, README_REFS) == pytest.approx(48.530827009929865, abs=1e-9)
-    assert E.bleu(README_HYPS, README_REFS, smooth="add-k") == pytest.approx(52.70109002482467, abs=1e-9)
-    assert E.bleu(README_HYPS, README_REFS, smooth="floor") == pytest.approx(48.530827009929865, abs=1e-9)
-    assert E.bleu(README_HYPS, README_REFS, tokenize="none") == pytest.approx(49.19195660047277, abs=1e-9)
-    sentence = [E.sentence_bleu(h, r) for h, r in zip(README_HYPS, README_REFS)]  # sacrebleu 2.6.0 sentence_bleu
+    hyps, refs = README_HYPS, README_REFS
+    assert E.bleu(hyps, refs) == pytest.approx(48.530827009929865, abs=1e-9)
+    assert E.bleu(hyps, refs, smooth="add-k") == pytest.approx(52.70109002482467, abs=1e-9)
+    assert E.bleu(hyps, refs, smooth="floor") == pytest.approx(48.530827009929865, abs=1e-9)
+    assert E.bleu(hyps, refs, tokenize="none") == pytest.approx(49.19195660047277, abs=1e-9)
+    sentence = [E.sentence_bleu(h, r) for h, r in zip(hyps, refs)]  # sacrebleu 2.6.0 sentence_bleu
     assert sentence == pytest.approx([100.0, 14.794015674776452, 29.071536848410968], abs=1e-9)
 
 
@@ -69,29 +70,35 @@ def test_bleu_edge_cases():
     # are undefined; sentence BLEU keeps orders 1-2 (p1 = p2 = 100%) with BP = exp(1 - 6/2)
     assert E.bleu(["the cat"], ref) == 0.0
     assert E.sentence_bleu("the cat", ref[0]) == pytest.approx(100 * math.exp(-2), abs=1e-9)
-    assert E.bleu(["the cat"], ref, smooth="add-k") == pytest.approx(13.533528323661276, abs=1e-9)  # sacrebleu 2.6.0
+    add_k = E.bleu(["the cat"], ref, smooth="add-k")
+    assert add_k == pytest.approx(13.533528323661276, abs=1e-9)  # sacrebleu 2.6.0
 
 
 def test_bleu_smoothing_by_hand():
-    # "the dog sat on mat" vs "the cat sat on the mat": matches 4/5, 1/4, 0/3, 0/2 and BP = exp(1 - 6/5).
+    # "the dog sat on mat" vs "the cat sat on the mat": matches 4/5, 1/4, 0/3, 0/2 and
+    # BP = exp(1 - 6/5).
     # exp smoothing gives the zero orders 100/(2*3) and 100/(4*2) percent:
     by_hand = math.exp(1 - 6 / 5) * (80 * 25 * (100 / 6) * 12.5) ** 0.25
     hyp, ref = ["the dog sat on mat"], [["the cat sat on the mat"]]
     assert E.bleu(hyp, ref) == pytest.approx(by_hand, abs=1e-9)
-    assert E.bleu(hyp, ref) == pytest.approx(20.80119537801062, abs=1e-9)  # sacrebleu 2.6.0, and below
+    # sacrebleu 2.6.0, here and below
+    assert E.bleu(hyp, ref) == pytest.approx(20.80119537801062, abs=1e-9)
     assert E.sentence_bleu(hyp[0], ref[0]) == pytest.approx(20.80119537801062, abs=1e-9)
     assert E.bleu(hyp, ref, smooth="floor") == pytest.approx(11.062691203042489, abs=1e-9)
-    assert E.bleu(hyp, ref, smooth="floor", smooth_value=0.3) == pytest.approx(19.16114323211486, abs=1e-9)
+    floor = E.bleu(hyp, ref, smooth="floor", smooth_value=0.3)
+    assert floor == pytest.approx(19.16114323211486, abs=1e-9)
     assert E.bleu(hyp, ref, smooth="add-k") == pytest.approx(33.08516361499262, abs=1e-9)
-    assert E.bleu(hyp, ref, smooth="add-k", smooth_value=2) == pytest.approx(43.54252404797312, abs=1e-9)
+    add_k = E.bleu(hyp, ref, smooth="add-k", smooth_value=2)
+    assert add_k == pytest.approx(43.54252404797312, abs=1e-9)
     assert E.bleu(hyp, ref, smooth="none") == 0.0
 
 
 def test_bleu_multiple_references_closest_length():
     # the closest reference length, the shorter on ties: hyp of 6 words, refs of 5 and 7 ->
     # 5, so no brevity penalty; every n-gram of the hypothesis is in the 7-word reference.
-    assert E.bleu(["a b c d e f"], [["a b c d e", "a b c d e f g"]]) == pytest.approx(100.0, abs=1e-9)
-    assert E.bleu(["a b c d e f"], [["a b c d e f g"]]) == pytest.approx(100 * math.exp(1 - 7 / 6), abs=1e-9)
+    hyp = ["a b c d e f"]
+    assert E.bleu(hyp, [["a b c d e", "a b c d e f g"]]) == pytest.approx(100.0, abs=1e-9)
+    assert E.bleu(hyp, [["a b c d e f g"]]) == pytest.approx(100 * math.exp(1 - 7 / 6), abs=1e-9)
     # three references of 7, 4 and 9 words (sacrebleu 2.6.0)
     refs = [["there is a cat on the mat", "the cat is here", "a cat is on the mat now ok"]]
     assert E.bleu(["the cat is on the mat"], refs) == pytest.approx(73.08015504567588, abs=1e-9)
@@ -104,12 +111,13 @@ def test_bleu_rejects_flat_reference_lists():
         E.bleu(["a"], [["a"]], smooth="laplace")
 
 
-# ----------------------------------------------------------------------------- ROUGE and the stemmer
+# ------------------------------------------------------------------------- ROUGE and the stemmer
 
 def test_rouge_readme_example():
     # rouge-score's README: score('The quick brown fox jumps over the lazy dog',
     # 'The quick brown dog jumps on the log.'); values from rouge-score 0.1.2
-    s = E.rouge("The quick brown dog jumps on the log.", "The quick brown fox jumps over the lazy dog")
+    s = E.rouge("The quick brown dog jumps on the log.",
+                "The quick brown fox jumps over the lazy dog")
     assert s["rouge1"] == pytest.approx((0.75, 2 / 3, 0.7058823529411765), abs=1e-12)
     assert s["rouge2"] == pytest.approx((2 / 7, 0.25, 0.26666666666666666), abs=1e-12)
     assert s["rougeL"] == pytest.approx((0.625, 5 / 9, 0.5882352941176471), abs=1e-12)
@@ -117,7 +125,8 @@ def test_rouge_readme_example():
 
 
 def test_rouge_lsum_and_stemming():
-    pred, ref = "the cats are running\nthe dog sleeps", "a cat runs fast\nthe dogs slept\nthe cat ran"
+    pred = "the cats are running\nthe dog sleeps"
+    ref = "a cat runs fast\nthe dogs slept\nthe cat ran"
     plain, stem = E.rouge(pred, ref), E.rouge(pred, ref, stem=True)  # rouge-score 0.1.2 values
     assert plain["rouge1"] == pytest.approx((2 / 7, 0.2, 0.23529411764705882), abs=1e-12)
     assert plain["rouge2"] == (0.0, 0.0, 0.0)
@@ -129,10 +138,12 @@ def test_rouge_lsum_and_stemming():
 
 def test_rouge_edge_cases_and_multiple_references():
     assert all(v == (0.0, 0.0, 0.0) for v in E.rouge("", "the cat").values())  # empty prediction
-    s = E.rouge("Ünïcödé — naïve café 42!", "naive cafe 42")  # only [a-z0-9] survive (rouge-score 0.1.2)
+    # only [a-z0-9] survive (rouge-score 0.1.2)
+    s = E.rouge("Ünïcödé — naïve café 42!", "naive cafe 42")
     assert s["rouge1"] == pytest.approx((1 / 7, 1 / 3, 0.2), abs=1e-12)
     # several references: per type, the one with the best F (rouge-score's score_multi)
-    s = E.rouge("the cat sat on a mat", ["the cat sat", "a dog sat on a mat", "the cat sat on the mat"])
+    s = E.rouge("the cat sat on a mat",
+                ["the cat sat", "a dog sat on a mat", "the cat sat on the mat"])
     assert s["rouge1"] == pytest.approx((5 / 6,) * 3, abs=1e-12)
     assert s["rouge2"] == pytest.approx((0.6,) * 3, abs=1e-12)
 
@@ -140,23 +151,26 @@ def test_rouge_edge_cases_and_multiple_references():
 def test_porter_stemmer():
     # Porter (1980)'s own examples, plus NLTK's extensions (dies -> die, spied -> spi, sky, dying);
     # expected stems from nltk 3.10.4 PorterStemmer()
-    expected = {"caresses": "caress", "ponies": "poni", "ties": "tie", "dies": "die", "flies": "fli",
-                "feed": "feed", "agreed": "agre", "plastered": "plaster", "motoring": "motor", "sing": "sing",
-                "conflated": "conflat", "hopping": "hop", "falling": "fall", "filing": "file", "happy": "happi",
-                "sky": "sky", "relational": "relat", "conditional": "condit", "rational": "ration",
-                "generalization": "gener", "hopefulness": "hope", "electrical": "electr", "adoption": "adopt",
-                "controlling": "control", "geology": "geolog", "dying": "die", "innings": "inning",
-                "spied": "spi", "died": "die", "running": "run", "generously": "gener"}
+    expected = {"caresses": "caress", "ponies": "poni", "ties": "tie", "dies": "die",
+                "flies": "fli", "feed": "feed", "agreed": "agre", "plastered": "plaster",
+                "motoring": "motor", "sing": "sing", "conflated": "conflat", "hopping": "hop",
+                "falling": "fall", "filing": "file", "happy": "happi", "sky": "sky",
+                "relational": "relat", "conditional": "condit", "rational": "ration",
+                "generalization": "gener", "hopefulness": "hope", "electrical": "electr",
+                "adoption": "adopt", "controlling": "control", "geology": "geolog", "dying": "die",
+                "innings": "inning", "spied": "spi", "died": "die", "running": "run",
+                "generously": "gener"}
     assert {w: E.porter_stem(w) for w in expected} == expected
 
 
 # ----------------------------------------------------------------------------- METEOR
 
-NLTK_HYP = ("It is a guide to action which ensures that the military always obeys the commands of the "
-            "party")
-NLTK_REF1 = "It is a guide to action that ensures that the military will forever heed Party commands"
-NLTK_REF2 = ("It is the guiding principle which guarantees the military forces always being under the "
-             "command of the Party")
+NLTK_HYP = ("It is a guide to action which ensures that the military always obeys the commands"
+            " of the party")
+NLTK_REF1 = ("It is a guide to action that ensures that the military will forever heed Party"
+             " commands")
+NLTK_REF2 = ("It is the guiding principle which guarantees the military forces always being under"
+             " the command of the Party")
 
 
 def test_meteor_nltk_docstring_example():
@@ -164,20 +178,23 @@ def test_meteor_nltk_docstring_example():
     # and the same with three references; no synonym matters in it (nltk 3.10.4, no WordNet:
     # 0.6944444444444445)
     assert E.meteor(NLTK_HYP, NLTK_REF1) == pytest.approx(0.6944444444444445, abs=1e-12)
-    assert E.meteor(NLTK_HYP, [NLTK_REF1, NLTK_REF2]) == pytest.approx(0.6944444444444445, abs=1e-12)
+    two = E.meteor(NLTK_HYP, [NLTK_REF1, NLTK_REF2])
+    assert two == pytest.approx(0.6944444444444445, abs=1e-12)
 
 
 def test_meteor_by_hand():
     # exact: the, home; stems: cats~cat, running~runs. m = 4, P = 4/5, R = 1,
     # F = P R / (0.9 P + 0.1 R) = 0.8 / 0.82; 2 chunks -> penalty 0.5 (2/4)^3 = 0.0625
-    assert E.meteor("the cats were running home", "the cat runs home") == pytest.approx(0.9375 * 0.8 / 0.82, abs=1e-12)
+    hyp, ref = "the cats were running home", "the cat runs home"
+    assert E.meteor(hyp, ref) == pytest.approx(0.9375 * 0.8 / 0.82, abs=1e-12)
     # every word matches but no two neighbours stay neighbours: 6 chunks of 6, penalty 0.5
-    assert E.meteor("on the mat sat the cat", "the cat sat on the mat") == pytest.approx(0.5, abs=1e-12)
+    shuffled, sentence = "on the mat sat the cat", "the cat sat on the mat"
+    assert E.meteor(shuffled, sentence) == pytest.approx(0.5, abs=1e-12)
     # greedy matching from the right: the last "the" of the hypothesis takes the last "the"
     assert E.meteor("the the the", "the cat the") == pytest.approx(1 / 3, abs=1e-12)  # nltk 3.10.4
     # the weights: alpha = 0.5 is the plain F1 of P and R; gamma = 0 switches the penalty off
-    assert E.meteor("the cats were running home", "the cat runs home", alpha=0.5, gamma=0.0) == pytest.approx(0.8 / 0.9)
-    assert E.meteor("on the mat sat the cat", "the cat sat on the mat", beta=1.0, gamma=0.25) == pytest.approx(0.75)
+    assert E.meteor(hyp, ref, alpha=0.5, gamma=0.0) == pytest.approx(0.8 / 0.9)
+    assert E.meteor(shuffled, sentence, beta=1.0, gamma=0.25) == pytest.approx(0.75)
     assert E.meteor("", "the cat") == 0.0
     assert E.meteor("a b c", "x y z") == 0.0
 
@@ -252,21 +269,25 @@ def test_fleiss_kappa_wikipedia_example():
 def test_precision_recall_f1_by_hand():
     predicted = ["PASS", "PASS", "FAIL", "PASS", "FAIL"]
     actual = ["PASS", "FAIL", "PASS", "PASS", "FAIL"]  # TP = 2, FP = 1, FN = 1
-    assert E.precision_recall_f1(predicted, actual, positive="PASS") == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    got = E.precision_recall_f1(predicted, actual, positive="PASS")
+    assert got == pytest.approx((2 / 3, 2 / 3, 2 / 3))
     assert E.precision_recall_f1(["FAIL"], ["FAIL"], positive="PASS") == (0.0, 0.0, 0.0)
 
 
 def test_metrics_need_neither_torch_nor_gpt():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['gpt'] = None; import evaluate as E; "
-            "print(round(E.bleu(['a b c d'], [['a b c d']]), 6), E.rouge('a b', 'a b')['rouge1'][2], "
-            "E.meteor('a b', 'a b') > 0.9, E.fleiss_kappa([[2, 0], [0, 2]])); "
+    code = ("import sys\nsys.modules['torch'] = None\nsys.modules['gpt'] = None\n"
+            "import evaluate as E\n"
+            "print(round(E.bleu(['a b c d'], [['a b c d']]), 6),"
+            " E.rouge('a b', 'a b')['rouge1'][2],"
+            " E.meteor('a b', 'a b') > 0.9, E.fleiss_kappa([[2, 0], [0, 2]]))\n"
             "E.main(E.EvalConfig())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(E.__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(E.__file__))
     assert out.stdout.split() == ["100.0", "1.0", "True", "1.0"]
     assert out.returncode == 1 and out.stderr.startswith("error: ") and "gpt.py" in out.stderr
 
 
-# ----------------------------------------------------------------------------- model-based evaluation
+# ------------------------------------------------------------------------ model-based evaluation
 
 def tiny_model(seed=0, block_size=24):
     torch.manual_seed(seed)
@@ -277,7 +298,8 @@ def tiny_model(seed=0, block_size=24):
 def brute_force_nll(model, seq):
     """-sum_t log p(x_t | x_<t) in float64 from one plain forward pass."""
     logits, _ = model(torch.tensor([seq]))
-    return -F.log_softmax(logits[0, :-1].double(), -1).gather(-1, torch.tensor(seq[1:])[:, None]).sum().item()
+    logp = F.log_softmax(logits[0, :-1].double(), -1)
+    return -logp.gather(-1, torch.tensor(seq[1:])[:, None]).sum().item()
 
 
 def test_perplexity_is_pooled_and_equals_brute_force():
@@ -311,8 +333,8 @@ class ByteTok:
 def test_option_logprobs_equal_brute_force():
     model, tok = tiny_model(), ByteTok()
     prompts, options = ["Q: 2+2=", "Q: x", "hi"], [" 4", " yes!", " there"]
-    got = E.option_logprobs(model, [tok.encode(p) for p in prompts], [tok.encode(o) for o in options],
-                            batch_size=2)
+    got = E.option_logprobs(model, [tok.encode(p) for p in prompts],
+                            [tok.encode(o) for o in options], batch_size=2)
     for p, o, score in zip(prompts, options, got):
         full = tok.encode(p + o)
         logp = F.log_softmax(model(torch.tensor([full]))[0][0].double(), -1)
@@ -332,7 +354,8 @@ def test_multiple_choice_sum_vs_length_normalised(monkeypatch):
 def test_fact_check_against_a_knowledge_source():
     knowledge = {("Zor", "capital", "Quel"), ("Zor", "river", "Amar")}
     text = "Its capital is Quel. Its river is Mira. It is lovely."
-    assert E.fact_check(text, "Zor", knowledge) == [("Its capital is Quel.", True), ("Its river is Mira.", False),
+    assert E.fact_check(text, "Zor", knowledge) == [("Its capital is Quel.", True),
+                                                    ("Its river is Mira.", False),
                                                     ("It is lovely.", False)]
     assert E.fact_check("", "Zor", knowledge) == []
 
@@ -348,17 +371,20 @@ def test_constrained_verdict_is_always_a_label(labels):
     # an untrained model sampling at temperature 1 would write anything; the mask forces the
     # rationale to end within the budget and the verdict to be one of the labels
     tok = byte_tokenizer()
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32))
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=96, n_layer=1,
+                                  n_head=2, n_embd=32))
     constraint = E.verdict_constraint(tok, labels, budget=12, vocab_size=tok.model_vocab_size)
     end = tok.special("<|end|>")
     prompts = [tok.encode(f"Grade case {i}. Rationale:") for i in range(24)]
-    outs = model.generate(prompts, 12 + 1 + 14, temperature=1.0, stop_tokens=[end], allowed_tokens=constraint,
-                          generator=torch.Generator().manual_seed(0))
+    outs = model.generate(prompts, 12 + 1 + 14, temperature=1.0, stop_tokens=[end],
+                          allowed_tokens=constraint, generator=torch.Generator().manual_seed(0))
     newline = tok.encode("\n")[0]
     for out in outs:  # rationale (at most 12 tokens), newline, "Verdict: <label>", <|end|>
         assert newline in out[:13] and out[-1] == end
-        assert tok.decode(out[out.index(newline) + 1:-1]) in {f"Verdict: {label}" for label in labels}
-    verdicts, rationales = E.run_judge(model, tok, [tok.decode(p) for p in prompts[:4]], labels=labels, budget=12)
+        verdict = tok.decode(out[out.index(newline) + 1:-1])
+        assert verdict in {f"Verdict: {label}" for label in labels}
+    verdicts, rationales = E.run_judge(model, tok, [tok.decode(p) for p in prompts[:4]],
+                                       labels=labels, budget=12)
     assert set(verdicts) <= set(labels) and len(rationales) == 4
 
 
@@ -368,7 +394,8 @@ def test_pairwise_both_orders(monkeypatch):
     monkeypatch.setattr(E, "run_judge", lambda model, tok, prompts, labels: (verdicts, None))
     result = E.judge_pairwise(None, None, [("q", "r", "x", "y")] * 3)
     assert result["winners"] == [1, None, 2]
-    assert result["consistency"] == pytest.approx(2 / 3) and result["chose_A"] == pytest.approx(4 / 6)
+    assert result["consistency"] == pytest.approx(2 / 3)
+    assert result["chose_A"] == pytest.approx(4 / 6)
 
 
 class RecordingTokenizer:
@@ -401,7 +428,7 @@ def test_qa_and_multiple_choice_ask_in_wording_no_training_text_holds():
     assert [q for q in asked if q in training_text] == []
 
 
-# ----------------------------------------------------------------------------- the reference packages, when installed
+# ------------------------------------------------------- the reference packages, when installed
 
 class NoWordNet:
     def synsets(self, word):
@@ -412,8 +439,8 @@ def random_sentences(rng, n, vocab):
     return [" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 12))) for _ in range(n)]
 
 
-VOCAB = ["the", "cat", "The", "Cat.", "mat,", "sat", "on", "3.5", "1,000", "x-ray", "é", "—", "!", "it's",
-         "running", "runs", "ran", "happily", "generously", "(a)", "\n", "dogs", "dog"]
+VOCAB = ["the", "cat", "The", "Cat.", "mat,", "sat", "on", "3.5", "1,000", "x-ray", "é", "—", "!",
+         "it's", "running", "runs", "ran", "happily", "generously", "(a)", "\n", "dogs", "dog"]
 
 
 def test_bleu_equals_sacrebleu_on_random_corpora():
@@ -421,22 +448,26 @@ def test_bleu_equals_sacrebleu_on_random_corpora():
     rng = random.Random(0)
     for _ in range(100):
         n, n_refs = rng.randint(1, 4), rng.randint(1, 3)
-        hyps, refs = random_sentences(rng, n, VOCAB), [random_sentences(rng, n_refs, VOCAB) for _ in range(n)]
+        hyps = random_sentences(rng, n, VOCAB)
+        refs = [random_sentences(rng, n_refs, VOCAB) for _ in range(n)]
         streams = [list(s) for s in zip(*refs)]
         for smooth in ("exp", "floor", "add-k", "none"):
             theirs = sacrebleu.corpus_bleu(hyps, streams, smooth_method=smooth).score
             assert E.bleu(hyps, refs, smooth=smooth) == pytest.approx(theirs, abs=1e-6)
         assert E.bleu(hyps, refs, lowercase=True, tokenize="none") == pytest.approx(
             sacrebleu.corpus_bleu(hyps, streams, lowercase=True, tokenize="none").score, abs=1e-6)
-        assert E.sentence_bleu(hyps[0], refs[0]) == pytest.approx(sacrebleu.sentence_bleu(hyps[0], refs[0]).score, abs=1e-6)
+        theirs = sacrebleu.sentence_bleu(hyps[0], refs[0]).score
+        assert E.sentence_bleu(hyps[0], refs[0]) == pytest.approx(theirs, abs=1e-6)
 
 
 def test_rouge_equals_rouge_score_on_random_texts():
     rouge_scorer = require("rouge_score.rouge_scorer")
     rng = random.Random(1)
-    scorers = {s: rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=s) for s in (False, True)}
+    types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorers = {s: rouge_scorer.RougeScorer(types, use_stemmer=s) for s in (False, True)}
     for _ in range(60):
-        pred, refs = random_sentences(rng, 1, VOCAB)[0], random_sentences(rng, rng.randint(1, 3), VOCAB)
+        pred = random_sentences(rng, 1, VOCAB)[0]
+        refs = random_sentences(rng, rng.randint(1, 3), VOCAB)
         for stem in (False, True):
             ours, theirs = E.rouge(pred, refs, stem), scorers[stem].score_multi(refs, pred)
             for key in ours:
@@ -490,11 +521,14 @@ def test_porter_and_meteor_equal_nltk():
     assert [(w, E.porter_stem(w)) for w in words] == [(w, stemmer.stem(w)) for w in words]
     rng = random.Random(2)
     for _ in range(300):
-        hyp, refs = random_sentences(rng, 1, VOCAB)[0], random_sentences(rng, rng.randint(1, 3), VOCAB)
+        hyp = random_sentences(rng, 1, VOCAB)[0]
+        refs = random_sentences(rng, rng.randint(1, 3), VOCAB)
         theirs = meteor_score([r.split() for r in refs], hyp.split(), wordnet=NoWordNet())
         assert E.meteor(hyp, refs) == pytest.approx(theirs, abs=1e-12)
-        theirs = meteor_score([r.split() for r in refs], hyp.split(), wordnet=NoWordNet(), alpha=0.7, beta=2.0, gamma=0.3)
-        assert E.meteor(hyp, refs, alpha=0.7, beta=2.0, gamma=0.3) == pytest.approx(theirs, abs=1e-12)
+        theirs = meteor_score([r.split() for r in refs], hyp.split(), wordnet=NoWordNet(),
+                              alpha=0.7, beta=2.0, gamma=0.3)
+        ours = E.meteor(hyp, refs, alpha=0.7, beta=2.0, gamma=0.3)
+        assert ours == pytest.approx(theirs, abs=1e-12)
 
 
 def test_kappas_equal_sklearn_and_statsmodels():
@@ -574,8 +608,8 @@ def test_resume_of_an_init_model_with_dropout_is_exact(tmp_path):
     split = dataclasses.replace(whole, out_dir=str(tmp_path / "split"), stop_after=2)
     E.main(split)
     E.main(dataclasses.replace(split, stop_after=0, resume=True))
-    a, b = (gpt.load_checkpoint(os.path.join(c.out_dir, "ckpt.pt"))["model"] for c in (whole, split))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (gpt.load_checkpoint(os.path.join(c.out_dir, "ckpt.pt")) for c in (whole, split))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_ckpt_scores_a_chat_checkpoint_as_it_is(tmp_path, capsys):
