@@ -230,8 +230,8 @@ class BertClassifier(nn.Module):
         self.head = nn.Linear(bert.config.n_embd, n_classes)
         init_weights(self.head)
 
-    def forward(self, idx, segments=None):
-        return self.head(self.drop(self.bert.pool(self.bert(idx, segments))))  # (B, n_classes)
+    def forward(self, idx):  # (B, T) -> (B, n_classes)
+        return self.head(self.drop(self.bert.pool(self.bert(idx))))
 
 
 # ----------------------------------------------------------------------------- text and tasks
@@ -707,10 +707,9 @@ def read_safetensors(path):
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
         data = bytearray(f.read())
+    header.pop("__metadata__", None)
     tensors = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         start, end = info["data_offsets"]
         flat = torch.frombuffer(data[start:end], dtype=SAFETENSORS_DTYPES[info["dtype"]])
         tensors[name] = flat.reshape(info["shape"])
