@@ -8,12 +8,11 @@ l' = e^(m - m') l + rowsum(e^(S_ij - m')), O' = e^(m - m') O + e^(S_ij - m') V_j
 recomputes P = exp(S - L) from the saved log-sum-exp L. Memory grows linearly in N, and HBM
 traffic drops from Theta(N^2) to Theta(N^2 d^2 / M). Here twice: in PyTorch and in Triton (CUDA).
 
-    python flash_attention.py                 # values and gradients vs naive attention, IO table
-    python bench/flash_attention.py           # peak memory vs N, time vs naive and SDPA; TFLOP/s
+    python flash_attention.py                 # values and gradients vs naive attention
+    python bench/flash_attention.py           # HBM IO table, peak memory vs N, speed; TFLOP/s
     python -m pytest -q tests/test_flash_attention.py   # Triton runs on CPU, TRITON_INTERPRET=1
 
-On CPU: errors of ~1e-6 against float64 naive attention, as small as SDPA's, and the
-HBM traffic of naive vs tiled attention for N = 1k to 16k.
+On CPU: errors of ~1e-6 against float64 naive attention, as small as SDPA's.
 Left out: dropout, masks other than causal, GQA (repeat k and v), variable-length batches, and
 FlashAttention-3's Hopper-specific asynchrony and FP8.
 """
@@ -42,15 +41,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton kernels run on C
 @dataclass
 class Config:
     head_dim: int = 64  # d of the value and gradient check
-    sram_kb: int = 192  # on-chip SRAM per SM for the IO table (H100: 228 KB, A100: 164 KB)
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0  # for the random q, k, v
 
     def __post_init__(self):
         if self.head_dim < 1:
             raise ValueError(f"head_dim={self.head_dim} must be positive: try --head_dim=64")
-        if self.sram_kb < 1:
-            raise ValueError(f"sram_kb={self.sram_kb} must be positive: try --sram_kb=228 (H100)")
         pick_device(self.device)  # a device that is not here is an error naming those that are
 
 
@@ -501,19 +497,6 @@ def hbm_accesses(N, d, sram):
     return naive, tiled, B
 
 
-def print_io_table(sram_kb):
-    elem_bytes = 2  # fp16
-    sram = sram_kb * 1024 // elem_bytes
-    print(f"\nHBM traffic of one head's forward, fp16, SRAM {sram_kb} KB = {sram} elements "
-          "(naive 4N^2 + 4Nd; tiled ~ 2N^2 d / B with B the largest tile that fits)")
-    print(f"{'N':>6} {'d':>4} {'tile B':>7} {'naive MB':>10} {'tiled MB':>10} {'naive/tiled':>12}")
-    for d in (64, 128):
-        for N in (1024, 4096, 16384):
-            naive, tiled, B = hbm_accesses(N, d, sram)
-            print(f"{N:>6} {d:>4} {B:>7} {naive * elem_bytes / 1e6:>10.1f} "
-                  f"{tiled * elem_bytes / 1e6:>10.1f} {naive / tiled:>11.1f}x")
-
-
 # ----------------------------------------------------------------------------- main
 
 def check_table(device, d):  # max |error| of O, dQ, dK, dV: ours and SDPA's
@@ -546,7 +529,6 @@ def main(cfg):
     path = "Triton kernels" if device == "cuda" and triton is not None else "PyTorch version"
     print(f"device: {device}; flash_attention runs the {path}")
     check_table(device, cfg.head_dim)
-    print_io_table(cfg.sram_kb)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,6 +1,8 @@
-"""FlashAttention measured: peak memory, time against naive attention and SDPA, and TFLOP/s.
+"""FlashAttention measured: HBM traffic, peak memory, time against naive attention and SDPA.
 
-flash_attention.py checks values and prints the IO analysis; this file measures. Three tables:
+flash_attention.py checks values; this file counts and measures. Four tables:
+- io: HBM elements read and written by one head's forward (flash_attention.hbm_accesses), naive
+  4N^2 + 4Nd against tiled ~ 2N^2 d / B, B the largest tile that fits in --sram_kb.
 - memory: peak memory of one forward + backward of one head, N = 1k doubling to --max_n. Naive
   attention holds N x N matrices; ours (tiled) and F.scaled_dot_product_attention grow linearly.
   CUDA: the caching allocator's high-water mark; CPU: torch.profiler's allocator events.
@@ -11,9 +13,9 @@ flash_attention.py checks values and prints the IO analysis; this file measures.
   paper's setup), d = 64 and 128, causal and not; err is the largest |ours - SDPA| over O, dQ,
   dK and dV. On CUDA by default; on CPU only when asked, with small sizes.
 
-    python bench/flash_attention.py                   # CPU: memory to N = 16k, then speed
+    python bench/flash_attention.py                   # CPU: io, memory to N = 16k, speed
     python bench/flash_attention.py --tables=memory   # the peak memory table alone
-    python bench/flash_attention.py --device=cuda     # all three; memory to N = 64k
+    python bench/flash_attention.py --device=cuda     # all four; memory to N = 64k
     python bench/flash_attention.py --tables=tflops --tflops_sizes=256,512 --tokens=1024  # CPU
 """
 import contextlib
@@ -32,12 +34,13 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flash_attention as fa  # noqa: E402
 
-TABLES = ("memory", "speed", "tflops")
+TABLES = ("io", "memory", "speed", "tflops")
 
 
 @dataclass
 class BenchConfig:
-    tables: str = "memory,speed"  # comma-separated, of memory, speed and tflops
+    tables: str = "io,memory,speed"  # comma-separated, of io, memory, speed and tflops
+    sram_kb: int = 192  # on-chip SRAM per SM for the io table (H100: 228 KB, A100: 164 KB)
     head_dim: int = 64  # d of the memory and speed tables (tflops runs d = 64 and 128)
     max_n: int = 16384  # largest N of the memory table, doubling from 1024
     speed_sizes: str = "1024,2048,4096"  # N of the speed table
@@ -55,11 +58,13 @@ class BenchConfig:
         if self.max_n < 1024 or self.head_dim < 1:
             raise ValueError(f"max_n={self.max_n} must be at least 1024 (the table doubles from "
                              f"1024) and head_dim={self.head_dim} positive")
+        if self.sram_kb < 1:
+            raise ValueError(f"sram_kb={self.sram_kb} must be positive: try --sram_kb=228 (H100)")
         if any(self.tokens % int(n) for n in self.tflops_sizes.split(",")):
             raise ValueError(f"tokens={self.tokens}: use a multiple of every N in tflops_sizes")
 
 
-GPU = dict(tables="memory,speed,tflops", max_n=65536)  # on CUDA: all three tables, longer N
+GPU = dict(tables="io,memory,speed,tflops", max_n=65536)  # on CUDA: all four tables, longer N
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -162,6 +167,19 @@ def naive_fits(B, H, N, element_size, device):
 
 # ----------------------------------------------------------------------------- tables
 
+def io_table(sram_kb):
+    elem_bytes = 2  # fp16
+    sram = sram_kb * 1024 // elem_bytes
+    print(f"\nHBM traffic of one head's forward, fp16, SRAM {sram_kb} KB = {sram} elements "
+          "(naive 4N^2 + 4Nd; tiled ~ 2N^2 d / B with B the largest tile that fits)")
+    print(f"{'N':>6} {'d':>4} {'tile B':>7} {'naive MB':>10} {'tiled MB':>10} {'naive/tiled':>12}")
+    for d in (64, 128):
+        for N in (1024, 4096, 16384):
+            naive, tiled, B = fa.hbm_accesses(N, d, sram)
+            print(f"{N:>6} {d:>4} {B:>7} {naive * elem_bytes / 1e6:>10.1f} "
+                  f"{tiled * elem_bytes / 1e6:>10.1f} {naive / tiled:>11.1f}x")
+
+
 def memory_table(device, d, max_n):
     """Peak memory of one step (forward + backward) of one head: naive grows as N^2, ours as N."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -261,6 +279,8 @@ def main(cfg):
         print("peak memory cannot be measured on MPS; running on CPU")
         device = "cpu"
     tables = cfg.tables.split(",")
+    if "io" in tables:
+        io_table(cfg.sram_kb)
     if "memory" in tables:
         memory_table(device, cfg.head_dim, cfg.max_n)
     if "speed" in tables:
