@@ -392,8 +392,7 @@ def pad_left(seqs, pad_id, device=None, width=None):
     width = width or max(len(s) for s in seqs)
     idx = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for row, s in enumerate(seqs):
-        if s:
-            idx[row, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
+        idx[row, width - len(s):] = torch.as_tensor(s, dtype=torch.long)
     lengths = torch.tensor([len(s) for s in seqs])
     valid = torch.arange(width)[None, :] >= (width - lengths)[:, None]
     return idx.to(device), valid.to(device)
@@ -624,6 +623,8 @@ class Tokenizer:
         self.enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks,
                                      special_tokens=specials)
         self.eot_id = self.special("<|endoftext|>")
+        self.n_vocab = self.enc.n_vocab
+        self.model_vocab_size = 64 * math.ceil(self.n_vocab / 64)  # faster matmuls; spare rows idle
 
     @classmethod
     def from_spec(cls, spec, text=None, vocab_size=512):
@@ -659,14 +660,6 @@ class Tokenizer:
         if ids != sorted(ids):
             raise ValueError(f"{folder}: merges.txt's order differs from vocab.json's ids")
         return cls(ranks, GPT2_PATTERN, os.path.basename(os.path.normpath(folder)))
-
-    @property
-    def n_vocab(self):
-        return self.enc.n_vocab
-
-    @property
-    def model_vocab_size(self):  # padded to a multiple of 64: faster matmuls, spare rows are unused
-        return 64 * math.ceil(self.n_vocab / 64)
 
     def special(self, name):
         return self.enc.encode_single_token(name)
