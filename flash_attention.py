@@ -462,13 +462,12 @@ def flash_attention_triton(q, k, v, causal=False, scale=None):  # CUDA, or CPU i
     if triton is None:
         raise RuntimeError("Triton is not installed: pip install triton, or use the PyTorch path")
     if not _triton_supports(q, v):
-        raise ValueError(f"the Triton kernel takes dtypes {TRITON_DTYPES} and head dims "
-                         f"{TRITON_HEAD_DIMS} (same for v), got {q.dtype}, d={q.shape[-1]}, "
-                         f"d_v={v.shape[-1]}; use flash_attention_torch for other shapes")
+        raise ValueError(f"the Triton kernel takes {TRITON_DTYPES}, head dims {TRITON_HEAD_DIMS}"
+                         f" and d_v = d, got {q.dtype}, d={q.shape[-1]}, d_v={v.shape[-1]}; use"
+                         " flash_attention_torch for other shapes")
     if not q.is_cuda and not INTERPRET:
-        raise ValueError(f"the Triton kernel needs CUDA tensors (got {q.device}); set "
-                         "TRITON_INTERPRET=1 before importing this file to run it on CPU, or use "
-                         "flash_attention_torch")
+        raise ValueError(f"the Triton kernel needs CUDA tensors, got {q.device}: on CPU, set"
+                         " TRITON_INTERPRET=1 before importing, or use flash_attention_torch")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTriton.apply(q, k, v, causal, scale)
 
@@ -499,8 +498,16 @@ def hbm_accesses(N, d, sram):
 
 # ----------------------------------------------------------------------------- main
 
-def check_table(device, d):  # max |error| of O, dQ, dK, dV: ours and SDPA's
+def main(cfg):  # max |error| of O, dQ, dK, dV against float64 naive attention: ours and SDPA's
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if device == "mps":
+        print("the float64 reference needs CPU or CUDA (MPS has no float64): running on CPU")
+        device = "cpu"
+    path = "Triton kernels" if device == "cuda" and triton is not None else "PyTorch version"
+    print(f"device: {device}; flash_attention runs the {path}")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    d = cfg.head_dim
     print(f"max |error| of O, dQ, dK, dV against float64 naive attention ({dtype}, B=1, H=4, "
           f"d={d}); ours passes within 2x SDPA's error + 1e-6")
     print(f"{'Lq':>5} {'Lk':>5} {'causal':>6}  {'ours':<36} {'SDPA':<36} ok")
@@ -518,17 +525,6 @@ def check_table(device, d):  # max |error| of O, dQ, dK, dV: ours and SDPA's
         ok = all(o <= 2 * s + 1e-6 for o, s in zip(ours, theirs))
         print(f"{Lq:>5} {Lk:>5} {causal!s:>6}  {' '.join(f'{e:.1e}' for e in ours):<36} "
               f"{' '.join(f'{e:.1e}' for e in theirs):<36} {'yes' if ok else 'NO'}")
-
-
-def main(cfg):
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if device == "mps":
-        print("the float64 reference needs CPU or CUDA (MPS has no float64): running on CPU")
-        device = "cpu"
-    path = "Triton kernels" if device == "cuda" and triton is not None else "PyTorch version"
-    print(f"device: {device}; flash_attention runs the {path}")
-    check_table(device, cfg.head_dim)
 
 
 # ----------------------------------------------------------------------------- command line
