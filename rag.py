@@ -161,13 +161,9 @@ class Vocab:  # word ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word se
         return [self.stoi.get(w, 1) for w in words(text)]
 
 
-def pad_right(seqs, max_len, device):  # -> (B, T) ids cut at max_len, (B, T) mask of real ones
-    seqs = [s[:max_len] for s in seqs]
-    idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        idx[row, :len(s)] = torch.tensor(s, dtype=torch.long)
-    valid = torch.arange(idx.size(1))[None] < torch.tensor([len(s) for s in seqs])[:, None]
-    return idx.to(device), valid.to(device)
+def pad_right(seqs, max_len, device):  # -> (B, T) ids cut at max_len, padded with 0 = [PAD]
+    rows = [torch.tensor(s[:max_len], dtype=torch.long) for s in seqs]
+    return nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
 
 
 class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm blocks
@@ -197,7 +193,8 @@ class BiEncoder(nn.Module):
 
     def forward(self, texts):
         device = self.encoder.wte.weight.device
-        idx, valid = pad_right([self.vocab.ids(t) for t in texts], self.encoder.max_len, device)
+        idx = pad_right([self.vocab.ids(t) for t in texts], self.encoder.max_len, device)
+        valid = idx != 0  # no word is [PAD]
         h = self.encoder(idx, valid)  # (B, T, n_embd)
         mean = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, C)
         return F.normalize(mean, dim=-1)
@@ -233,9 +230,9 @@ class CrossEncoder(nn.Module):
             seqs.append([2] + q + [3] + p)
             feats.append([0] + [int(t in p) for t in q] + [0] + [2 + int(t in q) for t in p])
         device = self.encoder.wte.weight.device
-        idx, valid = pad_right(seqs, self.encoder.max_len, device)
-        features, _ = pad_right(feats, self.encoder.max_len, device)
-        h = self.encoder(idx, valid, self.features(features))  # (B, T, n_embd)
+        idx = pad_right(seqs, self.encoder.max_len, device)
+        features = self.features(pad_right(feats, self.encoder.max_len, device))
+        h = self.encoder(idx, idx != 0, features)  # (B, T, n_embd); no word is [PAD]
         return self.head(h[:, 0]).squeeze(-1)
 
 
@@ -367,8 +364,7 @@ def make_knowledge_base(n_entities, size, overlap, seed=0):
                                 if fact["sentence"] in chunks[i]}
             if not fact["relevant"]:
                 raise ValueError(f"no chunk holds the whole sentence {fact['sentence']!r}: raise"
-                                 f" chunk_overlap (now {overlap}) to at least the longest"
-                                 " sentence's word count minus one")
+                                 f" chunk_overlap (now {overlap}) to the longest sentence - 1")
     return chunks, facts
 
 
