@@ -120,13 +120,11 @@ def make_problems(n, seed, exclude=()):
     rng = random.Random(seed)
     seen = set(exclude)
     out = []
-    for _ in range(100 * n):
+    while len(out) < n:  # Config keeps n within the 900 - len(exclude) left
         q, ans, trace = make_problem(rng.randrange(10, 100), rng.randrange(10))
         if q not in seen:
             seen.add(q)
             out.append((q, ans, trace))
-            if len(out) == n:
-                break
     return out
 
 
@@ -184,8 +182,7 @@ def group_advantages(rewards, G, scale="group", eps=1e-4):
     (Dr. GRPO). rewards: (N,) with the G completions of each prompt contiguous. A group whose
     rewards are all equal carries no signal: its advantages are exactly 0."""
     if rewards.dim() != 1 or rewards.numel() % G:
-        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of"
-                         f" G={G}")
+        raise ValueError(f"rewards {tuple(rewards.shape)} do not split into groups of G={G}")
     r = rewards.view(-1, G)  # (N/G, G)
     centred = r - r.mean(1, keepdim=True)
     if scale == "group":
@@ -217,10 +214,9 @@ def token_weights(mask, loss_type, max_len=None):
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_low=0.2,
               eps_high=0.2, beta=0.0, weights=None):
-    """The clipped surrogate plus the k3 KL penalty, per token, normalised by loss_type.
-    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). weights: token_weights of the
-    whole batch, sliced, when the batch is split into micro-batches for gradient accumulation.
-    Returns (loss, stats)."""
+    """(loss, stats): the clipped surrogate plus the k3 KL penalty, per token, normalised by
+    loss_type. logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). weights: token_weights
+    of the whole batch, sliced, when it is split into micro-batches for gradient accumulation."""
     if weights is None:
         weights = token_weights(mask, loss_type)
     A = advantages[:, None]  # (B, 1): every token of a completion shares its sequence's advantage
@@ -332,9 +328,8 @@ def score_batch(policy, ref, batch, cfg, start=0):
 
 def minibatch_backward(policy, batch, rows, cfg, first=False):
     """Backpropagate grpo_loss over the rows (a slice) of a scored batch, micro_batch sequences at
-    a time. The token weights are the whole minibatch's, sliced, so the accumulated gradient
-    equals that of a single pass. first: before any step, old_logp is this very forward, detached
-    (ratio 1 exactly, and no scoring pass). Returns the loss statistics, averaged."""
+    a time, with the whole minibatch's token weights, sliced: the gradient of a single pass.
+    first (before any step): old_logp is this very forward, detached, so the ratio is exactly 1."""
     weights = token_weights(batch["mask"][rows], cfg.loss, cfg.max_new_tokens)  # (n, T)
     n = weights.size(0)
     micro = cfg.micro_batch or n
@@ -383,17 +378,17 @@ def evaluate(model, tok, problems, cfg, generator, sampled=True):
     right = [reward(answer_text(tok, c), ans, 0)[1] for c, (_, ans, _) in zip(greedy, problems)]
     if not sampled:
         return {"accuracy": sum(right) / len(problems)}
-    sampled = model.generate([p for p in prompts for _ in range(k)], cfg.max_new_tokens,
+    samples = model.generate([p for p in prompts for _ in range(k)], cfg.max_new_tokens,
                              temperature=cfg.temperature, stop_tokens=(end,), generator=generator,
                              pad_id=end)
-    texts = [answer_text(tok, c) for c in sampled]
+    texts = [answer_text(tok, c) for c in samples]
     counts = [sum(reward(t, ans, 0)[1] for t in texts[i * k:(i + 1) * k])  # right per problem
               for i, (_, ans, _) in enumerate(problems)]
     return {"accuracy": sum(right) / len(problems),
             "pass@1": sum(pass_at_k(k, c, 1) for c in counts) / len(problems),
             f"pass@{k}": sum(pass_at_k(k, c, k) for c in counts) / len(problems),
             "format": sum(THINK_ANSWER.fullmatch(t) is not None for t in texts) / len(texts),
-            "length": sum(len(c) for c in sampled) / len(sampled)}
+            "length": sum(len(c) for c in samples) / len(samples)}
 
 
 def sft_warmup(policy, tok, problems, cfg):
