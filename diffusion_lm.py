@@ -33,7 +33,7 @@ import collections
 import math
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -287,11 +287,8 @@ def resume_from(cfg):
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no {path} yet; start the run without --resume")
-    ckpt, saved = load_run(path)
-    changed = [f"--{k}={v}" for k, v in asdict(saved).items()
-               if k not in ("resume", "stop_after", "plot", "out_dir") and getattr(cfg, k) != v]
-    if changed:
-        raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")
+    ckpt, _ = load_run(path)
+    gpt.check_resume(path, ckpt, cfg)
     if 0 < cfg.stop_after < ckpt["step"]:
         raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
     return ckpt

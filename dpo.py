@@ -322,15 +322,10 @@ def resumable(cfg, paths):
     ckpts = [gpt.load_checkpoint(p) if os.path.exists(p) else None for p in paths]
     if not any(ckpts):
         raise ValueError(f"--resume, but {cfg.out_dir} holds no checkpoint: run without it")
-    now = dataclasses.asdict(cfg)
     for path, ckpt in [(p, c) for p, c in zip(paths, ckpts) if c]:
-        saved = ckpt.get("config") or {}
-        if saved.keys() != now.keys() or "history" not in ckpt:
+        gpt.check_resume(path, ckpt, cfg, RESUME_FREE)
+        if "history" not in ckpt:
             raise ValueError(f"{path} was not saved by dpo.py: cannot resume from it")
-        diff = [f"--{k}={v}" for k, v in saved.items() if k not in RESUME_FREE and now[k] != v]
-        if diff:
-            raise ValueError(f"{path} was trained with other settings: resume with"
-                             f" {' '.join(diff)}")
     return ckpts
 
 

@@ -449,11 +449,8 @@ def main(cfg):
             raise ValueError(f"{cfg.data} is too short: the demo needs {10 * (cfg.block_size + 2)}"
                              f" bytes or more for --block_size={cfg.block_size}")
         state = gpt.load_checkpoint(path) if cfg.resume else None
-        saved = state["config"] if state else dataclasses.asdict(cfg)  # --resume: the same run?
-        changed = [f"{k}={saved.get(k)!r}" for k, v in dataclasses.asdict(cfg).items()
-                   if k not in ("resume", "stop_after", "plot", "device") and saved.get(k) != v]
-        if changed:
-            raise ValueError(f"{path} was saved with {', '.join(changed)}: resume with those")
+        if state:
+            gpt.check_resume(path, state, cfg)
     tok = gpt.Tokenizer.from_spec("byte", text)  # bytes: spelling words out rewards capacity
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     train_ids, val = ids[:-len(ids) // 10], ids[-len(ids) // 10:]  # the last tenth is val

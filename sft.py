@@ -22,7 +22,6 @@ Left out: QLoRA's paged optimizers, gradient checkpointing, adapter-only checkpo
 saved merged, as a plain GPT), and real or multi-turn instruction data (the task is synthetic).
 """
 import copy
-import dataclasses
 import math
 import os
 import time
@@ -517,15 +516,10 @@ def resumable(cfg):
     ckpts = {m: gpt.load_checkpoint(p) for m, p in paths.items() if os.path.exists(p)}
     if not ckpts:
         raise ValueError(f"--resume, but {cfg.out_dir} holds no checkpoint: run without it")
-    now = dataclasses.asdict(cfg)
     for m, ckpt in ckpts.items():
-        saved = ckpt.get("config") or {}
-        if saved.keys() != now.keys() or "rng" not in ckpt:
+        gpt.check_resume(paths[m], ckpt, cfg, RESUME_FREE)
+        if "rng" not in ckpt:
             raise ValueError(f"{paths[m]} was not saved by sft.py: cannot resume from it")
-        diff = [f"--{k}={v}" for k, v in saved.items() if k not in RESUME_FREE and now[k] != v]
-        if diff:
-            raise ValueError(f"{paths[m]} was trained with other settings: resume with"
-                             f" {' '.join(diff)}")
     return ckpts
 
 

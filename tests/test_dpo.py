@@ -266,7 +266,7 @@ def test_resume_is_exact(tmp_path, init):
     split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=7)
     assert list(dpo.main(split)) == ["sigmoid", "sigmoid + 1 NLL"]
     assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt.pt"))["step"] == 3
-    with pytest.raises(SystemExit, match="resume with --beta=0.1"):  # another beta: another run
+    with pytest.raises(SystemExit, match="saved with --beta=0.1"):  # another beta: another run
         dpo.main(dataclasses.replace(split, stop_after=0, resume=True, beta=0.2))
     histories = dpo.main(dataclasses.replace(split, stop_after=0, resume=True))
     assert [row["step"] for row in histories["sigmoid + 1 NLL"]] == [0, 2, 4]

@@ -345,7 +345,7 @@ def test_resume_is_exact(tiny_init, tmp_path):
     assert sft.main(split)[0]["method"] == "full"
     assert gpt.load_checkpoint(os.path.join(split.out_dir, "ckpt_lora.pt"))["step"] == 2
     assert not os.path.exists(os.path.join(split.out_dir, "ckpt_qlora.pt"))
-    with pytest.raises(SystemExit, match="resume with --lr=0.003"):  # another lr: another run
+    with pytest.raises(SystemExit, match="saved with --lr=0.003"):  # another lr: another run
         sft.main(dataclasses.replace(split, stop_after=0, resume=True, lr=0.01))
     results = sft.main(dataclasses.replace(split, stop_after=0, resume=True))
     assert [r["method"] for r in results] == ["full", "lora", "qlora"]
