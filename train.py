@@ -20,7 +20,6 @@ every 100 steps, then the report. out/train/ holds ckpt.pt (for `python gpt.py -
 Left out: tensor and pipeline parallelism, activation checkpointing, batches that respect
 document boundaries (windows cross them), and anything larger than GPT-2 small.
 """
-import dataclasses
 import hashlib
 import math
 import os
@@ -274,20 +273,8 @@ def save_state(path, raw, optimizers, tok, cfg, step, generator):
 
 
 # what --resume may change: where the run goes and how it is watched, not what it computes
-RESUME_MAY_CHANGE = {"resume", "stop_after", "out_dir", "cache_dir", "device", "compile", "fsdp",
-                     "eval_interval", "eval_iters", "sample_tokens", "plot"}
-
-
-def read_resume(path, cfg):
-    """The checkpoint to resume from, refused unless it was saved with the same settings."""
-    ckpt = gpt.load_checkpoint(path)
-    saved = ckpt.get("config") or {}
-    changed = [f"{k}={saved.get(k)!r}" for k, v in dataclasses.asdict(cfg).items()
-               if k not in RESUME_MAY_CHANGE and saved.get(k) != v]
-    if changed or "rng" not in ckpt:
-        raise ValueError(f"{path} was saved with {', '.join(changed) or 'no RNG state'}: resume"
-                         " with the same settings, or start afresh without --resume")
-    return ckpt
+RESUME_MAY_CHANGE = ("resume", "stop_after", "out_dir", "cache_dir", "device", "compile", "fsdp",
+                     "eval_interval", "eval_iters", "sample_tokens", "plot")
 
 
 def load_state(ckpt, raw, optimizers, cfg, generator):
@@ -404,7 +391,9 @@ def train(cfg):
     plt = gpt.pyplot(cfg.plot) if master else None
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     with gpt.bad_input():  # the checkpoint and data the user named: one line, before any work
-        ckpt = read_resume(ckpt_path, cfg) if cfg.resume else None
+        ckpt = gpt.load_checkpoint(ckpt_path) if cfg.resume else None
+        if ckpt:
+            gpt.check_resume(ckpt_path, ckpt, cfg, free=RESUME_MAY_CHANGE)
         train_ids, val_ids, tok = prepare_data(cfg, rank)
     torch.manual_seed(cfg.seed)
     if device.startswith("cuda"):

@@ -353,12 +353,19 @@ def test_bad_resume_is_a_clear_error_before_any_work(tiny_train_config):
     assert not os.path.exists(tiny_train_config.cache_dir)  # nothing tokenised
     train.main(tiny_train_config)  # a good checkpoint
     before = open(path, "rb").read()
-    for change, message in [(dict(n_embd=64), "n_embd=32"), (dict(batch_size=2), "batch_size=4"),
-                            (dict(optimizer="muon"), "optimizer='adamw'")]:
-        with pytest.raises(SystemExit, match=f"was saved with {message}: resume with the same"):
+    for change, message in [(dict(n_embd=64), "--n_embd=32"), (dict(batch_size=2), "--batch_size=4"),
+                            (dict(optimizer="muon"), "--optimizer=adamw")]:
+        with pytest.raises(SystemExit, match=f"was saved with {message}: resume with those"):
             train.main(dataclasses.replace(resume, **change))
     assert open(path, "rb").read() == before
     train.main(dataclasses.replace(resume, eval_interval=2, sample_tokens=0))  # only watched
+    other = dataclasses.replace(resume, out_dir=tiny_train_config.out_dir + "_other")
+    os.makedirs(other.out_dir)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["config"].pop("fsdp")  # as if another script's Config had saved it
+    torch.save(ckpt, os.path.join(other.out_dir, "ckpt.pt"))
+    with pytest.raises(SystemExit, match="was not saved by this script"):
+        train.main(other)
 
 
 class Recorder:
