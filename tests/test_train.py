@@ -151,8 +151,8 @@ def test_lr_schedules_by_hand():
 
 
 def test_adamw_is_fused_and_matches_the_per_tensor_loop(tiny_gpt_config):
-    """make_optimizers fuses AdamW on every device (the per-tensor loop cost ~8% of a CPU step
-    at the bench's size); one step in float64 equals torch's single-tensor AdamW to rounding."""
+    """make_optimizers fuses AdamW on every device (CPU included, where torch would otherwise loop
+    over the tensors); one step in float64 equals torch's single-tensor AdamW to rounding."""
     torch.manual_seed(0)
     model = gpt.GPT(tiny_gpt_config).double()
     ref = gpt.GPT(tiny_gpt_config).double()
@@ -171,6 +171,17 @@ def test_adamw_is_fused_and_matches_the_per_tensor_loop(tiny_gpt_config):
         o.step()
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)  # float64: rounding only
+
+
+def test_the_bench_model_is_no_larger_than_nanogpts():
+    """nanoGPT's 4 x 128 character model counted from its model.py: wte 65 x 128, wpe 64 x 128, per
+    block two LayerNorm weights (bias=False), attention 128 x 384 + 128 x 128, MLP 2 x 128 x 512,
+    and ln_f: the 804,096 its train.py prints as 0.80M (it leaves out wpe). Ours at the bench's
+    recipe (the byte vocabulary padded to 320, a SwiGLU of mlp_hidden) must not be larger."""
+    nano = 65 * 128 + 64 * 128 + 4 * (2 * 128 + 128 * 384 + 128 * 128 + 2 * 128 * 512) + 128
+    cfg = train.TrainConfig(**load_bench().OURS)
+    with torch.device("meta"):
+        assert gpt.count_params(gpt.GPT(cfg.model_config(320))) <= nano == 804_096
 
 
 def test_muon_matches_torch_reference():
@@ -376,7 +387,8 @@ def test_bad_resume_is_a_clear_error_before_any_work(tiny_train_config):
     assert not os.path.exists(tiny_train_config.cache_dir)  # nothing tokenised
     train.main(tiny_train_config)  # a good checkpoint
     before = open(path, "rb").read()
-    for change, message in [(dict(n_embd=64), "--n_embd=32"), (dict(batch_size=2), "--batch_size=4"),
+    for change, message in [(dict(n_embd=64), "--n_embd=32"),
+                            (dict(batch_size=2), "--batch_size=4"),
                             (dict(optimizer="muon"), "--optimizer=adamw")]:
         with pytest.raises(SystemExit, match=f"was saved with {message}: resume with those"):
             train.main(dataclasses.replace(resume, **change))
@@ -459,28 +471,60 @@ def load_bench():
     return bench
 
 
-def test_bench_against_nanogpt_without_nanogpt(tmp_path, monkeypatch):
-    """bench/train_vs_nanogpt.py's plumbing with a stand-in checkout whose train.py prints lines in
+FAKE_NANOGPT = {  # a stand-in checkout: nanoGPT's log lines and checkpoint keys, uniform logits
+    "train.py": """import os, pickle, sys, torch
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+vocab = pickle.load(open("data/shakespeare_char/meta.pkl", "rb"))["vocab_size"]
+os.makedirs(args["out_dir"], exist_ok=True)
+for i in range(int(args["max_iters"]) + 1):
+    if i and i % int(args["eval_interval"]) == 0:
+        ckpt = dict(model={"bias": torch.zeros(vocab)}, model_args=dict(vocab=vocab), iter_num=i)
+        torch.save(ckpt, os.path.join(args["out_dir"], "ckpt.pt"))
+    print(f"iter {i}: loss 4.1000, time {10 * i + 5:.2f}ms, mfu -100.00%")
+""",
+    "model.py": """import torch
+GPTConfig = dict
+class GPT(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(cfg["vocab"]))
+    def forward(self, x, targets=None):
+        return self.bias.expand(*x.shape, -1), None
+"""}
+
+
+def test_bench_against_nanogpt_without_nanogpt(tmp_path, monkeypatch, capsys):
+    """bench/train_vs_nanogpt.py end to end with a stand-in checkout whose train.py prints lines in
     nanoGPT's log format (its train.py: f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms,
-    mfu ..."), and our side for real at 2 iterations."""
+    mfu ...") and saves at each eval, and our side for real at 4 iterations."""
     bench = load_bench()
     with pytest.raises(ValueError, match="is not a nanoGPT checkout"):
         bench.BenchConfig(nanogpt=str(tmp_path))
     fake = tmp_path / "nanoGPT"
     (fake / "data" / "shakespeare_char").mkdir(parents=True)
-    (fake / "train.py").write_text('for i in range(3):\n    print(f"iter {i}: loss 4.1000,'
-                                   ' time {10 * i + 5:.2f}ms, mfu -100.00%")\n')
+    for name, code in FAKE_NANOGPT.items():
+        (fake / name).write_text(code)
     text = "".join(c for c in gpt.embedded_corpus()[:8000] if c.isascii())
     (tmp_path / "input.txt").write_text(text)
-    cfg = bench.BenchConfig(nanogpt=str(fake), text=str(tmp_path / "input.txt"), iters=2,
-                            out_dir=str(tmp_path / "bench"))
+    cfg = bench.BenchConfig(nanogpt=str(fake), text=str(tmp_path / "input.txt"), iters=4,
+                            eval_every=2, out_dir=str(tmp_path / "bench"))
     stoi = bench.prepare_nanogpt_data(text, cfg.nanogpt)
     val = np.fromfile(fake / "data" / "shakespeare_char" / "val.bin", dtype=np.uint16)
     assert "".join(sorted(stoi)[i] for i in val) == text[int(len(text) * 0.9):]
-    assert bench.run_nanogpt(cfg, str(tmp_path / "nano")) == 15.0  # iter 1 only: 0 and 2 hold evals
-    run = train.main  # nanoGPT's 20 eval batches are its recipe, not what this test checks
-    monkeypatch.setattr(train, "main", lambda c: run(dataclasses.replace(c, eval_iters=1)))
-    assert bench.run_ours(cfg, cfg.text, str(tmp_path / "ours")) > 0
-    assert 0 < bench.ours_val_loss(str(tmp_path / "ours"), text) < math.log(256)
-    uniform = bench.full_val_loss(lambda x: torch.zeros(*x.shape, 7), list(range(7)) * 40, block=8)
+    # iterations take 5, 15, 25, 35 ms; 0 and 2 also hold an eval, so each counts as the mean of
+    # the others, 25 ms: 0.025 + 0.015 = 0.04 s after 2 steps, + 0.025 + 0.035 = 0.1 s after 4
+    clock = bench.run_nanogpt(cfg, str(tmp_path / "nano"))
+    assert clock == pytest.approx({0: 0.0, 2: 0.04, 4: 0.1})
+    for name, value in dict(max_iters=4, depth=1, n_embd=32, mlp_hidden=64).items():
+        monkeypatch.setitem(bench.OURS, name, value)  # a smaller model: the plumbing is the point
+    result = bench.main(cfg)
+    assert result["nanogpt"] == pytest.approx({2: math.log(len(stoi)), 4: math.log(len(stoi))})
+    assert sorted(result["ours"]) == [2, 4] and result["ours"][4] < result["ours"][2]
+    assert re.search(r"nanoGPT train.py +4 +25.00 +0.0 s \(step 2\)", capsys.readouterr().out)
+    assert bench.time_to_loss({0: 0.0, 2: 1.5, 4: 3.0}, {0: 5.0, 2: 3.0, 4: 2.0}, 3.0) == (2, 1.5)
+    assert bench.time_to_loss({0: 0.0}, {0: 5.0}, 3.0) is None
+    rows = []
+    uniform = bench.full_val_loss(lambda x: rows.append(len(x)) or torch.zeros(*x.shape, 7),
+                                  list(range(7)) * 40, block=8, every=2)
     assert uniform == pytest.approx(math.log(7))  # every next character has probability 1/7
+    assert sum(rows) == 17  # every 2nd of the (280 - 1) // 8 = 34 windows
