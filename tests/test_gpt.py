@@ -37,14 +37,16 @@ def reference_forward(sd, cfg, idx):
     """The model written out from the equations, in float64: RMSNorm, RoPE as complex rotation,
     explicit per-head softmax attention with K/V heads repeated for GQA, SwiGLU."""
     W = {k: v.double() for k, v in sd.items()}
-    hd, T = cfg.n_embd // cfg.n_head, idx.size(1)
+    hd = cfg.n_embd // cfg.n_head
+    T = idx.size(1)
 
     def rms(x, g):
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * g
 
     def rope(x):  # x (T, hd): pairs (x_i, x_{i+hd/2}) rotate by pos * base^(-2i/hd)
         theta = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-        z = torch.complex(x[:, :hd // 2], x[:, hd // 2:]) * torch.exp(1j * torch.arange(T)[:, None] * theta)
+        angle = torch.arange(T)[:, None] * theta
+        z = torch.complex(x[:, :hd // 2], x[:, hd // 2:]) * torch.exp(1j * angle)
         return torch.cat([z.real, z.imag], -1)
 
     x = W["transformer.wte.weight"][idx[0]]
@@ -56,9 +58,12 @@ def reference_forward(sd, cfg, idx):
         heads = []
         for i in range(cfg.n_head):
             j = i // (cfg.n_head // cfg.n_kv_head)  # the K/V head this query head shares
-            qi, kj, vj = rope(q[:, i * hd:(i + 1) * hd]), rope(k[:, j * hd:(j + 1) * hd]), v[:, j * hd:(j + 1) * hd]
+            qi = rope(q[:, i * hd:(i + 1) * hd])
+            kj = rope(k[:, j * hd:(j + 1) * hd])
+            vj = v[:, j * hd:(j + 1) * hd]
             scores = qi @ kj.T / math.sqrt(hd)
-            scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+            future = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+            scores = scores.masked_fill(future, -math.inf)
             heads.append(torch.softmax(scores, -1) @ vj)
         x = x + torch.cat(heads, -1) @ W[p + "attn.c_proj.weight"].T
         h = rms(x, W[p + "ln_2.weight"]) @ W[p + "mlp.c_fc.weight"].T
@@ -71,12 +76,14 @@ def test_forward_matches_float64_reference(tiny_gpt_config):
     model = make_model(tiny_gpt_config)
     idx = torch.randint(0, 64, (1, 20))
     logits, _ = model(idx)
-    torch.testing.assert_close(logits[0], reference_forward(model.state_dict(), tiny_gpt_config, idx), rtol=1e-10, atol=1e-10)
+    expected = reference_forward(model.state_dict(), tiny_gpt_config, idx)
+    torch.testing.assert_close(logits[0], expected, rtol=1e-10, atol=1e-10)
 
 
 def test_loss_is_cross_entropy_and_ignores_minus_one(tiny_gpt_config):
     model = make_model(tiny_gpt_config)
-    idx, targets = torch.randint(0, 64, (2, 10)), torch.randint(0, 64, (2, 10))
+    idx = torch.randint(0, 64, (2, 10))
+    targets = torch.randint(0, 64, (2, 10))
     targets[0, :4] = -1
     logits, loss = model(idx, targets)
     keep = targets != -1
@@ -89,7 +96,8 @@ def test_causal_mask_future_tokens_do_not_change_the_past(tiny_gpt_config):
     idx = torch.randint(0, 64, (1, 16))
     changed = idx.clone()
     changed[0, 10:] = (changed[0, 10:] + 1) % 64
-    a, b = model(idx)[0], model(changed)[0]
+    a = model(idx)[0]
+    b = model(changed)[0]
     torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=0)
     assert (a[:, 10:] - b[:, 10:]).abs().max() > 1e-3
     bidirectional = make_model(gpt.GPTConfig(**{**tiny_gpt_config.__dict__, "causal": False}))
@@ -127,8 +135,9 @@ def test_cached_generation_equals_uncached_with_left_padding(tiny_gpt_config):
 
 def test_sampling_with_a_seeded_generator_is_reproducible_and_cache_independent(tiny_gpt_config):
     model = make_model(tiny_gpt_config)
-    runs = [model.generate([[1, 2], [3]], 12, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(3),
-                           use_cache=c) for c in (True, False)]
+    runs = [model.generate([[1, 2], [3]], 12, temperature=1.0, top_k=10,
+                           generator=torch.Generator().manual_seed(3), use_cache=c)
+            for c in (True, False)]
     assert runs[0] == runs[1]
 
 
@@ -152,10 +161,10 @@ def test_allowed_token_mask_is_obeyed(tiny_gpt_config):
     def only_three(generated):
         seen.append(generated.shape)
         return allowed.expand(generated.size(0), -1)
-    out = model.generate([[1, 2], [5]], 10, temperature=1.0, generator=torch.Generator().manual_seed(0),
-                         allowed_tokens=only_three)
+    out = model.generate([[1, 2], [5]], 10, temperature=1.0,
+                         generator=torch.Generator().manual_seed(0), allowed_tokens=only_three)
     assert all(t in (3, 17, 40) for row in out for t in row)
-    assert seen[0] == (2, 0) and seen[-1] == (2, 9)  # called every step with what was generated so far
+    assert seen[0] == (2, 0) and seen[-1] == (2, 9)  # every step, with what was generated so far
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -197,8 +206,9 @@ def test_top_p_keeps_exactly_the_smallest_nucleus():
         full = torch.softmax(logits, -1)
         for row in range(len(logits)):
             ranked = sorted(range(12), key=lambda i: -full[row, i].item())
-            total, nucleus = 0.0, set()
-            for i in ranked:  # brute force: add tokens, most likely first, until the mass reaches top_p
+            total = 0.0
+            nucleus = set()
+            for i in ranked:  # brute force: add the most likely tokens until the mass reaches top_p
                 nucleus.add(i)
                 total += full[row, i].item()
                 if total >= top_p:
@@ -211,7 +221,8 @@ def test_top_p_keeps_exactly_the_smallest_nucleus():
 def test_top_k_temperature_and_greedy():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
     assert torch.nonzero(gpt.next_token_probs(logits, top_k=2)[0]).flatten().tolist() == [1, 2]
-    torch.testing.assert_close(gpt.next_token_probs(logits, temperature=0.5), torch.softmax(logits / 0.5, -1))
+    torch.testing.assert_close(gpt.next_token_probs(logits, temperature=0.5),
+                               torch.softmax(logits / 0.5, -1))
     assert gpt.next_token_probs(logits, temperature=0).tolist() == [[0.0, 1.0, 0.0, 0.0]]
     assert gpt.sample_next(logits, temperature=0).tolist() == [1]
 
@@ -229,7 +240,8 @@ def test_beam_size_one_equals_greedy(tiny_gpt_config):
 def test_wide_beam_finds_the_most_probable_sequence():
     """With beam_size = V^2 the search over 3 tokens is exhaustive: it must return the argmax of
     the joint probability, found here by scoring all V^3 continuations."""
-    cfg = gpt.GPTConfig(vocab_size=6, block_size=16, n_layer=1, n_head=2, n_embd=16, tie_embeddings=False)
+    cfg = gpt.GPTConfig(vocab_size=6, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                        tie_embeddings=False)
     model = make_model(cfg, seed=17)
     with torch.no_grad():
         model.lm_head.weight.mul_(5)  # sharper distributions; with this seed greedy is not optimal
@@ -238,8 +250,8 @@ def test_wide_beam_finds_the_most_probable_sequence():
     logp, _ = gpt.completion_logprobs(model, [prompt] * len(seqs), seqs.tolist())
     best = seqs[logp.sum(-1).argmax()].tolist()
     assert model.beam_search(prompt, beam_size=36, max_new_tokens=3) == best
-    assert model.generate([prompt], 3, temperature=0)[0] != best  # so the test tells search from greedy
-    assert model.beam_search(prompt, beam_size=2, max_new_tokens=3) != best  # and a narrow beam misses too
+    assert model.generate([prompt], 3, temperature=0)[0] != best  # search differs from greedy
+    assert model.beam_search(prompt, beam_size=2, max_new_tokens=3) != best  # a narrow beam misses
 
 
 def test_wide_beam_with_stop_token_and_length_penalty_matches_brute_force():
@@ -247,7 +259,10 @@ def test_wide_beam_with_stop_token_and_length_penalty_matches_brute_force():
     of every step is kept, so the search is exact. The answer must be the best of all 40 possible
     hypotheses by log p / len^length_penalty: finished ones (ending in the stop token) and the
     ones still live at the length limit, ranked together as in Hugging Face's finalize."""
-    V, N, stop, winners = 4, 3, 0, set()
+    V = 4
+    N = 3
+    stop = 0
+    winners = set()
     hyps = [list(s) for n in range(1, N + 1) for s in itertools.product(range(V), repeat=n)
             if stop not in s[:-1] and (s[-1] == stop or n == N)]
     lengths = torch.tensor([len(h) for h in hyps], dtype=torch.float64)
@@ -266,13 +281,15 @@ def test_wide_beam_with_stop_token_and_length_penalty_matches_brute_force():
 
 
 def test_speculative_greedy_equals_target_greedy(tiny_gpt_config):
-    target, draft = make_model(tiny_gpt_config, seed=0), make_model(tiny_gpt_config, seed=1)
+    target = make_model(tiny_gpt_config, seed=0)
+    draft = make_model(tiny_gpt_config, seed=1)
     for k in (1, 3, 5):
         out, stats = gpt.speculative_generate(target, draft, [1, 2, 3], 25, k=k, temperature=0)
         assert out == target.generate([[1, 2, 3]], 25, temperature=0)[0]
         assert 0 <= stats["accepted"] <= stats["drafted"]
     same, stats = gpt.speculative_generate(target, target, [1, 2, 3], 25, k=4, temperature=0)
-    assert stats["acceptance"] == 1.0 and stats["target_calls"] == 5  # 4 drafted + 1 free token per call
+    assert stats["acceptance"] == 1.0
+    assert stats["target_calls"] == 5  # 4 drafted + 1 free token per call
 
 
 def test_speculative_decoding_stops_at_an_accepted_stop_token(tiny_gpt_config):
@@ -281,7 +298,8 @@ def test_speculative_decoding_stops_at_an_accepted_stop_token(tiny_gpt_config):
     takes ceil((j + 1) / (k + 1)) calls and no more; the free token of the last call is not
     needed when the stop was drafted (j % (k + 1) != k)."""
     cfg = gpt.GPTConfig(**{**tiny_gpt_config.__dict__, "tie_embeddings": False})
-    model, k = make_model(cfg, seed=1), 4
+    model = make_model(cfg, seed=1)
+    k = 4
     with torch.no_grad():
         model.lm_head.weight.mul_(5)  # sharper, so greedy writes many distinct tokens, not one
     greedy = model.generate([[1, 2, 3]], 25, temperature=0)[0]
@@ -314,20 +332,27 @@ def test_speculative_sampling_preserves_the_target_distribution():
     so rejections and resampling happen. The 99.9% critical value of chi2(63) is 103.4; the same
     test applied to the draft's own samples fails by a wide margin, so it has the power to fail."""
     cfg = gpt.GPTConfig(vocab_size=4, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    target, draft = make_model(cfg, seed=0), make_model(cfg, seed=1)
+    target = make_model(cfg, seed=0)
+    draft = make_model(cfg, seed=1)
     with torch.no_grad():
         target.lm_head.weight.mul_(15), draft.lm_head.weight.mul_(15)
-    prompt, n = [1, 2], 3000
+    prompt = [1, 2]
+    n = 3000
     exact = exact_joint(target, prompt, 3, 4)
     g = torch.Generator().manual_seed(0)
-    counts, accepted, drafted = collections.Counter(), 0, 0
+    counts = collections.Counter()
+    accepted = 0
+    drafted = 0
     for _ in range(n):
-        out, stats = gpt.speculative_generate(target, draft, prompt, 3, k=2, temperature=1.0, generator=g)
+        out, stats = gpt.speculative_generate(target, draft, prompt, 3, k=2, temperature=1.0,
+                                              generator=g)
         counts[tuple(out)] += 1
-        accepted, drafted = accepted + stats["accepted"], drafted + stats["drafted"]
-    assert 0.2 < accepted / drafted < 0.95, "the draft must be wrong often enough to exercise rejection"
+        accepted += stats["accepted"]
+        drafted += stats["drafted"]
+    assert 0.2 < accepted / drafted < 0.95, "the draft must be wrong often enough to reject"
     assert chi_square(counts, exact, n) < 103.4
-    draft_counts = collections.Counter(tuple(o) for o in draft.generate([prompt] * n, 3, generator=g))
+    draft_samples = draft.generate([prompt] * n, 3, generator=g)
+    draft_counts = collections.Counter(tuple(o) for o in draft_samples)
     assert chi_square(draft_counts, exact, n) > 300
 
 
@@ -353,7 +378,8 @@ def test_completion_logprobs_unchanged_by_left_padding_and_pad_equal_to_eos(tiny
     assert mask.tolist() == [[True, True, True, False], [True, False, False, False], [True] * 4]
     for row, (p, c) in enumerate(zip(prompts, completions)):  # each pair alone, no padding at all
         logits, _ = model(torch.tensor([p + c]))
-        direct = torch.log_softmax(logits[0, len(p) - 1:-1], -1).gather(-1, torch.tensor(c)[:, None])[:, 0]
+        logp_all = torch.log_softmax(logits[0, len(p) - 1:-1], -1)
+        direct = logp_all.gather(-1, torch.tensor(c)[:, None])[:, 0]
         torch.testing.assert_close(logp[row, :len(c)], direct, rtol=1e-12, atol=1e-12)
         assert (logp[row, len(c):] == 0).all()
 
@@ -376,10 +402,12 @@ def test_train_bpe_worked_example():
 def test_bpe_round_trips_unicode_and_covers_every_byte():
     tok = gpt.Tokenizer(gpt.train_bpe(gpt.embedded_corpus()[:50_000], 400), gpt.SPLIT_PATTERN)
     rng = random.Random(0)
-    pools = ["abc xyz", "éèàü ßñ", "日本語テキスト", "😀🚀👍🏽", "\t\n\r  \x00\x7f", "'s'll'VE 123_456 ..."]
+    pools = ["abc xyz", "éèàü ßñ", "日本語テキスト", "😀🚀👍🏽", "\t\n\r  \x00\x7f",
+             "'s'll'VE 123_456 ..."]
     for _ in range(200):
         text = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(0, 40)))
-        text += "".join(chr(rng.choice([rng.randint(32, 0xD7FF), rng.randint(0xE000, 0x10FFFF)])) for _ in range(3))
+        text += "".join(chr(rng.choice([rng.randint(32, 0xD7FF), rng.randint(0xE000, 0x10FFFF)]))
+                        for _ in range(3))
         assert tok.decode(tok.encode(text)) == text
     for b in range(256):  # every single byte is a token, so any byte string can be produced
         assert tok.decode_bytes([tok.ranks[bytes([b])]]) == bytes([b])
@@ -388,7 +416,8 @@ def test_bpe_round_trips_unicode_and_covers_every_byte():
 
 def test_special_tokens_only_when_allowed():
     tok = gpt.Tokenizer.from_spec("byte", "hello")
-    assert tok.encode("<|user|>hi", allow_special=True) == [tok.special("<|user|>"), ord("h"), ord("i")]
+    user = tok.special("<|user|>")
+    assert tok.encode("<|user|>hi", allow_special=True) == [user, ord("h"), ord("i")]
     assert tok.encode("<|user|>hi") == list(b"<|user|>hi")  # text from users stays text
     assert tok.eot_id == 256 and tok.model_vocab_size == 320
     assert tok.decode([tok.special("<|assistant|>")]) == "<|assistant|>"
@@ -401,7 +430,8 @@ def test_tokenizer_state_dict_round_trip():
     assert again.encode(text) == tok.encode(text) and again.pattern == tok.pattern
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "gpt2.tiktoken")), reason="no shared gpt2.tiktoken")
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHARED_DATA, "gpt2.tiktoken")),
+                    reason="no shared gpt2.tiktoken")
 def test_gpt2_ranks_file_matches_known_gpt2_ids():
     tok = gpt.Tokenizer.from_spec(os.path.join(SHARED_DATA, "gpt2.tiktoken"))
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2's published ids for this string
@@ -432,7 +462,8 @@ def test_checkpoint_round_trip(tmp_path, tiny_gpt_config):
 
 
 def test_a_failed_save_never_clobbers_the_old_checkpoint(tmp_path, tiny_gpt_config, monkeypatch):
-    model, tok = make_model(tiny_gpt_config, dtype=torch.float32), gpt.Tokenizer.from_spec("byte", "abc")
+    model = make_model(tiny_gpt_config, dtype=torch.float32)
+    tok = gpt.Tokenizer.from_spec("byte", "abc")
     path = str(tmp_path / "ckpt.pt")
     gpt.save_checkpoint(path, model, tok, step=1)
     before = open(path, "rb").read()
@@ -472,14 +503,16 @@ def gpt2_reference(sd, idx, n_head, eps):
     n_layer = 1 + max(int(k.split(".")[2]) for k in W if ".h." in k)
     for l in range(n_layer):
         p = f"transformer.h.{l}."
-        q, k, v = (ln(x, p + "ln_1") @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]).chunk(3, -1)
+        qkv = ln(x, p + "ln_1") @ W[p + "attn.c_attn.weight"] + W[p + "attn.c_attn.bias"]
+        q, k, v = qkv.chunk(3, -1)
         hd = q.size(-1) // n_head
         q, k, v = (t.view(T, n_head, hd).transpose(0, 1) for t in (q, k, v))
-        att = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), -math.inf)
+        future = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        att = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(future, -math.inf)
         y = (torch.softmax(att, -1) @ v).transpose(0, 1).reshape(T, -1)
         x = x + y @ W[p + "attn.c_proj.weight"] + W[p + "attn.c_proj.bias"]
         h = ln(x, p + "ln_2") @ W[p + "mlp.c_fc.weight"] + W[p + "mlp.c_fc.bias"]
-        h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))  # GELU, tanh form
+        h = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))  # GELU
         x = x + h @ W[p + "mlp.c_proj.weight"] + W[p + "mlp.c_proj.bias"]
     return ln(x, "transformer.ln_f") @ W["transformer.wte.weight"].T
 
@@ -487,15 +520,19 @@ def gpt2_reference(sd, idx, n_head, eps):
 def gpt2_state_dict(C, V, T_max, L):
     """Random weights in the layout of Hugging Face's GPT2LMHeadModel.state_dict()."""
     torch.manual_seed(0)
-    sd = {"transformer.wte.weight": torch.randn(V, C) * 0.1, "transformer.wpe.weight": torch.randn(T_max, C) * 0.1,
-          "transformer.ln_f.weight": 1 + 0.1 * torch.randn(C), "transformer.ln_f.bias": 0.1 * torch.randn(C)}
+    sd = {"transformer.wte.weight": torch.randn(V, C) * 0.1,
+          "transformer.wpe.weight": torch.randn(T_max, C) * 0.1,
+          "transformer.ln_f.weight": 1 + 0.1 * torch.randn(C),
+          "transformer.ln_f.bias": 0.1 * torch.randn(C)}
     for l in range(L):
         p = f"transformer.h.{l}."
         for name, shape in [("ln_1", (C,)), ("ln_2", (C,))]:
-            sd[p + name + ".weight"], sd[p + name + ".bias"] = 1 + 0.1 * torch.randn(shape), 0.1 * torch.randn(shape)
-        for name, (i, o) in [("attn.c_attn", (C, 3 * C)), ("attn.c_proj", (C, C)), ("mlp.c_fc", (C, 4 * C)),
-                             ("mlp.c_proj", (4 * C, C))]:
-            sd[p + name + ".weight"], sd[p + name + ".bias"] = 0.05 * torch.randn(i, o), 0.05 * torch.randn(o)
+            sd[p + name + ".weight"] = 1 + 0.1 * torch.randn(shape)
+            sd[p + name + ".bias"] = 0.1 * torch.randn(shape)
+        for name, (i, o) in [("attn.c_attn", (C, 3 * C)), ("attn.c_proj", (C, C)),
+                             ("mlp.c_fc", (C, 4 * C)), ("mlp.c_proj", (4 * C, C))]:
+            sd[p + name + ".weight"] = 0.05 * torch.randn(i, o)
+            sd[p + name + ".bias"] = 0.05 * torch.randn(o)
         sd[p + "attn.bias"] = torch.tril(torch.ones(T_max, T_max))[None, None]  # HF's mask buffer
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     return sd
@@ -505,7 +542,9 @@ def gpt2_state_dict(C, V, T_max, L):
 # head count guessed from the width (n_embd / 64) would get wrong, with a non-default epsilon.
 @pytest.mark.parametrize("C, n_head, eps", [(128, 2, 1e-5), (64, 2, 1e-3)])
 def test_from_pretrained_gpt2_reproduces_gpt2(C, n_head, eps):
-    V, T_max, L = 100, 32, 2
+    V = 100
+    T_max = 32
+    L = 2
     sd = gpt2_state_dict(C, V, T_max, L)
     config = {"n_head": n_head, "n_layer": L, "n_embd": C, "n_positions": T_max, "vocab_size": V,
               "layer_norm_epsilon": eps}  # the fields of a GPT-2 config.json that shape the model
@@ -555,7 +594,8 @@ def test_parse_args(capsys, monkeypatch):
         gpt.parse_args(gpt.SampleConfig, ["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert gpt.__doc__.split("\n")[0] in out
-    assert "sample from the smallest set of tokens holding this much mass (1 = all) (default: 1.0)" in out
+    top_p_help = "sample from the smallest set of tokens holding this much mass (1 = all)"
+    assert f"{top_p_help} (default: 1.0)" in out
     monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")  # the GPU defaults apply on CUDA
     assert gpt.parse_args(gpt.SampleConfig, [], gpu=dict(steps=9, top_k=5)).steps == 9
     assert gpt.parse_args(gpt.SampleConfig, ["--steps=3"], gpu=dict(steps=9)).steps == 3
@@ -602,8 +642,11 @@ def test_chat_reads_user_turns_from_stdin_and_keeps_the_history(tmp_path, capsys
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\nhow are you\n"))
     gpt.main(gpt.SampleConfig(ckpt=str(tmp_path / "ckpt.pt"), chat=True, max_new_tokens=8,
                               temperature=0, device="cpu"))
-    printed = [line.removeprefix("assistant: ") for line in capsys.readouterr().out.splitlines()[1:]]
-    end, history, expected = tok.special("<|end|>"), [], []
+    lines = capsys.readouterr().out.splitlines()[1:]
+    printed = [line.removeprefix("assistant: ") for line in lines]
+    end = tok.special("<|end|>")
+    history = []
+    expected = []
     for turn in ("hi", "how are you"):
         history.append({"role": "user", "content": turn})
         prompt = gpt.render_chat(history, tok, add_generation_prompt=True)
@@ -697,10 +740,12 @@ def test_rng_state_restores_every_generator():
     first = (random.random(), torch.rand(3), torch.rand(2, generator=g))
     gpt.set_rng_state(state, g)
     again = (random.random(), torch.rand(3), torch.rand(2, generator=g))
-    assert first[0] == again[0] and torch.equal(first[1], again[1]) and torch.equal(first[2], again[2])
+    assert first[0] == again[0]
+    assert torch.equal(first[1], again[1])
+    assert torch.equal(first[2], again[2])
 
 
-# ----------------------------------------------------------------------------- a Hugging Face folder
+# ------------------------------------------------------------------------ a Hugging Face folder
 
 def write_safetensors(path, tensors):
     """The format as its specification gives it: an unsigned little-endian 8-byte header length,
@@ -708,7 +753,9 @@ def write_safetensors(path, tensors):
     tensor's offsets counted from the start of the byte buffer."""
     names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
              torch.int64: "I64", torch.float64: "F64"}
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    header = {"__metadata__": {"format": "pt"}}
+    blobs = []
+    offset = 0
     for name, t in tensors.items():
         raw = t.contiguous().view(torch.uint8).numpy().tobytes()
         header[name] = {"dtype": names[t.dtype], "shape": list(t.shape),
@@ -721,8 +768,9 @@ def write_safetensors(path, tensors):
 
 
 def test_read_safetensors_reads_every_dtype_and_shape(tmp_path):
-    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).half(), "c": torch.randn(2, 2, 2).bfloat16(),
-               "d": torch.arange(7), "e": torch.randn(1, 3).double()}
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).half(),
+               "c": torch.randn(2, 2, 2).bfloat16(), "d": torch.arange(7),
+               "e": torch.randn(1, 3).double()}
     write_safetensors(tmp_path / "x.safetensors", tensors)
     back = gpt.read_safetensors(str(tmp_path / "x.safetensors"))
     assert back.keys() == tensors.keys()
@@ -733,9 +781,9 @@ def test_read_safetensors_reads_every_dtype_and_shape(tmp_path):
 def byte_encoder_by_spec():
     """GPT-2's bytes_to_unicode, from its description: the printable bytes "!".."~", "¡".."¬" and
     "®".."ÿ" stand for themselves, every other byte for chr(256 + k), k counting them in order."""
-    printable = [b for b in range(256) if chr(b) in
-                 "".join(map(chr, range(ord("!"), ord("~") + 1))) + "¡¢£¤¥¦§¨©ª«¬" + "".join(
-                     map(chr, range(ord("®"), ord("ÿ") + 1)))]
+    ascii_printable = "".join(map(chr, range(ord("!"), ord("~") + 1)))
+    latin1_printable = "¡¢£¤¥¦§¨©ª«¬" + "".join(map(chr, range(ord("®"), ord("ÿ") + 1)))
+    printable = [b for b in range(256) if chr(b) in ascii_printable + latin1_printable]
     others = [b for b in range(256) if b not in printable]
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + k) for k, b in enumerate(others)}}
 
@@ -790,14 +838,15 @@ def test_input_embeddings_stand_in_for_tokens(tiny_gpt_config):
     embeddings themselves it must equal the ordinary forward."""
     model = make_model(tiny_gpt_config)
     idx = torch.randint(0, 64, (2, 11))
-    torch.testing.assert_close(model.hidden(None, embeds=model.transformer.wte(idx)), model.hidden(idx), rtol=0, atol=0)
+    from_embeds = model.hidden(None, embeds=model.transformer.wte(idx))
+    torch.testing.assert_close(from_embeds, model.hidden(idx), rtol=0, atol=0)
 
 
 def test_completion_loss_is_the_masked_mean_nll(tiny_gpt_config):
     model = make_model(tiny_gpt_config)
     prompts, completions = [[1, 2], [3]], [[4, 5, 6], [7]]
     logp, mask = gpt.completion_logprobs(model, prompts, completions)
-    expected = -(logp[0, 0] + logp[0, 1] + logp[0, 2] + logp[1, 0]) / 4  # four real completion tokens
+    expected = -(logp[0, 0] + logp[0, 1] + logp[0, 2] + logp[1, 0]) / 4  # 4 real completion tokens
     torch.testing.assert_close(gpt.completion_loss(model, prompts, completions), expected)
 
 
@@ -857,7 +906,8 @@ def test_finetune_resumes_bit_for_bit(tiny_gpt_config):
 def test_check_resume_refuses_other_scripts_and_other_settings():
     saved = {"config": dataclasses.asdict(gpt.SampleConfig(prompt="x", seed=3))}
     gpt.check_resume("ck.pt", saved, gpt.SampleConfig(prompt="x", seed=3, device="cpu"))
-    with pytest.raises(ValueError, match="ck.pt was saved with --prompt=x --seed=3: resume with those"):
+    with pytest.raises(ValueError,
+                       match="ck.pt was saved with --prompt=x --seed=3: resume with those"):
         gpt.check_resume("ck.pt", saved, gpt.SampleConfig())
     with pytest.raises(ValueError, match="not saved by this script"):
         gpt.check_resume("ck.pt", {"config": {"lr": 1.0}}, gpt.SampleConfig())
