@@ -214,8 +214,10 @@ def make_norm(cfg):
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.ln_1, self.attn = make_norm(cfg), Attention(cfg)
-        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.ln_1 = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, mask, is_causal, cache, layer):
@@ -256,7 +258,8 @@ class GPT(nn.Module):
     def hidden(self, idx, attn_mask=None, cache=None, embeds=None):
         """(B, T, n_embd); attn_mask (B, T) is False on padding; with a cache, idx is the new tokens
         only. embeds (B, T, n_embd) stands in for the token embeddings (a VLM's image patches)."""
-        cfg, (B, T) = self.config, (idx.shape if embeds is None else embeds.shape[:2])
+        cfg = self.config
+        B, T = idx.shape if embeds is None else embeds.shape[:2]
         device = idx.device if embeds is None else embeds.device
         start = cache.pos if cache is not None else 0
         if attn_mask is not None and bool(attn_mask.all()):
@@ -310,9 +313,8 @@ class GPT(nn.Module):
             raise ValueError("every prompt needs at least one token")
         longest = max(len(p) for p in prompts)
         if longest + max_new_tokens > self.config.block_size:
-            raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens}"
-                             f" exceeds block_size={self.config.block_size}: shorten it or"
-                             " generate less")
+            raise ValueError(f"{longest} prompt tokens + max_new_tokens={max_new_tokens} exceeds"
+                             f" block_size={self.config.block_size}: shorten it or generate less")
         return pad_left(prompts, pad_id, device=self.lm_head.weight.device)
 
     @inference
@@ -338,7 +340,8 @@ class GPT(nn.Module):
             if on_token:
                 on_token(token)
             stopped = ~done & torch.isin(token, stops)
-            lengths[stopped], done = t + 1, done | stopped
+            lengths[stopped] = t + 1
+            done = done | stopped
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
             idx = torch.cat([idx, token[:, None]], 1)
@@ -354,7 +357,8 @@ class GPT(nn.Module):
         idx, _ = self._prepare([prompt], max_new_tokens, 0)
         cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
         h = self.hidden(idx.expand(beam_size, -1), cache=cache)
-        beams, finished = [[] for _ in range(beam_size)], []
+        beams = [[] for _ in range(beam_size)]
+        finished = []
         scores = torch.full((beam_size,), -math.inf, device=idx.device)
         scores[0] = 0.0  # all rows start equal: only one is live, or the beam fills with copies
         for _ in range(max_new_tokens):
@@ -454,7 +458,8 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         logits = upcast(model.lm_head(model.hidden(tokens[None], cache=cache))[0])
         return next_token_probs(logits, temperature, top_k, top_p)
 
-    out, stats = [], dict(target_calls=0, drafted=0, accepted=0)
+    out = []
+    stats = dict(target_calls=0, drafted=0, accepted=0)
     while len(out) < max_new_tokens and not (out and out[-1] in stop_tokens):
         seq = torch.tensor(prompt + out, device=device)  # a cache is fed seq[cache.pos:], unseen
         drafted, q = [], []  # x_1..x_n and the draft distributions they came from
@@ -465,7 +470,8 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
             drafted.append(torch.multinomial(q[-1], 1, generator=generator)[0])
         p = probs(target, torch.cat([seq[t_cache.pos:], *[x[None] for x in drafted]]), t_cache)
         p = p[-len(drafted) - 1:]
-        accepted, residual = 0, p[len(drafted)]  # p[i]: the target's distribution for x_{i+1}
+        accepted = 0
+        residual = p[len(drafted)]  # p[i]: the target's distribution for x_{i+1}
         for i, x in enumerate(drafted):
             u = torch.rand((), generator=generator, device=device)
             if u < p[i, x] / q[i][x]:  # kept with probability min(1, p/q)
@@ -868,7 +874,8 @@ class SampleConfig:
 
 def chat_loop(model, tok, cfg, lines, generator):
     """A user turn per line, the reply streamed; the oldest turns go when the context is full."""
-    history, end = [], tok.special("<|end|>")
+    history = []
+    end = tok.special("<|end|>")
     for line in lines:
         history.append({"role": "user", "content": line.rstrip("\n")})
         prompt = render_chat(history, tok, add_generation_prompt=True)
@@ -891,7 +898,8 @@ def demo(cfg, device, g):
     model, tok = base_model("", cfg.steps, device)
     draft_cfg = dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0)
     draft = train_tiny(draft_cfg, embedded_corpus(), tok, cfg.steps // 2, device)
-    prompt, n = tok.encode(cfg.prompt), cfg.max_new_tokens
+    prompt = tok.encode(cfg.prompt)
+    n = cfg.max_new_tokens
     letters = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
     letters[[t for t in range(256) if re.fullmatch(rb"[a-z ]", tok.decode_bytes([t]))]] = True
     only_letters = lambda x: letters.expand(len(x), -1)  # noqa: E731
