@@ -41,7 +41,7 @@ import gpt
 class Config:
     loss: str = "grpo"  # grpo | dr_grpo | dapo
     init: str = ""  # checkpoint to start from (e.g. out/sft/ckpt.pt); empty = a tiny GPT made here
-    steps: int = 700  # GRPO steps
+    steps: int = 300  # GRPO steps
     prompts_per_step: int = 16  # distinct problems per rollout batch
     group_size: int = 8  # G completions per problem
     updates_per_rollout: int = 2  # optimizer steps per rollout batch (mu); >1 makes the clip matter
@@ -66,7 +66,7 @@ class Config:
     n_head: int = 4  # attention heads (without --init)
     eval_problems: int = 100  # held-out problems, never used for SFT or GRPO
     pass_k: int = 8  # samples per held-out problem for pass@1 and pass@k
-    eval_every: int = 50  # steps between held-out evaluations in log.jsonl, and checkpoints
+    eval_every: int = 10  # steps between held-out greedy evaluations in log.jsonl, and checkpoints
     stop_after: int = 0  # end after this many steps, as if pre-empted (0 = run to the end)
     resume: bool = False  # continue bit for bit from out_dir/ckpt.pt, with the same settings
     plot: bool = False  # reward and accuracy curves as out_dir/log.png (needs matplotlib)

@@ -407,7 +407,7 @@ def test_config_rejects_bad_values_before_any_work(field, value, capsys):
 
 
 def test_cuda_defaults_come_from_the_gpu_dict(monkeypatch):
-    assert gpt.parse_args(grpo.Config, [], gpu=grpo.GPU).steps == 700  # this machine: no CUDA
+    assert gpt.parse_args(grpo.Config, [], gpu=grpo.GPU).steps == 300  # this machine: no CUDA
     monkeypatch.setattr(gpt, "pick_device", lambda name: "cuda")
     assert gpt.parse_args(grpo.Config, [], gpu=grpo.GPU).steps == grpo.GPU["steps"] == 1000
     assert gpt.parse_args(grpo.Config, ["--steps=5"], gpu=grpo.GPU).steps == 5  # the user wins
