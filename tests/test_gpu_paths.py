@@ -212,3 +212,28 @@ def test_train_compile_runs(compiled):
     result = train.main(compiled[0])
     assert [row["step"] for row in result["history"]] == [0, 3]
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+# ----------------------------------------------------------------------------- bench/gpu.py
+
+def test_bench_gpu_harness_on_cpu(tmp_path):
+    """bench/gpu.py --device=cpu on the rows that exercise each part of the harness: a script
+    with a throughput to read (train.py), the TFLOP/s table (the PyTorch kernel on CPU), torchrun
+    over two processes, and a row CPU skips; the JSON holds what the table printed."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu
+    out = str(tmp_path / "bench.json")
+    cfg = gpu.BenchConfig(only="train.py,train-compile,flash,torchrun", out=out, device="cpu")
+    rows = {r["row"]: r for r in gpu.main(cfg)}
+    assert rows["train-compile"]["finished"] is None and "skipped" in rows["train-compile"]["note"]
+    for name in ("train.py", "flash", "torchrun"):
+        assert rows[name]["finished"], rows[name]
+    assert rows["train.py"]["tok_per_s"] > 0 and rows["train.py"]["steady_tok_per_s"] > 0
+    assert rows["train.py"]["peak_MiB"] > 0
+    flash = rows["flash"]["tflops"]
+    assert {(t["d"], t["causal"], t["N"]) for t in flash} == {
+        (d, c, n) for d in (64, 128) for c in (True, False) for n in (128, 256)}
+    assert all(t["err"] < 1e-4 and t["bwd_ours"] > 0 for t in flash)  # float32: measured 4.5e-6
+    assert json.load(open(out))["rows"] == list(rows.values())
+    with pytest.raises(ValueError, match="no row nope"):
+        gpu.BenchConfig(only="nope")
