@@ -474,8 +474,7 @@ def report(policy, tok, cfg, held_out, before, after):
                       ("pass@1", f"pass@1 (T={cfg.temperature:g}, {k} samples)"),
                       (f"pass@{k}", f"pass@{k}"), ("format", "well-formed completions")]:
         print(f"{name:<34}{before[key]:>12.1%}{after[key]:>12.1%}")
-    length = "mean completion length (tokens)"
-    print(f"{length:<34}{before['length']:>12.1f}{after['length']:>12.1f}")
+    print(f"{'mean completion tokens':<34}{before['length']:>12.1f}{after['length']:>12.1f}")
     q = held_out[0][0]
     reply = policy.generate([prompt_ids(tok, q)], cfg.max_new_tokens, temperature=0,
                             stop_tokens=(tok.special("<|end|>"),))[0]
@@ -524,8 +523,7 @@ def main(cfg):
     report(policy, tok, cfg, held_out, before, after)
     with open(os.path.join(cfg.out_dir, "log.jsonl")) as f:
         hit = [r["step"] for r in map(json.loads, f) if r.get("held_out_accuracy", 0) >= 0.8]
-    print(f"held-out greedy accuracy first reached 80% at step {hit[0] if hit else 'none'}"
-          f" (checked every {cfg.eval_every} steps)")
+    print(f"held-out greedy accuracy first reached 80% at step {(hit or ['none'])[0]}")
     print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in "
           f"{cfg.out_dir}/")
     return before, after
