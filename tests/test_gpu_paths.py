@@ -4,11 +4,12 @@ whatever the precision (PPO's ratio of 1 on the first minibatch; DPO's ln 2 is i
 gpt.GPT compiled by inductor against eager, train.py --compile, and bench/gpu.py --device=cpu."""
 import copy
 import dataclasses
+import importlib.util
 import json
 import os
 import random
+import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -216,12 +217,34 @@ def test_train_compile_runs(compiled):
 
 # ----------------------------------------------------------------------------- bench/gpu.py
 
+def bench_gpu():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu
+    return gpu
+
+
+def test_bench_gpu_rows_pass_flags_their_scripts_accept(monkeypatch):
+    """Each row's flags, read by its script's own parser (not run): a renamed flag fails here,
+    not first on a GPU machine."""
+    monkeypatch.syspath_prepend(ROOT)
+    for i, (script, few, tiny) in enumerate(bench_gpu().ROWS.values()):
+        argv = f"{script} {few} {tiny or ''} --device=cpu".split()
+        argv = argv[argv.index("train.py"):] if argv[0] == "-m" else argv
+        path = os.path.join(ROOT, argv[0])
+        spec = importlib.util.spec_from_file_location(f"row{i}", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        config = re.search(r"main\((?:\w+\.)?parse_args\((\w+)", open(path).read()).group(1)
+        parse = getattr(module, "parse_args", gpt.parse_args)
+        assert dataclasses.is_dataclass(parse(getattr(module, config), argv[1:])), argv
+
+
 def test_bench_gpu_harness_on_cpu(tmp_path):
     """bench/gpu.py --device=cpu on the rows that exercise each part of the harness: a script
     with a throughput to read (train.py), the TFLOP/s table (the PyTorch kernel on CPU), torchrun
     over two processes, and a row CPU skips; the JSON holds what the table printed."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    import gpu
+    gpu = bench_gpu()
     out = str(tmp_path / "bench.json")
     cfg = gpu.BenchConfig(only="train.py,train-compile,flash,torchrun", out=out, device="cpu")
     rows = {r["row"]: r for r in gpu.main(cfg)}
