@@ -1,13 +1,12 @@
 """GPT: the decoder-only language model that every tuning script in this project shares.
 
 Pre-norm blocks x = x + Attn(Norm(x)); x = x + MLP(Norm(x)) with RMSNorm, rotary positions
-(RoPE), grouped-query attention (GQA) and a SwiGLU MLP, trained to maximise
-log p(x) = sum_t log p(x_t | x_<t). The same class expresses GPT-2 (learned positions, LayerNorm
-with bias, GELU), so real GPT-2 weights load. Then decoding with a KV cache (greedy, temperature,
-top-k, top-p, stop tokens, beam search, an allowed-token mask, speculative decoding), the
-tokenizer, the chat template, completion log-probs and checkpoints. Papers: Radford et al. 2019
-(GPT-2), Su et al. 2021 (RoPE), Ainslie et al. 2023 (GQA), Shazeer 2020 (SwiGLU), Holtzman et
-al. 2019 (top-p), Leviathan et al. 2023 (speculative decoding).
+(RoPE), grouped-query attention (GQA) and SwiGLU, trained to maximise log p(x) = sum_t
+log p(x_t | x_<t); the same class is GPT-2 (learned positions, LayerNorm, GELU), whose weights
+load. Then KV-cached decoding (greedy, temperature, top-k, top-p, stop tokens, beam search, an
+allowed-token mask, speculative), the tokenizer, chat template, completion log-probs, checkpoints.
+Radford et al. 2019 (GPT-2), Su et al. 2021 (RoPE), Ainslie et al. 2023 (GQA), Shazeer 2020
+(SwiGLU), Holtzman et al. 2019 (top-p), Leviathan et al. 2023 (speculative decoding).
 
     python gpt.py                                   # a tiny model: a sample from each decoder
     python gpt.py --ckpt=out/train/ckpt.pt --prompt="The " --num_samples=3
