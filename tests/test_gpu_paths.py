@@ -255,8 +255,8 @@ def test_bench_gpu_harness_on_cpu(tmp_path):
     assert rows["train.py"]["peak_MiB"] > 0
     flash = rows["flash"]["tflops"]
     assert {(t["d"], t["causal"], t["N"]) for t in flash} == {
-        (d, c, n) for d in (64, 128) for c in (True, False) for n in (128, 256)}
-    assert all(t["err"] < 1e-4 and t["bwd_ours"] > 0 for t in flash)  # float32: measured 4.5e-6
+        (d, c, 128) for d in (64, 128) for c in (True, False)}
+    assert all(t["err"] < 1e-4 for t in flash)  # ours against SDPA in float32: measured 4.5e-6
     assert json.load(open(out))["rows"] == list(rows.values())
     with pytest.raises(ValueError, match="no row nope"):
         gpu.BenchConfig(only="nope")
