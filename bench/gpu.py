@@ -15,6 +15,7 @@ steps after the first eval (steady state). One table, also written as JSON.
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,7 @@ ROWS = {  # the two measured goals first, should the budget run out
 }
 TIMEOUT = {"train-compile": 180, "flash": 180, "torchrun": 90}  # seconds; other rows 60
 
-# The child: the script as __main__, then its peak memory on the last line.
+# The child: the script as __main__, then its peak memory into the file peak_bytes.
 CHILD = """import resource, runpy, sys, torch
 sys.path.insert(0, {root!r})
 sys.argv = {argv!r}
@@ -88,7 +89,7 @@ finally:
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("peak bytes", peak, flush=True)"""
+    open("peak_bytes", "w").write(str(peak))"""
 
 
 def command(name, device):
@@ -109,8 +110,8 @@ def command(name, device):
 def measure(out, cwd):
     """What the row's output says: peak memory, train.py's tokens/s and MFU, the TFLOP/s table."""
     found = {}
-    if m := re.search(r"^peak bytes (\d+)", out, re.M):
-        found["peak_MiB"] = round(int(m.group(1)) / 2 ** 20)
+    if os.path.exists(os.path.join(cwd, "peak_bytes")):
+        found["peak_MiB"] = round(int(open(os.path.join(cwd, "peak_bytes")).read()) / 2 ** 20)
     if m := re.search(r"^throughput +([\d,]+) tokens/s", out, re.M):
         found["tok_per_s"] = float(m.group(1).replace(",", ""))
         mfu = re.search(r"^MFU +([\d.]+)%", out, re.M)
@@ -137,13 +138,16 @@ def run_row(name, device, deadline):
         return dict(row=name, finished=None, note=note or "skipped: out of time")
     with tempfile.TemporaryDirectory() as cwd:  # each row's out/ and data/ caches, then gone
         t0 = time.time()
+        child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, start_new_session=True)
         try:
-            done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                                  timeout=min(TIMEOUT.get(name, 60), left))
-            out, ok = done.stdout + done.stderr, done.returncode == 0
-            note = "" if ok else out.strip().splitlines()[-1][:120] if out.strip() else "failed"
+            out = child.communicate(timeout=min(TIMEOUT.get(name, 60), left))[0]
+            ok = child.returncode == 0
+            note = "" if ok else (out.strip().splitlines() or ["failed"])[-1][:120]
         except subprocess.TimeoutExpired as e:
-            out, ok = (e.stdout or b"").decode(errors="replace"), False
+            os.killpg(child.pid, signal.SIGKILL)  # torchrun's workers too, not just the launcher
+            out = child.communicate()[0]
+            ok = False
             note = f"timed out after {e.timeout:.0f} s"
         return dict(row=name, finished=ok, wall_s=round(time.time() - t0, 1), note=note,
                     **measure(out, cwd))
