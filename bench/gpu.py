@@ -54,20 +54,24 @@ ROWS = {  # the two measured goals first, should the budget run out
     "train-compile": (TRAIN + " --compile", "--max_iters=30", None),  # inductor alone: minutes
     "flash": ("bench/flash_attention.py --tables=tflops", "",
               "--tflops_sizes=128 --tokens=128"),
-    "gpt.py": ("gpt.py", "--steps=20 --max_new_tokens=16", ""),
+    "gpt.py": ("gpt.py", "--steps=20 --max_new_tokens=16", "--steps=10 --max_new_tokens=8"),
     "train.py": (TRAIN, "--max_iters=30", TRAIN_TINY),
-    "sft.py": ("sft.py", "--base_steps=20 --steps=10 --n_train=500 --n_eval=20", ""),
+    "sft.py": ("sft.py", "--base_steps=20 --steps=10 --n_train=500 --n_eval=20",
+               "--n_train=200 --n_eval=10 --steps=4"),
     "dpo.py": ("dpo.py", "--base_steps=20 --sft_steps=10 --steps=10 --eval_interval=5"
-               " --n_train=200 --n_eval=20", ""),
+               " --n_train=200 --n_eval=20", "--n_train=50 --n_eval=10 --steps=4"
+               " --eval_interval=2"),
     "grpo.py": ("grpo.py", "--steps=4 --sft_steps=20 --eval_problems=16 --pass_k=2"
                 " --eval_every=2", ""),
     "ppo.py": ("ppo.py", "--base_steps=20 --rm_pairs=200 --rm_steps=20 --iters=3 --best_of=4"
                " --eval_prompts=16", ""),
-    "agent.py": ("agent.py", "--steps=20 --n_train=500 --n_eval=5", ""),
+    "agent.py": ("agent.py", "--steps=20 --n_train=500 --n_eval=5", "--n_train=200 --n_eval=2"),
     "evaluate.py": ("evaluate.py", "--steps=20 --judge_cases=200 --repeat=2", ""),
-    "bert.py": ("bert.py", "--pretrain_steps=20 --finetune_steps=10", ""),
+    "bert.py": ("bert.py", "--pretrain_steps=20 --finetune_steps=10",
+                "--vocab_size=512 --n_per_class=5 --finetune_steps=4"),
     "vit.py": ("vit.py", "--steps=20 --vlm_steps=10 --n_train=512 --n_test=128", ""),
-    "rag.py": ("rag.py", "--encoder_steps=20 --cross_steps=20 --reader_steps=20", ""),
+    "rag.py": ("rag.py", "--encoder_steps=20 --cross_steps=20 --reader_steps=20",
+               "--n_entities=100"),
     "attention.py": ("attention.py", "--steps=20 --warmup=10 --n_test=50", ""),
     "rope.py": ("rope.py", "--steps=20 --n_eval=50", ""),
     "moe.py": ("moe.py", "--steps=20 --eval_batches=2", ""),
