@@ -8,8 +8,8 @@ the peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the process's max R
 tokens/s and MFU for train.py, both as it prints them (compile time included) and over its
 steps after the first eval (steady state). One table, also written as JSON.
 
-    python bench/gpu.py                               # on the CUDA device, <= 8 minutes
-    python bench/gpu.py --device=cpu                  # the same harness at tiny sizes, ~2 min
+    python bench/gpu.py                               # on the CUDA device, within --budget
+    python bench/gpu.py --device=cpu                  # the same harness at tiny sizes
     python bench/gpu.py --only=train-compile,flash    # some rows only
 """
 import json
