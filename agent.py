@@ -10,7 +10,9 @@ until the final_answer tool, max_steps, or a repeated call; every error becomes 
 Constrained decoding masks each token that would leave the JSON call grammar, so a call always
 parses and names a real tool. The model is SFT-trained on expert traces (Toolformer-style,
 Schick et al. 2023) with the loss on its own turns only, never on tool outputs:
-L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t, m_t = 1 on the model's turn.
+L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t, m_t = 1 on the model's turn. A number is one token
+per character and place, so a tiny model copies a tool's result by following tokens that never
+repeat within it (digits get their place, as in Abacus embeddings, McLeish et al. 2024).
 
     python agent.py                     # train on synthetic traces, evaluate held-out tasks
     python agent.py --steps=4000 --n_eval=100   # longer training, more held-out tasks
@@ -41,9 +43,8 @@ import gpt
 
 @dataclass
 class AgentConfig:
-    n_train: int = 6000  # synthetic training tasks (each becomes a trace of 1-3 model turns)
-    no_tool_frac: float = 0.25  # of those, traces where only final_answer exists and the model
-    # must answer alone
+    n_train: int = 16000  # synthetic training tasks (each becomes a trace of 1-3 model turns)
+    no_tool_frac: float = 0.25  # of those, traces with only final_answer: the model answers alone
     n_eval: int = 30  # held-out tasks per family
     steps: int = 2000  # SFT steps of 16 model turns
     n_embd: int = 96  # model width (2 layers, 4 heads)
@@ -343,9 +344,8 @@ CALL_START = ("lit", '{"name": "', 0, ("name", ""))
 
 
 class CallConstraint:
-    """allowed_tokens for gpt.generate. Before <|tool_call|>: any ordinary token (the plan), up to
-    max_thought tokens, then <|tool_call|> is forced. After it: only tokens that keep the call a
-    valid prefix that can still be closed within max_call tokens; once closed, only <|end|>.
+    """allowed_tokens for gpt.generate: a plan of at most max_thought tokens, <|tool_call|>, then
+    tokens that keep the call a valid prefix closable within max_call tokens, then <|end|>.
     budget: new tokens in all; GPTPolicy lowers it near the context limit, and the plan yields."""
 
     def __init__(self, tok, tool_names, vocab_size, max_thought=32, max_call=64):
@@ -356,9 +356,9 @@ class CallConstraint:
                              f"({self.min_call} tokens with <|end|>): raise max_call")
         self.budget = max_thought + 1 + max_call
         self.call_id, self.end_id = tok.special(TOOL_CALL), tok.special(END)
-        pieces = {i: tok.decode_bytes([i]) for i in range(tok.eot_id)}  # ordinary tokens
-        self.texts = {i: p.decode() for i, p in pieces.items()  # ASCII, no "<|": see allowed_for
-                      if p and p.isascii() and b"<|" not in p}
+        pieces = {i: tok.decode([i]) for i in range(tok.eot_id)}  # ordinary tokens
+        self.texts = {i: p for i, p in pieces.items()  # ASCII, no "<|": see allowed_for
+                      if p and p.isascii() and "<|" not in p}
         self.bar_first = {i for i, text in self.texts.items() if text[0] == "|"}
         self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
         self.last = ([], CALL_START)  # the last call prefix seen and the automaton's state after it
@@ -535,8 +535,34 @@ def trace_pairs(task, with_tools):
     return pairs
 
 
-# one token per digit, so the model copies numbers digit by digit
-DIGIT_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+# Place tokens: the 3 that opens 30883 is another token than the 3 that ends it (see the docstring).
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
+CHARS = "0123456789."
+PLACES = 10  # characters past the 10th stay plain
+TAGS = f"{chr(256)}-{chr(255 + len(CHARS) * PLACES)}"  # the letters that stand for them
+SPLIT = rf"""[{TAGS}]|'(?:[sdmt]|ll|ve|re)| ?[^\W\d_{TAGS}]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+UNTAG = {256 + i: CHARS[i % len(CHARS)] for i in range(len(CHARS) * PLACES)}
+
+
+def tag(match):
+    return "".join(chr(256 + len(CHARS) * k + CHARS.index(c)) if k < PLACES else c
+                   for k, c in enumerate(match[0]))
+
+
+class PlaceTokenizer(gpt.Tokenizer):
+    """A BPE over text whose numbers are spelled in place letters; decode gives the digits back."""
+
+    def encode(self, text, allow_special=False):
+        return super().encode(NUMBER.sub(tag, text), allow_special)
+
+    def decode(self, ids):
+        return super().decode(ids).translate(UNTAG)
+
+    @classmethod
+    def train(cls, text, vocab_size):
+        ranks = gpt.train_bpe(NUMBER.sub(tag, text), vocab_size, SPLIT)
+        missing = [b for b in map(str.encode, map(chr, UNTAG)) if b not in ranks]
+        return cls(ranks | {b: len(ranks) + i for i, b in enumerate(missing)}, SPLIT)
 
 
 # ----------------------------------------------------------------------------- SFT on the traces
@@ -548,10 +574,10 @@ def train_agent(cfg, device, log, ckpt=None):
         task = make_task(FAMILIES[i % 3], rng)
         texts += trace_pairs(task, with_tools=rng.random() >= cfg.no_tool_frac)
     if ckpt:
-        tok = gpt.Tokenizer.from_state_dict(ckpt["tokenizer"])
+        tok = PlaceTokenizer.from_state_dict(ckpt["tokenizer"])
     else:
         sample = "".join(p + c for p, c in texts[:3000])
-        tok = gpt.Tokenizer(gpt.train_bpe(sample, 512, DIGIT_SPLIT), DIGIT_SPLIT, "bpe")
+        tok = PlaceTokenizer.train(sample, 512)
     pairs = [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
              for p, c in texts]
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2,

@@ -19,10 +19,24 @@ import gpt
 
 @pytest.fixture(scope="module")
 def tok():
-    """A small BPE trained on a few traces, with the digit-splitting pattern the demo uses."""
+    """A small BPE trained on a few traces, with the place tokens the demo uses."""
     rng = random.Random(0)
     text = "".join(p + c for f in agent.FAMILIES for _ in range(20) for p, c in agent.trace_pairs(agent.make_task(f, rng), True))
-    return gpt.Tokenizer(gpt.train_bpe(text, 300, agent.DIGIT_SPLIT), agent.DIGIT_SPLIT, "bpe")
+    return agent.PlaceTokenizer.train(text, 300)
+
+
+def test_a_number_is_one_token_per_character_and_place(tok):
+    """Worked example: in 30883 the two 3s (places 0 and 4) and the two 8s (2 and 3) are four
+    tokens, while a 3 opening another number (3.5) is the same token as 30883's first."""
+    ids = tok.encode("30883 and 3.5")
+    assert len(set(ids[:5])) == 5 and ids[0] == ids[-3] and ids[-3:] == tok.encode("3.5")
+    assert [tok.decode([i]) for i in ids[:5]] == list("30883") and tok.decode(ids) == "30883 and 3.5"
+
+
+def test_constrained_calls_can_write_numbers_in_place_tokens(tok):
+    constraint = agent.CallConstraint(tok, ("convert_units",), tok.model_vocab_size)
+    call = [tok.special("<|tool_call|>")] + tok.encode('{"name": "convert_units", "arguments": {"value": 1')
+    assert {tok.encode("12.")[1], tok.encode("1.")[1]} <= set(constraint.allowed_for(call))
 
 
 @pytest.fixture
