@@ -295,7 +295,7 @@ RESUME_FREE = ("resume", "stop_after", "plot", "device")  # may change on --resu
 
 def sft_model(cfg, device, train_set):
     """A tiny base pretrained and briefly fine-tuned here, saved as out_dir/sft.pt for --resume."""
-    model, tok = gpt.base_model("", cfg.base_steps, device)
+    model, tok = gpt.base_model(cfg.base_steps, device)
     end = tok.special("<|end|>")
     pairs = [(gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True), tok.encode(a) + [end])
              for _, x, a in train_set]

@@ -894,7 +894,7 @@ def chat_loop(model, tok, cfg, lines, generator):
 
 def demo(cfg, device, g):
     """A tiny byte-level model and a 1-layer draft, then a sample from each decoding method."""
-    model, tok = base_model("", cfg.steps, device)
+    model, tok = base_model(cfg.steps, device)
     draft_cfg = dataclasses.replace(model.config, n_layer=1, n_embd=64, n_head=2, n_kv_head=0)
     draft = train_tiny(draft_cfg, embedded_corpus(), tok, cfg.steps // 2, device)
     prompt = tok.encode(cfg.prompt)
@@ -1142,12 +1142,8 @@ def evaluate_instructions(model, tok, examples):
     return accuracy, nll, predicted
 
 
-def base_model(init, steps, device):
-    """(model, tokenizer): init's checkpoint, or a byte-level 4x128 GPT (6x384 on CUDA) here."""
-    if init:
-        model, tok, _ = load_model(init, device)
-        check_chat_model(model, tok, 64)
-        return model.eval(), tok
+def base_model(steps, device):
+    """(model, tokenizer): a byte-level 4x128 GPT (6x384 on CUDA) trained here."""
     text = embedded_corpus()
     tok = Tokenizer.from_spec("byte", text)
     wide = str(device).startswith("cuda")

@@ -386,7 +386,7 @@ def main(cfg):
         base, tok = load_base(cfg, device, train_set + eval_set)
     say(f"base model: {cfg.init or 'a tiny byte-level GPT pretrained here (out_dir/base.pt)'}")
     if base is None:
-        base, tok = gpt.base_model("", cfg.base_steps, device)
+        base, tok = gpt.base_model(cfg.base_steps, device)
         if master:  # what --resume starts from, rather than pretraining again
             gpt.save_checkpoint(os.path.join(cfg.out_dir, "base.pt"), base, tok)
     examples = [(gpt.render_chat(gpt.chat(x, a), tok), gpt.loss_mask(gpt.chat(x, a), tok))
