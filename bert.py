@@ -520,7 +520,7 @@ class Run:
         self.step = self.ckpt["step"]  # over all phases: the log's step and --stop_after's count
         os.makedirs(cfg.out_dir, exist_ok=True)
         kept = []
-        if cfg.resume:
+        if cfg.resume and os.path.exists(self.log):
             with open(self.log) as f:
                 kept = [line for line in f if json.loads(line)["step"] < self.step]
         with open(self.log, "w") as f:
