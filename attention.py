@@ -437,6 +437,19 @@ def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
 
 # ----------------------------------------------------------------------------- main
 
+def pyplot(plot):
+    """gpt.pyplot: matplotlib.pyplot for --plot, else None; if it is missing, a one-line note."""
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+
+
 def plot_attention(plt, weights, rows, cols, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     plt.imshow(weights.numpy(), cmap="Greys", vmin=0, vmax=1)  # darker = more, as in the text map
@@ -491,21 +504,7 @@ def main(cfg):
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own; --plot's matplotlib too.
-
-def pyplot(plot):
-    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
-
+# identical), so that each standalone file can be copied on its own.
 
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""

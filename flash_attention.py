@@ -529,21 +529,7 @@ def main(cfg):  # max |error| of O, dQ, dK, dV against float64 naive attention: 
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own; --plot's matplotlib too.
-
-def pyplot(plot):
-    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
-
+# identical), so that each standalone file can be copied on its own.
 
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""

@@ -1027,6 +1027,20 @@ class RunLog:
             f.write(json.dumps(row) + "\n")
 
 
+def pyplot(plot):
+    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+        return None
+
+
 def plot_curves(plt, log, keys, path):
     """The log's keys against its steps, a line each, as a PNG at path."""
     with open(log.path) as f:
@@ -1157,21 +1171,7 @@ def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own; --plot's matplotlib too.
-
-def pyplot(plot):
-    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
-
+# identical), so that each standalone file can be copied on its own.
 
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""

@@ -441,7 +441,7 @@ def main(cfg):
     if gpt is None:
         raise SystemExit("error: the demo trains gpt.py models: put gpt.py next to moe.py")
     device = pick_device(cfg.device)
-    plt = pyplot(cfg.plot)
+    plt = gpt.pyplot(cfg.plot)
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     with gpt.bad_input():
         text = gpt.embedded_corpus() if cfg.data == "embedded" else gpt.read_text(cfg.data)
@@ -501,21 +501,7 @@ def main(cfg):
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own; --plot's matplotlib too.
-
-def pyplot(plot):
-    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
-
+# identical), so that each standalone file can be copied on its own.
 
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""

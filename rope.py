@@ -403,6 +403,19 @@ def unseen_angle_pairs(cfg, scaling):
     return f"{int(unseen.sum())}/{head_dim // 2}", float(scaled[0] / theta[0])
 
 
+def pyplot(plot):
+    """gpt.pyplot: matplotlib.pyplot for --plot, else None; if it is missing, a one-line note."""
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+
+
 def plot_accuracy(plt, table, lengths, chance, path):
     """Accuracy against evaluation length, a line per row of the table (scalings dashed)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -460,21 +473,7 @@ def main(cfg):
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own; --plot's matplotlib too.
-
-def pyplot(plot):
-    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
-
+# identical), so that each standalone file can be copied on its own.
 
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""

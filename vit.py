@@ -361,6 +361,19 @@ def show_attention(vit, img, device, plt=None, path=None):
         print(f"plot: {path}")
 
 
+def pyplot(plot):  # matplotlib.pyplot for --plot; without it, a note before any work
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+        return None
+
+
 # ----------------------------------------------------------------------------- a tiny VLM
 
 QUESTIONS = {"shape": "what shape is this?", "colour": "what colour is the shape?",
@@ -592,21 +605,7 @@ def load_data(name, n_train, n_test, cache_dir="data", seed=0):
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own; --plot's matplotlib too.
-
-def pyplot(plot):
-    """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
-
+# identical), so that each standalone file can be copied on its own.
 
 def pick_device(name="auto"):
     """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""
