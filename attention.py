@@ -11,7 +11,7 @@ al. 2020 (sliding-window attention), Szegedy et al. 2016 (label smoothing).
     python attention.py --plot      # and the cross-attention map as out/attention/attention.png
     python bench/attention.py       # our attention vs F.scaled_dot_product_attention, timed
 
-On CPU (about 2 minutes): the loss falling, held-out exact match for greedy and beam search (about
+On CPU (a few minutes): the loss falling, held-out exact match for greedy and beam search (about
 99% on numbers never seen in training), a cross-attention map as a text heat map (each word looks
 at the digits that spell it), and the KV-cache memory of MHA, GQA and MQA at Llama-2/3 7-8B size.
 Left out: a real translation corpus and tokenizer, pre-norm and other post-2017 changes (gpt.py

@@ -12,7 +12,7 @@ judged in both orders, probed for verbosity bias, calibrated against labels by C
     python evaluate.py --resume --plot          # continue out/evaluate/ckpt.pt; loss.png
     python bench/evaluate.py                    # multiple choice: batched vs a pass per option
 
-On CPU (about 3 minutes): a report card of a tiny model before and after fine-tuning on made-up
+On CPU (a few minutes): a report card of a tiny model before and after fine-tuning on made-up
 facts, on held-out items. --ckpt trains nothing: held-out perplexity and gpt.py's held-out
 instructions. The metrics need only the standard library. Left out: METEOR's WordNet synonyms,
 real benchmark data (MMLU, HumanEval's sandbox), and a judge stronger than the model it grades.

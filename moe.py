@@ -17,7 +17,7 @@ dropless), Dai et al. 2024 (DeepSeekMoE, shared experts), Wang et al. 2024 (aux-
     python moe.py --resume --plot         # continue out/moe/ckpt.pt; curves and load as moe.png
     python bench/moe.py                   # layer fwd+bwd: naive loop vs sorted dispatch vs dense
 
-On CPU (about 3 minutes) you see three tqdm bars, then a table of val loss at equal steps with
+On CPU (a few minutes) you see three tqdm bars, then a table of val loss at equal steps with
 total vs active parameters, the val loss when each MoE is squeezed to capacity factor 1.25, and
 a text histogram of expert load: even with the balancing loss, skewed without it. The layer needs
 only torch (`from moe import MoE` works without gpt.py); the demo's GPTs need gpt.py.

@@ -13,7 +13,7 @@ NTK-aware base scaling (bloc97 2023) and YaRN (Peng et al. 2023).
     python rope.py --encodings=rope,alibi   # only some rows
     python rope.py --plot                   # and accuracy vs length as out/rope/accuracy.png
 
-On CPU (about 3 minutes) you see <R(m)q, R(n)k> printed for pairs with the same m - n (equal)
+On CPU (under two minutes) you see <R(m)q, R(n)k> printed for pairs with the same m - n (equal)
 and the long-term decay curve, then one tiny model per encoding trained to output the token k
 steps back, and its accuracy at 1x, 2x and 4x the training length (RoPE also with each scaling).
 Left out: fine-tuning at the longer length (the scalings are shown without it), xPos and FIRE,

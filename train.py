@@ -14,7 +14,7 @@ MFU and the Chinchilla view (Hoffmann et al. 2022: ~20 tokens per parameter, C =
     python train.py --data=fineweb --compile       # CUDA: FineWeb as GPT-2 token shards
     python bench/train_vs_nanogpt.py --nanogpt=PATH    # side by side with nanoGPT (see README)
 
-On CPU (about 5 minutes on 2 cores) val loss falls from 7.0 to about 3.5, printed with a sample
+On CPU (a few minutes on 2 cores) val loss falls from 7.0 to about 3.5, printed with a sample
 every 100 steps, then the report. out/train/ holds ckpt.pt (for `python gpt.py --ckpt=` and
 `python sft.py --init=`), log.jsonl and, with --plot, loss.png.
 Left out: tensor and pipeline parallelism, activation checkpointing, batches that respect
