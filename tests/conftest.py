@@ -5,11 +5,16 @@ import platform
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import gpt  # noqa: E402
+
+# The tests' models are tiny: a second thread costs more in synchronisation than it saves (and
+# under load far more). Subprocesses (DDP, --help, the benches) keep torch's own default.
+torch.set_num_threads(1)
 
 # .ci/run sets REQUIRE_REFERENCES=1 after installing the reference packages and Triton: there a
 # missing reference is a failure, so CI can never go green with the comparisons skipped.
