@@ -535,7 +535,7 @@ def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, d
     start = 0
     if resume:
         opt.load_state_dict(resume["optimizer"])
-        g.set_state(resume["generator"])
+        g.set_state(resume["generator"].cpu())  # map_location="cuda" would hand it a CUDA tensor
         start = resume["step"]
     model.train()
     loss = torch.tensor(math.nan)
