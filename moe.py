@@ -3,10 +3,10 @@
 A router scores token x against E experts, keeps the top k, and mixes their outputs:
     y = sum_{i in TopK(s)} g_i(x) E_i(x)  (+ shared experts that see every token),
     g = softmax over the k chosen logits (k > 1), or the raw probability p_i (k = 1).
-Parameters grow with E while compute per token grows with k. Left alone, the router collapses
-onto a few experts; the Switch load-balancing loss alpha * E * sum_i f_i P_i (f_i: share of the
-token-to-expert assignments, P_i: mean router probability; exactly alpha when routing is
-uniform, whatever k) or a selection-only bias (DeepSeek-V3) spreads the load.
+Parameters grow with E, compute per token with k. Left alone, the router collapses onto a few
+experts; the Switch loss alpha * E * sum_i f_i P_i (f_i: share of the token-to-expert
+assignments, P_i: mean router probability; alpha when routing is uniform, whatever k) or a
+selection-only bias (DeepSeek-V3) spreads the load.
 Papers: Shazeer et al. 2017 (noisy top-k), Lepikhin et al. 2020 (GShard, capacity),
 Fedus et al. 2021 (Switch), Zoph et al. 2022 (ST-MoE, z-loss), Gale et al. 2022 (MegaBlocks,
 dropless), Dai et al. 2024 (DeepSeekMoE, shared experts), Wang et al. 2024 (aux-loss-free).
@@ -17,12 +17,11 @@ dropless), Dai et al. 2024 (DeepSeekMoE, shared experts), Wang et al. 2024 (aux-
     python moe.py --resume --plot         # continue out/moe/ckpt.pt; curves and load as moe.png
     python bench/moe.py                   # layer fwd+bwd: naive loop vs sorted dispatch vs dense
 
-On CPU (a few minutes) you see three tqdm bars, then a table of val loss at equal steps with
-total vs active parameters, the val loss when each MoE is squeezed to capacity factor 1.25, and
-a text histogram of expert load: even with the balancing loss, skewed without it. The layer needs
-only torch (`from moe import MoE` works without gpt.py); the demo's GPTs need gpt.py.
-Left out: expert parallelism across devices, fused dispatch kernels, and models beyond 0.7M
-parameters trained on more than the embedded 460 kB of text.
+On CPU (a few minutes): three tqdm bars, a table of val loss at equal steps with total vs active
+parameters and at capacity factor 1.25, and a histogram of expert load: even with the balancing
+loss, skewed without it. The layer needs only torch; the demo's GPTs need gpt.py.
+Left out: expert parallelism, fused dispatch kernels, and models beyond 0.7M parameters trained on
+more than the embedded 460 kB of text.
 """
 import argparse
 import dataclasses
@@ -171,15 +170,13 @@ def router_z_loss(router_logits):
 @functools.cache
 def grouped_mm_runs(device_type, dtype):
     """Does torch._grouped_mm (a private op: recent torch on CPU and on Hopper GPUs) work here?"""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
     try:
         a = torch.ones(4, 16, device=device_type, dtype=dtype)
         w = torch.ones(2, 16, 16, device=device_type, dtype=dtype)
         offs = torch.tensor([2, 4], dtype=torch.int32, device=device_type)
         torch._grouped_mm(a, w.transpose(1, 2), offs=offs)
         return True
-    except (RuntimeError, NotImplementedError):
+    except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
@@ -208,11 +205,9 @@ class Experts(nn.Module):
             return torch.cat([self.expert(e, xe) for e, xe in enumerate(x.split(counts.tolist()))])
         dtype = matmul_dtype(x)
         offs = counts.cumsum(0).to(torch.int32)  # where each slice ends
-        w_in = self.w_in.to(dtype).transpose(1, 2)
-        h = torch._grouped_mm(x.to(dtype), w_in, offs=offs)  # (M, 2 * hidden)
-        gate, up = h.chunk(2, dim=-1)
-        w_out = self.w_out.to(dtype).transpose(1, 2)
-        return torch._grouped_mm(F.silu(gate) * up, w_out, offs=offs)
+        h = torch._grouped_mm(x.to(dtype), self.w_in.to(dtype).transpose(1, 2), offs=offs)
+        gate, up = h.chunk(2, dim=-1)  # (M, hidden) each
+        return torch._grouped_mm(F.silu(gate) * up, self.w_out.to(dtype).transpose(1, 2), offs=offs)
 
 
 def sort_by_expert(expert_index, n_expert, capacity=0):
@@ -242,20 +237,6 @@ def dispatch_sorted(x, expert_index, gates, experts, capacity=0, grouped=False):
     return torch.zeros_like(upcast(x)).index_add_(0, token, weighted), counts
 
 
-def dispatch_loop(x, expert_index, gates, experts, capacity=0):
-    """The naive baseline (as in most first MoE implementations): per expert, a mask finds its
-    tokens in priority order, it runs on them, and the weighted result is added back."""
-    y = torch.zeros_like(upcast(x))
-    for e in range(experts.w_in.size(0)):
-        choice, token = torch.where(expert_index.t() == e)  # row-major: first choices first
-        if capacity:
-            choice, token = choice[:capacity], token[:capacity]
-        if len(token):
-            out = upcast(experts.expert(e, x[token]))
-            y.index_add_(0, token, out * gates[token, choice, None])
-    return y
-
-
 class MoE(nn.Module):
     """The sparse MoE feed-forward layer: (B, T, n_embd) -> (B, T, n_embd), a drop-in for an MLP.
     After each forward: .aux_loss (add it to the training loss), .stats (expert load, dropped)."""
@@ -265,9 +246,9 @@ class MoE(nn.Module):
         self.cfg = cfg
         self.router = Router(cfg)
         self.experts = Experts(cfg.n_expert, cfg.n_embd, cfg.expert_hidden)
-        self.shared = None  # n_shared experts: one SwiGLU n_shared times as wide
-        if cfg.n_shared:
-            self.shared = Experts(1, cfg.n_embd, cfg.n_shared * cfg.expert_hidden)
+        # n_shared experts: one SwiGLU n_shared times as wide
+        wide = cfg.n_shared * cfg.expert_hidden
+        self.shared = Experts(1, cfg.n_embd, wide) if cfg.n_shared else None
         self.aux_loss = None
         self.stats = {}
 
@@ -327,9 +308,8 @@ def active_params(model):
 # ----------------------------------------------------------------------------- demo: dense vs MoE
 
 def get_batch(ids, starts, block_size, device):
-    x = torch.stack([ids[s:s + block_size] for s in starts.tolist()])
-    y = torch.stack([ids[s + 1:s + 1 + block_size] for s in starts.tolist()])
-    return x.to(device), y.to(device)
+    xy = torch.stack([ids[s:s + block_size + 1] for s in starts.tolist()]).to(device)
+    return xy[:, :-1], xy[:, 1:]  # inputs and next-token targets
 
 
 def evaluate(model, val, cfg):
@@ -349,9 +329,8 @@ def evaluate(model, val, cfg):
 
 
 def train(model, name, run, ids, cfg, save, log, state=None):
-    """AdamW on loss = cross-entropy + the MoE auxiliary losses; the same batches for every model.
-    Model number `run` owns global steps run * steps onwards, saves every ckpt_every of them and
-    stops at stop_after (returns None; else its ms per step). state: a checkpoint to continue."""
+    """AdamW on cross-entropy + the MoE auxiliary losses, the same batches for every model. Model
+    `run` owns global steps run * steps onwards; returns its ms per step, or None at stop_after."""
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -390,9 +369,8 @@ def train(model, name, run, ids, cfg, save, log, state=None):
 
 
 def measure(model, name, val, cfg, ms):
-    """Val loss; for an MoE also its load, ranked (each layer's shares sorted busiest first, so a
-    collapse onto different experts in different layers still shows, then averaged over layers),
-    and its loss when each expert's queue is cut at eval_capacity."""
+    """Val loss; for an MoE also its load ranked per layer before the mean over layers (a collapse
+    onto different experts in different layers still shows), and its loss at eval_capacity."""
     loss, load, _ = evaluate(model, val, cfg)
     result = dict(model=name, params=gpt.count_params(model), active=active_params(model),
                   val_loss=loss, ms_per_step=ms, load=load)

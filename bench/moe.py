@@ -44,6 +44,20 @@ class BenchConfig:
 GPU = dict(n_embd=1024, tokens="4096,16384,65536", repeats=10)
 
 
+def dispatch_loop(x, expert_index, gates, experts, capacity=0):
+    """The naive baseline (as in most first MoE implementations): per expert, a mask finds its
+    tokens in priority order, it runs on them, and the weighted result is added back."""
+    y = torch.zeros_like(moe.upcast(x))
+    for e in range(experts.w_in.size(0)):
+        choice, token = torch.where(expert_index.t() == e)  # row-major: first choices first
+        if capacity:
+            choice, token = choice[:capacity], token[:capacity]
+        if len(token):
+            out = moe.upcast(experts.expert(e, x[token]))
+            y.index_add_(0, token, out * gates[token, choice, None])
+    return y
+
+
 def dispatch_dense(x, expert_index, gates, experts):
     """Every expert on every token, weighted by the gates (zero for the unchosen)."""
     outs = torch.stack([experts.expert(e, x) for e in range(experts.w_in.size(0))], 1)  # (N, E, d)
@@ -87,7 +101,7 @@ def main(cfg):
             _, _, idx, gates = router(x)
         sort = functools.partial(moe.dispatch_sorted, expert_index=idx, gates=gates,
                                  experts=experts)
-        variants = {"naive": lambda x: moe.dispatch_loop(x, idx, gates, experts),
+        variants = {"naive": lambda x: dispatch_loop(x, idx, gates, experts),
                     "sorted": lambda x: sort(x)[0], "grouped": lambda x: sort(x, grouped=True)[0],
                     "all": lambda x: dispatch_dense(x, idx, gates, experts),
                     "dense": lambda x: dense_mlp.expert(0, x)}

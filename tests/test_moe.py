@@ -93,7 +93,7 @@ def test_sorted_dispatch_equals_the_loop_forward_and_backward(capacity):
     _, _, expert_index, gates = layer.router(x)
     outputs, grads = [], []
     for dispatch in (lambda *a: moe.dispatch_sorted(*a, capacity=capacity)[0],
-                     lambda *a: moe.dispatch_loop(*a, capacity=capacity)):
+                     lambda *a: bench.dispatch_loop(*a, capacity=capacity)):
         xi, gi = x.clone().requires_grad_(), gates.detach().clone().requires_grad_()
         layer.zero_grad()
         y = dispatch(xi, expert_index, gi, layer.experts)
