@@ -15,7 +15,7 @@ Radford et al. 2019 (GPT-2), Su et al. 2021 (RoPE), Ainslie et al. 2023 (GQA), S
     python bench/gpt.py                             # tokens/s with and without the KV cache
 
 On CPU the default trains a tiny byte-level model and a 1-layer draft (about a minute), then prints
-a sample from each decoding method, the speculative acceptance rate and the KV cache's speed-up.
+a sample from each decoding method and the speculative acceptance rate.
 Left out: paged or quantised caches, batched beam search, and serving many requests at once.
 """
 import argparse
@@ -112,8 +112,7 @@ def inference(fn):
 
 
 def apply_rope(x, cos, sin):
-    """Half-split ("NeoX") pairs: x_i' = x_i cos - x_{i+d/2} sin, x_{i+d/2}' = x_{i+d/2} cos
-    + x_i sin. x: (B, H, T, hd); cos = [cos, cos], sin = [-sin, sin]: (B|1, 1, T, hd), float32."""
+    """NeoX pairs: x_i' = x_i cos - x_{i+d/2} sin, x_{i+d/2}' = x_{i+d/2} cos + x_i sin."""
     x1, x2 = upcast(x).chunk(2, dim=-1)
     return (upcast(x) * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
 
@@ -149,8 +148,7 @@ class KVCache:
 
 
 def attention_mask(key_valid, T, causal):
-    """(B, 1, T, S) for queries in the last T of S slots: real keys up to the query's slot, and
-    always itself, so a padding query's row is never empty (finite garbage, never NaN)."""
+    """(B, 1, T, S) for the last T of S slots; each query sees itself, so no row is NaN."""
     S = key_valid.size(1)
     q_slot = torch.arange(S - T, S, device=key_valid.device)[:, None]  # (T, 1)
     k_slot = torch.arange(S, device=key_valid.device)[None, :]  # (1, S)
@@ -255,8 +253,7 @@ class GPT(nn.Module):
         return KVCache(self.config, batch, max_len, p.device, dtype)
 
     def hidden(self, idx, attn_mask=None, cache=None, embeds=None):
-        """(B, T, n_embd); attn_mask (B, T) is False on padding; with a cache, idx is the new tokens
-        only. embeds (B, T, n_embd) stands in for the token embeddings (a VLM's image patches)."""
+        """(B, T, n_embd) of the new tokens; attn_mask False on padding; embeds replace wte."""
         cfg = self.config
         B, T = idx.shape if embeds is None else embeds.shape[:2]
         device = idx.device if embeds is None else embeds.device
@@ -351,8 +348,7 @@ class GPT(nn.Module):
     @inference
     def beam_search(self, prompt, beam_size=4, max_new_tokens=32, stop_tokens=(),
                     length_penalty=1.0):
-        """The best log p / len^length_penalty of beam_size finished hypotheses (or, at the length
-        limit, of those and the live beams, as in Hugging Face's finalize)."""
+        """argmax log p / len^length_penalty over finished (at the limit, also live) hypotheses."""
         idx, _ = self._prepare([prompt], max_new_tokens, 0)
         cache = self.new_cache(beam_size, idx.size(1) + max_new_tokens)
         h = self.hidden(idx.expand(beam_size, -1), cache=cache)
@@ -444,9 +440,7 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, gener
 @inference
 def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0,
                          top_p=1.0, stop_tokens=(), generator=None):
-    """Speculative sampling (Leviathan et al. 2023), batch of one: the draft proposes k tokens from
-    q, one target pass scores them with p; x_i is kept with probability min(1, p/q), the first
-    rejected is redrawn from norm(max(0, p - q)): exactly the target's distribution."""
+    """Batch of one: k draft tokens x_i ~ q, one target pass p; exactly the target's law."""
     device = target.lm_head.weight.device
     target._prepare([prompt], max_new_tokens, 0)
     draft._prepare([prompt], max_new_tokens, 0)
@@ -496,8 +490,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
 # ----------------------------------------------------------------------------- log-probs
 
 def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None, temperature=1.0):
-    """(B, Tc) log pi(c_t | prompt, c_<t) and the mask of real tokens, from lengths (pad_id may be
-    eos). temperature: score softmax(z / T), the distribution sampling at T drew from."""
+    """(B, Tc) log softmax(z / T)[c_t] after prompt, c_<t, and the real tokens (pad may be eos)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     width = max(prompt_width or 0, max(len(p) for p in prompts))  # the prompt column
@@ -524,8 +517,7 @@ def completion_loss(model, prompts, completions, pad_id=0):
 
 def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune",
              resume=None, on_step=None):
-    """AdamW, cosine lr, completion_loss on random batches of pairs; the last loss. on_step(step,
-    loss, state) after each step (True stops); resume=state() continues bit for bit."""
+    """AdamW, cosine lr; on_step(step, loss, state) True stops; resume=state() is bit for bit."""
     if not pairs:
         raise ValueError("finetune needs at least one (prompt, completion) pair")
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -568,8 +560,7 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<
 
 
 def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
-    """Byte-level BPE (Sennrich et al. 2016): from the 256 bytes, merge the most frequent adjacent
-    pair within regex-split chunks, again and again. tiktoken's ranks {token bytes: rank}."""
+    """Byte-level BPE (Sennrich et al. 2016): merge the most frequent pair; {token bytes: rank}."""
     chunks = collections.Counter(re.findall(pattern, text))
     words = [list(w.encode("utf-8")) for w in chunks]  # each chunk as a list of token ids
     counts = list(chunks.values())
@@ -812,8 +803,7 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 def read_safetensors(path):
-    """{name: tensor}: 8-byte header length n, n bytes of JSON {name: {dtype, shape,
-    data_offsets}}, then the data (offsets from the header's end). Only torch needed."""
+    """u64 n, n bytes of JSON {name: {dtype, shape, data_offsets}}, then the data; torch only."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -916,11 +906,6 @@ def demo(cfg, device, g):
         print(f"--- {name}\n{cfg.prompt}{tok.decode(ids)}")
     print(f"speculative: {stats['acceptance']:.0%} of draft tokens accepted, "
           f"{len(spec) / stats['target_calls']:.2f} tokens per target forward pass")
-    n = model.config.block_size - len(prompt)
-    seconds = [best_time(lambda: model.generate([prompt], n, temperature=0, use_cache=c), 1)[1]
-               for c in (False, True)]  # noqa: B023 (called at once)
-    print(f"greedy, {n} new tokens: {n / seconds[0]:.0f} tok/s without the KV cache,"
-          f" {n / seconds[1]:.0f} with it ({seconds[0] / seconds[1]:.1f}x)")
 
 
 def main(cfg):
