@@ -2,21 +2,20 @@
 
 BM25 (Robertson & Zaragoza 2009), score = sum_t idf(t) f(t,d) (k1 + 1) / (f(t,d) + k1 (1 - b +
 b |d| / avgdl)). A bi-encoder (Reimers & Gurevych 2019) trained with InfoNCE over in-batch
-negatives, L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched
-exactly or with random-hyperplane LSH (Charikar 2002). Hybrid: reciprocal rank fusion,
-sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). A cross-encoder re-ranks [CLS] q [SEP] d (Nogueira
-& Cho 2019); HyDE (Gao et al. 2022) searches with a passage the generator imagines (lecture 7).
+negatives, L = -log exp(q.d+/tau) / sum_j exp(q.d_j/tau) (van den Oord et al. 2018), searched by
+exact cosine. Hybrid: reciprocal rank fusion, sum_r 1/(k + rank_r(d)) (Cormack et al. 2009). A
+cross-encoder re-ranks [CLS] q [SEP] d (Nogueira & Cho 2019); HyDE (Gao et al. 2022) searches
+with a passage the generator imagines (lecture 7).
 
     python rag.py                          # made-up knowledge base -> retrieval -> reader accuracy
     python rag.py --hyde --n_entities=200  # also HyDE; a bigger knowledge base
     python bench/rag.py                    # query latency vs corpus size: BM25, exact dense, LSH
 
 On CPU: Recall@1/5, hit@1, P@5, MRR, NDCG@10 of each retriever on held-out questions beside the
-ideal ranking; LSH's recall against exact search; the reader's exact match with no retrieval, with
-the retrieved passages, with the gold one. Retrieval needs only torch and numpy; the reader and
-HyDE need gpt.py beside this file.
+ideal ranking; the reader's exact match with no retrieval, with the retrieved passages, with the
+gold one. Retrieval needs only torch and numpy; the reader and HyDE need gpt.py beside this file.
 Left out: real documents and pretrained encoders (all is trained from scratch on made-up
-biographies), vector databases, query rewriting beyond HyDE, and multi-hop questions.
+biographies), a vector database (LSH: bench/rag.py), query rewriting beyond HyDE, multi-hop.
 """
 import argparse
 import dataclasses
@@ -29,7 +28,6 @@ import sys
 import typing
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 import torch
@@ -57,8 +55,6 @@ class RAGConfig:
     batch_size: int = 64  # bi-encoder batch: 64 questions, each with 63 in-batch negatives
     n_negatives: int = 7  # cross-encoder: hard negatives per question, from BM25 and dense results
     rerank_depth: int = 20  # hybrid candidates the cross-encoder re-scores
-    lsh_tables: int = 8  # LSH hash tables
-    lsh_bits: int = 8  # hyperplanes (bits) per table
     top_k: int = 2  # passages in the reader's prompt
     reader_steps: int = 2500  # reader fine-tuning steps
     reader_embd: int = 64  # reader width (4 heads, 2 layers)
@@ -70,7 +66,7 @@ class RAGConfig:
 
     def __post_init__(self):  # every field, before any work
         for name in ("n_entities", "chunk_size", "n_layer", "encoder_steps", "cross_steps",
-                     "batch_size", "n_negatives", "lsh_tables", "top_k", "reader_steps"):
+                     "batch_size", "n_negatives", "top_k", "reader_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         for bad, error in [
@@ -83,7 +79,6 @@ class RAGConfig:
                 (min(self.tau, self.reader_lr) <= 0, "tau and reader_lr must be positive"),
                 (self.top_k > self.rerank_depth, f"rerank_depth={self.rerank_depth} must be at"
                  f" least top_k={self.top_k}"),
-                (not 1 <= self.lsh_bits <= 20, f"lsh_bits={self.lsh_bits}: 1 to 20 (2^bits)"),
                 (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file")]:
             if bad:
                 raise ValueError(error)
@@ -240,35 +235,6 @@ def dense_search(query_emb, doc_embs, k):  # exact: unit query (d,), unit passag
     scores = doc_embs @ query_emb  # (N,) cos = q . d for unit vectors
     ids = top_k(scores, k)
     return ids, scores[ids]
-
-
-class LSHIndex:
-    """bit_i(x) = [r_i . x > 0], r_i Gaussian: at angle theta, P(same bit) = 1 - theta/pi. A query
-    scores exactly the buckets within Hamming distance radius of its codes (n_bits: all)."""
-
-    def __init__(self, doc_embs, n_tables=8, n_bits=8, seed=0):
-        self.doc_embs, self.n_bits = doc_embs, n_bits
-        rng = np.random.default_rng(seed)
-        self.planes = rng.standard_normal((n_tables, n_bits, doc_embs.shape[1]))
-        self.tables = []
-        for codes in self.codes(doc_embs):  # (N,) per table
-            order = np.argsort(codes, kind="stable")
-            keys, starts = np.unique(codes[order], return_index=True)
-            self.tables.append(dict(zip(keys.tolist(), np.split(order, starts[1:]))))
-
-    def codes(self, x):  # x (N, d) -> (n_tables, N) integer codes
-        bits = np.einsum("tbd,nd->tnb", self.planes, x) > 0  # (n_tables, N, n_bits)
-        return bits @ (1 << np.arange(self.n_bits))
-
-    def search(self, query_emb, k, radius=1):  # -> (ids, number of chunks scored)
-        flips = [sum(1 << b for b in bits) for r in range(radius + 1)
-                 for bits in combinations(range(self.n_bits), r)]  # XOR masks of <= radius bits
-        codes = self.codes(query_emb[None])[:, 0].tolist()
-        buckets = [table.get(code ^ m) for table, code in zip(self.tables, codes) for m in flips]
-        found = [b for b in buckets if b is not None] or [np.zeros(0, int)]
-        candidates = np.unique(np.concatenate(found))
-        ids = top_k(self.doc_embs[candidates] @ query_emb, k)  # none found: none returned
-        return candidates[ids], len(candidates)
 
 
 def reciprocal_rank_fusion(rankings, k=60):  # needs no score calibration between retrievers
@@ -540,19 +506,6 @@ def print_retrieval_table(rows, relevant, n_chunks, log=None):
             log(method=name, **dict(zip(header, values)))
 
 
-def lsh_report(doc_embs, query_embs, cfg, log):
-    exact = [dense_search(e, doc_embs, 10)[0].tolist() for e in query_embs]
-    index = LSHIndex(doc_embs, cfg.lsh_tables, cfg.lsh_bits, cfg.seed)
-    for radius in (0, 1, 2):
-        found = [index.search(e, 10, radius) for e in query_embs]
-        recall = np.mean([len(set(ids.tolist()) & set(x)) / len(x)
-                          for (ids, _), x in zip(found, exact)])
-        scanned = np.mean([n for _, n in found]) / len(doc_embs)
-        print(f"LSH {cfg.lsh_tables} tables x {cfg.lsh_bits} bits, probe radius {radius}: "
-              f"recall@10 vs exact {recall:.3f}, scoring {scanned:.0%} of the chunks")
-        log(method=f"LSH radius {radius}", recall_at_10_vs_exact=recall, scanned=scanned)
-
-
 def main(cfg):
     if gpt is None:
         raise SystemExit("rag.py's demo trains a reader with gpt.py: put gpt.py beside rag.py"
@@ -591,7 +544,6 @@ def main(cfg):
                                 for e in hyde_embs]
         print(f"HyDE example: {questions[0]!r} -> {imagined[0]!r}")
     print_retrieval_table(rows, relevant, len(chunks), log)
-    lsh_report(doc_embs, query_embs, cfg, log)
 
     answers = [fact["answer"].lower() for _, fact in test]
     settings = {"no retrieval (closed book)": [augment(q, []) for q in questions],
