@@ -55,8 +55,7 @@ class TrainConfig:
     batch_size: int = 16  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_iters: int = 500  # optimizer steps
-    stop_after: int = 0  # end the run after this many steps, as if pre-empted (the schedule still
-    #                      spans max_iters); 0 = off
+    stop_after: int = 0  # end after this many steps as if pre-empted (schedule spans max_iters)
     optimizer: str = "adamw"  # adamw | muon (Muon for 2D block weights, AdamW for the rest)
     lr: float = 2e-3  # peak AdamW learning rate
     muon_lr: float = 0.02  # peak Muon learning rate
@@ -85,10 +84,9 @@ class TrainConfig:
             raise ValueError(f"data={self.data!r}: no such file; use a text file, a URL or {named}")
         if self.tokenizer not in ("bpe", "byte", "gpt2") and not os.path.isfile(self.tokenizer):
             raise ValueError(f"tokenizer={self.tokenizer!r}: use bpe, byte, gpt2 or a .tiktoken")
-        for name, allowed in [("optimizer", ("adamw", "muon")), ("schedule", ("cosine", "wsd"))]:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
-        rules = [("vocab_size", lambda v: v >= 256, ">= 256, the bytes BPE starts from"),
+        rules = [("optimizer", lambda v: v in ("adamw", "muon"), "adamw or muon"),
+                 ("schedule", lambda v: v in ("cosine", "wsd"), "cosine or wsd"),
+                 ("vocab_size", lambda v: v >= 256, ">= 256, the bytes BPE starts from"),
                  ("depth n_embd n_head block_size batch_size grad_accum max_iters eval_interval"
                   " eval_iters", lambda v: v >= 1, ">= 1"),
                  ("n_kv_head mlp_hidden stop_after sample_tokens weight_decay grad_clip",
@@ -100,7 +98,7 @@ class TrainConfig:
         for names, ok, rule in rules:
             for name in names.split():
                 if not ok(getattr(self, name)):
-                    raise ValueError(f"{name}={getattr(self, name)} must be {rule}")
+                    raise ValueError(f"{name}={getattr(self, name)!r} must be {rule}")
         if self.fsdp and self.optimizer == "muon":
             raise ValueError("--optimizer=muon does not support --fsdp: Newton-Schulz needs whole"
                              " matrices")
@@ -156,8 +154,8 @@ class Muon(torch.optim.Optimizer):
 
 
 def make_optimizers(model, cfg, device):
-    """AdamW with weight decay on matrices and embeddings only; with optimizer=muon, the 2D
-    weights inside the blocks go to Muon instead. Each group remembers its peak lr."""
+    """AdamW, decaying matrices and embeddings only; with optimizer=muon the blocks' 2D weights go
+    to Muon instead. Each group remembers its peak lr."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     muon = {n: p for n, p in params.items()
             if cfg.optimizer == "muon" and ".h." in n and p.dim() == 2}
@@ -176,8 +174,7 @@ def make_optimizers(model, cfg, device):
 
 
 def lr_factor(step, cfg):
-    """Multiplier on the peak lr: linear warmup, then cosine to min_lr_frac, or (wsd) flat and
-    a linear decay over the last decay_frac of the run."""
+    """Factor on the peak lr: linear warmup, then cosine to min_lr_frac, or (wsd) flat, linear."""
     warmup = max(1, int(cfg.warmup_frac * cfg.max_iters))
     if step < warmup:
         return (step + 1) / warmup
@@ -194,8 +191,8 @@ def lr_factor(step, cfg):
 # ----------------------------------------------------------------------------- data
 
 def prepare_data(cfg, rank=0):
-    """(train ids, val ids, tokenizer). The corpus is tokenised once (by rank 0) into a memmap in
-    cache_dir, which later runs on the same text reuse; its last val_frac is for validation."""
+    """(train ids, val ids, tokenizer): tokenised once (by rank 0) into a memmap that later runs on
+    the same text reuse; the last val_frac is validation."""
     shards = load_fineweb(cfg) if cfg.data == "fineweb" else None
     if shards:
         return shards
@@ -229,12 +226,10 @@ def get_batch(ids, starts, block_size, device):
 
 
 def step_starts(n_tokens, cfg, generator, world):
-    """Window starts for one optimizer step, (grad_accum, world, batch_size). Every process draws
-    the same global batch and keeps its own slice, so the run is the same for any world size,
-    and grad_accum x batch_size is the same run as one batch of the product."""
-    # s + block_size + 1 <= n_tokens for the targets; randint's bound is exclusive
+    """Window starts of one optimizer step, (grad_accum, world, batch_size). Every process draws
+    the same global batch and keeps its slice: any world size or grad_accum is the same run."""
     count = cfg.grad_accum * world * cfg.batch_size
-    starts = torch.randint(n_tokens - cfg.block_size, (count,), generator=generator)
+    starts = torch.randint(n_tokens - cfg.block_size, (count,), generator=generator)  # s + T < n
     return starts.view(cfg.grad_accum, world, cfg.batch_size).numpy()
 
 
