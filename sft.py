@@ -82,9 +82,8 @@ GPU = dict(base_steps=2000, steps=1000)  # the defaults that change on a CUDA de
 # ----------------------------------------------------------------------------- packing
 
 def pack(examples, block_size):
-    """Next-fit packing of (ids, mask) examples into rows of at most block_size inputs. Each row
-    is (inputs, targets, doc): targets are the next token where the mask says so, else -1;
-    doc numbers the example each position belongs to, for the block-diagonal mask."""
+    """Next-fit packing of (ids, mask) examples into rows (inputs, targets, doc) of at most
+    block_size inputs; doc numbers each position's example, for the block-diagonal mask."""
     rows, row = [], ([], [], [])
     for n, (ids, mask) in enumerate(examples):
         if len(ids) - 1 > block_size:
@@ -99,18 +98,16 @@ def pack(examples, block_size):
     return rows + ([row] if row[0] else [])
 
 
-def collate(rows, device, pad_id=0):
+def collate(rows, device):
     """(idx, targets, doc), each (B, T) for T the longest row; padding has target -1 and doc -1."""
     T = max(len(r[0]) for r in rows)
     return tuple(torch.tensor([r[i] + [fill] * (T - len(r[i])) for r in rows], device=device)
-                 for i, fill in ((0, pad_id), (1, -1), (2, -1)))
+                 for i, fill in ((0, 0), (1, -1), (2, -1)))
 
 
 class PackedGPT(nn.Module):
-    """A GPT run on packed rows: token i attends to token j only if j <= i and both belong to
-    the same example, and positions restart at 0 for each example, so every example gets exactly
-    the logits it would get alone. gpt.GPT.hidden only takes a (B, T) padding mask, so the few
-    lines of its forward are repeated here with this mask; tests check both agree."""
+    """A GPT on packed rows, each example getting exactly the logits it would get alone: attention
+    stays inside it and positions restart. gpt.GPT.hidden takes only a (B, T) padding mask."""
 
     def __init__(self, model):
         super().__init__()
@@ -138,10 +135,8 @@ class PackedGPT(nn.Module):
 # ----------------------------------------------------------------------------- LoRA and QLoRA
 
 def nf4_levels():
-    """The 16 NormalFloat-4 values: quantiles of N(0, 1) scaled to [-1, 1], 8 positive and 7
-    negative so that 0 is exact. Quantile levels give each code about equal probability mass
-    for normally distributed weights; delta keeps the end quantiles finite (Dettmers et al.
-    2023)."""
+    """The 16 NF4 values: quantiles of N(0, 1) scaled to [-1, 1], 8 positive and 7 negative so 0
+    is exact; each code gets about equal mass of normal weights; delta keeps the ends finite."""
     delta = 0.5 * (1 / 32 + 1 / 30)
     positive = torch.special.ndtri(torch.linspace(1 - delta, 0.5, 9, dtype=torch.float64)[:-1])
     negative = -torch.special.ndtri(torch.linspace(1 - delta, 0.5, 8, dtype=torch.float64)[:-1])
@@ -156,12 +151,10 @@ E4M3_MAX = 448.0  # the largest float8_e4m3fn value: each block of constants is 
 
 
 def quantize_nf4(w):
-    """Blockwise NF4: each block of 64 weights is divided by its absmax c, and each value becomes
-    the index of its nearest NF4 level, two 4-bit codes per byte. The constants c (one fp32 per
-    block, 0.5 bit per weight) are double-quantised as in the paper: c - mean(c), mean in fp32,
-    to 8-bit floats (e4m3) in blocks of 256, each with its own fp32 scale (0.127 bit per weight
-    in all). A float errs by at most 2^-4 of each centred constant down to about 2^-15 of the
-    block's largest, where int8's even steps swamp the small ones. Returns a dict of tensors."""
+    """Blockwise NF4: each block of 64 weights over its absmax c, each value the index of its
+    nearest level, two 4-bit codes per byte. The constants c are double-quantised: c - mean(c) to
+    e4m3 floats in blocks of 256 with an fp32 scale each (0.127 bit per weight, not 0.5); a float
+    errs by 2^-4 of each constant, where int8's even steps swamp the small ones."""
     flat = w.detach().float().flatten()
     blocks = F.pad(flat, (0, -flat.numel() % NF4_BLOCK)).view(-1, NF4_BLOCK)  # (n_blocks, 64)
     absmax = blocks.abs().amax(1)  # c_b
@@ -187,10 +180,9 @@ def dequantize_nf4(q):
 
 
 class LoRALinear(nn.Module):
-    """y = x W^T + b + (alpha/r) x A^T B^T, with W (and b) frozen and only A (r, in) and B (out, r)
-    trained. B starts at zero, so the layer starts as the base. With quantize, W is kept only in
-    NF4 and dequantised at each forward (QLoRA); autograd then holds the dequantised W for the
-    backward pass, where bitsandbytes would dequantise a second time instead."""
+    """y = x W^T + b + (alpha/r) x A^T B^T, W and b frozen, B zero at the start. With quantize, W
+    is kept only in NF4 and dequantised at each forward (QLoRA); autograd then holds that W for
+    the backward pass, where bitsandbytes would dequantise a second time instead."""
 
     def __init__(self, base, r, alpha, quantize=False):
         super().__init__()
@@ -227,8 +219,7 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=False):
-    """Freeze the whole model, then replace every nn.Linear inside the blocks whose name is in
-    targets by a LoRALinear (its W in NF4 if quantize: QLoRA). Returns the model."""
+    """Freeze the model, then put a LoRALinear (W in NF4 if quantize) on each target Linear."""
     model.requires_grad_(False)
     hits = []
     for block in model.transformer.h:
@@ -238,14 +229,12 @@ def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=F
                     setattr(parent, name, LoRALinear(child, r, alpha, quantize))
                     hits.append(name)
     if not hits:
-        raise ValueError(f"no Linear layer named one of {tuple(targets)} in the blocks:"
-                         " try c_attn, c_proj, c_fc")
+        raise ValueError(f"no Linear layer named one of {targets} in the blocks: try c_attn")
     return model
 
 
 class NewTokenRows(nn.Module):
-    """A parametrisation of an embedding (or tied head) matrix: W with the rows of the given
-    tokens replaced by trainable copies, every other row frozen (PEFT's trainable_token_indices)."""
+    """W with the given tokens' rows trainable, the rest frozen (PEFT's trainable_token_indices)."""
 
     def __init__(self, weight, ids):
         super().__init__()
@@ -256,37 +245,21 @@ class NewTokenRows(nn.Module):
         return weight.index_put((self.ids,), self.rows)
 
 
-def lora_layers(model):
-    return [m for m in model.modules() if isinstance(m, LoRALinear)]
-
-
 @torch.no_grad()
-def merge_lora(model):
-    """W <- W + (alpha/r) B A in every LoRA layer: inference then costs nothing extra."""
-    for layer in lora_layers(model):
+def merge_lora(model, unmerge=False):
+    """W <- W + (alpha/r) B A: inference costs nothing extra; unmerge takes it back out of W."""
+    for layer in [m for m in model.modules() if isinstance(m, LoRALinear)]:
         if layer.quantized:
-            raise ValueError("cannot merge into a 4-bit NF4 weight without re-quantising it: "
-                             "keep QLoRA adapters separate, or apply LoRA to a full-precision copy")
-        if not layer.merged:
-            layer.weight += layer.delta()
-            layer.merged = True
-    return model
-
-
-@torch.no_grad()
-def unmerge(model):
-    """W <- W - (alpha/r) B A: back to the frozen base plus a separate adapter."""
-    for layer in lora_layers(model):
-        if layer.merged:
-            layer.weight -= layer.delta()
-            layer.merged = False
+            raise ValueError("cannot merge into a 4-bit NF4 weight: keep QLoRA adapters apart")
+        if layer.merged == unmerge:
+            layer.weight += -layer.delta() if unmerge else layer.delta()
+            layer.merged = not unmerge
     return model
 
 
 @torch.no_grad()
 def merged_state(model):
-    """The state dict of a plain gpt.GPT equal to a LoRA or QLoRA model, as gpt.load_model reads:
-    each adapter folded in, W' = W + (alpha/r) B A, with W dequantised from NF4 for QLoRA."""
+    """A plain gpt.GPT's state dict equal to the model: W' = W + (alpha/r) B A, W dequantised."""
     with torch.device("meta"):
         names = gpt.GPT(model.config).state_dict()
     state = {}
@@ -311,8 +284,7 @@ def weight_bytes(model):
 
 
 def prepare(base, method, cfg, tok):
-    """A copy of the base, set up for one method: everything trainable, or LoRA / QLoRA adapters
-    plus the special tokens' rows of the embedding (and of the head, if it is not tied)."""
+    """A copy of the base for one method: all trainable, or adapters and the special tokens' rows."""
     model = copy.deepcopy(base)
     if method != "full":
         targets = tuple(cfg.lora_targets.split(","))
@@ -331,14 +303,11 @@ def prepare(base, method, cfg, tok):
 # ----------------------------------------------------------------------------- training
 
 def train_sft(model, rows, opt, g, cfg, start, device, after_step, rank=0, world=1, desc="sft"):
-    """opt (AdamW over what requires grad) with a cosine lr on the packed assistant-token loss,
-    from step `start` to cfg.steps, batches drawn with g. after_step(step, loss) runs after each
-    step and returns True to stop there. Returns the steps done. Every process draws the same
-    global batch and keeps its slice; each divides its summed loss by the global token count,
-    so the DDP average of gradients is the single-process gradient."""
+    """Cosine lr on the packed loss from step start to cfg.steps; after_step(step, loss) -> stop?
+    Returns the steps done. Each process keeps its slice of the same global batch and divides its
+    summed loss by the global token count: the DDP mean of gradients is one process's."""
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} does not split evenly over {world}"
-                         " processes")
+        raise ValueError(f"batch_size={cfg.batch_size} does not split evenly over {world} ranks")
     packed = PackedGPT(model)
     if world > 1:
         ids = [torch.device(device).index] if device.startswith("cuda") else None
@@ -391,13 +360,13 @@ def main(cfg):
             gpt.save_checkpoint(os.path.join(cfg.out_dir, "base.pt"), base, tok)
     examples = [(gpt.render_chat(gpt.chat(x, a), tok), gpt.loss_mask(gpt.chat(x, a), tok))
                 for _, x, a in train_set]
-    rows = pack(examples, base.config.block_size)
+    T = base.config.block_size
+    rows = pack(examples, T)
     n_tokens = sum(len(ids) - 1 for ids, _ in examples)
-    fill = n_tokens / (len(rows) * base.config.block_size)
-    one_per_row = n_tokens / (len(examples) * max(len(ids) - 1 for ids, _ in examples))
+    longest = max(len(ids) - 1 for ids, _ in examples)
     say(f"{gpt.count_params(base) / 1e6:.2f}M parameters; {len(examples)} instructions packed into"
-        f" {len(rows)} rows of {base.config.block_size} ({fill:.0%} full; one example per row"
-        f" would be {one_per_row:.0%} full)")
+        f" {len(rows)} rows of {T} ({n_tokens / (len(rows) * T):.0%} full; one example per row"
+        f" would be {n_tokens / (len(examples) * longest):.0%} full)")
     say("e.g. " + repr(tok.decode(examples[0][0])))
     done = [i * cfg.steps + ckpts[m]["step"] for i, m in enumerate(cfg.method_list) if m in ckpts]
     log = gpt.RunLog(cfg.out_dir, step=max(done) + 1 if cfg.resume else 0) if master else None
@@ -418,9 +387,8 @@ def main(cfg):
         before = (acc0, nll0)
         if method == "qlora":  # NF4 rounding moves the base
             before = gpt.evaluate_instructions(model, tok, eval_set)[:2]
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr if method == "full" else cfg.lora_lr,
-                                weight_decay=0.0)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                lr=cfg.lr if method == "full" else cfg.lora_lr, weight_decay=0.0)
         g = torch.Generator().manual_seed(cfg.seed)
         t0 = time.perf_counter()
         if ckpt:  # --resume: this method stopped at ckpt["step"]
@@ -484,25 +452,21 @@ def report(results, outputs, eval_set, n_params):
           " bytes per trainable parameter, LoRA's being its adapters and the special tokens' rows)")
     print("\naccuracy by task  " + "".join(f"{name:>8}" for name in gpt.TASKS))
     for method, predicted in outputs.items():
-        right = {name: [p == a for p, (t, _, a) in zip(predicted, eval_set) if t == name]
-                 for name in gpt.TASKS}
-        print(f"{method:<17} " + "".join(f"{sum(r) / max(len(r), 1):>8.0%}"
-                                         for r in right.values()))
+        right = [[p == a for p, (t, _, a) in zip(predicted, eval_set) if t == name]
+                 for name in gpt.TASKS]
+        print(f"{method:<17} " + "".join(f"{sum(r) / max(len(r), 1):>8.0%}" for r in right))
 
 
 # ----------------------------------------------------------------------------- --resume
 # The workflow rather than the lecture: each method's checkpoint, and the run that --resume goes on.
-
-RESUME_FREE = ("resume", "stop_after", "plot", "device", "ckpt_interval")  # may change on resume
-
 
 def ckpt_path(cfg, method):
     return os.path.join(cfg.out_dir, "ckpt.pt" if method == "full" else f"ckpt_{method}.pt")
 
 
 def save(path, model, tok, method, step, opt, g, cfg, **extra):
-    """A plain GPT (LoRA and QLoRA merged in, W dequantised) that any script loads, and what
-    --resume needs to go on: the trained tensors as they are, the optimizer and the RNGs."""
+    """A plain GPT (adapters merged in) for any script, and the trained tensors, optimizer and
+    RNGs as they are, for --resume."""
     lora = method != "full"
     trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     gpt.save_checkpoint(path, model, tok, step=step, config=cfg, optimizer=opt.state_dict(),
@@ -516,17 +480,15 @@ def resumable(cfg):
     ckpts = {m: gpt.load_checkpoint(p) for m, p in paths.items() if os.path.exists(p)}
     if not ckpts:
         raise ValueError(f"--resume, but {cfg.out_dir} holds no checkpoint: run without it")
-    for m, ckpt in ckpts.items():
-        gpt.check_resume(paths[m], ckpt, cfg, RESUME_FREE)
-        if "rng" not in ckpt:
-            raise ValueError(f"{paths[m]} was not saved by sft.py: cannot resume from it")
+    for m, ckpt in ckpts.items():  # all but these flags as saved
+        gpt.check_resume(paths[m], ckpt, cfg, ("resume", "stop_after", "plot", "device",
+                                               "ckpt_interval"))
     return ckpts
 
 
 def load_base(cfg, device, examples):
-    """The --init checkpoint, or on --resume the base pretrained here before (out_dir/base.pt).
-    It must have the chat tokens and room for the longest prompt and the answer. (None, None)
-    when the tiny base is to be pretrained here."""
+    """The --init checkpoint, or on --resume out_dir/base.pt, checked for the chat tokens and
+    context; (None, None) when the tiny base is to be pretrained here."""
     if not cfg.init and not cfg.resume:
         return None, None
     model, tok, _ = gpt.load_model(cfg.init or os.path.join(cfg.out_dir, "base.pt"), device)

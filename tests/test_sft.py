@@ -112,7 +112,7 @@ def test_lora_starts_as_the_base_and_merges_exactly(tiny_gpt_config):
     # mlp c_proj 96->32
     assert sft.trainable_params(model) == 2 * 4 * ((32 + 64) + (32 + 32) + (32 + 192) + (96 + 32))
     torch.manual_seed(1)
-    for layer in sft.lora_layers(model):
+    for layer in [m for m in model.modules() if isinstance(m, sft.LoRALinear)]:
         torch.nn.init.normal_(layer.lora_B, std=0.1)
     layer = model.transformer.h[0].attn.c_attn
     h = torch.randn(3, 32, dtype=torch.float64)
@@ -122,7 +122,7 @@ def test_lora_starts_as_the_base_and_merges_exactly(tiny_gpt_config):
     assert not torch.allclose(unmerged, base(x)[0])
     merged = sft.merge_lora(model)(x)[0]
     torch.testing.assert_close(merged, unmerged, rtol=1e-10, atol=1e-10)
-    sft.unmerge(model)
+    sft.merge_lora(model, unmerge=True)
     torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-14)
     torch.testing.assert_close(model(x)[0], unmerged, rtol=1e-10, atol=1e-10)
 
@@ -267,7 +267,7 @@ def test_merged_state_is_a_plain_gpt_with_the_adapters_in(tiny_gpt_config, tmp_p
     cfg = dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size)
     model = sft.apply_lora(make_model(cfg), r=4, alpha=8, quantize=quantize)
     torch.manual_seed(1)
-    for layer in sft.lora_layers(model):
+    for layer in [m for m in model.modules() if isinstance(m, sft.LoRALinear)]:
         torch.nn.init.normal_(layer.lora_B, std=0.1)  # a trained-looking, non-zero update
     path = str(tmp_path / "ckpt.pt")
     x = torch.randint(0, 64, (2, 12))
