@@ -284,7 +284,7 @@ def weight_bytes(model):
 
 
 def prepare(base, method, cfg, tok):
-    """A copy of the base for one method: all trainable, or adapters and the special tokens' rows."""
+    """A copy of the base: all of it trainable, or adapters plus the special tokens' rows."""
     model = copy.deepcopy(base)
     if method != "full":
         targets = tuple(cfg.lora_targets.split(","))
