@@ -1,17 +1,16 @@
 """A masked diffusion language model, measured against its autoregressive twin.
 
-Instead of writing left to right, start from a sequence of [MASK] tokens and unmask a few
-positions per step, in any order. Forward process: draw t ~ U(eps, 1) and mask each token
-independently with probability t. A bidirectional transformer (gpt.py's blocks with the causal
-mask off) predicts every masked token at once. The loss
+Instead of writing left to right, start from [MASK] tokens and unmask a few positions per step,
+in any order. Forward process: draw t ~ U(eps, 1) and mask each token independently with
+probability t. A bidirectional transformer (gpt.py's blocks with the causal mask off) predicts
+every masked token at once. The loss
 
     L = E_t [ (1/t) * sum_i 1[x_t^i = MASK] * -log p(x_0^i | x_t) ] / (B * L)
 
 (normalised by all B*L tokens, not by the number masked) is an upper bound on -log p(x_0) per
 token (an ELBO), so exp(L) bounds the perplexity. Sahoo et al. 2024 (MDLM), Shi et al. 2024,
-Nie et al. 2025 (LLaDA). Sampling commits a fixed number of tokens per step, keeping the most
-confident predictions (low-confidence remasking) or random ones, optionally block by block
-(semi-autoregressive), and infills given a prefix and a suffix.
+Nie et al. 2025 (LLaDA). Sampling commits the most confident (or random) predictions, optionally
+block by block (semi-autoregressive), and infills between a prefix and a suffix.
 
     python diffusion_lm.py                 # train both models, then the steps/speed/quality table
     python diffusion_lm.py --resume        # continue from out/diffusion_lm/ckpt.pt, bit for bit
@@ -20,14 +19,11 @@ confident predictions (low-confidence remasking) or random ones, optionally bloc
     python diffusion_lm.py --data=notes.txt --tokenizer=bpe
     python bench/diffusion_lm.py           # tokens/s vs the AR twin at the closest sample quality
 
-On CPU (a few minutes) you see both models train side by side on the same batches of the
-embedded corpus, then a table over both orders, one block or blocks of 8, and diffusion step
-counts (forward passes per token, tokens/s batched and for one sample alone, the AR twin's
-perplexity of the samples) next to the autoregressive baseline, the ELBO bound beside the AR
-validation NLL, the denoising trajectory of one sample, and infilling: a bound and an example.
-Left out: noise schedules other than the linear one, conditioning the model on t, MDLM's
-zero-masking parameterisation ([MASK] is only forbidden when sampling), caching across sampling
-steps, and models beyond about 1M parameters.
+On CPU (a few minutes) both models train on the same batches, then a table of samplers (both
+orders, one block or blocks of 8, several step counts) beside the AR twin, the ELBO bound beside
+the AR validation NLL, one denoising trajectory, and infilling: a bound and an example.
+Left out: other noise schedules, conditioning on t, MDLM's zero-masking parameterisation ([MASK]
+is only forbidden when sampling), caching across steps, and models beyond about 1M parameters.
 """
 import collections
 import math
@@ -44,11 +40,9 @@ import gpt
 
 @dataclass
 class DiffusionConfig:
-    gen_length: int = 64  # tokens generated after a one-token prompt; training windows are
-    # gen_length + 1
+    gen_length: int = 64  # tokens generated after a one-token prompt (windows of gen_length + 1)
     tokenizer: str = "byte"  # byte | bpe (trained on the corpus, vocab_size tokens)
-    collapse_spaces: bool = True  # squeeze runs of spaces (else low-confidence decoding writes
-    # only spaces)
+    collapse_spaces: bool = True  # squeeze runs of spaces (else low-confidence writes only spaces)
     vocab_size: int = 512  # for tokenizer=bpe
     n_layer: int = 4  # both models: transformer blocks
     n_embd: int = 128  # both models: width
@@ -118,8 +112,7 @@ def mask_id(model):
 
 
 def forward_mask(x, t, mask, generator=None):
-    """q(x_t | x_0): each token becomes [MASK] independently with probability t.
-    x: (B, L) ids, t: (B,) in (0, 1]. Returns x_t and the boolean mask of masked positions."""
+    """q(x_t | x_0): each token of x (B, L) becomes [MASK] with probability t (B,); x_t, mask."""
     masked = torch.rand(x.shape, generator=generator, device=x.device) < t[:, None]
     return torch.where(masked, torch.full_like(x, mask), x), masked
 
@@ -146,9 +139,8 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
 
 @torch.no_grad()
 def elbo_nll(model, x, n_mc=16, eps=1e-3, generator=None, maskable=None):
-    """Monte Carlo estimate of the ELBO bound on -log p(x) per token (nats), averaging
-    diffusion_loss over n_mc draws of t (stratified over (eps, 1) to cut the variance).
-    With maskable, the bound on -log p(x[maskable] | x[~maskable]) per maskable token."""
+    """The ELBO bound on -log p(x) per token (nats): diffusion_loss over n_mc draws of t,
+    stratified over (eps, 1); with maskable, on -log p(x[maskable] | x[~maskable])."""
     B = x.size(0)
     total = 0.0
     for i in range(n_mc):
@@ -171,11 +163,9 @@ def commit_schedule(n_tokens, steps):
 @torch.no_grad()
 def sample(model, length, steps, block_length=0, remasking="low_confidence", temperature=0.0,
            prefix=None, suffix=None, n=1, generator=None, history=None):
-    """Generate `length` tokens between an optional prefix and suffix, starting from all [MASK].
-    Each step predicts every masked position of the current block and commits the most confident
-    (or random) few; committed tokens never change and [MASK] is never emitted. Returns
-    (tokens (n, len(prefix) + length + len(suffix)), forward passes); if `history` is a list,
-    each step's sequence and commit count are appended to it."""
+    """`length` tokens from all [MASK] between an optional prefix and suffix: each step predicts
+    the current block's masked positions and commits the most confident (or random) few, for
+    good. Returns (tokens (n, prefix + length + suffix), forward passes); history gets each step."""
     if remasking not in ("low_confidence", "random"):
         raise ValueError(f"remasking={remasking!r}; choose low_confidence or random")
     prefix, suffix = list(prefix or []), list(suffix or [])
@@ -265,9 +255,8 @@ def ar_nll(ar, x):
 
 
 def validation_nll(diffusion, ar, x, n_mc, eps, generator):
-    """(diffusion bound, AR NLL) per token on the same tokens of x (B, L): the last L - 1 given
-    the first, as the AR twin has no start token to predict the first from (the bound never
-    masks it)."""
+    """(diffusion bound, AR NLL) per token of x's last L - 1 tokens given the first (the AR twin
+    has no start token to predict the first from, so the bound never masks it)."""
     given_first = torch.ones_like(x, dtype=torch.bool)
     given_first[:, 0] = False
     with gpt.evaluating(diffusion, ar):
@@ -314,9 +303,8 @@ def train_step(models, opts, xy, cfg, step, g_mask):
 
 
 def train_both(cfg, tok, train_ids, x_val, device, log, ckpt=None):
-    """The diffusion model and its AR twin, one AdamW update each per step on the same batch,
-    validated and checkpointed together every eval_interval steps (and at the end or the stop).
-    Returns both models and the final validation (bound, AR NLL); None if stopped early."""
+    """Both models, one AdamW update each per step on the same batch, validated and saved every
+    eval_interval steps; returns them and the final (bound, AR NLL), or None if stopped early."""
     models = {"diffusion": build(cfg, tok, False, device), "ar": build(cfg, tok, True, device)}
     opts = {name: torch.optim.AdamW(m.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)
             for name, m in models.items()}
@@ -354,8 +342,7 @@ def train_both(cfg, tok, train_ids, x_val, device, log, ckpt=None):
 # ----------------------------------------------------------------------------- the table, infilling
 
 def entropy_bits(x):
-    """Unigram entropy of the tokens in x, in bits: low values flag repetitive, degenerate text
-    that a perplexity judge alone would reward."""
+    """Unigram entropy of x in bits: low flags the repetitive text a perplexity judge rewards."""
     p = torch.bincount(x.flatten()).float()
     p = p[p > 0] / p.sum()
     return abs((p * p.log2()).sum().item())
@@ -366,11 +353,9 @@ Row = collections.namedtuple("Row", "name passes_per_token tokens_per_s tokens_p
 
 
 def quality_table(diffusion, ar, cfg, device, repeats=1):
-    """Rows: each remasking strategy and diffusion step count, then the AR baseline. Columns:
-    forward passes per token, tokens/s for n_samples at once and for one sample alone, the AR
-    twin's perplexity of the samples, and their unigram entropy. Every sample starts from the
-    same newline and continues gen_length tokens. Each time is the best of `repeats` runs; all
-    batched runs come first, then all single ones (interleaved, the small runs timed unevenly)."""
+    """A Row per remasking, block schedule and step count, then the AR baseline; every sample
+    continues a newline by gen_length tokens. Times: the best of `repeats`, all batched runs
+    first, then all single ones (interleaved, the small runs timed unevenly)."""
     g = torch.Generator(device).manual_seed(cfg.seed)
     n = cfg.n_samples
     L = cfg.gen_length
@@ -423,10 +408,8 @@ def show_trajectory(diffusion, tok, cfg, device):
 
 
 def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
-    """Fill the middle third of held-out windows given the first and last thirds. Measured: the
-    diffusion bound on -log p(middle | prefix, suffix) beside the AR twin's exact
-    -log p(middle | prefix), which cannot use the suffix. Shown: one window, filled by each
-    sampler."""
+    """The middle third of held-out windows given the others: the diffusion bound beside the AR
+    twin's exact -log p(middle | prefix), which cannot use the suffix; one window filled."""
     q = cfg.window // 3
     x = val_windows(val_ids, 3 * q, 64).to(device)
     middle = torch.zeros_like(x, dtype=torch.bool)
