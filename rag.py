@@ -179,8 +179,7 @@ class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm 
 
 
 class BiEncoder(nn.Module):
-    """e = normalise(mean of the real tokens' states), relevance = cos = q . d; one encoder for
-    queries and passages, so passages are embedded once, offline."""
+    """e = normalise(mean of the real tokens' states), cos = q . d; passages embedded offline."""
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
@@ -208,9 +207,8 @@ def info_nce(q, d, tau, false_negatives=None):  # (B, B) false_negatives: releva
 
 
 class CrossEncoder(nn.Module):
-    """score = w . h_[CLS] of [CLS] q [SEP] d: every query word attends to every passage word, too
-    slow for search, so it re-ranks a few. DrQA's exact-match feature (Chen et al. 2017) marks the
-    words found in the other segment: from scratch, a small model learns matching slowly."""
+    """score = w . h_[CLS] of [CLS] q [SEP] d, too slow for search: it re-ranks a few. DrQA's
+    exact-match feature (Chen et al. 2017): from scratch, a small model learns matching slowly."""
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
@@ -375,8 +373,7 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
                 batch.append((question, fact))
                 positives.append(positive)
         relevant = torch.tensor([[p in fact["relevant"] for p in positives] for _, fact in batch])
-        false_negatives = relevant.to(device) & ~torch.eye(len(batch), dtype=torch.bool,
-                                                           device=device)
+        false_negatives = (relevant & ~torch.eye(len(batch), dtype=torch.bool)).to(device)
         q, d = model([question for question, _ in batch]), model([chunks[p] for p in positives])
         return info_nce(q.float(), d.float(), tau, false_negatives)
     return optimise(model, loss_fn, steps, lr, "bi_encoder", log)
@@ -416,8 +413,7 @@ def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, see
 def search_all(questions, bm25, query_embs, doc_embs, depth):  # BM25, dense, hybrid (RRF) ids
     sparse = [top_k(bm25.scores(q), depth).tolist() for q in questions]
     dense = [dense_search(e, doc_embs, depth)[0].tolist() for e in query_embs]
-    hybrid = [[d for d, _ in reciprocal_rank_fusion([s, v])][:depth]
-              for s, v in zip(sparse, dense)]
+    hybrid = [[d for d, _ in reciprocal_rank_fusion(pair)][:depth] for pair in zip(sparse, dense)]
     return sparse, dense, hybrid
 
 
@@ -475,8 +471,6 @@ def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_bo
 def train_reader(train, chunks, distractors, cfg, device):
     """A BPE trained on the knowledge base and a 2-layer gpt.py model fine-tuned from scratch
     on reader_pairs (loss on the completion tokens only)."""
-    if gpt is None:
-        raise ImportError("the reader needs gpt.py next to rag.py (retrieval alone does not)")
     tok = gpt.Tokenizer.from_spec("bpe", "\n".join(chunks + [q for q, _ in train]), vocab_size=512)
     pairs = reader_pairs(train, chunks, distractors, tok, cfg.top_k, cfg.hyde, cfg.seed)
     longest = max(len(p) + len(c) for p, c in pairs)
