@@ -173,34 +173,30 @@ def lcs_table(a, b):  # T[i][j] = the length of the longest common subsequence o
 def rouge_lsum(pred_sents, ref_sents):
     """Summary-level LCS (Lin 2004, sec. 3.2): per reference sentence, the union of its LCS with
     every predicted sentence, each token counted at most as often as on both sides."""
-    left_ref = collections.Counter(t for s in ref_sents for t in s)
-    left_pred = collections.Counter(t for s in pred_sents for t in s)
-    hits = 0
+    union = collections.Counter()  # the tokens of each reference sentence's union
     for ref in ref_sents:
-        union = set()
+        hit = set()
         for cand in pred_sents:  # read one LCS back from the table, as rouge-score breaks ties
             T = lcs_table(ref, cand)
             i, j = len(ref), len(cand)
             while i > 0 and j > 0:
                 if ref[i - 1] == cand[j - 1]:
-                    union.add(i - 1)
+                    hit.add(i - 1)
                     i, j = i - 1, j - 1
                 elif T[i][j - 1] > T[i - 1][j]:
                     j -= 1
                 else:
                     i -= 1
-        for token in (ref[i] for i in sorted(union)):
-            if left_pred[token] > 0 and left_ref[token] > 0:
-                hits += 1
-                left_pred[token] -= 1
-                left_ref[token] -= 1
-    return prf(hits, sum(map(len, pred_sents)), sum(map(len, ref_sents)))
+        union.update(ref[i] for i in hit)
+    n_pred = collections.Counter(t for s in pred_sents for t in s)
+    n_ref = collections.Counter(t for s in ref_sents for t in s)
+    hits = sum(min(n, n_pred[t], n_ref[t]) for t, n in union.items())
+    return prf(hits, n_pred.total(), n_ref.total())
 
 
 def rouge(prediction, reference, stem=False):
-    """{"rouge1", "rouge2", "rougeL", "rougeLsum": (precision, recall, f)} as rouge-score's
-    RougeScorer(..., use_stemmer=stem).score(reference, prediction), rougeLsum a sentence a line.
-    A list of references gives, per type, the one of best f (score_multi)."""
+    """{"rouge1", "rouge2", "rougeL", "rougeLsum": (p, r, f)} as rouge-score's RougeScorer(...,
+    use_stemmer=stem).score(reference, prediction), or score_multi; rougeLsum a sentence a line."""
     if not isinstance(reference, str):
         if not reference:
             raise ValueError("rouge needs at least one reference")
@@ -211,8 +207,7 @@ def rouge(prediction, reference, stem=False):
     scores = {}
     for n in (1, 2):
         p_grams, r_grams = ngrams(pred, n), ngrams(ref, n)
-        overlap = sum(min(c, p_grams[g]) for g, c in r_grams.items())
-        scores[f"rouge{n}"] = prf(overlap, p_grams.total(), r_grams.total())
+        scores[f"rouge{n}"] = prf((p_grams & r_grams).total(), p_grams.total(), r_grams.total())
     scores["rougeL"] = prf(lcs_table(ref, pred)[-1][-1], len(pred), len(ref))
     lines = [[rouge_tokens(s, stem) for s in text.split("\n")] for text in (prediction, reference)]
     scores["rougeLsum"] = rouge_lsum(*lines)
@@ -287,15 +282,14 @@ def cohen_kappa(a, b):  # (p_o - p_e) / (1 - p_e), p_e = sum_k p_a(k) p_b(k); na
 
 
 def fleiss_kappa(counts):
-    """Fleiss (1971): counts[i][j] of the n raters put item i in category j. P_i = (sum_j n_ij^2
-    - n) / (n (n - 1)), p_j = sum_i n_ij / (N n), kappa = (mean P_i - sum p_j^2) / (1 - sum p_j^2)
-    (nan when that is 0/0)."""
+    """Fleiss (1971), counts[i][j] of n raters put item i in category j: kappa = (mean P_i - P_e)
+    / (1 - P_e), P_i = (sum_j n_ij^2 - n) / (n (n-1)), P_e = sum_j (sum_i n_ij / (N n))^2."""
     n = sum(counts[0]) if counts else 0
     if n < 2 or any(sum(row) != n for row in counts):
         raise ValueError("fleiss_kappa needs each row to sum to the same number of raters, >= 2")
     P_bar = sum((sum(x * x for x in row) - n) / (n * (n - 1)) for row in counts) / len(counts)
     P_e = sum((sum(col) / (len(counts) * n)) ** 2 for col in zip(*counts))
-    return (P_bar - P_e) / (1 - P_e) if P_e < 1 else math.nan
+    return (P_bar - P_e) / (1 - P_e) if P_e < 1 else math.nan  # nan: 0/0
 
 
 def precision_recall_f1(predicted, actual, positive=True):  # TP/(TP+FP), TP/(TP+FN), F1
@@ -329,9 +323,8 @@ def perplexity(model, sequences, batch_size=32):
 
 
 def multiple_choice(model, tok, questions, batch_size=64):
-    """MMLU-style cloze scoring of (prompt ids, option texts, index of the right one): the option
-    of highest log p(option <|end|> | prompt) wins; accuracy_norm divides by the option's UTF-8
-    bytes (lm-evaluation-harness's acc_norm), so long options do not lose for their length."""
+    """MMLU-style cloze: of (prompt ids, option texts, right index), the highest log p(option
+    <|end|> | prompt) wins; accuracy_norm per UTF-8 byte (lm-eval's acc_norm): long options too."""
     rows = [(p, o) for p, opts, _ in questions for o in opts]
     end = tok.special("<|end|>")
     scores = iter(option_logprobs(model, [p for p, _ in rows],
@@ -362,9 +355,8 @@ def fact_check(text, subject, knowledge):
     """FActScore-style: each atomic claim (here a sentence) verified against a knowledge source
     of (subject, relation, value), never by the model that wrote it: [(claim, supported)]."""
     claims = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
-    matches = [CLAIM.fullmatch(claim) for claim in claims]  # what does not parse is unsupported
-    return [(claim, bool(m) and (subject, *m.groups()) in knowledge)
-            for claim, m in zip(claims, matches)]
+    parsed = [(claim, CLAIM.fullmatch(claim)) for claim in claims]  # unparsed: unsupported
+    return [(claim, bool(m) and (subject, *m.groups()) in knowledge) for claim, m in parsed]
 
 
 # ----------------------------------------------------------------------------- LLM-as-a-judge
@@ -479,10 +471,8 @@ def judge_example(world, rng, countries, pairwise):
     values = sorted({world[x][a] for x in world})
     reference = rng.choice(values)
     wrong = rng.choice([v for v in values if v != reference])
-    if pairwise:
-        shown = (reference, wrong) if rng.random() < 0.5 else (wrong, reference)
-    else:
-        shown = (reference if rng.random() < 0.5 else wrong,)
+    order = [(reference, wrong), (wrong, reference)][rng.random() >= 0.5]  # a random order
+    shown = order[:1 + pairwise]  # pointwise: one answer, right or wrong
     labels = ("A", "B") if pairwise else ("PASS", "FAIL")
     steps = "; ".join(f"{reference} vs {x}: {'same' if x == reference else 'different'}"
                       for x in shown)
