@@ -1,12 +1,11 @@
 """BERT: a bidirectional Transformer encoder, pretrained by filling in blanks, then fine-tuned.
 
-Every token attends to every other one (no causal mask), so a word is read with both its left
-and its right context. Pretraining hides 15% of the tokens and predicts them, the masked
-language model L_MLM = -sum_{i masked} log p(x_i | x_corrupted), plus next sentence prediction
-(NSP: does sentence B follow sentence A?) on the [CLS] token. Fine-tuning puts a classifier on
-[CLS]. RoBERTa drops NSP and draws a fresh mask for every batch; DistilBERT keeps every other
-layer and learns from the teacher's softened outputs. Papers: Devlin et al. 2018 (BERT), Liu et
-al. 2019 (RoBERTa), Hinton et al. 2015, Sanh et al. 2019 (DistilBERT), Wu et al. 2016 (WordPiece).
+Every token attends to every other one (no causal mask). Pretraining hides 15% of the tokens and
+predicts them, L_MLM = -sum_{i masked} log p(x_i | x_corrupted), plus next sentence prediction
+(NSP: does sentence B follow A?) on [CLS]; fine-tuning puts a classifier on [CLS]. RoBERTa drops
+NSP and masks each batch afresh; DistilBERT keeps every other layer and learns from the teacher's
+softened outputs. Devlin et al. 2018 (BERT), Liu et al. 2019 (RoBERTa), Hinton et al. 2015, Sanh
+et al. 2019 (DistilBERT), Wu et al. 2016 (WordPiece).
 
     python bert.py                     # CPU: pretrain, fine-tune vs scratch, distill (~5 min)
     python bert.py --nsp=true          # BERT's MLM + NSP instead of RoBERTa-style MLM only
@@ -14,9 +13,8 @@ al. 2019 (RoBERTa), Hinton et al. 2015, Sanh et al. 2019 (DistilBERT), Wu et al.
     python bench/bert.py               # the half-depth student's speed against the teacher's
     >>> model, tok = bert.from_pretrained("bert-base-uncased")  # a downloaded Hugging Face folder
 
-On CPU you see the held-out MLM loss and masked-token (and NSP) accuracy before and after
-pretraining, then held-out accuracy on a sentence task: pretrained vs from scratch at the same
-budget, and the half-depth students, distilled or on the labels alone.
+On CPU: held-out MLM loss and masked-token (and NSP) accuracy before and after pretraining,
+then a sentence task: pretrained vs from scratch, and half-depth students distilled or on labels.
 Left out: training a WordPiece vocabulary (the demo uses whole words; WordPiece here reads a
 downloaded vocab.txt), whole-word and span masking, and BERT-base sizes on CPU.
 """
@@ -234,67 +232,11 @@ class BertClassifier(nn.Module):
         return self.head(self.drop(self.bert.pool(self.bert(idx))))
 
 
-# ----------------------------------------------------------------------------- text and tasks
-
-CJK = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df"
-                 "\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]")  # BERT's CJK blocks
-
-
-def basic_tokens(text, lower=True):
-    """BERT's BasicTokenizer: drop control characters, maybe lower-case and strip accents, and
-    split on whitespace and around every punctuation mark and CJK character."""
-    if lower:  # NFD, then drop the combining marks: é -> e
-        text = "".join(c for c in unicodedata.normalize("NFD", text.lower())
-                       if unicodedata.category(c) != "Mn")
-    out = []
-    for c in text:
-        kind = unicodedata.category(c)
-        if c in "\t\n\r" or kind == "Zs":
-            out.append(" ")
-        elif kind.startswith("C") or c == "\ufffd":
-            continue
-        elif kind.startswith("P") or CJK.match(c) or (c.isascii() and not c.isalnum()):
-            out.append(f" {c} ")  # BERT counts every ASCII symbol ($, +, ^ ...) as punctuation
-        else:
-            out.append(c)
-    return "".join(out).split()
-
-
-class WordPiece:
-    """BERT's tokenizer: basic_tokens, then each word cut greedily, longest piece first, into
-    pieces of the vocabulary (id = index): "unaffable" -> un ##aff ##able. A word that cannot be
-    cut so, or is over 100 characters, is [UNK]."""
-
-    def __init__(self, vocab, lower=True):
-        self.itos = vocab
-        self.stoi = {piece: i for i, piece in enumerate(vocab)}
-        self.lower = lower
-
-    def pieces(self, word):
-        if len(word) > 100:
-            return ["[UNK]"]
-        out = []
-        start = 0
-        while start < len(word):
-            end = len(word)
-            while end > start and "##" * bool(start) + word[start:end] not in self.stoi:
-                end -= 1
-            if end == start:
-                return ["[UNK]"]
-            out.append("##" * bool(start) + word[start:end])
-            start = end
-        return out
-
-    def tokenize(self, text):
-        return [piece for word in basic_tokens(text, self.lower) for piece in self.pieces(word)]
-
-    def encode(self, text):  # ids, without [CLS] and [SEP]
-        return [self.stoi[piece] for piece in self.tokenize(text)]
-
+# ----------------------------------------------------------------------------- data and tasks
 
 def load_documents(data):
-    """{name: text}: the topics of Python's reference documentation ("embedded", about 460 kB,
-    shipped with CPython), or the blank-line-separated paragraphs of a local UTF-8 file."""
+    """{name: text}: the topics of Python's reference docs ("embedded", shipped with CPython), or
+    the blank-line-separated paragraphs of a local UTF-8 file."""
     if data == "embedded":
         from pydoc_data import topics
         return {k: topics.topics[k] for k in sorted(topics.topics)}
@@ -308,15 +250,12 @@ def load_documents(data):
     return {f"paragraph {i}": p for i, p in enumerate(paragraphs)}
 
 
-def split_sentences(doc, tok):  # a list of sentences, each a list of ids; empty ones dropped
-    return [ids for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", doc) if (ids := tok.encode(s))]
-
-
 def split_documents(texts, tok, heldout_frac, rng, block=8):
-    """(train, held-out) documents as lists of sentences: heldout_frac of each document's blocks
-    of `block` sentences, drawn at random, are never trained on."""
+    """(train, held-out) documents as lists of sentences (lists of ids, empty ones dropped):
+    heldout_frac of each document's blocks of `block` sentences, drawn at random."""
     train, heldout = [], []
-    for doc in (split_sentences(t, tok) for t in texts):
+    for text in texts:
+        doc = [ids for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", text) if (ids := tok.encode(s))]
         blocks = [(doc[i:i + block], rng.random() < heldout_frac)
                   for i in range(0, len(doc), block)]
         train.append([s for b, held in blocks if not held for s in b])
@@ -328,10 +267,9 @@ def split_documents(texts, tok, heldout_frac, rng, block=8):
 
 
 def mask_tokens(idx, vocab_size, generator=None, p=0.15):
-    """BERT's corruption, drawn afresh for every batch (dynamic masking, as RoBERTa): each
-    ordinary token is picked with probability p; of those, 80% become [MASK], 10% a random
-    ordinary token and 10% stay, so the model cannot tell which visible tokens it will be asked
-    about. (inputs, targets): targets hold the original id where picked, -100 elsewhere."""
+    """BERT's corruption, drawn afresh for every batch (dynamic, as RoBERTa): each ordinary token
+    is picked with probability p; of those 80% become [MASK], 10% a random token and 10% stay, so
+    no visible token is safe to copy. (inputs, targets: the original id where picked, else -100)"""
     selected = (torch.rand(idx.shape, generator=generator) < p) & (idx >= N_SPECIAL)
     r = torch.rand(idx.shape, generator=generator)  # which of the three fates
     random_ids = torch.randint(N_SPECIAL, vocab_size, idx.shape, generator=generator)
@@ -435,7 +373,7 @@ def fit(model, step_loss, steps, lr, run, phase):
     model.train()
     bar = tqdm(range(start, steps), desc=phase, total=steps, initial=start, leave=False)
     for step in bar:
-        for group in opt.param_groups:  # linear warmup, then linear decay to 0
+        for group in opt.param_groups:
             group["lr"] = lr * min((step + 1) / warmup, (steps - step) / max(1, steps - warmup))
         # seeded by the step alone: every classifier sees the same batches and dropout masks,
         # and --resume needs no RNG state to go on bit for bit
@@ -501,82 +439,6 @@ def pretraining_metrics(model, docs, stream, batch_size, device, n_batches=8):
 
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
-
-
-# ----------------------------------------------------------------------------- checkpoint and log
-
-class Run:
-    """out_dir/ckpt.pt: every phase's weights so far, and the optimizer and step of the one under
-    way. out_dir/log.jsonl: a line per step; a resumed run keeps those before the checkpoint."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.path = os.path.join(cfg.out_dir, "ckpt.pt")
-        self.log = os.path.join(cfg.out_dir, "log.jsonl")
-        self.ckpt = {"config": dataclasses.asdict(cfg), "models": {}, "steps": {}, "phase": None,
-                     "step": 0}
-        if cfg.resume:
-            self.ckpt = load_run(self.path, cfg)
-        self.step = self.ckpt["step"]  # over all phases: the log's step and --stop_after's count
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        kept = []
-        if cfg.resume and os.path.exists(self.log):
-            with open(self.log) as f:
-                kept = [line for line in f if json.loads(line)["step"] < self.step]
-        with open(self.log, "w") as f:
-            f.writelines(kept)
-
-    def restore(self, phase, model, opt):  # the step `phase` starts at
-        if phase not in self.ckpt["models"]:
-            return 0
-        model.load_state_dict(self.ckpt["models"][phase])
-        if phase == self.ckpt["phase"]:
-            opt.load_state_dict(self.ckpt["optimizer"])
-        return self.ckpt["steps"][phase]
-
-    def after_step(self, phase, step, steps, stats, model, opt):
-        with open(self.log, "a") as f:
-            f.write(json.dumps({"step": self.step, "phase": phase, **stats}) + "\n")
-        self.step += 1
-        stop = self.step == self.cfg.stop_after
-        if step == steps or stop or step % self.cfg.ckpt_interval == 0:
-            self.ckpt["models"][phase] = model.state_dict()
-            self.ckpt["steps"][phase] = step
-            self.ckpt |= {"phase": phase, "step": self.step, "optimizer": opt.state_dict()}
-            torch.save(self.ckpt, self.path + ".tmp")
-            os.replace(self.path + ".tmp", self.path)  # a crash mid-write keeps the last one
-        if stop:
-            raise SystemExit(f"stopped after {self.step} steps (--stop_after): go on with --resume")
-
-
-def load_run(path, cfg):
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: --resume, but {path} does not exist: start without --resume")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch's own message advises weights_only=False: unsafe, and no help here
-        raise SystemExit(f"error: {path} is not a readable checkpoint") from None
-    free = ("resume", "stop_after", "plot", "device")  # may change between the parts of a run
-    changed = [k for k, v in dataclasses.asdict(cfg).items()
-               if k not in free and ckpt.get("config", {}).get(k) != v]
-    if changed:
-        raise SystemExit(f"error: {path} was saved with other {', '.join(changed)}: resume with"
-                         " the settings it was started with")
-    return ckpt
-
-
-def pyplot(plot):
-    """matplotlib.pyplot for --plot, else None; without matplotlib, a note before any work."""
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
 
 
 # ----------------------------------------------------------------------------- the demo
@@ -651,45 +513,173 @@ def main(cfg):
         print(f"plot: {os.path.join(cfg.out_dir, 'pretrain.png')}")
 
 
-# ----------------------------------------------------------------------------- Hugging Face weights
-# Not the lecture: a downloaded BERT, read into the encoder above.
+# ----------------------------------------------------------------------------- checkpoints and plot
+# Not the lecture: what --resume, --stop_after and --plot need.
 
-HF_NAMES = {"tok_emb": "embeddings.word_embeddings", "pos_emb": "embeddings.position_embeddings",
-            "seg_emb": "embeddings.token_type_embeddings", "emb_ln": "embeddings.LayerNorm",
-            "pooler": "pooler.dense"}  # ours: theirs
-HF_LAYER_NAMES = {"attn.proj": "attention.output.dense", "ln_1": "attention.output.LayerNorm",
-                  "fc": "intermediate.dense", "proj": "output.dense", "ln_2": "output.LayerNorm"}
+class Run:
+    """out_dir/ckpt.pt: every phase's weights so far, and the optimizer and step of the one under
+    way. out_dir/log.jsonl: a line per step; a resumed run keeps those before the checkpoint."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.path = os.path.join(cfg.out_dir, "ckpt.pt")
+        self.log = os.path.join(cfg.out_dir, "log.jsonl")
+        self.ckpt = {"config": dataclasses.asdict(cfg), "models": {}, "steps": {}, "step": 0}
+        if cfg.resume:
+            self.ckpt = load_run(self.path, cfg)
+        self.step = self.ckpt["step"]  # over all phases: the log's step and --stop_after's count
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        kept = []
+        if cfg.resume and os.path.exists(self.log):
+            with open(self.log) as f:
+                kept = [line for line in f if json.loads(line)["step"] < self.step]
+        with open(self.log, "w") as f:
+            f.writelines(kept)
+
+    def restore(self, phase, model, opt):  # the step `phase` starts at
+        if phase not in self.ckpt["models"]:
+            return 0
+        model.load_state_dict(self.ckpt["models"][phase])
+        if phase == self.ckpt.get("phase"):
+            opt.load_state_dict(self.ckpt["optimizer"])
+        return self.ckpt["steps"][phase]
+
+    def after_step(self, phase, step, steps, stats, model, opt):
+        with open(self.log, "a") as f:
+            f.write(json.dumps({"step": self.step, "phase": phase, **stats}) + "\n")
+        self.step += 1
+        stop = self.step == self.cfg.stop_after
+        if step == steps or stop or step % self.cfg.ckpt_interval == 0:
+            self.ckpt["models"][phase] = model.state_dict()
+            self.ckpt["steps"][phase] = step
+            self.ckpt |= {"phase": phase, "step": self.step, "optimizer": opt.state_dict()}
+            torch.save(self.ckpt, self.path + ".tmp")
+            os.replace(self.path + ".tmp", self.path)  # a crash mid-write keeps the last one
+        if stop:
+            raise SystemExit(f"stopped after {self.step} steps (--stop_after): go on with --resume")
+
+
+def load_run(path, cfg):
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --resume, but {path} does not exist: start without --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's own message advises weights_only=False: unsafe, and no help here
+        raise SystemExit(f"error: {path} is not a readable checkpoint") from None
+    free = ("resume", "stop_after", "plot", "device")  # may change between the parts of a run
+    changed = [k for k, v in dataclasses.asdict(cfg).items()
+               if k not in free and ckpt.get("config", {}).get(k) != v]
+    if changed:
+        raise SystemExit(f"error: {path} was saved with other {', '.join(changed)}: resume with"
+                         " the settings it was started with")
+    return ckpt
+
+
+def pyplot(plot):
+    """matplotlib.pyplot for --plot, else None; without matplotlib, a note before any work."""
+    if not plot:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
+        return None
+
+
+# ----------------------------------------------------------------------------- WordPiece, HF BERT
+# Not the lecture: BERT's own tokenizer, and a downloaded Hugging Face BERT read into the encoder.
+
+CJK = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df"
+                 "\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]")  # BERT's CJK blocks
+
+
+def basic_tokens(text, lower=True):
+    """BERT's BasicTokenizer: drop control characters, maybe lower-case and strip accents, and
+    split on whitespace and around every punctuation mark and CJK character."""
+    if lower:  # NFD, then drop the combining marks: é -> e
+        text = "".join(c for c in unicodedata.normalize("NFD", text.lower())
+                       if unicodedata.category(c) != "Mn")
+    out = []
+    for c in text:
+        kind = unicodedata.category(c)
+        if c in "\t\n\r" or kind == "Zs":
+            out.append(" ")
+        elif kind.startswith("C") or c == "\ufffd":
+            continue
+        elif kind.startswith("P") or CJK.match(c) or (c.isascii() and not c.isalnum()):
+            out.append(f" {c} ")  # BERT counts every ASCII symbol ($, +, ^ ...) as punctuation
+        else:
+            out.append(c)
+    return "".join(out).split()
+
+
+class WordPiece:
+    """BERT's tokenizer: basic_tokens, then each word cut greedily, longest piece first, into
+    pieces of the vocabulary (id = index): "unaffable" -> un ##aff ##able. A word that cannot be
+    cut so, or is over 100 characters, is [UNK]."""
+
+    def __init__(self, vocab, lower=True):
+        self.itos = vocab
+        self.stoi = {piece: i for i, piece in enumerate(vocab)}
+        self.lower = lower
+
+    def pieces(self, word):
+        if len(word) > 100:
+            return ["[UNK]"]
+        out = []
+        start = 0
+        while start < len(word):
+            end = len(word)
+            while end > start and "##" * bool(start) + word[start:end] not in self.stoi:
+                end -= 1
+            if end == start:
+                return ["[UNK]"]
+            out.append("##" * bool(start) + word[start:end])
+            start = end
+        return out
+
+    def tokenize(self, text):
+        return [piece for word in basic_tokens(text, self.lower) for piece in self.pieces(word)]
+
+    def encode(self, text):  # ids, without [CLS] and [SEP]
+        return [self.stoi[piece] for piece in self.tokenize(text)]
+
+
+# theirs -> ours, replaced in this order (attention.output.dense before output.dense)
+HF_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias",
+            "embeddings.word_embeddings": "tok_emb", "embeddings.position_embeddings": "pos_emb",
+            "embeddings.token_type_embeddings": "seg_emb", "embeddings.LayerNorm": "emb_ln",
+            "pooler.dense": "pooler", "encoder.layer.": "layers.", "attention.self": "attn",
+            "attention.output.dense": "attn.proj", "attention.output.LayerNorm": "ln_1",
+            "intermediate.dense": "fc", "output.dense": "proj", "output.LayerNorm": "ln_2"}
 
 
 def from_hf_bert(state_dict, config):
-    """A Bert from a Hugging Face BertModel or BertFor* state dict (cls.* heads are ignored) and
+    """A Bert from a Hugging Face BertModel or BertFor* state dict (their heads are ignored) and
     its config.json as a dict, where the head count is. Q, K and V are stacked into one Linear."""
     sd = {}
-    for k, v in state_dict.items():  # the original checkpoints call LayerNorm's gain gamma
-        k = k.removeprefix("bert.").replace("LayerNorm.gamma", "LayerNorm.weight")
-        sd[k.replace("LayerNorm.beta", "LayerNorm.bias")] = v
-    if "embeddings.word_embeddings.weight" not in sd:
+    for k, v in state_dict.items():
+        for theirs, ours in HF_NAMES.items():
+            k = k.replace(theirs, ours)
+        sd[k.removeprefix("bert.")] = v
+    if "tok_emb.weight" not in sd:
         raise ValueError("not a BERT state dict: embeddings.word_embeddings.weight is missing")
-    n_layer = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
+    for q in [k for k in sd if ".attn.query." in k]:
+        sd[q.replace("query", "qkv")] = torch.cat([sd.pop(q.replace("query", n))
+                                                   for n in ("query", "key", "value")])
     cfg = BertConfig(vocab_size=config["vocab_size"], max_len=config["max_position_embeddings"],
                      n_layer=config["num_hidden_layers"], n_head=config["num_attention_heads"],
                      n_embd=config["hidden_size"], mlp_hidden=config["intermediate_size"],
                      n_segments=config["type_vocab_size"], norm_eps=config["layer_norm_eps"])
-    ours = {}
-    for kind in ("weight", "bias"):
-        for mine, theirs in HF_NAMES.items():  # BertModel(add_pooling_layer=False) has no pooler
-            if f"{theirs}.{kind}" in sd:
-                ours[f"{mine}.{kind}"] = sd[f"{theirs}.{kind}"]
-        for l in range(n_layer):
-            p = f"encoder.layer.{l}."
-            qkv = [sd[f"{p}attention.self.{n}.{kind}"] for n in ("query", "key", "value")]
-            ours[f"layers.{l}.attn.qkv.{kind}"] = torch.cat(qkv)
-            for mine, theirs in HF_LAYER_NAMES.items():
-                ours[f"layers.{l}.{mine}.{kind}"] = sd[f"{p}{theirs}.{kind}"]
-    model = Bert(cfg).to(sd["embeddings.word_embeddings.weight"].dtype)
+    model = Bert(cfg).to(sd["tok_emb.weight"].dtype)
+    ours = {k: v for k, v in sd.items() if k.split(".")[0] in dict(model.named_children())}
     missing, unexpected = model.load_state_dict(ours, strict=False)  # differing shapes raise here
-    missing = sorted(set(missing) - {"pooler.weight", "pooler.bias"})
+    missing = sorted(set(missing) - {"pooler.weight", "pooler.bias"})  # add_pooling_layer=False
     if missing or unexpected:
+        n_layer = 1 + max(int(k.split(".")[1]) for k in ours if k.startswith("layers."))
         raise ValueError(f"state dict and config disagree ({n_layer} layers in the weights, "
                          f"{cfg.n_layer} in the config): missing {missing}, extra {unexpected}")
     return model
@@ -701,8 +691,7 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 
 
 def read_safetensors(path):
-    """{name: tensor}: 8-byte header length n, n bytes of JSON {name: {dtype, shape,
-    data_offsets}}, then the data (offsets from the header's end). Only torch needed."""
+    """u64 n, n bytes of JSON {name: {dtype, shape, data_offsets}}, then the data; torch only."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
@@ -717,27 +706,28 @@ def read_safetensors(path):
 
 
 def from_pretrained(folder):
-    """(Bert, WordPiece) from a downloaded Hugging Face BERT folder: config.json, vocab.txt, the
-    weights in model.safetensors or pytorch_model.bin, and do_lower_case from
-    tokenizer_config.json (true without one). The model reads [CLS] + tok.encode(text) + [SEP]."""
-    path = lambda name: os.path.join(folder, name)  # noqa: E731
-    weights = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.exists(path(n))]
-    if not weights or not all(os.path.exists(path(n)) for n in ("config.json", "vocab.txt")):
+    """(Bert, WordPiece) from a downloaded Hugging Face BERT folder: config.json, vocab.txt,
+    model.safetensors or pytorch_model.bin, and tokenizer_config.json's do_lower_case (true
+    without one). The model reads [CLS] + tok.encode(text) + [SEP]."""
+    files = set(os.listdir(folder))
+    weights = [n for n in ("model.safetensors", "pytorch_model.bin") if n in files]
+    if not weights or not {"config.json", "vocab.txt"} <= files:
         raise FileNotFoundError(f"{folder} needs config.json, vocab.txt and model.safetensors or"
                                 " pytorch_model.bin")
-    with open(path("config.json")) as f:
-        config = json.load(f)
-    if weights[0].endswith(".bin"):
-        state_dict = torch.load(path(weights[0]), map_location="cpu", weights_only=True)
+
+    def read(name):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            return f.read()
+    path = os.path.join(folder, weights[0])
+    if path.endswith(".bin"):
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
     else:
-        state_dict = read_safetensors(path(weights[0]))
+        state_dict = read_safetensors(path)
     lower = True
-    if os.path.exists(path("tokenizer_config.json")):
-        with open(path("tokenizer_config.json")) as f:
-            lower = json.load(f).get("do_lower_case", True)
-    with open(path("vocab.txt"), encoding="utf-8") as f:
-        vocab = [line.rstrip("\n") for line in f]
-    return from_hf_bert(state_dict, config), WordPiece(vocab, lower)
+    if "tokenizer_config.json" in files:
+        lower = json.loads(read("tokenizer_config.json")).get("do_lower_case", True)
+    vocab = read("vocab.txt").removesuffix("\n").split("\n")
+    return from_hf_bert(state_dict, json.loads(read("config.json"))), WordPiece(vocab, lower)
 
 
 # ----------------------------------------------------------------------------- command line
