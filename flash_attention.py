@@ -58,10 +58,9 @@ def causal_mask(Lq, Lk, device=None):
     return torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril(diagonal=Lk - Lq)
 
 
-def naive_attention(q, k, v, causal=False, scale=None):
-    """softmax(Q K^T * scale) V, all (B, H, Lq, Lk) of it in memory; a row with no key gives 0."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    S = scale * q @ k.transpose(-2, -1)  # (B, H, Lq, Lk)
+def naive_attention(q, k, v, causal=False):
+    """softmax(Q K^T / sqrt(d)) V, all (B, H, Lq, Lk) of it in memory; a row with no key gives 0."""
+    S = q.shape[-1] ** -0.5 * q @ k.transpose(-2, -1)  # (B, H, Lq, Lk)
     if not causal:
         return torch.softmax(S, dim=-1) @ v
     keep = causal_mask(q.shape[-2], k.shape[-2], q.device)
@@ -70,19 +69,17 @@ def naive_attention(q, k, v, causal=False, scale=None):
 
 
 def sdpa(q, k, v, causal=False):  # bottom-right causal alignment (is_causal is top-left)
-    if not causal or q.shape[-2] == k.shape[-2]:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    mask = causal_mask(q.shape[-2], k.shape[-2], q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    square = q.shape[-2] == k.shape[-2]  # is_causal there: the fused kernels take no mask
+    mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal and not square else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and square)
 
 
 def check_inputs(q, k, v):  # the mistakes that are easy to make with attention tensors
-    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if not (q.dim() == k.dim() == v.dim() == 4) or q.shape[:2] != k.shape[:2] or (
             k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]):
-        raise ValueError(f"shapes do not match: {shapes}; need q (B, H, Lq, d), k (B, H, Lk, d), "
-                         "v (B, H, Lk, d_v): from (B, N, H, d) use .transpose(1, 2), for GQA "
-                         "repeat k and v over heads")
+        raise ValueError(f"shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v "
+                         f"{tuple(v.shape)}; need q (B, H, Lq, d), k (B, H, Lk, d), v (B, H, Lk, "
+                         "d_v): from (B, N, H, d) use .transpose(1, 2), for GQA repeat k and v")
     if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device and
             q.is_floating_point()):
         raise TypeError(f"q, k, v must share one floating dtype and one device, got {q.dtype}, "
@@ -137,9 +134,7 @@ def _torch_backward(q, k, v, O, L, dO, causal, scale, block_q, block_k):
     offset = Lk - Lq
     dO = dO.to(acc)
     D = (dO * O).sum(-1)  # D_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i), (B, H, Lq)
-    dQ = torch.zeros(q.shape, dtype=acc, device=q.device)
-    dK = torch.zeros(k.shape, dtype=acc, device=q.device)
-    dV = torch.zeros(v.shape, dtype=acc, device=q.device)
+    dQ, dK, dV = (torch.zeros(t.shape, dtype=acc, device=q.device) for t in (q, k, v))
     for j0 in range(0, Lk, block_k):  # outer loop: a key/value block, accumulating dK_j, dV_j
         j1 = min(j0 + block_k, Lk)
         Kj = k[:, :, j0:j1].to(acc)  # (B, H, Bc, d)
@@ -163,7 +158,6 @@ def _torch_backward(q, k, v, O, L, dO, causal, scale, block_q, block_k):
 
 
 class FlashAttentionTorch(torch.autograd.Function):  # saves q, k, v, O, L: linear in N
-
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, block_q, block_k):
         O, L = _torch_forward(q, k, v, causal, scale, block_q, block_k)
@@ -177,8 +171,7 @@ class FlashAttentionTorch(torch.autograd.Function):  # saves q, k, v, O, L: line
 
 
 def flash_attention_torch(q, k, v, causal=False, scale=None, block_q=256, block_k=256):
-    """FlashAttention-2 in PyTorch on any device. 256 x 256 tiles ran fastest on CPU (Python
-    overhead per tile against cache-sized work)."""
+    """FlashAttention-2 in PyTorch. 256 x 256 tiles ran fastest on CPU: few tiles, cache-sized."""
     check_inputs(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTorch.apply(q, k, v, causal, scale, block_q, block_k)
@@ -190,7 +183,6 @@ def flash_attention_torch(q, k, v, causal=False, scale=None, block_q=256, block_
 # the same output: no atomics. Scores are kept in base 2: exp(S - m) = exp2(S log2(e) - m2). Key
 # loops are split into whole tiles (no mask: the fast path) and the diagonal or ragged-end tiles
 # that need one. Tensors are contiguous (B, H, N, d): row r of head bh starts at (bh N + r) d.
-
 # float32 runs only under the interpreter, as an exact check of the algorithm: on a GPU its tiles
 # would not fit in registers at these block sizes (and SDPA's flash backend is 16-bit only too).
 TRITON_DTYPES = (torch.float16, torch.bfloat16) + ((torch.float32,) if INTERPRET else ())
@@ -199,16 +191,17 @@ TRITON_HEAD_DIMS = (16, 32, 64, 128)
 if triton is not None:
     # Autotune candidates (BLOCK_M, BLOCK_N, warps, stages) by head dim: compiled for sm_90 (H100),
     # these spill no or few registers (ptxas -v); the others were dropped. Unmeasured on a GPU.
-    _FWD = {64: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4), (64, 64, 4, 3)],
-            128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4)]}
+    _FWD = {64: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4),
+                 (64, 64, 4, 3)],
+            128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
+                  (64, 64, 4, 4)]}
     _DKDV = {64: [(64, 128, 8, 3), (32, 128, 8, 2), (32, 64, 4, 3)],
              128: [(32, 64, 8, 3), (32, 64, 4, 3), (16, 64, 4, 3), (32, 32, 4, 3)]}
     _DQ = {64: [(128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)],
            128: [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2)]}
 
     def _autotune(table, interpreted):
-        """The candidates listed for the head dim (16 and 32 take 64's); in the interpreter one
-        small tiling, so that tiny tests span several tiles."""
+        """The candidates for the head dim (16, 32 take 64's); interpreted, one small tiling."""
         key = ["Lq", "Lk", "HEAD_DIM", "CAUSAL"]
         if INTERPRET:
             return triton.autotune([triton.Config(dict(BLOCK_M=interpreted[0],
@@ -227,9 +220,8 @@ if triton is not None:
 
     @triton.jit
     def _dot(a, b, acc):
-        """acc + a @ b, accumulated in float32. The interpreter multiplies bfloat16 as raw bits
-        (triton-lang/triton#11584), so there the operands go to float32 first: a product of two
-        16-bit floats is exact in float32, which is what the tensor cores compute too."""
+        """acc + a @ b in float32. The interpreter multiplies bfloat16 as raw bits, so there the
+        operands go to float32 first (triton-lang/triton#11584); 16-bit products are exact."""
         if _UPCAST_DOTS:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -249,8 +241,7 @@ if triton is not None:
     @triton.jit
     def _key_split(start_m, Lq, Lk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    CAUSAL: tl.constexpr):
-        """A query tile's keys [0, end): before full_end, tiles seen whole (no mask); after it,
-        tiles cut by the diagonal or the ragged end."""
+        """A query tile's keys [0, end): whole tiles (no mask) before full_end, cut ones after."""
         if CAUSAL:
             full_end = tl.maximum(start_m + Lk - Lq + 1, 0) // BLOCK_N * BLOCK_N
             end = tl.minimum(start_m + BLOCK_M + Lk - Lq, Lk)  # nothing after the last diagonal
@@ -475,25 +466,9 @@ def flash_attention_triton(q, k, v, causal=False, scale=None):  # CUDA, or CPU i
 def flash_attention(q, k, v, causal=False, scale=None):
     """softmax(Q K^T * scale) V, exact and differentiable, in SDPA's layout: q (B, H, Lq, d),
     k (B, H, Lk, d), v (B, H, Lk, d_v), causal bottom-right; Triton on CUDA where it can."""
-    check_inputs(q, k, v)
     if triton is not None and q.is_cuda and _triton_supports(q, v):
         return flash_attention_triton(q, k, v, causal, scale)
     return flash_attention_torch(q, k, v, causal, scale)
-
-
-# ----------------------------------------------------------------------------- IO analysis
-
-def hbm_accesses(N, d, sram):
-    """HBM elements read + written by one head's forward: (naive, tiled, tile size)."""
-    # naive: S = Q K^T reads Q, K, writes S; P = softmax(S) reads S, writes P; O = P V reads P, V
-    naive = (2 * N * d + N * N) + (N * N + N * N) + (N * N + N * d + N * d)  # = 4 N^2 + 4 N d
-    # B: the largest square tile whose working set fits, Q_i, O_i, K_j, V_j (4 B d) and S_ij (B^2)
-    B = math.isqrt(4 * d * d + sram) - 2 * d  # solves B^2 + 4 d B <= sram
-    if B < 1:
-        raise ValueError(f"sram={sram} elements cannot hold a 1-row tile at d={d}: more SRAM")
-    query_tiles = -(-N // B)  # tiled: Q once, K and V once per query tile, O and L once
-    tiled = N * d + query_tiles * 2 * N * d + N * d + N  # ~ 2 N^2 d / B ~ 8 N^2 d^2 / M
-    return naive, tiled, B
 
 
 # ----------------------------------------------------------------------------- main

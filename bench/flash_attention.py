@@ -1,7 +1,7 @@
 """FlashAttention measured: HBM traffic, peak memory, time against naive attention and SDPA.
 
 flash_attention.py checks values; this file counts and measures. Four tables:
-- io: HBM elements read and written by one head's forward (flash_attention.hbm_accesses), naive
+- io: HBM elements read and written by one head's forward (hbm_accesses), naive
   4N^2 + 4Nd against tiled ~ 2N^2 d / B, B the largest tile that fits in --sram_kb.
 - memory: peak memory of one forward + backward of one head, N = 1k doubling to --max_n. Naive
   attention holds N x N matrices; ours (tiled) and F.scaled_dot_product_attention grow linearly.
@@ -167,6 +167,19 @@ def naive_fits(B, H, N, element_size, device):
 
 # ----------------------------------------------------------------------------- tables
 
+def hbm_accesses(N, d, sram):
+    """HBM elements read + written by one head's forward: (naive, tiled, tile size)."""
+    # naive: S = Q K^T reads Q, K, writes S; P = softmax(S) reads S, writes P; O = P V reads P, V
+    naive = (2 * N * d + N * N) + (N * N + N * N) + (N * N + N * d + N * d)  # = 4 N^2 + 4 N d
+    # B: the largest square tile whose working set fits, Q_i, O_i, K_j, V_j (4 B d) and S_ij (B^2)
+    B = math.isqrt(4 * d * d + sram) - 2 * d  # solves B^2 + 4 d B <= sram
+    if B < 1:
+        raise ValueError(f"sram={sram} elements cannot hold a 1-row tile at d={d}: more SRAM")
+    query_tiles = -(-N // B)  # tiled: Q once, K and V once per query tile, O and L once
+    tiled = N * d + query_tiles * 2 * N * d + N * d + N  # ~ 2 N^2 d / B ~ 8 N^2 d^2 / M
+    return naive, tiled, B
+
+
 def io_table(sram_kb):
     elem_bytes = 2  # fp16
     sram = sram_kb * 1024 // elem_bytes
@@ -175,7 +188,7 @@ def io_table(sram_kb):
     print(f"{'N':>6} {'d':>4} {'tile B':>7} {'naive MB':>10} {'tiled MB':>10} {'naive/tiled':>12}")
     for d in (64, 128):
         for N in (1024, 4096, 16384):
-            naive, tiled, B = fa.hbm_accesses(N, d, sram)
+            naive, tiled, B = hbm_accesses(N, d, sram)
             print(f"{N:>6} {d:>4} {B:>7} {naive * elem_bytes / 1e6:>10.1f} "
                   f"{tiled * elem_bytes / 1e6:>10.1f} {naive / tiled:>11.1f}x")
 

@@ -220,16 +220,17 @@ def test_autotune_keeps_the_configs_listed_for_the_head_dim():
 # ----------------------------------------------------------------------------- IO analysis and demo
 
 def test_io_counts_match_hand_computation():
+    hbm_accesses = load_bench().hbm_accesses
     # d = 64, SRAM of 9216 elements: B^2 + 4 d B <= 9216 gives B = 32 (32^2 + 256 * 32 = 9216 exactly)
     # N = 1024: naive = 4 N^2 + 4 N d = 4 * 1048576 + 4 * 65536 = 4456448
     # tiled = N d (Q) + (N / B) * 2 N d (K, V per query tile) + N d (O) + N (L)
     #       = 65536 + 32 * 131072 + 65536 + 1024 = 4326400
-    assert fa.hbm_accesses(1024, 64, 9216) == (4456448, 4326400, 32)
+    assert hbm_accesses(1024, 64, 9216) == (4456448, 4326400, 32)
     # SRAM of 65536 elements: sqrt(4 * 64^2 + 65536) = sqrt(81920) = 286.2, so B = 286 - 128 = 158,
     # ceil(1024 / 158) = 7 query tiles: tiled = 65536 + 7 * 131072 + 65536 + 1024 = 1049600
-    assert fa.hbm_accesses(1024, 64, 65536) == (4456448, 1049600, 158)
+    assert hbm_accesses(1024, 64, 65536) == (4456448, 1049600, 158)
     with pytest.raises(ValueError, match="SRAM"):
-        fa.hbm_accesses(1024, 64, 100)
+        hbm_accesses(1024, 64, 100)
 
 
 def load_bench():
@@ -303,9 +304,9 @@ def test_bench_smoke(capsys):
     io_rows = {tuple(map(int, r.split()[:3])): r.split()[-1] for r in out.splitlines()
                if r.split() and r.split()[-1].endswith("x") and len(r.split()) == 6}
     for (N, d, B), ratio in io_rows.items():
-        naive, tiled, tile = fa.hbm_accesses(N, d, 98304)
+        naive, tiled, tile = bench.hbm_accesses(N, d, 98304)
         assert B == tile and ratio == f"{naive / tiled:.1f}x"
-    assert sorted(io_rows) == sorted((N, d, fa.hbm_accesses(N, d, 98304)[2])
+    assert sorted(io_rows) == sorted((N, d, bench.hbm_accesses(N, d, 98304)[2])
                                      for d in (64, 128) for N in (1024, 4096, 16384))
     memory_rows = [r.split() for r in out.splitlines()
                    if r.startswith("  1024") and len(r.split()) == 5]  # io rows have 6 columns
