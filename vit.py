@@ -31,7 +31,6 @@ import sys
 import tarfile
 import time
 import typing
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -115,8 +114,7 @@ class ViTConfig:
 # ----------------------------------------------------------------------------- the model
 
 class PatchEmbedding(nn.Module):
-    """Token p = x_p E + b per P x P patch x_p: a conv with kernel = stride = P, or the same map
-    as unfold (each patch flattened channel-major) + linear, shown equal in main()."""
+    """Token p = x_p E + b per P x P patch x_p: a conv, kernel = stride = P, or unfold + linear."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -228,29 +226,21 @@ class ViT(nn.Module):
         return A[:, 0, 1:] if self.config.pool == "cls" else A[:, 1:, 1:].mean(dim=1)
 
 
-class SmallCNN(nn.Module):
-    """The baseline: 3x3 convs of width w (stride 2), 2w, 4w, each with BatchNorm and ReLU, 2x2
-    max-pooling between them, global average pooling, a linear head."""
+def small_cnn(channels, n_classes, width):
+    """The baseline: 3x3 convs of width w (stride 2), 2w, 4w, global average pooling, a head."""
 
-    def __init__(self, channels, n_classes, width):
-        super().__init__()
-
-        def conv(c_in, c_out, stride=1):
-            return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.BatchNorm2d(c_out),
-                    nn.ReLU()]
-        self.net = nn.Sequential(*conv(channels, width, stride=2), nn.MaxPool2d(2),
-                                 *conv(width, 2 * width), nn.MaxPool2d(2),
-                                 *conv(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
-                                 nn.Flatten(), nn.Linear(4 * width, n_classes))
-
-    def forward(self, img):
-        return self.net(img)
+    def conv(c_in, c_out, stride=1):
+        return [nn.Conv2d(c_in, c_out, 3, stride, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+    return nn.Sequential(*conv(channels, width, stride=2), nn.MaxPool2d(2),
+                         *conv(width, 2 * width), nn.MaxPool2d(2),
+                         *conv(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4 * width, n_classes))
 
 
 def cnn_matching(params, channels, n_classes):  # the width whose count is closest to params
-    best = SmallCNN(channels, n_classes, 4)
+    best = small_cnn(channels, n_classes, 4)
     for width in range(8, 1025, 4):
-        cnn = SmallCNN(channels, n_classes, width)
+        cnn = small_cnn(channels, n_classes, width)
         if abs(count_params(cnn) - params) > abs(count_params(best) - params):
             return best
         best = cnn
@@ -429,9 +419,8 @@ def answer(vlm, image_tokens, prompt, newline, max_tokens=16):  # greedy, cut at
 
 
 def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, seed=0, batch=64):
-    """Accuracy per question of a TinyVLM trained on n_train fresh images (the ViT's tokens look
-    as at test time). gpt.py is needed here, and only here."""
-    import gpt
+    """Accuracy per question of a TinyVLM trained on fresh images (ViT tokens as at test time)."""
+    import gpt  # here and only here: the ViT stands alone
     tok = gpt.Tokenizer.from_spec("byte", text="bytes need no training")
     images, _, train_attrs = make_shapes(n_train, size=test_images.size(-1), seed=seed + 1)
     with torch.no_grad():  # the vision encoder is frozen: its tokens are computed once
@@ -499,15 +488,13 @@ def main(cfg):
           f" {cfg.n_layer} blocks x {cfg.n_embd} wide; patch embedding as conv vs unfold +"
           f" linear: max difference {gap:.1e}")
 
-    results = []
+    print(f"\n{'model':<6}{'params':>10}{'steps':>7}{'test accuracy':>15}{'train time':>12}")
     for name, model in [("ViT", vit), ("CNN", cnn)]:
         t0 = time.perf_counter()
         train_classifier(model, data, cfg.steps, cfg.lr, cfg.batch_size, device, cfg.seed, name)
         acc = accuracy(model, *data["test"], device)
-        results.append((name, count_params(model), acc, time.perf_counter() - t0))
-    print(f"\n{'model':<6}{'params':>10}{'steps':>7}{'test accuracy':>15}{'train time':>12}")
-    for name, params, acc, seconds in results:
-        print(f"{name:<6}{params:>10,}{cfg.steps:>7}{acc:>15.1%}{seconds:>11.0f}s")
+        seconds = time.perf_counter() - t0
+        print(f"{name:<6}{count_params(model):>10,}{cfg.steps:>7}{acc:>15.1%}{seconds:>11.0f}s")
     print()
     show_attention(vit, data["test"][0][0], device, plt, os.path.join(cfg.out_dir, "attention.png"))
     if "attrs" not in data:
@@ -546,7 +533,7 @@ def download(url, md5, cache_dir):
                 with open(path + ".part", "wb") as f:
                     while chunk := response.read(1 << 20):
                         f.write(chunk)
-        except (urllib.error.URLError, OSError) as e:
+        except OSError as e:  # URLError included
             print(f"could not download {url} ({e})")
             return None
         os.replace(path + ".part", path)
@@ -582,8 +569,7 @@ def read_cifar(path):
 
 
 def load_data(name, n_train, n_test, cache_dir="data", seed=0):
-    """{"train": (images in [0, 1], labels), "test": ...}, and "attrs" for the shapes set, which
-    stands in for mnist or cifar10 when they cannot be had."""
+    """{"train": (images in [0, 1], labels), "test": ...}; the shapes set, with "attrs", offline."""
     arrays = None
     if name == "mnist":
         paths = [download(MNIST_URL + f, md5, cache_dir) for f, md5 in MNIST_MD5.items()]
