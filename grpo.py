@@ -109,40 +109,36 @@ THINK_ANSWER = re.compile(r"<think>(.*?)</think><answer>(.*?)</answer>", re.S)
 
 
 def make_problem(a, b):
-    """a + b for a two-digit a and a one-digit b, with the worked solution by columns: ones first
-    (a single-digit fact), then tens plus the carry. Returns (question, answer, worked thinking)."""
+    """(question, answer, thinking) for a + b, worked by columns: ones, then tens plus the carry."""
     ones = a % 10 + b
     return f"{a}+{b}", a + b, f"{a % 10}+{b}={ones},{a // 10}+{ones // 10}={a // 10 + ones // 10}"
 
 
-def make_problems(n, seed, exclude=()):
-    """n distinct problems whose questions are not in exclude (there are 900 in all)."""
-    rng = random.Random(seed)
+def make_problems(n, rng, exclude=(), distinct=True):
+    """n problems (distinct ones: there are 900) whose questions are not in exclude."""
     seen = set(exclude)
     out = []
     while len(out) < n:  # Config keeps n within the 900 - len(exclude) left
-        q, ans, trace = make_problem(rng.randrange(10, 100), rng.randrange(10))
-        if q not in seen:
-            seen.add(q)
-            out.append((q, ans, trace))
+        problem = make_problem(rng.randrange(10, 100), rng.randrange(10))
+        if problem[0] not in seen:
+            out.append(problem)
+            if distinct:
+                seen.add(problem[0])
     return out
 
 
 def task_tokenizer():
-    """Bytes plus the 11 BPE merges that make "think", "answer", "</" and "><" single tokens, so
-    the tags cost 12 tokens instead of 33 while every digit stays a token of its own."""
+    """Bytes plus 11 merges: the tags cost 12 tokens instead of 33, each digit stays one token."""
     tok = gpt.Tokenizer.from_spec("bpe", "<think>0</think><answer>0</answer>", vocab_size=512)
     assert tok.n_vocab == 256 + 11 + len(gpt.SPECIAL_TOKENS), tok.n_vocab
     return tok
 
 
 def prompt_ids(tok, question):
-    """The question as a user turn of the chat template, ending where the assistant speaks."""
     return gpt.render_chat(gpt.chat(question + "="), tok, add_generation_prompt=True)
 
 
 def worked_ids(tok, problem):
-    """The well-formed answer to a problem and the <|end|> that closes the assistant's turn."""
     _, answer, thinking = problem
     text = f"<think>{thinking}</think><answer>{answer}</answer>"
     return tok.encode(text) + [tok.special("<|end|>")]
@@ -154,8 +150,7 @@ def answer_text(tok, completion):
 
 
 def check_fits(model, tok, cfg):
-    """Whatever the tokenizer, every worked answer fits the budget and every prompt plus the
-    budget fits the model's context: said at load, not after minutes of training."""
+    """Say at load, not after minutes of training, that a worked answer or prompt does not fit."""
     problems = [make_problem(a, b) for a in range(10, 100) for b in range(10)]
     longest = max(len(worked_ids(tok, p)) for p in problems)
     ramp = cfg.overlong_cache if cfg.loss == "dapo" else 0  # DAPO's length penalty must spare it
@@ -178,9 +173,8 @@ def reward(text, answer, format_reward):
 # ----------------------------------------------------------------------------- the loss
 
 def group_advantages(rewards, G, scale="group", eps=1e-4):
-    """A_i = (r_i - mean_group(r)) / (std_group(r) + eps), or r_i - mean_group(r) for scale="none"
-    (Dr. GRPO). rewards: (N,) with the G completions of each prompt contiguous. A group whose
-    rewards are all equal carries no signal: its advantages are exactly 0."""
+    """A_i = (r_i - mean(r)) / (std(r) + eps) in each group of G contiguous rewards (N,), without
+    the std for scale="none" (Dr. GRPO). A group of equal rewards carries no signal: A = 0."""
     if rewards.dim() != 1 or rewards.numel() % G:
         raise ValueError(f"rewards {tuple(rewards.shape)} do not split into groups of G={G}")
     r = rewards.view(-1, G)  # (N/G, G)
@@ -214,9 +208,8 @@ def token_weights(mask, loss_type, max_len=None):
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_low=0.2,
               eps_high=0.2, beta=0.0, weights=None):
-    """(loss, stats): the clipped surrogate plus the k3 KL penalty, per token, normalised by
-    loss_type. logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). weights: token_weights
-    of the whole batch, sliced, when it is split into micro-batches for gradient accumulation."""
+    """(loss, stats): the clipped surrogate plus beta k3 per token (B, T), advantages (B,);
+    weights: the whole minibatch's token_weights, sliced for gradient accumulation."""
     if weights is None:
         weights = token_weights(mask, loss_type)
     A = advantages[:, None]  # (B, 1): every token of a completion shares its sequence's advantage
@@ -239,8 +232,7 @@ def overlong_penalty(lengths, max_len, cache):
 
 
 def pass_at_k(n, c, k):
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k), computed as the
-    stable product 1 - prod_{i=n-c+1}^{n} (1 - k/i) (Chen et al. 2021)."""
+    """Unbiased pass@k, 1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i), stably."""
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
@@ -285,9 +277,8 @@ def merge(a, b):
 
 
 def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
-    """DAPO's dynamic sampling: drop groups whose answers are all right or all wrong (Yu et al.
-    filter on accuracy, not on the length-shaped reward) and sample more problems until the
-    batch is full again, for at most max_resample rounds."""
+    """DAPO's dynamic sampling: drop groups all right or all wrong (on accuracy, not the shaped
+    reward), and refill the batch with new problems for at most max_resample rounds."""
     batch = None
     stats = None
     for _ in range(cfg.max_resample):
@@ -305,16 +296,14 @@ def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
 # ----------------------------------------------------------------------------- training
 
 def logprobs(model, batch, rows, cfg):
-    """log pi_T(o_t | q, o_<t) for the rows (a slice) of a batch, (n, T), and the mask. Rollouts
-    are drawn at T, so old, new and reference log-probs are taken at T, or the ratio is off."""
+    """log pi_T(o_t | q, o_<t) (n, T) and the mask: at the temperature rollouts are drawn at."""
     return gpt.completion_logprobs(model, batch["prompts"][rows], batch["completions"][rows],
                                    batch["pad"], temperature=cfg.temperature)
 
 
 def score_batch(policy, ref, batch, cfg, start=0):
-    """Add what the loss needs from a rollout batch: advantages (N,), and ref_logp, the completion
-    mask and old_logp (N, T) in no-grad passes before any update. old_logp of rows before start
-    is left at 0 for the first minibatch to fill from its own forward (pi_old = pi_theta there)."""
+    """Add advantages (N,), ref_logp, mask and old_logp (N, T), before any update; rows before
+    start are left for the first minibatch to fill from its own forward (pi_old = pi_theta)."""
     scale = "none" if cfg.loss == "dr_grpo" else "group"
     batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, scale)
     with gpt.evaluating(policy, ref):
@@ -327,8 +316,7 @@ def score_batch(policy, ref, batch, cfg, start=0):
 
 
 def minibatch_backward(policy, batch, rows, cfg, first=False):
-    """Backpropagate grpo_loss over the rows (a slice) of a scored batch, micro_batch sequences at
-    a time, with the whole minibatch's token weights, sliced: the gradient of a single pass.
+    """Backpropagate grpo_loss over rows, micro_batch sequences at a time: one pass's gradient.
     first (before any step): old_logp is this very forward, detached, so the ratio is exactly 1."""
     weights = token_weights(batch["mask"][rows], cfg.loss, cfg.max_new_tokens)  # (n, T)
     n = weights.size(0)
@@ -349,9 +337,8 @@ def minibatch_backward(policy, batch, rows, cfg, first=False):
 
 
 def policy_update(policy, ref, opt, batch, cfg):
-    """updates_per_rollout optimizer steps per epoch over minibatches of one rollout batch, their
-    sizes within one row of each other even when DAPO refilled only part of it. old_logp comes
-    from the policy before the first step, so the first minibatch's ratio is exactly 1."""
+    """updates_per_rollout steps per epoch over minibatches within one row of each other in size,
+    even when DAPO refilled only part of the batch."""
     N = len(batch["prompts"])
     bounds = [N * i // cfg.updates_per_rollout for i in range(cfg.updates_per_rollout + 1)]
     score_batch(policy, ref, batch, cfg, start=bounds[1])
@@ -368,8 +355,7 @@ def policy_update(policy, ref, opt, batch, cfg):
 
 
 def evaluate(model, tok, problems, cfg, generator, sampled=True):
-    """Greedy accuracy on held-out problems; with sampled, also pass@1 and pass@k, the format rate
-    and the mean length of cfg.pass_k samples per problem."""
+    """Greedy accuracy; with sampled, pass@1, pass@k, format rate and length of pass_k samples."""
     end = tok.special("<|end|>")
     k = cfg.pass_k
     prompts = [prompt_ids(tok, q) for q, _, _ in problems]
@@ -391,29 +377,13 @@ def evaluate(model, tok, problems, cfg, generator, sampled=True):
             "length": sum(len(c) for c in samples) / len(samples)}
 
 
-def sft_warmup(policy, tok, problems, cfg):
-    """Fine-tune on a few worked examples: a tiny model from nothing learns the format
-    <think>...</think><answer>...</answer> well, the arithmetic only partly."""
-    if cfg.sft_steps:
-        pairs = [(prompt_ids(tok, p[0]), worked_ids(tok, p)) for p in problems]
-        gpt.finetune(policy, pairs, cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed,
-                     desc="SFT warm-up")
-    return policy.eval()
-
-
 def train_grpo(policy, ref, opt, tok, cfg, run):
-    """The GRPO loop from step run["step"] + 1: roll out G completions per problem, score, update;
-    a log row per step, held-out figures and a checkpoint every eval_every steps."""
-    rng = run["problems"]
+    """Roll out, score, update, from step run["step"] + 1; held-out greedy accuracy and a
+    checkpoint every eval_every steps."""
     end = min(cfg.steps, cfg.stop_after or cfg.steps)
 
     def sample_problems(n):  # fresh training problems, never a held-out question
-        out = []
-        while len(out) < n:
-            problem = make_problem(rng.randrange(10, 100), rng.randrange(10))
-            if problem[0] not in run["exclude"]:
-                out.append(problem)
-        return out
+        return make_problems(n, run["problems"], run["exclude"], distinct=False)
 
     bar = tqdm(range(run["step"] + 1, end + 1), initial=run["step"], total=cfg.steps,
                desc=f"GRPO ({cfg.loss})")
@@ -449,8 +419,8 @@ def train_grpo(policy, ref, opt, tok, cfg, run):
 
 
 def start_policy(cfg, path):
-    """(policy, tokenizer, checkpoint or None): the run to resume, the --init checkpoint, or a tiny
-    GPT made here with the task's tokenizer. Loaded on the CPU, where RNG states must stay."""
+    """(policy, tokenizer, checkpoint or None) to resume, from --init, or made here; on the CPU,
+    where RNG states must stay."""
     if cfg.resume:
         policy, tok, ckpt = gpt.load_model(path)
         gpt.check_resume(path, ckpt, cfg, free=("resume", "stop_after", "steps", "plot", "device"))
@@ -491,12 +461,15 @@ def main(cfg):
         policy, tok, ckpt = start_policy(cfg, path)
         check_fits(policy, tok, cfg)
     policy.to(device)
-    held_out = make_problems(cfg.eval_problems, cfg.seed + 1)
+    held_out = make_problems(cfg.eval_problems, random.Random(cfg.seed + 1))
     run = dict(held_out=held_out, exclude={q for q, _, _ in held_out}, step=0,
                problems=random.Random(cfg.seed + 3), generator=torch.Generator(device))
     run["generator"].manual_seed(cfg.seed)
-    if ckpt is None:
-        sft_warmup(policy, tok, make_problems(cfg.sft_examples, cfg.seed + 2, run["exclude"]), cfg)
+    if ckpt is None:  # from nothing, a few worked examples teach the format well, sums partly
+        examples = make_problems(cfg.sft_examples, random.Random(cfg.seed + 2), run["exclude"])
+        pairs = [(prompt_ids(tok, p[0]), worked_ids(tok, p)) for p in examples]
+        gpt.finetune(policy, pairs, cfg.sft_steps, lr=cfg.sft_lr, batch_size=16, seed=cfg.seed,
+                     desc="SFT warm-up")  # sets eval mode, even for --sft_steps=0
         before = evaluate(policy, tok, held_out, cfg, run["generator"])
     ref = copy.deepcopy(policy).eval().requires_grad_(False)  # frozen pi_ref for the KL term
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99))
@@ -527,6 +500,7 @@ def main(cfg):
     print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in "
           f"{cfg.out_dir}/")
     return before, after
+
 
 if __name__ == "__main__":
     main(gpt.parse_args(Config, gpu=GPU))

@@ -291,7 +291,7 @@ def test_rollout_groups_are_contiguous_and_checked(tiny_gpt_config):
     tok = grpo.task_tokenizer()
     cfg = dataclasses.replace(tiny_gpt_config, vocab_size=tok.model_vocab_size, pos="learned")
     model = tiny_model(cfg)
-    problems = grpo.make_problems(3, seed=0)
+    problems = grpo.make_problems(3, random.Random(0))
     run = grpo.Config(group_size=4, max_new_tokens=6)
     batch = grpo.rollout(model, tok, problems, run, torch.Generator().manual_seed(0))
     # each problem a user turn of the chat template: <|user|> q= <|end|> <|assistant|>
