@@ -78,11 +78,9 @@ GPU = dict(d_model=256, steps=4000)  # on CUDA: a wider model, trained longer
 # ----------------------------------------------------------------------------- attention
 
 def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, return_weights=False):
-    """softmax(Q K^T / sqrt(d_k)) V, written out. q: (B, H, Tq, d); k: (B, H_kv, Tk, d); v:
-    (B, H_kv, Tk, d_v), each group of H / H_kv query heads sharing a key/value head (GQA; H_kv = 1
-    is MQA). mask: boolean, True = may attend, broadcastable to (B, H, Tq, Tk). A query row that
-    may attend to nothing gets zero weights and output, not NaN (as F.scaled_dot_product_attention
-    since torch 2.5). Returns (B, H, Tq, d_v), and on request the weights before dropout."""
+    """softmax(Q K^T / sqrt(d_k)) V, written out. q (B, H, Tq, d), k (B, H_kv, Tk, d), v (B, H_kv,
+    Tk, d_v): H / H_kv query heads share each key/value head (GQA; H_kv = 1 is MQA). mask: True =
+    may attend; a row that may attend to nothing gets zeros, not NaN (as F.sdpa since torch 2.5)."""
     check_attention_inputs(q, k, v, mask)
     B, H, Tq, d = q.shape
     _, H_kv, Tk, _ = k.shape
@@ -95,7 +93,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, return_weigh
     weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk), rows sum to 1
     if mask is not None:  # a row with nothing allowed came out uniform: make it all zeros instead
         weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0)
-    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights  # returned: before it
     out = (dropped.view(B, H_kv, G, Tq, Tk) @ v[:, :, None]).view(B, H, Tq, -1)  # (B, H, Tq, d_v)
     return (out, weights) if return_weights else out
 
@@ -115,9 +113,8 @@ def check_attention_inputs(q, k, v, mask):
 
 
 def causal_mask(T_q, T_k=None, window=None, device=None):
-    """(T_q, T_k): query i sees key j iff j <= i, the queries being the last T_q of T_k positions
-    (decoding with a KV cache). With a window, local too: i - window < j <= i, exactly `window`
-    keys once i >= window - 1 (sliding-window attention, as in Longformer and Mistral)."""
+    """(T_q, T_k): query i sees key j <= i, queries being the last T_q positions (KV cache); with
+    a window also j > i - window: sliding-window attention, as in Longformer and Mistral."""
     if window is not None and window < 1:
         raise ValueError(f"window={window} must be >= 1 (the token itself)")
     T_k = T_q if T_k is None else T_k
@@ -132,9 +129,8 @@ def padding_mask(lengths, T):
 
 
 class KVCache:
-    """The keys and values an attention layer has computed: self-attention appends the new
-    tokens' each step (step t costs O(t), not O(t^2)), cross-attention stores the encoder's once.
-    It grows by concatenation, which is simple; gpt.py preallocates to avoid the copies."""
+    """Self-attention appends each step's keys and values (step t costs O(t), not O(t^2));
+    cross-attention stores the encoder's once. It grows by torch.cat; gpt.py preallocates."""
 
     def __init__(self):
         self.k = self.v = None  # (B, n_kv_head, S, head_dim) each
@@ -147,10 +143,6 @@ class KVCache:
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         return self.k, self.v
 
-    def reorder(self, rows):  # beam search: row i continues from row rows[i]
-        if self.k is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
-
 
 def kv_cache_bytes(n_layer, n_kv_head, head_dim, seq_len, batch=1, bytes_per_value=2):
     """Memory of a full KV cache: K and V, for every layer, KV head, position and sequence."""
@@ -162,7 +154,7 @@ class MultiHeadAttention(nn.Module):
     C W_V^g(i)) with C = X (self-attention) or the encoder output (cross-attention); query head
     i reads key/value head g(i) = i // (n_head / n_kv_head): n_kv_head = n_head is MHA, 1 MQA."""
 
-    def __init__(self, d_model, n_head, n_kv_head=None, dropout=0.0, bias=True):
+    def __init__(self, d_model, n_head, n_kv_head=None, dropout=0.0):
         super().__init__()
         n_kv_head = n_kv_head or n_head
         if d_model % n_head or n_head % n_kv_head:
@@ -172,11 +164,11 @@ class MultiHeadAttention(nn.Module):
         self.n_kv_head = n_kv_head
         self.head_dim = d_model // n_head
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.q_proj = nn.Linear(d_model, d_model)
         # W_K and W_V are n_head / n_kv_head times smaller than W_Q
-        self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim)
+        self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim)
+        self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, x, context=None, mask=None, cache=None, return_weights=False):
         """x (B, T, d_model) makes the queries, context (B, S, d_model) the keys and values
@@ -317,8 +309,9 @@ class Transformer(nn.Module):
                     live.append((parent, token, float(score)))
             if not live or (finished and max(f[0] for f in finished) >= live[0][2]):
                 break
-            for cache in (c for pair in caches for c in pair):  # each row follows its prefix
-                cache.reorder(torch.tensor([p for p, _, _ in live], device=src.device))
+            rows = torch.tensor([p for p, _, _ in live], device=src.device)  # row i continues
+            for cache in (c for pair in caches for c in pair):  # from row rows[i]
+                cache.k, cache.v = cache.k[rows], cache.v[rows]
             tokens = torch.tensor([[t] for _, t, _ in live], device=src.device)
             scores = torch.tensor([s for _, _, s in live], device=src.device)
             prefixes = [prefixes[p] + [t] for p, t, _ in live]
