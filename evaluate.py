@@ -425,8 +425,7 @@ def judge_pairwise(model, tok, items):
 
 
 def verbosity_probe(model, tok, items, padding=", as any atlas shows"):
-    """The PASS rate of (question, reference, answer) cases with content-free padding on the
-    answer, which an unbiased judge passes as often as the plain answers."""
+    """PASS rate with content-free padding on each answer: unbiased, it equals the plain one."""
     padded, _ = run_judge(model, tok, [judge_prompt(q, r, a + padding) for q, r, a in items])
     return padded.count("PASS") / len(items)
 
@@ -444,8 +443,7 @@ PARAPHRASES = {"capital": "Which city is the capital of {}?",
 
 
 def make_world(n_countries, seed):
-    """{country: {attribute: value}} of made-up, all-distinct names: no model knows them before,
-    so whatever it knows about them, the fine-tuning taught it."""
+    """{country: {attribute: value}}, made-up distinct names: what a model knows, tuning taught."""
     rng = random.Random(seed)
     used = set()
 
@@ -488,8 +486,7 @@ def unseen_items(world, tok):
 
 def training_pairs(world, train, tok, cfg, rng):
     """(prompt ids, reply ids): every fact as a question, the training countries' descriptions,
-    judge cases point- and pairwise in turn. A reply starts with a space, so that a name is the
-    one BPE token it is in running text (" Quel")."""
+    judge cases point- and pairwise in turn; a reply's leading space keeps " Quel" one BPE token."""
     qa = [(f"Q: {QUESTION.format(a, c)}\nA:", f" {v}") for c in world for a, v in world[c].items()]
     described = [(f"Describe {c}.\n", description(world, c)) for c in train]
     texts = qa * cfg.repeat + described * cfg.repeat
@@ -522,13 +519,12 @@ def qa_rows(model, tok, items, cfg, wording):
 
 
 def corpus_row(model, tok):  # the end of the corpus, which train.py holds out too
-    held_out_text = gpt.embedded_corpus()[-20_000:]
-    return "perplexity, corpus text", perplexity(model, [tok.encode(held_out_text)])
+    held_out = tok.encode(gpt.embedded_corpus()[-20_000:])
+    return "perplexity, corpus text", perplexity(model, [held_out])
 
 
 def instruction_card(model, tok, cfg):
-    """A chat checkpoint as it is: gpt.py's held-out instructions (sft.py's and dpo.py's task)
-    answered greedily, sampled and as multiple choice."""
+    """A chat checkpoint as it is: gpt.py's held-out instructions (sft.py's and dpo.py's task)."""
     task = gpt.make_task(0, cfg.instructions, cfg.seed)[1]  # (task, instruction, answer)
     accuracy, nll, _ = gpt.evaluate_instructions(model, tok, task)
     items = [(gpt.render_chat(gpt.chat(x), tok, add_generation_prompt=True), a,  # as sft.py asks
@@ -620,8 +616,7 @@ def finetune(model, tok, pairs, cfg, log, ckpt, before):
 
 def main(cfg):
     if gpt is None:
-        raise SystemExit("error: evaluate.py's models need torch and gpt.py beside it; the metrics"
-                         " do not")
+        raise SystemExit("error: models need torch and gpt.py beside evaluate.py; metrics do not")
     device = gpt.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     plt = gpt.pyplot(cfg.plot)
