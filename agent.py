@@ -274,73 +274,50 @@ def format_call(name, arguments):
 
 
 # ----------------------------------------------------------------------------- constrained decoding
-# A character-level automaton for the calls we accept, json.dumps's own layout of a flat object:
+# The calls we accept, json.dumps's own layout of a flat object, as a character automaton:
 #   {"name": "<tool>", "arguments": {"<key>": <string | number | true | false | null>, ...}}
-# A state is a tuple; step(state, c) is the next state or None. A token is allowed when all its
-# characters step, and the call can still be finished in the tokens left (every single character
-# is a token in a byte-level BPE, so `chars_to_finish` characters take at most that many tokens).
+# A token is allowed when all its characters step, and the call can still be closed in the tokens
+# left (every single character is a token in a byte-level BPE, so n characters take <= n tokens).
 
-def step(state, c, names):
-    kind = state[0]
-    if kind == "lit":  # ("lit", text, i, next): the fixed text must follow
-        _, text, i, nxt = state
-        return None if c != text[i] else (nxt if i + 1 == len(text) else ("lit", text, i + 1, nxt))
-    if kind == "name":  # a prefix of a known tool name
-        typed = state[1]
-        if c == '"' and typed in names:
-            return ("lit", ', "arguments": {', 0, ("object",))
-        return ("name", typed + c) if any(n.startswith(typed + c) for n in names) else None
-    if kind in ("object", "after"):  # first key or '}' / after a value: ', ' then a key, or '}'
-        if c == "}":
-            return ("lit", "}", 0, ("done",))
-        if kind == "object":
-            return ("key", False) if c == '"' else None
-        return ("lit", ' "', 0, ("key", False)) if c == "," else None
-    if kind == "key":  # ("key", nonempty): the key's text does not matter, and states stay few
-        if c == '"' and state[1]:
-            return ("lit", ": ", 0, ("value",))
-        return ("key", True) if c.isascii() and (c.isalnum() or c == "_") else None
-    if kind == "value":
-        if c == '"':
-            return ("string",)
-        if c == "-" or c.isdigit():
-            return ("number", c)
-        literal = {"t": "true", "f": "false", "n": "null"}.get(c)
-        return ("lit", literal, 1, ("after",)) if literal else None
-    if kind == "string":
-        if c == '"':
-            return ("after",)
-        if c == "\\":
-            return ("escape",)
-        return ("string",) if c.isascii() and c.isprintable() else None
-    if kind == "escape":
-        return ("string",) if c in '"\\/bfnrt' else None
-    if kind == "number":  # -?(0|[1-9][0-9]*)(.[0-9]+)?
-        typed = state[1]
-        if typed[-1].isdigit() and c in ",}":
-            return step(("after",), c, names)
-        if c.isdigit() and typed.lstrip("-") != "0":  # no leading zero
-            return ("number", typed + c)
-        point = c == "." and typed[-1].isdigit() and "." not in typed
-        return ("number", typed + c) if point else None
-    return None  # "done": nothing may follow but <|end|>
+DIGITS = "0123456789"
+KEY = "".join(c for c in map(chr, range(128)) if c.isalnum() or c == "_")
+STRING = "".join(c for c in map(chr, range(32, 127)) if c not in '"\\')  # printable ASCII
+NUMBER = {"0": "zero"} | dict.fromkeys(DIGITS[1:], "integer")  # -?(0|[1-9][0-9]*)(.[0-9]+)?
+NEXT = {', "': "key", "}": "close"}  # after a value: another key, or the end
+GRAMMAR = {  # state: {text: next state} once 'arguments": {' is typed; call_automaton adds names
+    "object": {"}": "close", '"': "key"},
+    "key": dict.fromkeys(KEY, "key+"),  # the key's text does not matter, and states stay few
+    "key+": dict.fromkeys(KEY, "key+") | {'": ': "value"},
+    "value": {'"': "string", "-": "minus", "true": "after", "false": "after", "null": "after"}
+    | NUMBER,
+    "string": dict.fromkeys(STRING, "string") | {"\\": "escape", '"': "after"},
+    "escape": dict.fromkeys('"\\/bfnrt', "string"),
+    "minus": NUMBER,
+    "zero": {".": "point"} | NEXT,
+    "integer": dict.fromkeys(DIGITS, "integer") | {".": "point"} | NEXT,
+    "point": dict.fromkeys(DIGITS, "fraction"),
+    "fraction": dict.fromkeys(DIGITS, "fraction") | NEXT,
+    "after": NEXT,
+    "close": {"}": "done"}}
 
 
-def chars_to_finish(state, names):
-    """The fewest characters that close a call from this state (the shortest value is 0)."""
-    kind = state[0]
-    if kind == "lit":
-        return len(state[1]) - state[2] + chars_to_finish(state[3], names)
-    if kind == "name":  # rest of the shortest matching name, '"', ', "arguments": {', '}}'
-        return min(len(n) - len(state[1]) for n in names if n.startswith(state[1])) + 1 + 16 + 2
-    if kind == "key":  # '"' (after at least one character), ': ', '0', '}}'
-        return (not state[1]) + 1 + 2 + 1 + 2
-    if kind == "number":  # a digit if it ends in '-' or '.', then '}}'
-        return (not state[1][-1].isdigit()) + 2
-    return {"object": 2, "after": 2, "value": 3, "string": 3, "escape": 4, "done": 0}[kind]
-
-
-CALL_START = ("lit", '{"name": "', 0, ("name", ""))
+@functools.cache
+def call_automaton(names):
+    """{state: {character: next state}} from "start", and each state's fewest characters to
+    "done". A text's states are named by the part typed so far, so the names share a trie."""
+    headers = {f'{{"name": "{name}", "arguments": {{': "object" for name in names}
+    edges = {"done": {}}
+    for state, texts in (GRAMMAR | {"start": headers}).items():
+        for text, after in texts.items():
+            for i, c in enumerate(text):
+                target = state + text[:i + 1] if i + 1 < len(text) else after
+                edges.setdefault(state + text[:i], {})[c] = target
+    need = {"done": 0}
+    while len(need) < len(edges):  # breadth first, back from "done"
+        n = max(need.values())
+        near = [s for s, moves in edges.items() if n in map(need.get, set(moves.values()))]
+        need |= {s: n + 1 for s in near if s not in need}
+    return edges, need
 
 
 class CallConstraint:
@@ -348,11 +325,12 @@ class CallConstraint:
     tokens that keep the call a valid prefix closable within max_call tokens, then <|end|>.
     budget: new tokens in all; GPTPolicy lowers it near the context limit, and the plan yields."""
 
-    def __init__(self, tok, tool_names, vocab_size, max_thought=32, max_call=64):
-        self.names, self.max_thought, self.max_call = tuple(tool_names), max_thought, max_call
-        self.min_call = chars_to_finish(CALL_START, self.names) + 1  # its characters, then <|end|>
+    def __init__(self, tok, names, vocab_size, max_thought=32, max_call=64):
+        self.max_thought, self.max_call = max_thought, max_call
+        self.edges, self.need = call_automaton(names)
+        self.min_call = self.need["start"] + 1  # its characters, then <|end|>
         if max_call < self.min_call:
-            raise ValueError(f"max_call={max_call} cannot hold the shortest call of {self.names} "
+            raise ValueError(f"max_call={max_call} cannot hold the shortest call of {names} "
                              f"({self.min_call} tokens with <|end|>): raise max_call")
         self.budget = max_thought + 1 + max_call
         self.call_id, self.end_id = tok.special(TOOL_CALL), tok.special(END)
@@ -361,7 +339,6 @@ class CallConstraint:
                       if p and p.isascii() and "<|" not in p}
         self.bar_first = {i for i, text in self.texts.items() if text[0] == "|"}
         self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
-        self.last = ([], CALL_START)  # the last call prefix seen and the automaton's state after it
 
     def __call__(self, generated):  # generated (B, t) -> allowed (B, vocab)
         allowed = torch.zeros(generated.size(0), self.vocab_size, dtype=torch.bool)
@@ -379,26 +356,26 @@ class CallConstraint:
             plan = len(tokens) < min(self.max_thought, self.budget - 1 - self.min_call)
             return [i for i in self.texts if plan and i not in banned] + [self.call_id]
         start = tokens.index(self.call_id) + 1
-        call = tokens[start:]  # decoding adds a token a step: step only the new ones
-        done, state = self.last if self.last[0] == call[:len(self.last[0])] else ([], CALL_START)
-        for t in call[len(done):]:
-            state = self.walk(state, self.texts[t])
-        self.last = (call, state)
-        if state == ("done",):
+        state = "start"
+        for t in tokens[start:]:
+            state = self.moves(state)[t]
+        if state == "done":
             return [self.end_id]
         left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this
-        return [i for i, need in self.moves(state) if need + 1 <= left and i not in banned]
-
-    def walk(self, state, text):  # the state after each character of text, or None
-        return functools.reduce(lambda s, c: s and step(s, c, self.names), text, state)
+        return [i for i, after in self.moves(state).items()
+                if self.need[after] + 1 <= left and i not in banned]
 
     def moves(self, state):
-        """[(token, characters that close the call after it)] for each token the call can take."""
+        """{token: the state after it} for each token the call can take from state."""
         if state not in self.moves_from:
             after = {i: self.walk(state, text) for i, text in self.texts.items()}
-            self.moves_from[state] = [(i, chars_to_finish(s, self.names))
-                                      for i, s in after.items() if s]
+            self.moves_from[state] = {i: s for i, s in after.items() if s}
         return self.moves_from[state]
+
+    def walk(self, state, text):  # the state after each character of text, or None
+        for c in text:
+            state = self.edges.get(state, {}).get(c)
+        return state
 
 
 # ----------------------------------------------------------------------------- the ReAct loop
@@ -455,7 +432,7 @@ class GPTPolicy:
 
     def __init__(self, model, tok, registry, constrained=True, max_thought=32, max_call=64):
         self.model, self.tok, self.max_new_tokens = model, tok, max_thought + max_call + 1
-        self.constraint = CallConstraint(tok, registry.tools, model.config.vocab_size,
+        self.constraint = CallConstraint(tok, tuple(registry.tools), model.config.vocab_size,
                                          max_thought, max_call) if constrained else None
 
     def __call__(self, transcript):
