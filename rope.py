@@ -57,14 +57,12 @@ class Config:
     seed: int = 0  # initialisation and data
 
     def __post_init__(self):
-        unknown = set(self.encodings.split(",")) - set(ENCODINGS)
-        if unknown:
-            raise ValueError(f"encodings={self.encodings}: unknown {sorted(unknown)}; choose from "
-                             f"{','.join(ENCODINGS)}")
         for name in "vocab d_model n_head n_layer steps batch_size lr n_eval".split():
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        unknown = sorted(set(self.encodings.split(",")) - set(ENCODINGS))
         for name, ok, fix in [
+                ("encodings", not unknown, f"unknown {unknown}; choose from {','.join(ENCODINGS)}"),
                 ("k", 0 < self.k < self.train_len,
                  f"use 1 to {self.train_len - 1} (below train_len)"),
                 ("d_model", self.d_model % (2 * self.n_head) == 0,
@@ -135,7 +133,6 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
         else:  # the released code (the authors', HF's "yarn"), which YaRN models were tuned with:
             # linear in the index i between the pairs turning beta_fast and beta_slow times (bounds
             # rounded outwards; a width of 1e-3 when they meet, as theirs)
-
             def pair(r):  # i(r) = d ln(L / (2 pi r)) / (2 ln base): the pair turning r times over L
                 return head_dim * math.log(L / (2 * math.pi * r)) / (2 * math.log(base))
             low = max(math.floor(pair(fast)), 0)
@@ -148,11 +145,9 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
 
 
 def apply_rope(x, positions, theta, layout="half", attention_factor=1.0):
-    """Rotate each pair of dimensions of x (B, H, T, d) by angle positions * theta_i.
-    layout "half" (GPT-NeoX, Hugging Face Llama) pairs x_i with x_{i + d/2}; "interleaved"
-    (RoFormer, GPT-J, Meta's Llama) pairs x_{2i} with x_{2i+1}; rope_permutation maps one to the
-    other. positions: (T,) or (B, T) integers (a row may start anywhere, e.g. after a KV cache).
-    The angles are computed in float64, the rotation in at least float32, whatever the autocast."""
+    """Rotate pairs of x (B, H, T, d) by positions (T,) or (B, T) * theta_i: "half" (GPT-NeoX, HF
+    Llama) pairs x_i, x_{i + d/2}; "interleaved" (RoFormer, GPT-J, Meta's Llama) x_{2i}, x_{2i+1}.
+    Angles in float64, the rotation in at least float32, whatever the autocast."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     exact = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
     angles = positions.to(exact)[..., None] * theta.to(x.device, exact)  # (T | B, T, d/2)
@@ -204,9 +199,8 @@ def alibi_bias(n_head, T_q, T_k=None):
 
 
 def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
-    """T5's bucket of relative position j - i: distances below num_buckets/2 get their own
-    bucket, longer ones share logarithmically wider buckets up to max_distance, farther ones the
-    last."""
+    """T5's bucket of relative position j - i: distances below num_buckets/2 get one each, longer
+    ones share logarithmically wider buckets up to max_distance, farther ones the last."""
     offset = 0
     if bidirectional:  # half the buckets for keys ahead of the query, half for keys behind
         num_buckets //= 2
@@ -225,11 +219,9 @@ class T5RelativeBias(nn.Module):
     """b_h(i, j) = B[bucket(j - i), h]: one learned scalar per head and distance bucket, added to
     the scores of every layer (computed once, shared, as in T5)."""
 
-    def __init__(self, n_head, num_buckets=32, max_distance=128, bidirectional=False):
+    def __init__(self, n_head, num_buckets=32, max_distance=128):
         super().__init__()
-        self.num_buckets = num_buckets
         self.max_distance = max_distance
-        self.bidirectional = bidirectional
         self.bias = nn.Embedding(num_buckets, n_head)
 
     def forward(self, T_q, T_k=None):  # -> (n_head, T_q, T_k), queries at the last T_q positions
@@ -237,7 +229,7 @@ class T5RelativeBias(nn.Module):
         device = self.bias.weight.device
         i = torch.arange(T_k - T_q, T_k, device=device)[:, None]
         relative = torch.arange(T_k, device=device)[None, :] - i
-        buckets = t5_bucket(relative, self.num_buckets, self.max_distance, self.bidirectional)
+        buckets = t5_bucket(relative, self.bias.num_embeddings, self.max_distance)
         return self.bias(buckets).permute(2, 0, 1)
 
 
@@ -354,8 +346,7 @@ def train_one(encoding, cfg, device):
 
 @torch.no_grad()
 def accuracy(model, cfg, T, device, rope_scaling=None):
-    """Fraction of positions t >= k whose argmax is x_{t-k}, over n_eval fresh sequences of
-    length T."""
+    """Fraction of positions t >= k whose argmax is x_{t-k}, over n_eval fresh sequences."""
     g = torch.Generator().manual_seed(cfg.seed + T)  # every model sees the same test sequences
     x, y = k_back_batch(cfg.n_eval, T, cfg.k, cfg.vocab, g, device)
     pred = model(x, rope_scaling).argmax(-1)
@@ -392,9 +383,8 @@ def show_long_term_decay(head_dim=64, base=10000.0):
 
 
 def unseen_angle_pairs(cfg, scaling):
-    """How many RoPE pairs meet rotation angles at 4L that training never showed (distances below
-    L give angles below L * theta_i; a pair that turned a full circle within L has seen every
-    angle), and the fastest pair's speed relative to training (1 = nearby offsets as trained)."""
+    """RoPE pairs meeting angles at 4L never seen in training (below L * theta_i, unless a pair
+    turned a full circle within L), and the fastest pair's speed (1 = nearby offsets as trained)."""
     head_dim = cfg.d_model // cfg.n_head
     L = cfg.train_len
     theta, _ = rope_frequencies(head_dim, cfg.rope_base)
