@@ -678,22 +678,19 @@ _RULES = {step: [rule.partition(":")[::2] for rule in rules.split()] for step, r
     (4, "al ance ence er ic able ible ant ement ment ent ion ou ism ate iti ous ive ize")]}
 
 
-def _consonants(word):  # a consonant is not a e i o u, nor a y after a consonant
-    flags = []
+def _form(word):  # Porter's c/v string: a vowel is a e i o u, or a y after a consonant
+    form = ""
     for ch in word:
-        flags.append(ch not in "aeiou" and not (ch == "y" and flags and flags[-1]))
-    return flags
+        form += "c" if ch not in "aeiou" and not (ch == "y" and form.endswith("c")) else "v"
+    return form
 
 
-def _measure(stem):  # m in [C](VC)^m[V]: the number of vowel -> consonant transitions
-    flags = _consonants(stem)
-    return sum(not a and b for a, b in zip(flags, flags[1:]))
+def _measure(stem):  # m in [C](VC)^m[V]: how often a vowel turns into a consonant
+    return _form(stem).count("vc")
 
 
-def _ends_cvc(stem):  # *o: consonant-vowel-consonant, the last not w, x, y (NLTK: or a 2-letter vc)
-    f = _consonants(stem)
-    return (len(f) >= 3 and f[-3] and not f[-2] and f[-1] and stem[-1] not in "wxy") or \
-        (len(f) == 2 and not f[0] and f[1])
+def _ends_cvc(stem):  # *o: c-v-c, the last not w, x, y (NLTK: or a whole 2-letter vc)
+    return _form(stem).endswith("cvc") and stem[-1] not in "wxy" or _form(stem) == "vc"
 
 
 def _apply(word, step, above=-1):  # the first rule whose suffix ends word, if the stem's m > above
@@ -715,13 +712,13 @@ def porter_stem(word):  # five steps of rules guarded by m, with NLTK's tweaks a
         w = w[:-3] + ("ie" if len(w) == 4 else "i")
     elif w.endswith("eed"):
         w = w[:-1] if _measure(w[:-3]) > 0 else w
-    elif stem is not None and not all(_consonants(stem)):  # a vowel before -ed / -ing
-        double = len(stem) >= 2 and stem[-1] == stem[-2] and _consonants(stem)[-1]
+    elif stem is not None and "v" in _form(stem):  # a vowel before -ed / -ing
+        double = len(stem) >= 2 and stem[-1] == stem[-2] and _form(stem)[-1] == "c"
         if stem.endswith(("at", "bl", "iz")) or (_measure(stem) == 1 and _ends_cvc(stem)):
             w = stem + "e"  # conflat(ed) -> conflate, fil(ing) -> file
         else:  # hopp(ing) -> hop, but fall(ing) -> fall
             w = stem[:-1] if double and stem[-1] not in "lsz" else stem
-    if w.endswith("y") and len(w) > 2 and _consonants(w)[-2]:  # 1c: happy -> happi
+    if w.endswith("y") and len(w) > 2 and _form(w)[-2] == "c":  # 1c: happy -> happi
         w = w[:-1] + "i"
     if w.endswith("alli") and _measure(w[:-4]) > 0:  # 2 (NLTK: alli -> al first, then again)
         w = w[:-2]
