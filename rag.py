@@ -183,7 +183,8 @@ class BiEncoder(nn.Module):
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
-        self.vocab, self.encoder = vocab, Encoder(len(vocab.itos), n_embd, n_layer)
+        self.vocab = vocab
+        self.encoder = Encoder(len(vocab.itos), n_embd, n_layer)
 
     def forward(self, texts):
         device = self.encoder.wte.weight.device
@@ -212,7 +213,8 @@ class CrossEncoder(nn.Module):
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
-        self.vocab, self.encoder = vocab, Encoder(len(vocab.itos), n_embd, n_layer)
+        self.vocab = vocab
+        self.encoder = Encoder(len(vocab.itos), n_embd, n_layer)
         self.features = nn.Embedding(4, n_embd)  # 2 * segment + [word is in the other segment]
         self.head = nn.Linear(n_embd, 1)
 
@@ -382,7 +384,8 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
 def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
     """The retrieved chunks that are not relevant, in order, as the re-ranker meets them at test
     time (easy random ones taught it less); random ones only fill a list that is too short."""
-    rng, out = random.Random(seed), []
+    rng = random.Random(seed)
+    out = []
     for ranking, (_, fact) in zip(rankings, train):
         hard = [c for c in ranking if c not in fact["relevant"]]
         if len(hard) < n_negatives:
@@ -440,7 +443,8 @@ def augment(question, passages):
 
 
 def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):  # greedy, cut at <|end|>
-    end, out = tok.special("<|end|>"), []
+    end = tok.special("<|end|>")
+    out = []
     for i in range(0, len(prompts), batch_size):
         ids = [tok.encode(p, allow_special=True) for p in prompts[i:i + batch_size]]
         out += [tok.decode([t for t in new if t != end]).strip()
@@ -451,7 +455,8 @@ def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):  # greedy
 def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_book=0.15):
     """SFT pairs: the gold passage among 0..top_k-1 retrieved distractors -> the answer; a few
     closed-book rows (only memory can answer); with hyde, question -> the fact's sentence."""
-    rng, end, rows = random.Random(seed), "<|end|>", []
+    rng = random.Random(seed)
+    rows = []
     for i, (question, fact) in enumerate(train):
         if rng.random() < closed_book:
             prompt = augment(question, [])
@@ -461,9 +466,9 @@ def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_bo
             passages = [gold] + [chunks[d] for d in distractors[i][:n_distractors]]
             rng.shuffle(passages)
             prompt = augment(question, passages)
-        rows.append((prompt, fact["answer"] + end))
+        rows.append((prompt, fact["answer"] + "<|end|>"))
         if hyde:
-            rows.append((HYDE.format(question), fact["sentence"] + end))
+            rows.append((HYDE.format(question), fact["sentence"] + "<|end|>"))
     return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
             for p, c in rows]
 
@@ -513,10 +518,12 @@ def main(cfg):
     print(f"knowledge base: {cfg.n_entities} made-up people, {len(facts)} facts in {len(chunks)}"
           f" chunks of {cfg.chunk_size} words; {len(train)} training questions, {len(test)}"
           " held-out facts")
-    bm25, vocab = BM25(chunks), Vocab(chunks + [q for q, _ in train])
+    train_questions = [q for q, _ in train]
+    bm25 = BM25(chunks)
+    vocab = Vocab(chunks + train_questions)
     bi = train_bi_encoder(BiEncoder(vocab, cfg.n_embd, cfg.n_layer).to(device), train, chunks,
                           cfg.encoder_steps, cfg.batch_size, cfg.tau, cfg.seed, log=log)
-    doc_embs, train_questions = bi.embed(chunks), [q for q, _ in train]
+    doc_embs = bi.embed(chunks)
     _, _, hybrid = search_all(train_questions, bm25, bi.embed(train_questions), doc_embs,
                               cfg.rerank_depth)
     hard = hard_negatives(hybrid, train, len(chunks), cfg.n_negatives, cfg.seed)

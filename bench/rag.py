@@ -50,7 +50,8 @@ class LSHIndex:
     radius of its codes (n_bits: all)."""
 
     def __init__(self, doc_embs, n_tables=8, n_bits=8, seed=0):
-        self.doc_embs, self.n_bits = doc_embs, n_bits
+        self.doc_embs = doc_embs
+        self.n_bits = n_bits
         rng = np.random.default_rng(seed)
         self.planes = rng.standard_normal((n_tables, n_bits, doc_embs.shape[1]))
         self.tables = []
