@@ -285,10 +285,9 @@ def load_state(ckpt, raw, optimizers, cfg, generator):
 
 # ----------------------------------------------------------------------------- eval and report
 
-@torch.no_grad()
+@gpt.inference
 def estimate_loss(model, train, val, cfg, device, rank, world):
     """Mean loss over the same eval_iters batches each time (a fixed generator): evals compare."""
-    model.eval()
     losses = {}
     for split, ids in (("train", train), ("val", val)):
         g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -300,8 +299,7 @@ def estimate_loss(model, train, val, cfg, device, rank, world):
                     total += model(x, y)[1].float()
         if world > 1:
             dist.all_reduce(total)
-        losses[split] = total.item() / (cfg.eval_iters * cfg.grad_accum * world)
-    model.train()
+        losses[f"{split}_loss"] = total.item() / (cfg.eval_iters * cfg.grad_accum * world)
     return losses
 
 
@@ -340,9 +338,8 @@ def report(raw, cfg, tokens_seen, train_seconds, peak, world):
     n_params = gpt.count_params(raw)
     flops = raw.flops_per_token(cfg.block_size)
     tok_s = tokens_seen / max(train_seconds, 1e-9)
-    mfu = "n/a (no known peak for this device)"
-    if peak:
-        mfu = f"{flops * tok_s / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s per device"
+    mfu = f"{flops * tok_s / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s per device" if peak \
+        else "n/a (no known peak for this device)"
     lines = [f"parameters        {n_params / 1e6:.2f}M",
              f"tokens seen       {tokens_seen / 1e6:.2f}M",
              f"tokens/parameter  {tokens_seen / n_params:.2f} (Chinchilla-optimal is ~20)",
@@ -414,9 +411,8 @@ def train(cfg):
         if step % cfg.eval_interval == 0 or step == end:
             losses = estimate_loss(model, train_ids, val_ids, cfg, device, rank, world)
             sample = sample_text(raw, tok, cfg, device) if cfg.sample_tokens else ""
-            row = dict(step=step, train_loss=losses["train"], val_loss=losses["val"],
-                       lr=optimizers[0].param_groups[0]["lr"], tokens=step * tokens_per_step,
-                       time=train_seconds)
+            row = dict(step=step, **losses, lr=optimizers[0].param_groups[0]["lr"],
+                       tokens=step * tokens_per_step, time=train_seconds)
             history.append(row)
             if master:
                 bar.write(f"step {step}: train loss {row['train_loss']:.4f},"
@@ -456,10 +452,9 @@ def main(cfg):
 
 
 # ----------------------------------------------------------------------------- real data
-# Not the lecture: a GPU run wants more text than the embedded corpus, so --data also takes a
-# local file, a URL (tiny-shakespeare by name) or FineWeb (Penedo et al. 2024) as GPT-2 token
-# shards. Downloads are cached in cache_dir/downloads; offline, the run says so and falls back to
-# the embedded corpus.
+# Not the lecture: a GPU run wants more text, so --data also takes a local file, a URL
+# (tiny-shakespeare by name) or FineWeb (Penedo et al. 2024) as GPT-2 token shards, cached in
+# cache_dir/downloads; offline, the run says so and falls back to the embedded corpus.
 
 SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
                    "tinyshakespeare/input.txt")
@@ -501,8 +496,7 @@ def read_shard(path):
         raise ValueError(f"{path} is not a GPT-2 token shard (bad magic number or version)")
     ids = np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4)
     if len(ids) != header[2]:
-        raise ValueError(f"{path} is truncated: its header says {header[2]} tokens, it has"
-                         f" {len(ids)}")
+        raise ValueError(f"{path} is truncated: its header says {header[2]}, it has {len(ids)}")
     return ids
 
 

@@ -98,43 +98,44 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_train_config, tmp_pat
     assert not torch.allclose(a["lm_head.weight"], other, atol=1e-5)
 
 
-# torchrun runs this instead of train.py: train.py's __main__ with float64 as the default dtype
-FLOAT64_LAUNCHER = f"""import runpy, sys, torch
-sys.path.insert(0, {ROOT!r})
+# torchrun runs this: train.py's DDP run, then its FSDP run, in one process group (one launch, not
+# two: starting torch in three processes is most of the time), float64 the default dtype
+LAUNCHER = """import sys, torch
+sys.path.insert(0, {root!r})
 torch.set_default_dtype(torch.float64)
-runpy.run_path({os.path.join(ROOT, "train.py")!r}, run_name="__main__")
+import gpt, train
+train.train(gpt.parse_args(train.TrainConfig, {ddp!r}, gpu=train.GPU))
+train.main(gpt.parse_args(train.TrainConfig, {fsdp!r}, gpu=train.GPU))  # main ends the group
 """
 
 
-def torchrun(cfg, nproc, launcher):
-    args = [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", str(launcher)] + args
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
+def cli_args(cfg):
+    return [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_process_data_parallel_matches_one_process(tiny_train_config, tmp_path, mode, float64):
+def test_two_process_data_parallel_matches_one_process(tiny_train_config, tmp_path, float64):
     """2 processes (gloo, CPU) x 2 micro-batches x 2 sequences = 1 process with 8, for DDP and FSDP:
     one launch covers the gradient sync and its deferral (no_sync, set_requires_gradient_sync)."""
     single = dataclasses.replace(tiny_train_config, batch_size=8, max_iters=4, eval_interval=2,
                                  out_dir=str(tmp_path / "single"))
     train.main(single)
-    parallel = dataclasses.replace(single, batch_size=2, grad_accum=2, out_dir=str(tmp_path / mode),
-                                   fsdp=mode == "fsdp")
+    ddp, fsdp = (dataclasses.replace(single, batch_size=2, grad_accum=2, fsdp=mode == "fsdp",
+                                     out_dir=str(tmp_path / mode)) for mode in ("ddp", "fsdp"))
     launcher = tmp_path / "launch_float64.py"
-    launcher.write_text(FLOAT64_LAUNCHER)
-    torchrun(parallel, 2, launcher)
-    a, b = final_weights(single), final_weights(parallel)
-    assert a.keys() == b.keys() and b["lm_head.weight"].dtype == torch.float64
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], **FLOAT64_RUNS_AGREE)
-    logs = [[json.loads(line)["val_loss"] for line in open(os.path.join(c.out_dir, "log.jsonl"))]
-            for c in (single, parallel)]
-    # the same windows; estimate_loss sums each loss as float32 (2^-24 relative, for bf16 on CUDA)
-    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-6)
+    launcher.write_text(LAUNCHER.format(root=ROOT, ddp=cli_args(ddp), fsdp=cli_args(fsdp)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(launcher)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for parallel in (ddp, fsdp):
+        a, b = final_weights(single), final_weights(parallel)
+        assert a.keys() == b.keys() and b["lm_head.weight"].dtype == torch.float64
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], **FLOAT64_RUNS_AGREE)
+        logs = [[row["val_loss"] for row in log_rows(c)] for c in (single, parallel)]
+        # the same windows; estimate_loss sums each loss as float32 (2^-24 relative, bf16 on CUDA)
+        np.testing.assert_allclose(logs[0], logs[1], rtol=1e-6)
 
 
 def test_lr_schedules_by_hand():
