@@ -563,10 +563,9 @@ def world_card(model, tok, world, held_out, cfg):
     labels = ["PASS", "FAIL"] * (len(cases) // 2)
     verdicts, rationales = run_judge(model, tok, [judge_prompt(*case) for case in cases])
     pairs = judge_pairwise(model, tok, [(q, r, r, w) for q, r, w in cases[1::2]])
+    claims = "; ".join(f"{c} {'supported' if ok else 'NOT supported'}" for c, ok in checks[0])
     example = (f"a held-out description: {hyps[0]!r}\n  reference: {refs[0]!r}\n  fact check: "
-               + "; ".join(f"{claim} {'supported' if ok else 'NOT supported'}"
-                           for claim, ok in checks[0])
-               + f"\na judge call: {cases[1]}\n  rationale {rationales[1]!r} -> verdict"
+               f"{claims}\na judge call: {cases[1]}\n  rationale {rationales[1]!r} -> verdict"
                f" {verdicts[1]}")
     return rows + [("judge agreement with labels %", 100 * raw_agreement(verdicts, labels)),
                    ("judge Cohen's kappa", cohen_kappa(verdicts, labels)),
