@@ -21,6 +21,7 @@ downloaded vocab.txt), whole-word and span masking, and BERT-base sizes on CPU.
 import argparse
 import copy
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -596,24 +597,24 @@ CJK = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df"
                  "\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]")  # BERT's CJK blocks
 
 
+@functools.cache
+def char_text(c, lower):  # what BERT's BasicTokenizer makes of one character, once per character
+    kind = unicodedata.category(c)
+    if c in "\t\n\r" or kind == "Zs":
+        return " "
+    if kind.startswith("C") or c == "\ufffd" or (lower and kind == "Mn"):  # Mn: accents, once NFD
+        return ""
+    if kind.startswith("P") or CJK.match(c) or (c.isascii() and not c.isalnum()):
+        return f" {c} "  # BERT counts every ASCII symbol ($, +, ^ ...) as punctuation
+    return c
+
+
 def basic_tokens(text, lower=True):
     """BERT's BasicTokenizer: drop control characters, maybe lower-case and strip accents, and
     split on whitespace and around every punctuation mark and CJK character."""
-    if lower:  # NFD, then drop the combining marks: é -> e
-        text = "".join(c for c in unicodedata.normalize("NFD", text.lower())
-                       if unicodedata.category(c) != "Mn")
-    out = []
-    for c in text:
-        kind = unicodedata.category(c)
-        if c in "\t\n\r" or kind == "Zs":
-            out.append(" ")
-        elif kind.startswith("C") or c == "\ufffd":
-            continue
-        elif kind.startswith("P") or CJK.match(c) or (c.isascii() and not c.isalnum()):
-            out.append(f" {c} ")  # BERT counts every ASCII symbol ($, +, ^ ...) as punctuation
-        else:
-            out.append(c)
-    return "".join(out).split()
+    if lower:  # NFD splits é into e and a combining accent, which char_text then drops
+        text = unicodedata.normalize("NFD", text.lower())
+    return "".join([char_text(c, lower) for c in text]).split()
 
 
 class WordPiece:
@@ -679,7 +680,7 @@ def from_hf_bert(state_dict, config):
     missing, unexpected = model.load_state_dict(ours, strict=False)  # differing shapes raise here
     missing = sorted(set(missing) - {"pooler.weight", "pooler.bias"})  # add_pooling_layer=False
     if missing or unexpected:
-        n_layer = 1 + max(int(k.split(".")[1]) for k in ours if k.startswith("layers."))
+        n_layer = len({k.split(".")[1] for k in ours if k.startswith("layers.")})
         raise ValueError(f"state dict and config disagree ({n_layer} layers in the weights, "
                          f"{cfg.n_layer} in the config): missing {missing}, extra {unexpected}")
     return model
