@@ -69,13 +69,11 @@ class Config:
     seed: int = 0  # for data, weights and sampling
 
     def __post_init__(self):  # every field checked before any work: a typo fails in a second
-        counts = ("base_steps", "rm_pairs", "rm_steps", "iters", "rollout_size", "epochs",
-                  "minibatch", "max_new_tokens", "eval_prompts", "n_layer", "n_embd")
-        positive = ("rm_lr", "lr", "clip_eps", "value_clip", "target_kl")
-        zero_means_off = ("beta", "vf_coef", "ent_coef")
-        rules = [(counts, lambda v: v >= 1, "at least 1"),
-                 (positive, lambda v: v > 0, "above 0"),
-                 (zero_means_off, lambda v: v >= 0, "0 or more"),
+        rules = [(("base_steps", "rm_pairs", "rm_steps", "iters", "rollout_size", "epochs",
+                   "minibatch", "max_new_tokens", "eval_prompts", "n_layer", "n_embd"),
+                  lambda v: v >= 1, "at least 1"),
+                 (("rm_lr", "lr", "clip_eps", "value_clip", "target_kl"), lambda v: v > 0, "> 0"),
+                 (("beta", "vf_coef", "ent_coef"), lambda v: v >= 0, "0 or more (0 = off)"),
                  (("gamma", "lam"), lambda v: 0 <= v <= 1, "in [0, 1]"),
                  (("n_embd",), lambda v: v % 8 == 0, "a multiple of 8 (4 heads of even width)"),
                  (("best_of",), lambda v: v >= 4, "at least 4, the smallest Best-of-N row"),
@@ -104,7 +102,6 @@ REVIEW = re.compile(r" (\w+)(?:(?:, (\w+))? and (\w+))?\.")  # " a." | " a and b
 
 
 def review(adjs):
-    """" a." | " a and b." | " a, b and c." """
     return " " + (adjs[0] if len(adjs) == 1 else ", ".join(adjs[:-1]) + " and " + adjs[-1]) + "."
 
 
@@ -126,8 +123,8 @@ def true_score(text):
 # ----------------------------------------------------------------------------- models
 
 def join(prompts, completions, pad_id, device):
-    """Rows [pad.. prompt completion ..pad], as gpt.completion_logprobs lays them out: ids and
-    attention mask (B, W + Tc), the completion mask (B, Tc) from the lengths, and W."""
+    """Rows [pad.. prompt completion ..pad] as gpt.completion_logprobs lays them out: ids and
+    attention mask (B, W + Tc), the completion mask (B, Tc) and the prompt width W."""
     W, Tc = max(len(p) for p in prompts), max(max(len(c) for c in completions), 1)
     idx, valid = gpt.pad_left(prompts, pad_id, device, W)
     comp = torch.full((len(completions), Tc), pad_id, dtype=torch.long, device=device)
@@ -158,6 +155,13 @@ def reward_scores(rm, prompts, completions, pad_id):
     idx, valid, mask, W = join(prompts, completions, pad_id, rm.head.weight.device)
     last = W + mask.sum(1) - 1  # (B,) index of the last completion token in each row
     return rm(idx, valid).gather(1, last[:, None]).squeeze(1)
+
+
+def pair_scores(rm, pairs, pad_id):
+    """r(x, y_w) and r(x, y_l), (B,) each, for (prompt, chosen, rejected) triples."""
+    prompts = [p for p, _, _ in pairs]
+    return (reward_scores(rm, prompts, [w for _, w, _ in pairs], pad_id),
+            reward_scores(rm, prompts, [l for _, _, l in pairs], pad_id))
 
 
 def bradley_terry_loss(r_chosen, r_rejected):
@@ -203,16 +207,14 @@ def whiten(x, mask, eps=1e-8):
 
 
 def per_token_rewards(logp, ref_logp, scores, mask, beta):
-    """r_t = -beta (log pi(a_t) - log pi_ref(a_t)), plus the reward model's score on the last
-    token."""
+    """r_t = -beta (log pi(a_t) - log pi_ref(a_t)), plus the reward model's score on the last."""
     rewards = -beta * (logp - ref_logp) * mask
     last = mask.sum(1) - 1
     return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
 
 
 def clipped_value_loss(values, old_values, returns, mask, clip):
-    """0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2): the critic may not jump far
-    either."""
+    """0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2): the critic may not jump."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
     return (loss * mask).sum() / mask.sum()
@@ -252,8 +254,7 @@ def rollout(policy, ref, rm, value, prompts, tok, cfg, generator):
 
 
 def minibatches(n, cfg, generator):
-    """Row indices of each minibatch, epoch after epoch, each epoch in a fresh shuffle (drawn
-    only when it starts, so an early stop draws no more)."""
+    """Each epoch's shuffled minibatches, drawn as it starts: an early stop draws no more."""
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=generator).tolist()
         yield from (order[start:start + cfg.minibatch] for start in range(0, n, cfg.minibatch))
@@ -295,8 +296,7 @@ def decode(tok, completion):
 
 
 def start_model(cfg, rng):
-    """(model, tokenizer): the --init checkpoint, or a tiny GPT with a BPE trained on reviews,
-    which stops once every word is one token."""
+    """(model, tokenizer) from --init, or a tiny GPT with a BPE whose every word is one token."""
     if cfg.init:
         model, tok, _ = gpt.load_model(cfg.init)
         return model, tok
@@ -308,8 +308,7 @@ def start_model(cfg, rng):
 
 
 def check_fits(model, tok, cfg):
-    """Whatever the tokenizer, every review and its end fit the budget and every prompt plus the
-    budget fits the model's context: said at load, not after minutes of training."""
+    """Say at load, not after minutes of training, that a review or prompt does not fit."""
     reviews = [review(adjs) for n in (1, 2, 3) for adjs in itertools.product(SENTIMENT, repeat=n)]
     longest = max(len(tok.encode(text)) for text in reviews) + 1
     if longest > cfg.max_new_tokens:
@@ -354,9 +353,7 @@ def train_reward_model(base, pairs, cfg, pad_id):
     bar = tqdm(range(cfg.rm_steps), desc="reward model", leave=False)
     for _ in bar:
         batch = [pairs[i] for i in torch.randint(len(pairs), (32,), generator=g).tolist()]
-        prompts = [p for p, _, _ in batch]
-        loss = bradley_terry_loss(reward_scores(rm, prompts, [w for _, w, _ in batch], pad_id),
-                                  reward_scores(rm, prompts, [l for _, _, l in batch], pad_id))
+        loss = bradley_terry_loss(*pair_scores(rm, batch, pad_id))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -374,20 +371,10 @@ def normalise_rewards(rm, prompts, completions, pad_id):
         rm.head.bias.sub_(mean).div_(std)
 
 
-def pairwise_accuracy(rm, pairs, pad_id):
-    with torch.no_grad():
-        prompts = [p for p, _, _ in pairs]
-        r_w = reward_scores(rm, prompts, [w for _, w, _ in pairs], pad_id)
-        r_l = reward_scores(rm, prompts, [l for _, _, l in pairs], pad_id)
-    return float((r_w > r_l).float().mean())
-
-
 @gpt.inference
 def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
-    """Best-of-n sampling from policy (n=1: plain sampling) on prompts: mean reward-model score,
-    KL to the reference (measured for n=1; for Best-of-n the bound log n - (n-1)/n, exact only
-    when no two samples tie on the reward model: Beirami et al. 2024) and mean true score, plus
-    one example."""
+    """Best-of-n (n=1: sampling): RM score, KL to the reference (for n > 1 the bound log n -
+    (n-1)/n, exact without ties on the RM: Beirami et al. 2024), true score and an example."""
     pad = tok.eot_id
     repeated = [p for p in prompts for _ in range(n)]
     samples = policy.generate(repeated, cfg.max_new_tokens, stop_tokens=(pad,), generator=generator,
@@ -446,8 +433,10 @@ def main(cfg):
     samples = ref.generate(prompts, cfg.max_new_tokens, stop_tokens=(tok.eot_id,), generator=g,
                            pad_id=tok.eot_id)
     normalise_rewards(rm, prompts, samples, tok.eot_id)
+    with torch.no_grad():
+        r_w, r_l = pair_scores(rm, test_pairs, tok.eot_id)
     print(f"reward model: {len(pairs)} pairs, held-out pairwise accuracy "
-          f"{pairwise_accuracy(rm, test_pairs, tok.eot_id):.1%} ({time.time() - t0:.0f}s)")
+          f"{float((r_w > r_l).float().mean()):.1%} ({time.time() - t0:.0f}s)")
     eval_prompts = review_prompts(tok, HELD_OUT_NOUNS, cfg.eval_prompts, rng)
     rows = [("reference (SFT)", 1, evaluate(ref, ref, rm, tok, eval_prompts, cfg, g))]
     rows += [(f"Best-of-{n}", n, evaluate(ref, ref, rm, tok, eval_prompts, cfg, g, n))
