@@ -153,8 +153,8 @@ E4M3_MAX = 448.0  # the largest float8_e4m3fn value: each block of constants is 
 def quantize_nf4(w):
     """Blockwise NF4: each block of 64 weights over its absmax c, each value the index of its
     nearest level, two 4-bit codes per byte. The constants c are double-quantised: c - mean(c) to
-    e4m3 floats in blocks of 256 with an fp32 scale each (0.127 bit per weight, not 0.5); a float
-    errs by 2^-4 of each constant, where int8's even steps swamp the small ones."""
+    e4m3 floats in blocks of 256 with an fp32 scale each (0.127 bit per weight, not 0.5); e4m3
+    errs by 2^-4 of each constant, where int8's even steps would swamp the small ones."""
     flat = w.detach().float().flatten()
     blocks = F.pad(flat, (0, -flat.numel() % NF4_BLOCK)).view(-1, NF4_BLOCK)  # (n_blocks, 64)
     absmax = blocks.abs().amax(1)  # c_b
@@ -204,8 +204,7 @@ class LoRALinear(nn.Module):
     def base_weight(self):
         if not self.quantized:
             return self.weight
-        q = {name.removeprefix("nf4_"): t for name, t in self.named_buffers()
-             if name.startswith("nf4_")}
+        q = {name.removeprefix("nf4_"): t for name, t in self.named_buffers()}
         return dequantize_nf4(q).to(self.lora_A.dtype)
 
     def delta(self):
@@ -221,14 +220,12 @@ class LoRALinear(nn.Module):
 def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=False):
     """Freeze the model, then put a LoRALinear (W in NF4 if quantize) on each target Linear."""
     model.requires_grad_(False)
-    hits = []
     for block in model.transformer.h:
         for parent in block.modules():
             for name, child in list(parent.named_children()):
                 if name in targets and isinstance(child, nn.Linear):
                     setattr(parent, name, LoRALinear(child, r, alpha, quantize))
-                    hits.append(name)
-    if not hits:
+    if not any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError(f"no Linear layer named one of {targets} in the blocks: try c_attn")
     return model
 
