@@ -32,7 +32,8 @@ import operator
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from collections import namedtuple
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -59,10 +60,9 @@ class AgentConfig:
     seed: int = 0  # tasks, initialisation and training order
 
     def __post_init__(self):  # every field, before any work
-        for name in ("n_train", "n_eval", "steps", "max_steps", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        problems = [
+        counts = ("n_train", "n_eval", "steps", "max_steps", "ckpt_every")
+        problems = [(vars(self)[k] < 1, f"{k}={vars(self)[k]} must be at least 1") for k in counts]
+        problems += [
             (self.n_embd < 8 or self.n_embd % 8, f"n_embd={self.n_embd} must be a multiple of 8"
              " (4 heads of an even width: RoPE rotates pairs)"),
             (not 0 <= self.no_tool_frac < 1, f"no_tool_frac={self.no_tool_frac}: in [0, 1)"),
@@ -84,14 +84,7 @@ class ToolError(Exception):
     """A tool refusing its input: an is_error observation for the model."""
 
 
-@dataclass
-class Tool:
-    name: str
-    description: str
-    parameters: dict  # JSON schema of the arguments object
-    fn: callable = field(repr=False)
-
-
+Tool = namedtuple("Tool", ["name", "description", "parameters", "fn"])  # parameters: JSON schema
 TYPES = {"string": str, "integer": int, "number": (int, float)}  # JSON schema type -> Python's
 
 
@@ -184,6 +177,7 @@ UNITS = {  # unit: (dimension, its size in the SI unit)
     "in": ("length", Fraction("0.0254")), "kg": ("mass", 1), "g": ("mass", Fraction(1, 1000)),
     "lb": ("mass", Fraction("0.45359237")), "oz": ("mass", Fraction("0.028349523125")),
     "C": ("temperature", None), "F": ("temperature", None), "K": ("temperature", None)}
+ROOMS = ["living_room", "bedroom", "kitchen", "garage"]
 
 
 def convert_units(value, from_unit, to_unit):
@@ -197,9 +191,6 @@ def convert_units(value, from_unit, to_unit):
     zero = Fraction("273.15")  # 0 C in kelvin
     kelvin = {"C": value + zero, "F": (value - 32) * Fraction(5, 9) + zero, "K": value}[from_unit]
     return fmt({"C": kelvin - zero, "F": (kelvin - zero) * 9 / 5 + 32, "K": kelvin}[to_unit])
-
-
-ROOMS = ["living_room", "bedroom", "kitchen", "garage"]
 
 
 class House:
@@ -317,7 +308,7 @@ def call_automaton(names):
         n = max(need.values())
         near = [s for s, moves in edges.items() if n in map(need.get, set(moves.values()))]
         need |= {s: n + 1 for s in near if s not in need}
-    return edges, need
+    return edges | {None: {}}, need  # None: where a character could not step
 
 
 class CallConstraint:
@@ -334,9 +325,8 @@ class CallConstraint:
                              f"({self.min_call} tokens with <|end|>): raise max_call")
         self.budget = max_thought + 1 + max_call
         self.call_id, self.end_id = tok.special(TOOL_CALL), tok.special(END)
-        pieces = {i: tok.decode([i]) for i in range(tok.eot_id)}  # ordinary tokens
-        self.texts = {i: p for i, p in pieces.items()  # ASCII, no "<|": see allowed_for
-                      if p and p.isascii() and "<|" not in p}
+        texts = {i: tok.decode([i]) for i in range(tok.eot_id)}  # ordinary tokens
+        self.texts = {i: t for i, t in texts.items() if t and t.isascii() and "<|" not in t}
         self.bar_first = {i for i, text in self.texts.items() if text[0] == "|"}
         self.vocab_size, self.moves_from = vocab_size, {}  # state -> its moves, computed once
 
@@ -368,14 +358,10 @@ class CallConstraint:
     def moves(self, state):
         """{token: the state after it} for each token the call can take from state."""
         if state not in self.moves_from:
-            after = {i: self.walk(state, text) for i, text in self.texts.items()}
+            after = {i: functools.reduce(lambda s, c: self.edges[s].get(c), text, state)
+                     for i, text in self.texts.items()}
             self.moves_from[state] = {i: s for i, s in after.items() if s}
         return self.moves_from[state]
-
-    def walk(self, state, text):  # the state after each character of text, or None
-        for c in text:
-            state = self.edges.get(state, {}).get(c)
-        return state
 
 
 # ----------------------------------------------------------------------------- the ReAct loop
@@ -466,6 +452,7 @@ def make_task(family, rng):
     """A task, its answer, its house and the expert's calls [(thought, tool, arguments)]."""
     temperatures = {room: rng.randint(14, 28) for room in ROOMS} | {"garage": None}
     task = dict(family=family, temperatures=temperatures, setpoint={})
+    thought = "Answer with the result."
     if family == "multiply":
         a, b = rng.randint(100, 9999), rng.randint(11, 999)
         task["text"] = rng.choice(WORDING[family]).format(a=a, b=b)
@@ -491,9 +478,7 @@ def make_task(family, rng):
             task["calls"].append((f"It is {degrees}, set 21.", "set_temperature", arguments))
         else:
             task["answer"], thought = f"{room} is already {degrees}", f"It is {degrees}, leave it."
-        task["calls"].append((thought, "final_answer", {"answer": task["answer"]}))
-        return task
-    task["calls"].append(("Answer with the result.", "final_answer", {"answer": task["answer"]}))
+    task["calls"].append((thought, "final_answer", {"answer": task["answer"]}))
     return task
 
 
@@ -550,11 +535,9 @@ def train_agent(cfg, device, log, ckpt=None):
     for i in range(cfg.n_train):
         task = make_task(FAMILIES[i % 3], rng)
         texts += trace_pairs(task, with_tools=rng.random() >= cfg.no_tool_frac)
-    if ckpt:
-        tok = PlaceTokenizer.from_state_dict(ckpt["tokenizer"])
-    else:
-        sample = "".join(p + c for p, c in texts[:3000])
-        tok = PlaceTokenizer.train(sample, 512)
+    sample = "".join(p + c for p, c in texts[:3000])
+    tok = (PlaceTokenizer.from_state_dict(ckpt["tokenizer"]) if ckpt
+           else PlaceTokenizer.train(sample, 512))
     pairs = [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
              for p, c in texts]
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2,
