@@ -419,7 +419,7 @@ def answer(vlm, image_tokens, prompt, newline, max_tokens=16):  # greedy, cut at
 
 
 def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, seed=0, batch=64):
-    """Accuracy per question of a TinyVLM trained on fresh images (ViT tokens as at test time)."""
+    """Prints a TinyVLM's accuracy per question; trained on fresh images (ViT tokens as at test)."""
     import gpt  # here and only here: the ViT stands alone
     tok = gpt.Tokenizer.from_spec("byte", text="bytes need no training")
     images, _, train_attrs = make_shapes(n_train, size=test_images.size(-1), seed=seed + 1)
@@ -448,15 +448,17 @@ def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, se
         bar.set_postfix(loss=f"{loss.item():.3f}")
     vlm.eval()
     newline = tok.encode("\n")[0]
-    results = {}
+    print(f"\nvision-language model: frozen ViT tokens -> MLP -> a 2-layer gpt.py decoder,"
+          f" {steps} steps")
+    print(f"{'question':<28}{'test accuracy':>14}{'chance':>8}   first test image: said / truth")
     for column, (kind, question) in enumerate(QUESTIONS.items()):
         truth = [ANSWERS[kind][a] for a in test_attrs[:, column].tolist()]
         with autocast(device):
             ids = answer(vlm, feats["test"], tok.encode(question + " "), newline)
         said = [tok.decode(i) for i in ids]
-        correct = sum(s == t for s, t in zip(said, truth))
-        results[question] = (correct / len(truth), said[0], truth[0])
-    return results
+        acc = sum(s == t for s, t in zip(said, truth)) / len(truth)
+        chance = 1 / len(ANSWERS[kind])
+        print(f"{question:<28}{acc:>14.1%}{chance:>8.0%}   {said[0]!r} / {truth[0]!r}")
 
 
 # ----------------------------------------------------------------------------- the demo
@@ -500,13 +502,8 @@ def main(cfg):
     if "attrs" not in data:
         return print("\n(the vision-language demo asks about the shapes set: run it with"
                      " --data=shapes)")
-    print(f"\nvision-language model: frozen ViT tokens -> MLP -> a 2-layer gpt.py decoder,"
-          f" {cfg.vlm_steps} steps")
-    print(f"{'question':<28}{'test accuracy':>14}{'chance':>8}   first test image: said / truth")
-    results = vlm_demo(vit, normalise, data["test"][0], data["attrs"][1], cfg.n_train,
-                       cfg.vlm_steps, device, cfg.seed)
-    for (question, (acc, said, truth)), kind in zip(results.items(), QUESTIONS):
-        print(f"{question:<28}{acc:>14.1%}{1 / len(ANSWERS[kind]):>8.0%}   {said!r} / {truth!r}")
+    vlm_demo(vit, normalise, data["test"][0], data["attrs"][1], cfg.n_train, cfg.vlm_steps, device,
+             cfg.seed)
 
 
 # ----------------------------------------------------------------------------- real data
