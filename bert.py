@@ -649,7 +649,7 @@ class WordPiece:
         return [self.stoi[piece] for piece in self.tokenize(text)]
 
 
-# theirs -> ours, replaced in this order (attention.output.dense before output.dense)
+# theirs -> ours in this order (attention.output.* before output.*); gamma, beta: old TF names
 HF_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias",
             "embeddings.word_embeddings": "tok_emb", "embeddings.position_embeddings": "pos_emb",
             "embeddings.token_type_embeddings": "seg_emb", "embeddings.LayerNorm": "emb_ln",
