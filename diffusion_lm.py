@@ -26,6 +26,7 @@ Left out: other noise schedules, conditioning on t, MDLM's zero-masking paramete
 is only forbidden when sampling), caching across steps, and models beyond about 1M parameters.
 """
 import collections
+import functools
 import math
 import os
 import re
@@ -361,26 +362,23 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
     L = cfg.gen_length
     start = [ord("\n")]
 
-    def diffusion_sampler(steps, block, remasking):
-        return lambda batch: sample(diffusion, L, steps, block, remasking, cfg.temperature,
-                                    prefix=start, n=batch, generator=g)
-
-    def ar_sampler(batch):  # one forward pass per token
-        out = ar.generate([start] * batch, L, temperature=cfg.temperature, generator=g)
+    def ar_sampler(n):  # one forward pass per token
+        out = ar.generate([start] * n, L, temperature=cfg.temperature, generator=g)
         return torch.tensor([start + o for o in out], device=device), L
 
-    samplers = {}  # name: fn(batch) -> (tokens (batch, 1 + L), forward passes)
+    samplers = {}  # name: fn(n=batch) -> (tokens (batch, 1 + L), forward passes)
     # random: MDLM's ancestral order; low-confidence: LLaDA's. Each order under each block schedule,
     # so that two rows differ in one thing only (block_length = L is one block)
     for remasking in ("random", "low_confidence"):
         for block in sorted({0, cfg.block_length % L}):
             schedule = f"blocks of {block}" if block else "one block"
             for steps in [int(s) for s in cfg.step_counts.split(",")]:
-                name = f"{remasking}, {schedule}, {steps} steps"
-                samplers[name] = diffusion_sampler(steps, block, remasking)
+                samplers[f"{remasking}, {schedule}, {steps} steps"] = functools.partial(
+                    sample, diffusion, L, steps, block, remasking, cfg.temperature, prefix=start,
+                    generator=g)
     samplers["autoregressive, KV cache"] = ar_sampler
-    batched = {name: gpt.best_time(lambda: run(n), repeats) for name, run in samplers.items()}
-    alone = {name: gpt.best_time(lambda: run(1), repeats)[1] for name, run in samplers.items()}
+    batched = {name: gpt.best_time(lambda: run(n=n), repeats) for name, run in samplers.items()}
+    alone = {name: gpt.best_time(lambda: run(n=1), repeats)[1] for name, run in samplers.items()}
     rows = []
     for name, ((x, passes), secs) in batched.items():
         rows.append(Row(name, passes / L, n * L / secs, L / alone[name], math.exp(ar_nll(ar, x)),
