@@ -323,8 +323,8 @@ def perplexity(model, sequences, batch_size=32):
 
 
 def multiple_choice(model, tok, questions, batch_size=64):
-    """MMLU-style cloze: of (prompt ids, option texts, right index), the highest log p(option
-    <|end|> | prompt) wins; accuracy_norm per UTF-8 byte (lm-eval's acc_norm): long options too."""
+    """MMLU-style cloze over (prompt ids, option texts, right index): the highest log p(option
+    <|end|> | prompt) wins; accuracy_norm per UTF-8 byte (lm-eval's acc_norm) undoes length bias."""
     rows = [(p, o) for p, opts, _ in questions for o in opts]
     end = tok.special("<|end|>")
     scores = iter(option_logprobs(model, [p for p, _ in rows],
@@ -425,7 +425,7 @@ def judge_pairwise(model, tok, items):
 
 
 def verbosity_probe(model, tok, items, padding=", as any atlas shows"):
-    """PASS rate with content-free padding on each answer: unbiased, it equals the plain one."""
+    """PASS rate with content-free padding on each answer: an unbiased judge's is the plain one."""
     padded, _ = run_judge(model, tok, [judge_prompt(q, r, a + padding) for q, r, a in items])
     return padded.count("PASS") / len(items)
 
@@ -443,7 +443,7 @@ PARAPHRASES = {"capital": "Which city is the capital of {}?",
 
 
 def make_world(n_countries, seed):
-    """{country: {attribute: value}}, made-up distinct names: what a model knows, tuning taught."""
+    """{country: {attribute: value}}, distinct made-up names: what a model knows, tuning taught."""
     rng = random.Random(seed)
     used = set()
 
