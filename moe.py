@@ -249,8 +249,6 @@ class MoE(nn.Module):
         # n_shared experts: one SwiGLU n_shared times as wide
         wide = cfg.n_shared * cfg.expert_hidden
         self.shared = Experts(1, cfg.n_embd, wide) if cfg.n_shared else None
-        self.aux_loss = None
-        self.stats = {}
 
     def forward(self, x):
         cfg = self.cfg
