@@ -201,7 +201,7 @@ if triton is not None:
            128: [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2)]}
 
     def _autotune(table, interpreted):
-        """The candidates for the head dim (16, 32 take 64's); interpreted, one small tiling."""
+        """Candidates by head dim (16, 32 take 64's); interpreted, tiles that tiny tests span."""
         key = ["Lq", "Lk", "HEAD_DIM", "CAUSAL"]
         if INTERPRET:
             return triton.autotune([triton.Config(dict(BLOCK_M=interpreted[0],
