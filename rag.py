@@ -96,8 +96,8 @@ def words(text):  # one tokenisation for BM25 and the encoders' vocabulary
 def chunk(text, size, overlap):  # windows of `size` words, `overlap` shared with the next
     if not 0 <= overlap < size:
         raise ValueError(f"need 0 <= overlap < size, got size={size}, overlap={overlap}")
-    tokens, stride = text.split(), size - overlap
-    starts = range(0, max(len(tokens) - overlap, 1), stride)
+    tokens = text.split()
+    starts = range(0, max(len(tokens) - overlap, 1), size - overlap)
     return [" ".join(tokens[s:s + size]) for s in starts]
 
 
