@@ -100,8 +100,7 @@ class TrainConfig:
                 if not ok(getattr(self, name)):
                     raise ValueError(f"{name}={getattr(self, name)!r} must be {rule}")
         if self.fsdp and self.optimizer == "muon":
-            raise ValueError("--optimizer=muon does not support --fsdp: Newton-Schulz needs whole"
-                             " matrices")
+            raise ValueError("--optimizer=muon does not support --fsdp (Muon needs whole matrices)")
         self.model_config(256)  # the shape's own checks (heads divide the width...) before any work
         gpt.pick_device(self.device)
 
@@ -153,7 +152,7 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 
-def make_optimizers(model, cfg, device):
+def make_optimizers(model, cfg):
     """AdamW, decaying matrices and embeddings only; with optimizer=muon the blocks' 2D weights go
     to Muon instead. Each group remembers its peak lr."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -394,7 +393,7 @@ def train(cfg):
     raw = gpt.GPT(cfg.model_config(tok.model_vocab_size)).to(device)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     model = wrap(raw, cfg, device, world)
-    optimizers = make_optimizers(raw, cfg, device)
+    optimizers = make_optimizers(raw, cfg)
     start = load_state(ckpt, raw, optimizers, cfg, data_gen) if ckpt else 0
     log = gpt.RunLog(cfg.out_dir, step=start) if master else None
     tokens_per_step = cfg.grad_accum * world * cfg.batch_size * cfg.block_size

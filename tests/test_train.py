@@ -159,7 +159,7 @@ def test_adamw_is_fused_and_matches_the_per_tensor_loop(tiny_gpt_config):
     ref = gpt.GPT(tiny_gpt_config).double()
     ref.load_state_dict(model.state_dict())
     cfg = train.TrainConfig()
-    opt = train.make_optimizers(model, cfg, "cpu")[0]
+    opt = train.make_optimizers(model, cfg)[0]
     assert opt.defaults["fused"]
     name_of = {id(p): n for n, p in model.named_parameters()}
     ref_params = dict(ref.named_parameters())
@@ -211,7 +211,7 @@ def test_muon_weight_decay_is_torchs(tiny_gpt_config):
     so one step isolates the decay, which must then agree to float32 rounding."""
     model = gpt.GPT(tiny_gpt_config)
     cfg = train.TrainConfig(optimizer="muon", weight_decay=0.1, muon_lr=0.02)
-    muon = train.make_optimizers(model, cfg, "cpu")[1]
+    muon = train.make_optimizers(model, cfg)[1]
     params = muon.param_groups[0]["params"]
     assert len(params) == 4 * tiny_gpt_config.n_layer  # attention in and out, MLP in and out
     refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
