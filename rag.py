@@ -208,8 +208,8 @@ def info_nce(q, d, tau, false_negatives=None):  # (B, B) false_negatives: releva
 
 
 class CrossEncoder(nn.Module):
-    """score = w . h_[CLS] of [CLS] q [SEP] d, too slow for search: it re-ranks a few. DrQA's
-    exact-match feature (Chen et al. 2017): from scratch, a small model learns matching slowly."""
+    """score = w . h_[CLS] of [CLS] q [SEP] d: q and d attend to each other, too slow to search
+    with. Its exact-match feature (DrQA, Chen et al. 2017) spares a small model learning to match."""
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
