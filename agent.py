@@ -1,18 +1,14 @@
 """Tool calling and agents: a tiny GPT learns to act through tools (lecture 7).
 
-A tool is a name, a description, a JSON schema for its arguments and a function, listed and
-called through an MCP-like registry (list_tools, call_tool -> {content, is_error}). The model
-writes a short plan, then a call between special tokens,
+Tools (name, description, JSON schema of the arguments, function) sit in an MCP-like registry
+(list_tools, call_tool -> {content, is_error}). The model writes a short plan, then a call
     <|tool_call|>{"name": "calculator", "arguments": {"expression": "347 * 89"}}<|end|>
-which the agent parses, validates against the schema, runs, and answers with an observation
-<|tool_result|>30883<|end|>. The ReAct loop (Yao et al. 2023) repeats observe -> plan -> act
-until the final_answer tool, max_steps, or a repeated call; every error becomes an observation.
-Constrained decoding masks each token that would leave the JSON call grammar, so a call always
-parses and names a real tool. The model is SFT-trained on expert traces (Toolformer-style,
-Schick et al. 2023) with the loss on its own turns only, never on tool outputs:
-L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t, m_t = 1 on the model's turn. A number is one token
-per character and place, so a tiny model copies a tool's result by following tokens that never
-repeat within it (digits get their place, as in Abacus embeddings, McLeish et al. 2024).
+that the agent parses, validates, runs and answers with <|tool_result|>30883<|end|>. The ReAct
+loop (Yao et al. 2023) repeats until final_answer, max_steps or a repeated call; every error is an
+observation. Constrained decoding masks each token that would leave the call grammar. SFT on expert
+traces (Toolformer-style, Schick et al. 2023) puts the loss on the model's turns only:
+L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t. A digit is one token per place in its number (as in
+Abacus embeddings, McLeish et al. 2024), so copying a result follows tokens that never repeat.
 
     python agent.py                     # train on synthetic traces, evaluate held-out tasks
     python agent.py --steps=4000 --n_eval=100   # longer training, more held-out tasks
@@ -346,9 +342,7 @@ class CallConstraint:
             plan = len(tokens) < min(self.max_thought, self.budget - 1 - self.min_call)
             return [i for i in self.texts if plan and i not in banned] + [self.call_id]
         start = tokens.index(self.call_id) + 1
-        state = "start"
-        for t in tokens[start:]:
-            state = self.moves(state)[t]
+        state = functools.reduce(lambda s, t: self.moves(s)[t], tokens[start:], "start")
         if state == "done":
             return [self.end_id]
         left = min(self.max_call, self.budget - start) - (len(tokens) - start) - 1  # after this
@@ -380,35 +374,28 @@ def run_agent(policy, task, registry, max_steps=5):
     """ReAct: observe the transcript, policy(transcript) plans and calls, the result is observed;
     until final_answer, a repeated call or max_steps. Calls are (name, arguments, result)."""
     transcript = system_prompt(registry) + "<|user|>" + task + "<|assistant|>"
-    events, calls, seen = [], [], set()
-    episode = dict(answer=None, stop="max_steps", events=events, calls=calls)
+    calls, seen = [], set()
+    episode = dict(answer=None, stop="max_steps", invalid_turns=0, calls=calls)
     for _ in range(max_steps):
         turn = policy(transcript)
         transcript += turn if turn.endswith(END) else turn + END
         try:
             _, name, arguments = parse_tool_call(turn)
         except ValueError as e:
-            events.append("invalid_format")
+            episode["invalid_turns"] += 1
             transcript += observation(f"error: {e}")
             continue
         key = (name, json.dumps(arguments, sort_keys=True))
         if key in seen:  # the same call again cannot tell the model anything new
-            events.append("loop")
             episode["stop"] = "loop"
             break
         seen.add(key)
         result = registry.call_tool(name, arguments)
         calls.append((name, arguments, result))
-        if result["error"]:
-            events.append(result["error"])
-        elif name != "final_answer" and result["content"] == "":
-            events.append("empty_result")
         if name == "final_answer" and not result["is_error"]:
             episode.update(answer=result["content"], stop="final_answer")
             break
         transcript += observation(result["content"])
-    else:
-        events.append("max_steps")
     episode["transcript"] = transcript
     return episode
 
@@ -554,8 +541,7 @@ def train_agent(cfg, device, log, ckpt=None):
             gpt.save_checkpoint(path, model, tok, step, cfg, state["optimizer"],
                                 generator=state["generator"])
         return step == end
-    resume = ckpt and dict(step=ckpt["step"], optimizer=ckpt["optimizer"],
-                           generator=ckpt["generator"])
+    resume = ckpt and {k: ckpt[k] for k in ("step", "optimizer", "generator")}
     loss = gpt.finetune(model, pairs, cfg.steps, lr=cfg.lr, batch_size=16, seed=cfg.seed,
                         desc="SFT on tool traces", resume=resume, on_step=on_step)
     print(f"model: gpt.py 2x{cfg.n_embd}, {gpt.count_params(model) / 1e6:.2f}M params;"
@@ -589,7 +575,7 @@ def classify(episode, task):
         elif foreign:  # a tool the expert never needed, in place of this one
             return "wrong_tool"
         elif k == 0:
-            return "invalid_format" if "invalid_format" in episode["events"] else "tool_not_called"
+            return "invalid_format" if episode["invalid_turns"] else "tool_not_called"
         else:
             break  # an earlier output called for this call and the model did not make it
     return "empty_result" if empty else "wrong_use_of_output"

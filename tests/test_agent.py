@@ -173,7 +173,8 @@ def test_unknown_tool_becomes_an_observation_not_an_exception():
     registry = agent.make_registry(agent.House({}))
     policy = scripted(call("teleport", to="mars"), call("final_answer", answer="ok"))
     episode = agent.run_agent(policy, "Go.", registry, max_steps=4)
-    assert episode["answer"] == "ok" and episode["events"] == ["unknown_tool"]
+    assert episode["answer"] == "ok"
+    assert [result["error"] for _, _, result in episode["calls"]] == ["unknown_tool", None]
     assert "<|tool_result|>unknown tool 'teleport'; available tools: calculator" in episode["transcript"]
 
 
@@ -181,14 +182,14 @@ def test_loop_stops_at_max_steps():
     policy = scripted("I am thinking about it.")
     episode = agent.run_agent(policy, "What is 2 * 3?", agent.make_registry(agent.House({})), max_steps=3)
     assert len(policy.calls) == 3 and episode["stop"] == "max_steps" and episode["answer"] is None
-    assert episode["events"] == ["invalid_format"] * 3 + ["max_steps"]
+    assert episode["invalid_turns"] == 3 and episode["calls"] == []
     assert episode["transcript"].count("<|tool_result|>error: no tool call") == 3
 
 
 def test_a_repeated_identical_call_is_a_loop():
     policy = scripted(call("calculator", expression="2 * 3"))
     episode = agent.run_agent(policy, "What is 2 * 3?", agent.make_registry(agent.House({})), max_steps=5)
-    assert len(policy.calls) == 2 and episode["stop"] == "loop" and episode["events"] == ["loop"]
+    assert len(policy.calls) == 2 and episode["stop"] == "loop" and len(episode["calls"]) == 1
 
 
 def test_expert_traces_solve_their_tasks_through_the_loop(no_eval):
