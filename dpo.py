@@ -142,10 +142,8 @@ def corrupt(answer, rng):
 
 
 def make_pairs(model, tok, examples, seed):
-    """(prompt ids, chosen ids, rejected ids) for (task, instruction, answer) examples: chosen is
-    the right answer; rejected is the model's own greedy answer when that is wrong (the mistakes
-    DPO should unlearn), else a plausible corruption of the right one. Returns the pairs and the
-    fraction of rejected answers that are the model's own."""
+    """(prompt, chosen, rejected) ids, and the fraction of rejected answers that are the model's:
+    its greedy answer when wrong (the mistakes DPO should unlearn), else a corrupted right one."""
     rng = random.Random(seed)
     end = tok.special("<|end|>")
     pairs = []
@@ -175,9 +173,8 @@ def evaluate(policy, pairs, ref_logps, cfg):
 
 
 def train_dpo(policy, ref, pairs, cfg, stop, checkpoint, ckpt=None):
-    """AdamW with a cosine lr on batch_loss over random batches of pairs, up to step `stop`,
-    from the start or from ckpt (its step, optimizer and RNG). checkpoint(step, opt, g) runs at
-    the start, every eval_interval steps and at `stop`."""
+    """AdamW, cosine lr, batch_loss on random batches up to step stop, from the start or ckpt;
+    checkpoint(step, opt, g) at the start, every eval_interval steps and at stop."""
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
     start = 0
@@ -290,9 +287,6 @@ def report(histories):
 # ----------------------------------------------------------------------------- start, --resume
 # The workflow rather than the lecture: where the run starts, and the run that --resume goes on.
 
-RESUME_FREE = ("resume", "stop_after", "plot", "device")  # may change on --resume
-
-
 def sft_model(cfg, device, train_set):
     """A tiny base pretrained and briefly fine-tuned here, saved as out_dir/sft.pt for --resume."""
     model, tok = gpt.base_model(cfg.base_steps, device)
@@ -305,9 +299,8 @@ def sft_model(cfg, device, train_set):
 
 
 def load_start(cfg, device, examples):
-    """The --init checkpoint, or on --resume the SFT model made here before (out_dir/sft.pt); it
-    must have the chat tokens and room for a prompt and a 16-token answer. (None, None) when the
-    SFT model is to be made here."""
+    """The --init checkpoint, or on --resume out_dir/sft.pt, checked for the chat tokens and
+    context; (None, None) when the SFT model is to be made here."""
     if not cfg.init and not cfg.resume:
         return None, None
     model, tok, _ = gpt.load_model(cfg.init or os.path.join(cfg.out_dir, "sft.pt"), device)
@@ -317,15 +310,12 @@ def load_start(cfg, device, examples):
 
 
 def resumable(cfg, paths):
-    """The checkpoint of each run (None if it never started) that --resume continues, each saved
-    with these settings."""
+    """Each run's checkpoint (None if it never started), saved with these settings."""
     ckpts = [gpt.load_checkpoint(p) if os.path.exists(p) else None for p in paths]
     if not any(ckpts):
         raise ValueError(f"--resume, but {cfg.out_dir} holds no checkpoint: run without it")
     for path, ckpt in [(p, c) for p, c in zip(paths, ckpts) if c]:
-        gpt.check_resume(path, ckpt, cfg, RESUME_FREE)
-        if "history" not in ckpt:
-            raise ValueError(f"{path} was not saved by dpo.py: cannot resume from it")
+        gpt.check_resume(path, ckpt, cfg, ("resume", "stop_after", "plot", "device"))
     return ckpts
 
 
