@@ -7,7 +7,7 @@ Then a tiny vision-language model: the ViT's tokens, projected into a gpt.py dec
 answer questions about the image. Dosovitskiy et al. 2020 (ViT), Liu et al. 2023 (LLaVA), He et
 al. 2021 (MAE: 2D sin-cos).
 
-    python vit.py                             # CPU: ViT vs CNN, attention map, VLM (~3 min)
+    python vit.py                             # CPU: ViT vs CNN, attention map, VLM
     python vit.py --pool=mean --pos=sincos    # mean pooling, fixed 2D sin-cos positions
     python vit.py --plot                      # also out/vit/attention.png (needs matplotlib)
     python vit.py --data=mnist --patch_size=7 # or cifar10: downloaded once into data/
