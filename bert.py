@@ -185,8 +185,7 @@ def init_weights(module):  # BERT's: N(0, 0.02) weights, zero biases (LayerNorm 
 
 
 class BertPretraining(nn.Module):
-    """MLM head LN(GELU(W h + b)) E^T + b_vocab, tied to the token embeddings E; NSP head a
-    2-way linear on the pooled [CLS] (None without NSP, as RoBERTa)."""
+    """MLM: LN(GELU(W h + b)) E^T + b_vocab, tied to the embeddings E; NSP: 2-way on pool(h)."""
 
     def __init__(self, bert, nsp=True):
         super().__init__()
@@ -236,8 +235,7 @@ class BertClassifier(nn.Module):
 # ----------------------------------------------------------------------------- data and tasks
 
 def load_documents(data):
-    """{name: text}: the topics of Python's reference docs ("embedded", shipped with CPython), or
-    the blank-line-separated paragraphs of a local UTF-8 file."""
+    """{name: text}: Python's reference docs ("embedded", in CPython), or a file's paragraphs."""
     if data == "embedded":
         from pydoc_data import topics
         return {k: topics.topics[k] for k in sorted(topics.topics)}
@@ -252,8 +250,7 @@ def load_documents(data):
 
 
 def split_documents(texts, tok, heldout_frac, rng, block=8):
-    """(train, held-out) documents as lists of sentences (lists of ids, empty ones dropped):
-    heldout_frac of each document's blocks of `block` sentences, drawn at random."""
+    """(train, held-out) sentences (lists of ids) of each document, held out in random blocks."""
     train, heldout = [], []
     for text in texts:
         doc = [ids for s in re.split(r"(?<=[.!?])\s+|\n\s*\n", text) if (ids := tok.encode(s))]
@@ -280,8 +277,7 @@ def mask_tokens(idx, vocab_size, generator=None, p=0.15):
 
 
 def pack_pair(a, b, max_len):
-    """[CLS] A [SEP] B [SEP] and its segments 0...0 1...1; the longer sentence loses its last
-    token until the pair fits (BERT's truncate_seq_pair)."""
+    """[CLS] A [SEP] B [SEP], segments 0...0 1...1; the longer side loses tokens until it fits."""
     a, b = list(a), list(b)
     while len(a) + len(b) > max_len - 3:
         (a if len(a) >= len(b) else b).pop()
@@ -304,8 +300,7 @@ def pad_batch(rows):  # lists of ids right-padded with [PAD] to the longest: (B,
 
 
 def pretraining_batch(docs, stream, batch, max_len, vocab_size, nsp, rng, generator=None):
-    """(inputs, segments, targets, is_next). With NSP: sentence pairs, half of them consecutive.
-    Without (RoBERTa): full windows of contiguous text as one segment, and is_next is None."""
+    """(inputs, segments, targets, is_next): NSP's sentence pairs, or RoBERTa's windows of text."""
     if nsp:
         pairs = [nsp_pair(docs, rng) for _ in range(batch)]
         rows, segs = zip(*(pack_pair(a, b, max_len) for a, b, _ in pairs))
@@ -322,8 +317,7 @@ def pretraining_batch(docs, stream, batch, max_len, vocab_size, nsp, rng, genera
 
 
 def topic_task(train_docs, heldout_docs, n_classes, n_per_class, max_len, rng):
-    """Which of the n_classes longest documents is a sentence from? ([CLS] s [SEP], label) pairs:
-    n_per_class to train on per class, every held-out one to test; and the classes' indices."""
+    """Which of the n_classes longest documents is a sentence from? (train, test, classes)."""
     classes = sorted(range(len(train_docs)), key=lambda d: -len(train_docs[d]))[:n_classes]
 
     def examples(docs, per_class):
@@ -363,8 +357,7 @@ def autocast(device):  # bf16 on CUDA; full precision elsewhere
 
 
 def fit(model, step_loss, steps, lr, run, phase):
-    """AdamW (weight decay 0.01 on matrices), linear warmup over 10% of the steps then linear
-    decay to 0, as BERT; gradient norm clipped at 1. step_loss(rng) -> (loss, stats)."""
+    """AdamW, 10% linear warmup then linear decay, decay 0.01 on matrices, clip 1: BERT's recipe."""
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
@@ -618,9 +611,8 @@ def basic_tokens(text, lower=True):
 
 
 class WordPiece:
-    """BERT's tokenizer: basic_tokens, then each word cut greedily, longest piece first, into
-    pieces of the vocabulary (id = index): "unaffable" -> un ##aff ##able. A word that cannot be
-    cut so, or is over 100 characters, is [UNK]."""
+    """basic_tokens, then each word cut greedily, longest piece first: un ##aff ##able; else [UNK]
+    (as is a word over 100 characters). A piece's id is its index in the vocabulary."""
 
     def __init__(self, vocab, lower=True):
         self.itos = vocab
@@ -707,9 +699,8 @@ def read_safetensors(path):
 
 
 def from_pretrained(folder):
-    """(Bert, WordPiece) from a downloaded Hugging Face BERT folder: config.json, vocab.txt,
-    model.safetensors or pytorch_model.bin, and tokenizer_config.json's do_lower_case (true
-    without one). The model reads [CLS] + tok.encode(text) + [SEP]."""
+    """(Bert, WordPiece) from a downloaded Hugging Face BERT folder (do_lower_case true unless its
+    tokenizer_config.json says not). The model reads [CLS] + tok.encode(text) + [SEP]."""
     files = set(os.listdir(folder))
     weights = [n for n in ("model.safetensors", "pytorch_model.bin") if n in files]
     if not weights or not {"config.json", "vocab.txt"} <= files:
