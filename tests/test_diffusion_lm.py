@@ -231,7 +231,15 @@ TINY = dict(gen_length=24, n_layer=1, n_embd=32, n_head=2, steps=15, batch_size=
 FAST = {**TINY, "step_counts": "3"}  # 3 blocks of 8, one step each: the table's cheapest rows
 
 
-def test_main_smoke(tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """40 kB of the embedded corpus: each run below tokenises it in a tenth of the whole's time."""
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(gpt.embedded_corpus()[:40_000], encoding="utf-8")
+    return str(path)
+
+
+def test_main_smoke(tmp_path, capsys, monkeypatch, small_corpus):
     """The default run at a tiny size: the table, the validation and infilling figures, and with
     --plot both models' curves from the run's own log (the plot itself is recorded, so the test
     needs no matplotlib). A stale log from an earlier run is replaced, not appended to."""
@@ -239,7 +247,8 @@ def test_main_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(gpt, "pyplot", lambda plot: "plt" if plot else None)
     monkeypatch.setattr(gpt, "plot_curves", lambda *args: plots.append(args))
     (tmp_path / "log.jsonl").write_text('{"step": 99, "ar_loss": 0.0}\n')
-    cfg = dlm.DiffusionConfig(**TINY, eval_interval=5, out_dir=str(tmp_path), plot=True)
+    cfg = dlm.DiffusionConfig(**TINY, data=small_corpus, eval_interval=5, out_dir=str(tmp_path),
+                              plot=True)
     result = dlm.main(cfg)
     out = capsys.readouterr().out
     assert "ELBO bound" in out and "infilling" in out and "autoregressive, KV cache" in out
@@ -269,12 +278,12 @@ def final_state(out_dir):
     return ckpt, log
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, small_corpus):
     """12 steps in one go equal 5 steps, a stop, --resume and 7 more, bit for bit: both models,
     both optimizers' moments, the step, the log (losses and validations) and the samples' quality
     columns of the table. The stop falls between two validations, so the resumed run must draw
     the same next batch and masks without validating again."""
-    cfg = dlm.DiffusionConfig(**{**FAST, "steps": 12}, eval_interval=4)
+    cfg = dlm.DiffusionConfig(**{**FAST, "steps": 12}, data=small_corpus, eval_interval=4)
     whole = dlm.main(dataclasses.replace(cfg, out_dir=str(tmp_path / "whole")))
     split = dataclasses.replace(cfg, out_dir=str(tmp_path / "split"), stop_after=5)
     assert dlm.main(split) is None
@@ -293,9 +302,9 @@ def test_resume_is_exact(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
+def stopped_run(tmp_path_factory, small_corpus):
     """A run of 6 steps stopped after 3: out_dir holds its checkpoint and log."""
-    cfg = dlm.DiffusionConfig(**{**FAST, "steps": 6}, stop_after=3,
+    cfg = dlm.DiffusionConfig(**{**FAST, "steps": 6}, data=small_corpus, stop_after=3,
                               out_dir=str(tmp_path_factory.mktemp("stopped")))
     dlm.main(cfg)
     return cfg
@@ -328,10 +337,11 @@ def test_resume_refuses_another_run_before_any_work(stopped_run, tmp_path, chang
     assert (path.read_bytes() if path.exists() else None) == before
 
 
-def test_bench_smoke(tmp_path, capsys):
+def test_bench_smoke(tmp_path, capsys, small_corpus):
     """bench/diffusion_lm.py: the timed table on a run's checkpoint, and --budgets, whose two
     figures for a budget are those of diffusion_lm.py's own run of that many steps."""
-    run = dlm.DiffusionConfig(**{**FAST, "steps": 4}, out_dir=str(tmp_path / "run"))
+    run = dlm.DiffusionConfig(**{**FAST, "steps": 4}, data=small_corpus,
+                              out_dir=str(tmp_path / "run"))
     alone = dlm.main(run)
     capsys.readouterr()
     bench.main(bench.BenchConfig(ckpt=str(tmp_path / "run" / "ckpt.pt"), repeats=1, device="cpu"))
@@ -420,10 +430,10 @@ def test_a_device_that_is_not_there_is_an_argparse_error(monkeypatch, capsys):
     assert "--device=cuda, but this machine has only" in capsys.readouterr().err
 
 
-def test_collapse_spaces_squeezes_runs_and_keeps_words():
-    _, kept, _ = dlm.load_data(dlm.DiffusionConfig(collapse_spaces=False))
-    tok, squeezed, _ = dlm.load_data(dlm.DiffusionConfig())
-    text, original = tok.decode(squeezed.tolist()), tok.decode(kept.tolist())
+def test_collapse_spaces_squeezes_runs_and_keeps_words(corpus_file):  # 40 kB of the corpus
+    _, kept, kept_val = dlm.load_data(dlm.DiffusionConfig(data=corpus_file, collapse_spaces=False))
+    tok, squeezed, _ = dlm.load_data(dlm.DiffusionConfig(data=corpus_file))
+    text, original = tok.decode(squeezed.tolist()), tok.decode(kept.tolist() + kept_val.tolist())
     assert "  " in original and "  " not in text and "\t" not in text and "\n\n\n" not in text
     words = text.split()[:-1]  # the 90% split can cut the last word
     assert words == original.split()[:len(words)]  # the same words in the same order
