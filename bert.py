@@ -7,7 +7,7 @@ NSP and masks each batch afresh; DistilBERT keeps every other layer and learns f
 softened outputs. Devlin et al. 2018 (BERT), Liu et al. 2019 (RoBERTa), Hinton et al. 2015, Sanh
 et al. 2019 (DistilBERT), Wu et al. 2016 (WordPiece).
 
-    python bert.py                     # CPU: pretrain, fine-tune vs scratch, distill (~5 min)
+    python bert.py                     # CPU: pretrain, fine-tune vs scratch, distill
     python bert.py --nsp=true          # BERT's MLM + NSP instead of RoBERTa-style MLM only
     python bert.py --resume --plot     # go on from out/bert/ckpt.pt; a PNG of the MLM loss
     python bench/bert.py               # the half-depth student's speed against the teacher's
