@@ -244,8 +244,7 @@ def check_groups(prompts, G):
     """Group-relative advantages assume the G completions of a prompt sit together in the batch."""
     for start in range(0, len(prompts), G):
         if any(p != prompts[start] for p in prompts[start:start + G]):
-            raise AssertionError(f"rows {start}..{start + G - 1} are not one prompt's group of"
-                                 f" G={G}")
+            raise AssertionError(f"rows {start}..{start + G - 1} are not one prompt's group")
 
 
 def rollout(policy, tok, problems, cfg, generator):
@@ -296,7 +295,7 @@ def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
 # ----------------------------------------------------------------------------- training
 
 def logprobs(model, batch, rows, cfg):
-    """log pi_T(o_t | q, o_<t) (n, T) and the mask: at the temperature rollouts are drawn at."""
+    """log pi_T(o_t | q, o_<t) (n, T) and the mask, at the sampling T: else the ratio is off."""
     return gpt.completion_logprobs(model, batch["prompts"][rows], batch["completions"][rows],
                                    batch["pad"], temperature=cfg.temperature)
 

@@ -315,8 +315,7 @@ def train_sft(model, rows, opt, g, cfg, start, device, after_step, rank=0, world
     for step in tqdm(range(start, cfg.steps), desc=desc, leave=False, disable=rank != 0):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        draw = torch.randint(len(rows), (cfg.batch_size,), generator=g)
-        batch = [rows[i] for i in draw.tolist()]
+        batch = [rows[i] for i in torch.randint(len(rows), (cfg.batch_size,), generator=g).tolist()]
         n_targets = sum(t != -1 for row in batch for t in row[1])  # over the global batch
         idx, targets, doc = collate(batch[rank::world], device)
         with gpt.autocast(device):
@@ -416,7 +415,7 @@ def main(cfg):
         if method == "lora":  # merging folds B A into W: same answers, no adapter cost at inference
             merged = gpt.evaluate_instructions(merge_lora(model), tok, eval_set[:50])[2]
             same = sum(m == o for m, o in zip(merged, outputs["lora"]))
-            say(f"LoRA merged into W: {same}/50 answers unchanged")
+            say(f"LoRA merged into W: {same}/{len(merged)} answers unchanged")
         if master:
             log(step=(i + 1) * cfg.steps, **result)
             save(path, model, tok, method, cfg.steps, opt, g, cfg, seconds=seconds, result=result,

@@ -5,6 +5,7 @@ single process for DDP."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -302,7 +303,7 @@ def log_rows(cfg):
         return [json.loads(line) for line in f]
 
 
-def test_main_smoke_and_learning(tiny_init, tmp_path, monkeypatch):
+def test_main_smoke_and_learning(tiny_init, tmp_path, monkeypatch, capsys):
     plots = []
     monkeypatch.setattr(gpt, "pyplot", lambda plot: "plt" if plot else None)  # matplotlib or not
     monkeypatch.setattr(gpt, "plot_curves", lambda plt, log, keys, path: plots.append((keys, path)))
@@ -310,6 +311,8 @@ def test_main_smoke_and_learning(tiny_init, tmp_path, monkeypatch):
                         n_eval=8, plot=True, out_dir=str(tmp_path / "out"), device="cpu")
     results = {r["method"]: r for r in sft.main(cfg)}
     assert set(results) == {"full", "lora", "qlora"}
+    merged = re.search(r"LoRA merged into W: \d+/(\d+) answers unchanged", capsys.readouterr().out)
+    assert merged[1] == "8"  # out of the n_eval = 8 answers compared, not a fixed 50
     rows = log_rows(cfg)
     for method, r in results.items():
         losses = [row[f"loss_{method}"] for row in rows if f"loss_{method}" in row]
