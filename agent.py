@@ -522,9 +522,8 @@ def train_agent(cfg, device, log, ckpt=None):
     for i in range(cfg.n_train):
         task = make_task(FAMILIES[i % 3], rng)
         texts += trace_pairs(task, with_tools=rng.random() >= cfg.no_tool_frac)
-    sample = "".join(p + c for p, c in texts[:3000])
     tok = (PlaceTokenizer.from_state_dict(ckpt["tokenizer"]) if ckpt
-           else PlaceTokenizer.train(sample, 512))
+           else PlaceTokenizer.train("".join(p + c for p, c in texts[:3000]), 512))
     pairs = [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
              for p, c in texts]
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2,
@@ -532,14 +531,13 @@ def train_agent(cfg, device, log, ckpt=None):
     if ckpt:
         model.load_state_dict(ckpt["model"])
     end = cfg.stop_after or cfg.steps
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
 
     def on_step(step, loss, state):  # log every step, checkpoint every ckpt_every and at the end
         log(step=step - 1, loss=loss)
         if step % cfg.ckpt_every == 0 or step == end:
             state = state()
-            gpt.save_checkpoint(path, model, tok, step, cfg, state["optimizer"],
-                                generator=state["generator"])
+            gpt.save_checkpoint(os.path.join(cfg.out_dir, "ckpt.pt"), model, tok, step, cfg,
+                                state["optimizer"], generator=state["generator"])
         return step == end
     resume = ckpt and {k: ckpt[k] for k in ("step", "optimizer", "generator")}
     loss = gpt.finetune(model, pairs, cfg.steps, lr=cfg.lr, batch_size=16, seed=cfg.seed,
