@@ -60,6 +60,7 @@ class SFTConfig:
     seed: int = 1337  # data, initialisation and batch order
 
     def __post_init__(self):
+        self.method_list = [m for m in self.methods.split(",") if m]
         for name in ("base_steps", "steps", "batch_size", "lora_r", "n_train", "n_eval",
                      "ckpt_interval", "lr", "lora_lr", "lora_alpha"):
             if not getattr(self, name) > 0:
@@ -70,10 +71,6 @@ class SFTConfig:
             raise ValueError(f"--methods={self.methods}: a comma-separated list of full,lora,qlora")
         if set(self.lora_targets.split(",")) - {"c_attn", "c_proj", "c_fc"}:
             raise ValueError(f"--lora_targets={self.lora_targets}: choose among c_attn,c_proj,c_fc")
-
-    @property
-    def method_list(self):
-        return [m for m in self.methods.split(",") if m]
 
 
 GPU = dict(base_steps=2000, steps=1000)  # the defaults that change on a CUDA device
