@@ -67,8 +67,7 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}:"
-                             " each key/value head must serve a whole group of query heads")
+            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         if (self.n_embd // self.n_head) % 2 and self.pos == "rope":
             raise ValueError(f"RoPE needs an even head dim, got {self.n_embd // self.n_head}")
         for name, allowed in [("mlp", ("swiglu", "gelu")), ("norm", ("rmsnorm", "layernorm")),
@@ -323,7 +322,7 @@ class GPT(nn.Module):
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=idx.device)
-        lengths = torch.full((B,), max_new_tokens, device=idx.device)
+        lengths = torch.zeros(B, dtype=torch.long, device=idx.device)  # tokens up to a stop
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
         h = self.hidden(idx, valid, cache)
@@ -335,9 +334,8 @@ class GPT(nn.Module):
             out[:, t] = token
             if on_token:
                 on_token(token)
-            stopped = ~done & torch.isin(token, stops)
-            lengths[stopped] = t + 1
-            done = done | stopped
+            lengths += ~done
+            done = done | torch.isin(token, stops)
             if bool(done.all()) or t == max_new_tokens - 1:
                 break
             idx = torch.cat([idx, token[:, None]], 1)
@@ -574,8 +572,7 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
     bar = tqdm(total=max(vocab_size - 256, 0), desc="train BPE", leave=False,
                disable=vocab_size <= 256)
     while len(vocab) < vocab_size and pair_counts:
-        # ties go to the lexicographically greater (vocab[a], vocab[b]): defined by content, not by
-        # id order, and the rule of the usual course trainers (e.g. Stanford CS336, assignment 1)
+        # ties: the greater (vocab[a], vocab[b]), by content not id (as Stanford CS336's trainer)
         a, b = max(pair_counts, key=lambda ab: (pair_counts[ab], vocab[ab[0]], vocab[ab[1]]))
         merged = vocab[a] + vocab[b]
         new_id = ranks.get(merged, len(vocab))  # two merges may spell the same bytes: reuse the id
@@ -597,13 +594,6 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
         pair_counts = +pair_counts  # drop pairs whose count fell to zero
     bar.close()
     return ranks
-
-
-def gpt2_byte_decoder():
-    """{character: byte} of GPT-2's vocab.json: printable bytes as themselves, others chr(256+n)."""
-    kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    moved = [b for b in range(256) if b not in kept]
-    return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
 
 
 class Tokenizer:
@@ -647,7 +637,9 @@ class Tokenizer:
         """GPT-2's vocab.json + merges.txt as ranks; tiktoken needs ids in merges.txt's order."""
         with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
             vocab = json.load(f)
-        byte_of = gpt2_byte_decoder()
+        kept = [*range(33, 127), *range(161, 173), *range(174, 256)]  # printable: as themselves
+        moved = [b for b in range(256) if b not in kept]  # the others spelled chr(256 + n)
+        byte_of = {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(moved)}}
         ranks = {bytes(byte_of[c] for c in token): i for token, i in vocab.items()
                  if token not in SPECIAL_TOKENS}
         with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
@@ -680,8 +672,7 @@ class Tokenizer:
     @classmethod
     def from_state_dict(cls, state):
         if list(state["specials"]) != list(SPECIAL_TOKENS):
-            raise ValueError(f"the tokenizer has special tokens {state['specials']}, expected"
-                             f" {SPECIAL_TOKENS}")
+            raise ValueError(f"special tokens {state['specials']} are not {SPECIAL_TOKENS}")
         return cls({b: i for i, b in enumerate(state["ranks"])}, state["pattern"], state["name"])
 
 
@@ -715,8 +706,7 @@ def loss_mask(messages, tok):
 def check_chat_model(model, tok, context):
     """Say at load, not after minutes of training, that a model lacks chat tokens or context."""
     if max(tok.special(s) for s in SPECIAL_TOKENS) >= model.config.vocab_size:
-        raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) has no rows for the"
-                         " chat tokens: start from a checkpoint of this project (python train.py)")
+        raise ValueError("the model has no rows for the chat tokens: start from train.py's model")
     if model.config.block_size < context:
         raise ValueError(f"the model's context is {model.config.block_size} tokens; this task needs"
                          f" {context}: train with --block_size={context} or more")
@@ -747,8 +737,7 @@ def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None,
 
 def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train one first (python train.py) or"
-                                " fix the path")
+        raise FileNotFoundError(f"no checkpoint at {path}: train one (python train.py) or fix it")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # torch's own message advises weights_only=False: unsafe, and no help here
@@ -851,8 +840,7 @@ class SampleConfig:
 
     def __post_init__(self):
         if self.ckpt and not os.path.exists(self.ckpt):
-            raise ValueError(f"--ckpt={self.ckpt} does not exist: train one (python train.py) or"
-                             " fix the path")
+            raise ValueError(f"--ckpt={self.ckpt} does not exist: train one (python train.py)")
         if self.chat and not self.ckpt:
             raise ValueError("--chat needs --ckpt: a checkpoint with the chat template (sft.py's)")
         if min(self.num_samples, self.max_new_tokens, self.steps) < 1 or self.temperature < 0:
