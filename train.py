@@ -55,7 +55,7 @@ class TrainConfig:
     batch_size: int = 16  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
     max_iters: int = 500  # optimizer steps
-    stop_after: int = 0  # end after this many steps as if pre-empted (schedule spans max_iters)
+    stop_after: int = 0  # quit at this step as if pre-empted (schedule spans max_iters); 0 = off
     optimizer: str = "adamw"  # adamw | muon (Muon for 2D block weights, AdamW for the rest)
     lr: float = 2e-3  # peak AdamW learning rate
     muon_lr: float = 0.02  # peak Muon learning rate
