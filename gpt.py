@@ -450,7 +450,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         return next_token_probs(logits, temperature, top_k, top_p)
 
     out = []
-    stats = dict(target_calls=0, drafted=0, accepted=0)
+    stats = collections.Counter()
     while len(out) < max_new_tokens and not (out and out[-1] in stop_tokens):
         seq = torch.tensor(prompt + out, device=device)  # a cache is fed seq[cache.pos:], unseen
         drafted, q = [], []  # x_1..x_n and the draft distributions they came from
@@ -475,9 +475,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         out += [int(x) for x in drafted[:accepted]]
         if not (out and out[-1] in stop_tokens):  # an accepted stop ends it: no free token
             out.append(int(new))
-        stats["target_calls"] += 1
-        stats["drafted"] += len(drafted)
-        stats["accepted"] += accepted
+        stats.update(target_calls=1, drafted=len(drafted), accepted=accepted)
         # roll each cache back to the kept tokens it has seen (the draft never fed its last one)
         t_cache.pos = min(t_cache.pos, len(seq) + accepted)
         d_cache.pos = min(d_cache.pos, len(seq) + accepted)
