@@ -23,17 +23,12 @@ loss, skewed without it. The layer needs only torch; the demo's GPTs need gpt.py
 Left out: expert parallelism, fused dispatch kernels, and models beyond 0.7M parameters trained on
 more than the embedded 460 kB of text.
 """
-import argparse
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import os
-import re
-import sys
 import time
-import typing
 
 import torch
 import torch.nn as nn
@@ -416,7 +411,7 @@ def plot(plt, log, results, cfg):
 def main(cfg):
     if gpt is None:
         raise SystemExit("error: the demo trains gpt.py models: put gpt.py next to moe.py")
-    device = pick_device(cfg.device)
+    device = gpt.pick_device(cfg.device)
     plt = gpt.pyplot(cfg.plot)
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     with gpt.bad_input():
@@ -475,49 +470,5 @@ def main(cfg):
         plot(plt, log, results, cfg)
 
 
-# ----------------------------------------------------------------------------- command line
-# The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own.
-
-def pick_device(name="auto"):
-    """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""
-    here = [d for d, ok in [("cuda", torch.cuda.is_available()),
-                            ("mps", torch.backends.mps.is_available()), ("cpu", True)] if ok]
-    if name != "auto" and name.split(":")[0] not in here:
-        raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
-    return here[0] if name == "auto" else name
-
-
-def to_bool(text):
-    if text.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() == "true"
-
-
-def parse_args(config_cls, argv=None, gpu=None):
-    """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
-    defaults that change on a CUDA device, in one place (what the command line sets wins)."""
-    doc = sys.modules[config_cls.__module__].__doc__.split("\n")[0]
-    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
-                                     epilog=f"on CUDA the defaults become {gpu}" if gpu else None)
-    notes = dict(re.findall(r"^ +(\w+):[^#\n]*#(.*(?:\n +#.*)*)", inspect.getsource(config_cls),
-                            re.M))
-    for f in dataclasses.fields(config_cls):
-        kind = typing.get_type_hints(config_cls)[f.name]
-        note = " ".join(notes.get(f.name, "").replace("#", " ").split()).replace("%", "%%")
-        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
-        how = dict(type=to_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        parser.add_argument(*names, dest=f.name, default=f.default, **how,
-                            help=f"{note} (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        if gpu and pick_device(getattr(args, "device", "auto")).startswith("cuda"):
-            parser.set_defaults(**gpu)
-            args = parser.parse_args(argv)
-        return config_cls(**vars(args))
-    except ValueError as e:
-        parser.error(str(e))
-
-
-if __name__ == "__main__":
-    main(parse_args(DemoConfig, gpu=GPU))
+if __name__ == "__main__":  # without gpt.py, main says what needs it
+    main(gpt.parse_args(DemoConfig, gpu=GPU) if gpt else None)

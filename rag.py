@@ -17,15 +17,10 @@ gold one. Retrieval needs only torch and numpy; the reader and HyDE need gpt.py 
 Left out: real documents and pretrained encoders (all is trained from scratch on made-up
 biographies), a vector database (LSH: bench/rag.py), query rewriting beyond HyDE, multi-hop.
 """
-import argparse
-import dataclasses
-import inspect
 import math
 import os
 import random
 import re
-import sys
-import typing
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
@@ -209,7 +204,7 @@ def info_nce(q, d, tau, false_negatives=None):  # (B, B) false_negatives: releva
 
 class CrossEncoder(nn.Module):
     """score = w . h_[CLS] of [CLS] q [SEP] d: q and d attend to each other, too slow to search
-    with. Its exact-match feature (DrQA, Chen et al. 2017) spares a small model learning to match."""
+    with. Its exact-match feature (DrQA, Chen et al. 2017) spares a tiny model learning to match."""
 
     def __init__(self, vocab, n_embd=64, n_layer=2):
         super().__init__()
@@ -509,7 +504,7 @@ def main(cfg):
     if gpt is None:
         raise SystemExit("rag.py's demo trains a reader with gpt.py: put gpt.py beside rag.py"
                          " (BM25, the encoders and the metrics import without it)")
-    device = pick_device(cfg.device)
+    device = gpt.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     log = gpt.RunLog(cfg.out_dir)
     chunks, facts = make_knowledge_base(cfg.n_entities, cfg.chunk_size, cfg.chunk_overlap,
@@ -561,49 +556,5 @@ def main(cfg):
     print(f"e.g. {questions[0]!r} -> {predicted[0]!r} (truth {test[0][1]['answer']!r})")
 
 
-# ----------------------------------------------------------------------------- command line
-# The same lines in every script that has a command line (tests/test_cli.py keeps the copies
-# identical), so that each standalone file can be copied on its own.
-
-def pick_device(name="auto"):
-    """cuda, then mps, then cpu; asking for one that is not here is an error naming what is."""
-    here = [d for d, ok in [("cuda", torch.cuda.is_available()),
-                            ("mps", torch.backends.mps.is_available()), ("cpu", True)] if ok]
-    if name != "auto" and name.split(":")[0] not in here:
-        raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
-    return here[0] if name == "auto" else name
-
-
-def to_bool(text):
-    if text.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() == "true"
-
-
-def parse_args(config_cls, argv=None, gpu=None):
-    """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
-    defaults that change on a CUDA device, in one place (what the command line sets wins)."""
-    doc = sys.modules[config_cls.__module__].__doc__.split("\n")[0]
-    parser = argparse.ArgumentParser(description=doc, allow_abbrev=False,
-                                     epilog=f"on CUDA the defaults become {gpu}" if gpu else None)
-    notes = dict(re.findall(r"^ +(\w+):[^#\n]*#(.*(?:\n +#.*)*)", inspect.getsource(config_cls),
-                            re.M))
-    for f in dataclasses.fields(config_cls):
-        kind = typing.get_type_hints(config_cls)[f.name]
-        note = " ".join(notes.get(f.name, "").replace("#", " ").split()).replace("%", "%%")
-        names = dict.fromkeys([f"--{f.name}", f"--{f.name.replace('_', '-')}"])
-        how = dict(type=to_bool, nargs="?", const=True) if kind is bool else dict(type=kind)
-        parser.add_argument(*names, dest=f.name, default=f.default, **how,
-                            help=f"{note} (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        if gpu and pick_device(getattr(args, "device", "auto")).startswith("cuda"):
-            parser.set_defaults(**gpu)
-            args = parser.parse_args(argv)
-        return config_cls(**vars(args))
-    except ValueError as e:
-        parser.error(str(e))
-
-
-if __name__ == "__main__":
-    main(parse_args(RAGConfig, gpu=GPU))
+if __name__ == "__main__":  # without gpt.py, main says what needs it
+    main(gpt.parse_args(RAGConfig, gpu=GPU) if gpt else None)

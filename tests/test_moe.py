@@ -351,10 +351,10 @@ def test_demo_config_checks_every_field(field, value):
 def test_command_line_errors_exit_2_naming_the_problem(capsys):
     for argv, says in [(["--device=tpu"], "this machine has only"), (["--top_k=9"], "top_k=9")]:
         with pytest.raises(SystemExit) as stop:
-            moe.parse_args(moe.DemoConfig, argv, gpu=moe.GPU)
+            gpt.parse_args(moe.DemoConfig, argv, gpu=moe.GPU)
         assert stop.value.code == 2 and says in capsys.readouterr().err
     if not torch.cuda.is_available():  # on CPU the CPU defaults, GPU's only on CUDA
-        assert moe.parse_args(moe.DemoConfig, [], gpu=moe.GPU) == moe.DemoConfig()
+        assert gpt.parse_args(moe.DemoConfig, [], gpu=moe.GPU) == moe.DemoConfig()
         assert all(getattr(moe.DemoConfig(), k) != v for k, v in moe.GPU.items())
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gpt
 import rag
 from conftest import require
 
@@ -314,7 +315,7 @@ def test_every_setting_is_checked_before_any_work(change, message):
                                            (["--device=xpu"], "this machine has only")])
 def test_the_command_line_says_what_is_wrong_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
-        rag.parse_args(rag.RAGConfig, argv, gpu=rag.GPU)
+        gpt.parse_args(rag.RAGConfig, argv, gpu=rag.GPU)
     assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
