@@ -315,9 +315,8 @@ class GPT(nn.Module):
     @inference
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(),
                  allowed_tokens=None, use_cache=True, generator=None, pad_id=0, on_token=None):
-        """Each prompt's new tokens, up to its first stop token (temperature=0: greedy). Only the
-        unfinished rows go to allowed_tokens(generated (b, t)) -> (b, vocab) bool, in batch order,
-        since a finished row may no longer parse. on_token((B,) tokens) streams each step."""
+        """Each prompt's new tokens, up to its first stop (temperature=0: greedy); on_token((B,))
+        each step. allowed_tokens((b, t)) -> (b, vocab) bool sees unfinished rows (they parse)."""
         idx, valid = self._prepare(prompts, max_new_tokens, pad_id)  # (B, L)
         B = idx.size(0)
         cache = self.new_cache(B, idx.size(1) + max_new_tokens) if use_cache else None
