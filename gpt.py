@@ -619,9 +619,7 @@ class Tokenizer:
                 raise ValueError(f"tiktoken could not load 'gpt2' ({e}); offline, pass the path of"
                                  " a gpt2.tiktoken ranks file instead") from None
             return cls(base._mergeable_ranks, base._pat_str, "gpt2")
-        if spec.endswith(".tiktoken"):
-            if not os.path.exists(spec):
-                raise FileNotFoundError(f"no tiktoken ranks file at {spec}")
+        if spec.endswith(".tiktoken"):  # a missing file: tiktoken's FileNotFoundError names it
             return cls(tiktoken.load.load_tiktoken_bpe(spec), GPT2_PATTERN, os.path.basename(spec))
         if spec in ("bpe", "byte"):
             if not text:

@@ -450,7 +450,7 @@ def test_gpt2_ranks_file_matches_known_gpt2_ids():
 def test_unknown_tokenizer_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer"):
         gpt.Tokenizer.from_spec("sentencepiece")
-    with pytest.raises(FileNotFoundError, match="no tiktoken ranks file"):
+    with pytest.raises(FileNotFoundError, match="missing.tiktoken"):
         gpt.Tokenizer.from_spec(str(tmp_path / "missing.tiktoken"))
     with pytest.raises(ValueError, match="corpus is empty"):
         gpt.Tokenizer.from_spec("bpe", "")
