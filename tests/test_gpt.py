@@ -630,7 +630,8 @@ def test_main_demo_smoke(capsys):
     """Without --ckpt: a tiny model and its draft, a sample from every decoding method."""
     gpt.main(gpt.SampleConfig(max_new_tokens=12, steps=4, device="cpu"))
     out = capsys.readouterr().out
-    for name in ("greedy", "top-p 0.9", "beam search", "speculative", "only [a-z ] allowed"):
+    for name in ("greedy", "top-p 0.9", "beam search", "speculative", "only [a-z ] allowed",
+                 "tok/s without the KV cache"):
         assert name in out
 
 
