@@ -154,25 +154,26 @@ def test_triton_under_interpreter():
 
 
 # Each case is a few seconds in the interpreter, so the list is short but covers: both dtypes of the
-# kernel and float32, both head dims, causal and not, ragged lengths, Lq < Lk and Lq > Lk (empty rows).
+# kernel and float32, every head dim (16 and 32 take 64's tiles), causal and not, ragged lengths,
+# Lq < Lk and Lq > Lk (empty rows), and a batch of 2 (the batch stride).
 TRITON_CASES = [
-    (torch.float32, 64, 37, 37, False),
-    (torch.float32, 64, 20, 45, True),
-    (torch.float32, 64, 45, 20, True),
-    (torch.float16, 128, 37, 37, True),
-    (torch.bfloat16, 64, 45, 20, True),
-    (torch.bfloat16, 128, 33, 50, False),
+    (torch.float32, 64, 37, 37, False, 2),
+    (torch.float32, 16, 20, 45, True, 1),
+    (torch.float32, 32, 45, 20, True, 1),
+    (torch.float16, 128, 37, 37, False, 1),
+    (torch.bfloat16, 64, 45, 20, True, 2),
+    (torch.bfloat16, 128, 33, 50, True, 1),
 ]
 
 
 @triton_here
-@pytest.mark.parametrize("dtype,d,Lq,Lk,causal", TRITON_CASES)
-def test_triton_kernel_equals_reference(triton_device, dtype, d, Lq, Lk, causal):
+@pytest.mark.parametrize("dtype,d,Lq,Lk,causal,B", TRITON_CASES)
+def test_triton_kernel_equals_reference(triton_device, dtype, d, Lq, Lk, causal, B):
     if dtype not in fa.TRITON_DTYPES:
         pytest.skip(f"{dtype} runs only under the interpreter")
     device = triton_device
-    q, k, v = (t.detach().to(device) for t in rand_qkv(Lq, Lk, d=d, B=1, H=2))
-    dO = torch.randn(1, 2, Lq, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    q, k, v = (t.detach().to(device) for t in rand_qkv(Lq, Lk, d=d, B=B, H=2))
+    dO = torch.randn(B, 2, Lq, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     leaves64 = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = sdpa_bottom_right(*leaves64, causal)
     ref_grads = grads(ref, dO, *leaves64)
