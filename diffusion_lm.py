@@ -3,7 +3,7 @@
 Instead of writing left to right, start from [MASK] tokens and unmask a few positions per step,
 in any order. Forward process: draw t ~ U(eps, 1) and mask each token independently with
 probability t. A bidirectional transformer (gpt.py's blocks with the causal mask off) predicts
-every masked token at once. The loss
+every masked token at once, never [MASK] itself (MDLM's zero masking). The loss
 
     L = E_t [ (1/t) * sum_i 1[x_t^i = MASK] * -log p(x_0^i | x_t) ] / (B * L)
 
@@ -22,8 +22,8 @@ block by block (semi-autoregressive), and infills between a prefix and a suffix.
 On CPU (a few minutes) both models train on the same batches, then a table of samplers (both
 orders, one block or blocks of 8, several step counts) beside the AR twin, the ELBO bound beside
 the AR validation NLL, one denoising trajectory, and infilling: a bound and an example.
-Left out: other noise schedules, conditioning on t, MDLM's zero-masking parameterisation ([MASK]
-is only forbidden when sampling), caching across steps, and models beyond about 1M parameters.
+Left out: other noise schedules, conditioning on t (the best p(x_0 | x_t) does not depend on it:
+Ou et al. 2024), caching across steps, and models beyond about 1M parameters.
 """
 import collections
 import functools
@@ -118,6 +118,14 @@ def forward_mask(x, t, mask, generator=None):
     return torch.where(masked, torch.full_like(x, mask), x), masked
 
 
+def denoiser_logits(model, x_t):
+    """Logits of p(x_0 | x_t), (B, L, vocab), [MASK]'s at -inf in the loss, the bound and sampling:
+    x_0 never holds it (MDLM's zero masking), so its tied embedding row needn't learn to be rare."""
+    logits = gpt.upcast(model(x_t)[0])
+    is_mask = torch.arange(logits.size(-1), device=logits.device) == mask_id(model)
+    return logits.masked_fill(is_mask, -math.inf)
+
+
 def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
     """L = sum over masked positions of -log p(x_0^i | x_t) / t, divided by B*L (every token,
     masked or not): an unbiased estimate of the ELBO's bound on -log p(x_0) per token.
@@ -132,8 +140,8 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
     if maskable is not None:
         masked &= maskable
         x_t = torch.where(masked, x_t, x)
-    logits, _ = model(x_t)  # (B, L, vocab): the model sees the whole noisy sequence
-    nll = F.cross_entropy(gpt.upcast(logits).flatten(0, 1), x.flatten(), reduction="none")
+    logits = denoiser_logits(model, x_t)  # (B, L, vocab): the model sees the whole noisy sequence
+    nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none")
     nll = nll.view(B, L)
     return (nll * masked / t[:, None]).sum() / (B * L if maskable is None else maskable.sum())
 
@@ -184,9 +192,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
         for b in range(n_blocks):
             lo = len(prefix) + b * block_length  # this block spans [lo, lo + block_length)
             for k in commit_schedule(block_length, steps // n_blocks):
-                logits = gpt.upcast(model(x)[0]).double()  # (n, T, vocab), float64 for Gumbel
+                logits = denoiser_logits(model, x).double()  # (n, T, vocab), float64 for Gumbel
                 passes += 1
-                logits[..., MASK] = -math.inf  # never predict [MASK] itself
                 x0, confidence = propose(logits, temperature, remasking, generator)
                 candidate = x == MASK
                 candidate[:, :lo], candidate[:, lo + block_length:] = False, False
