@@ -50,7 +50,8 @@ class DiffusionConfig:
     n_head: int = 4  # both models: heads
     steps: int = 800  # training steps, each one update of each model on the same batch
     batch_size: int = 32  # sequences per step
-    lr: float = 2e-3  # peak AdamW learning rate (cosine decay to 10%)
+    lr: float = 2e-3  # the AR twin's peak AdamW learning rate (cosine decay to 10%)
+    diffusion_lr: float = 1e-3  # the diffusion model's: its 1/t-weighted loss is noisier
     eps: float = 1e-3  # t ~ U(eps, 1): keeps 1/t finite
     eval_interval: int = 100  # validate both models (and checkpoint them) every this many steps
     stop_after: int = 0  # end the run after this many steps, as if pre-empted (0 = never)
@@ -78,7 +79,8 @@ class DiffusionConfig:
             *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1") for f in
               ("n_layer", "n_embd", "n_head", "steps", "batch_size", "eval_interval", "n_samples",
                "n_mc")],
-            (self.lr <= 0, f"lr={self.lr} must be positive"),
+            *[(getattr(self, f) <= 0, f"{f}={getattr(self, f)} must be positive") for f in
+              ("lr", "diffusion_lr")],
             (not 0 < self.eps < 1, f"eps={self.eps} must lie in (0, 1)"),
             (not 0 <= self.stop_after < self.steps,
              f"stop_after={self.stop_after} must be 0 (off) or below steps={self.steps}"),
@@ -294,11 +296,11 @@ def resume_from(cfg):
 def train_step(models, opts, xy, cfg, step, g_mask):
     """One update of each model on the same windows xy (B, window + 1); returns their losses."""
     warm = min(1.0, (step + 1) / 50)  # linear warm-up over 50 steps, then cosine decay to 10%
-    lr = cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+    decay = warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
     losses = {}
     for name, model in models.items():
         for group in opts[name].param_groups:
-            group["lr"] = lr
+            group["lr"] = (cfg.diffusion_lr if name == "diffusion" else cfg.lr) * decay
         with gpt.autocast(xy.device):
             loss = (diffusion_loss(model, xy[:, :-1], eps=cfg.eps, generator=g_mask)
                     if name == "diffusion" else model(xy[:, :-1], xy[:, 1:])[1])

@@ -146,6 +146,19 @@ def test_windows_draw_every_start_the_last_included():
     assert (x[:, 1:] - x[:, :-1] == 1).all()  # contiguous windows of the array
 
 
+def test_each_model_steps_at_its_own_peak_lr():
+    """At step 0 the warm-up is 1/50 of the way and the cosine at its peak, so AdamW's lr is
+    peak / 50: diffusion_lr for the diffusion model, lr for the AR twin, on the same batch."""
+    cfg = dlm.DiffusionConfig(lr=3e-3, diffusion_lr=5e-4)
+    tok = gpt.Tokenizer.from_spec("byte", "x")
+    models = {name: dlm.build(cfg, tok, name == "ar", "cpu") for name in ("diffusion", "ar")}
+    opts = {name: torch.optim.AdamW(m.parameters()) for name, m in models.items()}
+    xy = torch.randint(0, 256, (2, cfg.window + 1))
+    dlm.train_step(models, opts, xy, cfg, 0, torch.Generator().manual_seed(0))
+    assert opts["diffusion"].param_groups[0]["lr"] == pytest.approx(5e-4 / 50, rel=1e-12)
+    assert opts["ar"].param_groups[0]["lr"] == pytest.approx(3e-3 / 50, rel=1e-12)
+
+
 def test_commit_schedule_sums_to_length():
     assert dlm.commit_schedule(10, 4) == [3, 3, 2, 2]
     assert dlm.commit_schedule(8, 20) == [1] * 8  # never more steps than tokens
@@ -400,8 +413,9 @@ def test_bench_without_checkpoints_says_which_run_makes_them(tmp_path):
     ("gen_length", 1), ("block_length", 5), ("block_length", -8), ("tokenizer", "gpt2"),
     ("vocab_size", 100), ("n_layer", 0), ("n_embd", 0), ("n_head", 3), ("steps", 0),
     ("steps", -1), ("eval_interval", 0), ("stop_after", 800), ("stop_after", -1),
-    ("batch_size", 0), ("lr", 0.0), ("eps", 1.0), ("temperature", -0.5), ("n_samples", 0),
-    ("n_mc", 0), ("device", "gpu"), ("data", "no/such/file.txt"), ("out_dir", __file__)])
+    ("batch_size", 0), ("lr", 0.0), ("diffusion_lr", -1e-3), ("eps", 1.0), ("temperature", -0.5),
+    ("n_samples", 0), ("n_mc", 0), ("device", "gpu"), ("data", "no/such/file.txt"),
+    ("out_dir", __file__)])
 def test_every_field_is_checked_before_any_work(field, value):
     """A bad value stops the run when the config is built from the command line, in one line
     that names the field, instead of after 800 training steps (as --step_counts=8,x did)."""
