@@ -109,8 +109,7 @@ def top_k(scores, k):  # ids of the k highest, best first, ties to the lower id;
 # ----------------------------------------------------------------------------- sparse: BM25
 
 class BM25:
-    """On an inverted index: a query touches only its terms' postings. As in rank_bm25, an idf below
-    0 (a term in over half the documents) becomes eps * mean idf, negative if most terms are."""
+    """Inverted index: a query reads its terms' postings; idf < 0 -> eps * mean idf (rank_bm25)."""
 
     def __init__(self, docs, k1=1.5, b=0.75, eps=0.25):
         tokenized = [words(d) for d in docs]
@@ -143,8 +142,7 @@ class BM25:
 class Vocab:  # word ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word seen
 
     def __init__(self, texts):
-        self.itos = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w for t in texts
-                                                                  for w in words(t)})
+        self.itos = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted(set(words(" ".join(texts))))
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     def ids(self, text):
@@ -241,8 +239,7 @@ def reciprocal_rank_fusion(rankings, k=60):  # needs no score calibration betwee
 
 
 # ----------------------------------------------------------------------------- metrics
-# Mean over queries of a ranking (ids, best first) against the set R of relevant ids. A query
-# with no relevant id scores 0 (trec_eval would drop it; kept, every query counts once).
+# Means over queries of a ranking (ids, best first) against relevant ids R; R empty scores 0.
 
 def recall_at_k(rankings, relevant, k):  # |top-k & R| / |R|
     return float(np.mean([len(set(r[:k]) & rel) / len(rel) if rel else 0.0
@@ -296,8 +293,7 @@ ATTRIBUTES = [
 
 
 def make_knowledge_base(n_entities, size, overlap, seed=0):
-    """Chunks of biographies and a fact per (person, attribute): sentence, answer, questions, and
-    `relevant`, the ids of the chunks that hold the whole sentence."""
+    """Chunks of biographies; a fact per (person, attribute), `relevant`: the chunks holding it."""
     rng = random.Random(seed)
 
     def made_up_word(n_syllables):
@@ -377,8 +373,7 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
 
 
 def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
-    """The retrieved chunks that are not relevant, in order, as the re-ranker meets them at test
-    time (easy random ones taught it less); random ones only fill a list that is too short."""
+    """Retrieved non-relevant chunks in rank order, as met at test time; random ones only fill."""
     rng = random.Random(seed)
     out = []
     for ranking, (_, fact) in zip(rankings, train):
@@ -431,8 +426,7 @@ HYDE = "<|system|>write the passage<|user|>{}<|assistant|>"  # worded like the c
 
 
 def augment(question, passages):
-    """The reader's prompt: the question first (passage tokens can attend to it), then numbered
-    passages, special-token strings removed: retrieved text is untrusted (no prompt injection)."""
+    """Question first (passages attend to it), then passages minus special tokens (untrusted)."""
     context = "\n".join(f"[{i}] {SPECIAL.sub('', p)}" for i, p in enumerate(passages, 1))
     return f"<|user|>{question}<|system|>{context}<|assistant|>"
 
@@ -448,8 +442,7 @@ def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):  # greedy
 
 
 def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_book=0.15):
-    """SFT pairs: the gold passage among 0..top_k-1 retrieved distractors -> the answer; a few
-    closed-book rows (only memory can answer); with hyde, question -> the fact's sentence."""
+    """SFT pairs: gold passage + 0..top_k-1 distractors -> answer; closed-book rows; HyDE rows."""
     rng = random.Random(seed)
     rows = []
     for i, (question, fact) in enumerate(train):
@@ -469,8 +462,7 @@ def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_bo
 
 
 def train_reader(train, chunks, distractors, cfg, device):
-    """A BPE trained on the knowledge base and a 2-layer gpt.py model fine-tuned from scratch
-    on reader_pairs (loss on the completion tokens only)."""
+    """A BPE of the knowledge base and a 2-layer gpt.py model trained on reader_pairs."""
     tok = gpt.Tokenizer.from_spec("bpe", "\n".join(chunks + [q for q, _ in train]), vocab_size=512)
     pairs = reader_pairs(train, chunks, distractors, tok, cfg.top_k, cfg.hyde, cfg.seed)
     longest = max(len(p) + len(c) for p, c in pairs)
@@ -486,8 +478,7 @@ def train_reader(train, chunks, distractors, cfg, device):
 # ----------------------------------------------------------------------------- the demo
 
 def print_retrieval_table(rows, relevant, n_chunks, log=None):
-    """hit@1 (= P@1) beside Recall@1, which two relevant chunks cap at 1/2; the last row, every
-    relevant chunk first, is each metric's ceiling."""
+    """hit@1 beside Recall@1 (two relevant chunks cap it at 1/2); the ideal row is the ceiling."""
     print(f"\nretrieval on {len(relevant)} held-out questions over {n_chunks} chunks")
     header = ("Recall@1", "hit@1", "Recall@5", "P@5", "MRR", "NDCG@10")
     print(f"{'method':<22}" + "".join(f"{h:>9}" for h in header))
@@ -502,8 +493,7 @@ def print_retrieval_table(rows, relevant, n_chunks, log=None):
 
 def main(cfg):
     if gpt is None:
-        raise SystemExit("rag.py's demo trains a reader with gpt.py: put gpt.py beside rag.py"
-                         " (BM25, the encoders and the metrics import without it)")
+        raise SystemExit("rag.py's demo trains a reader with gpt.py: put gpt.py beside rag.py")
     device = gpt.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     log = gpt.RunLog(cfg.out_dir)
