@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class AgentConfig:
     n_train: int = 16000  # synthetic training tasks (each becomes a trace of 1-3 model turns)
@@ -70,19 +69,15 @@ class AgentConfig:
             if bad:
                 raise ValueError(error)
 
-
 GPU = dict(n_eval=200, steps=6000, n_embd=256)  # the defaults that change on CUDA
-
 
 # ----------------------------------------------------------------------------- tools
 
 class ToolError(Exception):
     """A tool refusing its input: an is_error observation for the model."""
 
-
 Tool = namedtuple("Tool", ["name", "description", "parameters", "fn"])  # parameters: JSON schema
 TYPES = {"string": str, "integer": int, "number": (int, float)}  # JSON schema type -> Python's
-
 
 def validate(arguments, schema):
     """Each problem of arguments under a flat JSON schema as a sentence saying what to fix."""
@@ -104,7 +99,6 @@ def validate(arguments, schema):
             problems.append(f"argument {key!r} must be one of {spec['enum']}, got "
                             f"{json.dumps(value)}")
     return problems
-
 
 class ToolRegistry:
     """MCP-like list_tools() and call_tool(name, arguments); every failure is an is_error result."""
@@ -129,16 +123,13 @@ class ToolRegistry:
         except Exception as e:
             return dict(content=f"{name} failed: {e}", is_error=True, error="tool_error")
 
-
 def fmt(x):
     """Numbers as tools print them: exact integers, otherwise 2 decimals without trailing zeros."""
     x = Fraction(x)
     return str(x.numerator) if x.denominator == 1 else f"{float(x):.2f}".rstrip("0").rstrip(".")
 
-
 ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
               ast.Div: operator.truediv, ast.UAdd: operator.pos, ast.USub: operator.neg}
-
 
 def calculate(expression):
     """Exact arithmetic, never eval: of Python's syntax tree only numbers, + - * / and () pass."""
@@ -166,7 +157,6 @@ def calculate(expression):
 
     return fmt(value(tree))
 
-
 UNITS = {  # unit: (dimension, its size in the SI unit)
     "m": ("length", 1), "km": ("length", 1000), "cm": ("length", Fraction(1, 100)),
     "mi": ("length", Fraction("1609.344")), "ft": ("length", Fraction("0.3048")),
@@ -174,7 +164,6 @@ UNITS = {  # unit: (dimension, its size in the SI unit)
     "lb": ("mass", Fraction("0.45359237")), "oz": ("mass", Fraction("0.028349523125")),
     "C": ("temperature", None), "F": ("temperature", None), "K": ("temperature", None)}
 ROOMS = ["living_room", "bedroom", "kitchen", "garage"]
-
 
 def convert_units(value, from_unit, to_unit):
     """Lengths and masses by factors to the SI unit; temperatures through kelvin."""
@@ -187,7 +176,6 @@ def convert_units(value, from_unit, to_unit):
     zero = Fraction("273.15")  # 0 C in kelvin
     kelvin = {"C": value + zero, "F": (value - 32) * Fraction(5, 9) + zero, "K": value}[from_unit]
     return fmt({"C": kelvin - zero, "F": (kelvin - zero) * 9 / 5 + 32, "K": kelvin}[to_unit])
-
 
 class House:
     """The thermostat's world: a temperature per room, setpoints, an offline garage sensor."""
@@ -203,7 +191,6 @@ class House:
             raise ToolError(f"{value} is outside the thermostat's range of 10 to 30")
         self.setpoint[room] = value
         return f"{room} set to {value}"
-
 
 def make_registry(house=None):
     """All five tools; with house=None only final_answer (the "no tools" condition)."""
@@ -226,16 +213,13 @@ def make_registry(house=None):
              schema(room=room, value={"type": "integer"}), house.set_temperature),
         final])
 
-
 # ----------------------------------------------------------------------------- the model's turn
 
 TOOL_CALL, END, TOOL_RESULT = "<|tool_call|>", "<|end|>", "<|tool_result|>"
 
-
 def defuse(text):
     """Text that cannot spell a special marker (each starts "<|"), however nested its attempts."""
     return text.replace("<|", "< |")
-
 
 def parse_tool_call(text):
     """(thought, name, arguments) of 'thought<|tool_call|>{json}<|end|>', or a ValueError."""
@@ -255,10 +239,8 @@ def parse_tool_call(text):
         raise ValueError('"arguments" must be a JSON object')
     return thought.strip(), obj["name"], obj["arguments"]
 
-
 def format_call(name, arguments):
     return TOOL_CALL + json.dumps({"name": name, "arguments": arguments}) + END
-
 
 # ----------------------------------------------------------------------------- constrained decoding
 # The calls we accept, json.dumps's own layout of a flat object, as a character automaton:
@@ -287,7 +269,6 @@ GRAMMAR = {  # state: {text: next state} once 'arguments": {' is typed; call_aut
     "after": NEXT,
     "close": {"}": "done"}}
 
-
 @functools.cache
 def call_automaton(names):
     """{state: {character: next state}} from "start", and each state's fewest characters to
@@ -305,7 +286,6 @@ def call_automaton(names):
         near = [s for s, moves in edges.items() if n in map(need.get, set(moves.values()))]
         need |= {s: n + 1 for s in near if s not in need}
     return edges | {None: {}}, need  # None: where a character could not step
-
 
 class CallConstraint:
     """allowed_tokens for gpt.generate: a plan of at most max_thought tokens, <|tool_call|>, then
@@ -357,18 +337,15 @@ class CallConstraint:
             self.moves_from[state] = {i: s for i, s in after.items() if s}
         return self.moves_from[state]
 
-
 # ----------------------------------------------------------------------------- the ReAct loop
 
 def system_prompt(registry):
     """Tool names only: a large model would read list_tools()'s specs; ours was trained on them."""
     return "<|system|>tools: " + ", ".join(registry.tools)
 
-
 def observation(content):
     """Tool output is untrusted text: defused, it cannot spell a special token for the model."""
     return TOOL_RESULT + defuse(content) + END + "<|assistant|>"
-
 
 def run_agent(policy, task, registry, max_steps=5):
     """ReAct: observe the transcript, policy(transcript) plans and calls, the result is observed;
@@ -399,7 +376,6 @@ def run_agent(policy, task, registry, max_steps=5):
     episode["transcript"] = transcript
     return episode
 
-
 class GPTPolicy:
     """A gpt.py model's greedy turn, constrained to well-formed calls unless constrained=False."""
 
@@ -422,7 +398,6 @@ class GPTPolicy:
         return "".join(self.tok.decode(list(run)) if special else defuse(self.tok.decode(list(run)))
                        for special, run in runs)
 
-
 # ----------------------------------------------------------------------------- tasks and traces
 
 FAMILIES = ["multiply", "convert", "thermostat"]
@@ -433,7 +408,6 @@ WORDING = {  # a task's text is one of these
     "convert": ["Convert {v} {f} to {t}.", "How many {t} is {v} {f}?", "What is {v} {f} in {t}?"],
     "cold": ["I'm cold in the {r}.", "The {r} feels chilly."],
     "hot": ["I'm hot in the {r}.", "The {r} is too warm."]}
-
 
 def make_task(family, rng):
     """A task, its answer, its house and the expert's calls [(thought, tool, arguments)]."""
@@ -468,7 +442,6 @@ def make_task(family, rng):
     task["calls"].append((thought, "final_answer", {"answer": task["answer"]}))
     return task
 
-
 def trace_pairs(task, with_tools):
     """(prompt, completion) per model turn: tool results sit in prompts, out of the SFT loss."""
     registry = make_registry(House(task["temperatures"]) if with_tools else None)
@@ -483,7 +456,6 @@ def trace_pairs(task, with_tools):
         transcript += turn + observation(registry.call_tool(name, arguments)["content"])
     return pairs
 
-
 # Place tokens: the 3 that opens 30883 is another token than the 3 that ends it (see the docstring).
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 CHARS = "0123456789."
@@ -492,11 +464,9 @@ TAGS = f"{chr(256)}-{chr(255 + len(CHARS) * PLACES)}"  # the letters that stand 
 SPLIT = rf"""[{TAGS}]|'(?:[sdmt]|ll|ve|re)| ?[^\W\d_{TAGS}]+|\d| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 UNTAG = {256 + i: CHARS[i % len(CHARS)] for i in range(len(CHARS) * PLACES)}
 
-
 def tag(match):
     return "".join(chr(256 + len(CHARS) * k + CHARS.index(c)) if k < PLACES else c
                    for k, c in enumerate(match[0]))
-
 
 class PlaceTokenizer(gpt.Tokenizer):
     """A BPE over text whose numbers are spelled in place letters; decode gives the digits back."""
@@ -512,7 +482,6 @@ class PlaceTokenizer(gpt.Tokenizer):
         ranks = gpt.train_bpe(NUMBER.sub(tag, text), vocab_size, SPLIT)
         missing = [b for b in map(str.encode, map(chr, UNTAG)) if b not in ranks]
         return cls(ranks | {b: len(ranks) + i for i, b in enumerate(missing)}, SPLIT)
-
 
 # ----------------------------------------------------------------------------- SFT on the traces
 
@@ -547,13 +516,11 @@ def train_agent(cfg, device, log, ckpt=None):
           + (f", final loss {loss:.3f}" if not ckpt or ckpt["step"] < end else ""))
     return (model.eval(), tok) if end == cfg.steps else None
 
-
 # ----------------------------------------------------------------------------- evaluation
 
 TAXONOMY = ["tool_not_called", "invalid_format", "wrong_tool", "hallucinated_tool",
             "wrong_arguments", "invalid_arguments", "tool_error", "empty_result",
             "wrong_use_of_output"]
-
 
 def classify(episode, task):
     """A failed episode's one failure kind: a made-up tool; else the first expert call not made
@@ -578,7 +545,6 @@ def classify(episode, task):
             break  # an earlier output called for this call and the model did not make it
     return "empty_result" if empty else "wrong_use_of_output"
 
-
 def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
     """Success rate per family, and failed episodes counted by kind."""
     wins, failures = {f: [] for f in FAMILIES}, dict.fromkeys(TAXONOMY, 0)
@@ -593,7 +559,6 @@ def evaluate(model, tok, tasks, with_tools, constrained, max_steps):
         if not ok:
             failures[classify(episode, task)] += 1
     return {f: sum(w) / max(len(w), 1) for f, w in wins.items()}, failures
-
 
 def main(cfg):
     plt = gpt.pyplot(cfg.plot)
@@ -630,7 +595,6 @@ def main(cfg):
     registry = make_registry(House(example["temperatures"]))
     episode = run_agent(GPTPolicy(model, tok, registry), example["text"], registry, cfg.max_steps)
     print("\nexample episode:\n" + episode["transcript"])
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(AgentConfig, gpu=GPU))

@@ -34,7 +34,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
 @dataclass
 class Config:
     max_digits: int = 6  # source numbers have 1 to max_digits digits (3 to 9; 6 = up to 999,999)
@@ -71,9 +70,7 @@ class Config:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)}: {fix}")
 
-
 GPU = dict(d_model=256, steps=4000)  # on CUDA: a wider model, trained longer
-
 
 # ----------------------------------------------------------------------------- attention
 
@@ -97,7 +94,6 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, return_weigh
     out = (dropped.view(B, H_kv, G, Tq, Tk) @ v[:, :, None]).view(B, H, Tq, -1)  # (B, H, Tq, d_v)
     return (out, weights) if return_weights else out
 
-
 def check_attention_inputs(q, k, v, mask):
     if (q.dim(), k.dim(), v.dim()) != (4, 4, 4) or q.size(-1) != k.size(-1) or (
             q.size(0) != k.size(0) or k.shape[:3] != v.shape[:3] or q.size(1) % k.size(1)):
@@ -111,7 +107,6 @@ def check_attention_inputs(q, k, v, mask):
                          f" = {full}, got {mask.dtype} {tuple(mask.shape)}: build it with "
                          "causal_mask or padding_mask")
 
-
 def causal_mask(T_q, T_k=None, window=None, device=None):
     """(T_q, T_k): query i sees key j <= i, queries being the last T_q positions (KV cache); with
     a window also j > i - window: sliding-window attention, as in Longformer and Mistral."""
@@ -122,11 +117,9 @@ def causal_mask(T_q, T_k=None, window=None, device=None):
     j = torch.arange(T_k, device=device)[None, :]
     return (j <= i) & (j > i - window) if window else j <= i
 
-
 def padding_mask(lengths, T):
     """(B, 1, 1, T): key j of row b is real iff j < lengths[b] (right padding)."""
     return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None])[:, None, None, :]
-
 
 class KVCache:
     """Self-attention appends each step's keys and values (step t costs O(t), not O(t^2));
@@ -143,11 +136,9 @@ class KVCache:
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
         return self.k, self.v
 
-
 def kv_cache_bytes(n_layer, n_kv_head, head_dim, seq_len, batch=1, bytes_per_value=2):
     """Memory of a full KV cache: K and V, for every layer, KV head, position and sequence."""
     return 2 * n_layer * n_kv_head * head_dim * seq_len * batch * bytes_per_value
-
 
 class MultiHeadAttention(nn.Module):
     """MultiHead(X) = Concat(head_1..head_h) W_O, head_i = Attention(X W_Q^i, C W_K^g(i),
@@ -188,7 +179,6 @@ class MultiHeadAttention(nn.Module):
         y = self.out_proj(y.transpose(1, 2).reshape(B, T, -1))  # concatenate the heads, then W_O
         return (y, weights) if return_weights else y
 
-
 # ----------------------------------------------------------------------------- the 2017 Transformer
 
 def sinusoidal_positions(T, d_model, base=10000.0):
@@ -196,7 +186,6 @@ def sinusoidal_positions(T, d_model, base=10000.0):
     pos = torch.arange(T, dtype=torch.float64)[:, None]
     angles = pos * base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (T, d/2)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()  # (T, d_model)
-
 
 class Layer(nn.Module):
     """Post-norm, as in 2017: x = LayerNorm(x + Dropout(Sublayer(x))). An encoder layer has
@@ -220,7 +209,6 @@ class Layer(nn.Module):
             z, weights = self.cross_attn(x, memory, src_mask, caches[1], return_weights=True)
             x = self.norms[1](x + self.drop(z))
         return self.norms[-1](x + self.drop(self.ff(x))), weights
-
 
 class Transformer(nn.Module):
     """Encoder-decoder: memory = Encoder(x); p(y_t | y_<t, x) = softmax(Decoder(y_<t, memory)
@@ -317,7 +305,6 @@ class Transformer(nn.Module):
             prefixes = [prefixes[p] + [t] for p, t, _ in live]
         return max(finished, key=lambda f: f[0])[1] if finished else prefixes[0]
 
-
 # ----------------------------------------------------------------------------- the toy task
 
 ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -326,7 +313,6 @@ TENS = "- - twenty thirty forty fifty sixty seventy eighty ninety".split()
 PAD, BOS, EOS = 0, 1, 2
 SRC_VOCAB = ["<pad>"] + list("0123456789")
 TGT_VOCAB = ["<pad>", "<bos>", "<eos>"] + ONES + TENS[2:] + ["hundred", "thousand", "million"]
-
 
 def number_words(n):
     """4071 -> ['four', 'thousand', 'seventy', 'one']: US English, no 'and', no hyphens, < 10^9."""
@@ -338,11 +324,9 @@ def number_words(n):
                        if n >= s[0])
     return number_words(n // scale) + [name] + (number_words(n % scale) if n % scale else [])
 
-
 def draw_number(rng, min_digits, max_digits):
     digits = rng.randint(min_digits, max_digits)  # first the length, so short numbers are common
     return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
-
 
 def make_batch(numbers, device):
     """Source digits (B, S) with their padding mask, decoder input [bos] + words and target
@@ -354,7 +338,6 @@ def make_batch(numbers, device):
     src_mask = padding_mask(torch.tensor([len(s) for s in src], device=device), max(map(len, src)))
     return pad(src), src_mask, pad([[BOS] + t for t in tgt]), pad([t + [EOS] for t in tgt])
 
-
 def label_smoothed_loss(logits, targets, smoothing, ignore_index):
     """Cross-entropy against q = (1 - eps) one_hot(y) + eps / V, averaged over kept targets:
     L = (1 - eps) * (-log p_y) + eps * mean_v(-log p_v). eps = 0 is plain cross-entropy."""
@@ -362,7 +345,6 @@ def label_smoothed_loss(logits, targets, smoothing, ignore_index):
     nll = -logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
     loss = (1 - smoothing) * nll - smoothing * logp.mean(-1)
     return loss[targets != ignore_index].mean()
-
 
 # ----------------------------------------------------------------------------- train and evaluate
 
@@ -394,7 +376,6 @@ def train(model, cfg, test_set, device):
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
-
 def exact_match(model, numbers, device, beam_size=0):
     """Exact match of batched greedy decoding and (beam_size > 0) beam search; greedy outputs."""
     src, src_mask, _, _ = make_batch(numbers, device)
@@ -407,7 +388,6 @@ def exact_match(model, numbers, device, beam_size=0):
             for i, n in enumerate(tqdm(src_mask.sum((1, 2, 3)).tolist(), desc="beam", leave=False))]
     return greedy_acc, sum(b == w for b, w in zip(beam, words)) / len(numbers), greedy
 
-
 def heat_map(weights, rows, cols):
     """A text heat map of an attention matrix (len(rows), len(cols)): darker = more attention."""
     shades = " .:-=+*#%@"
@@ -417,7 +397,6 @@ def heat_map(weights, rows, cols):
         lines.append(f"{name:>{width}}  " + " ".join(shades[min(int(x * 10), 9)] for x in w))
     return "\n".join(lines)
 
-
 def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
     print(f"\nKV cache per sequence, {n_layer} layers, {n_head} query heads of {head_dim}, "
           f"{seq_len} tokens, bf16:\n{'variant':<22} {'n_kv_head':>9} {'per token':>10} "
@@ -426,7 +405,6 @@ def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
         per_seq = kv_cache_bytes(n_layer, n_kv, head_dim, seq_len)
         print(f"{name:<22} {n_kv:>9} {per_seq / seq_len / 2 ** 10:>7.0f} KiB "
               f"{per_seq / 2 ** 30:>9.3f} GiB {int(40 * 2 ** 30 // per_seq):>15}")
-
 
 # ----------------------------------------------------------------------------- main
 
@@ -442,7 +420,6 @@ def pyplot(plot):
     except ImportError:
         print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
 
-
 def plot_attention(plt, weights, rows, cols, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     plt.imshow(weights.numpy(), cmap="Greys", vmin=0, vmax=1)  # darker = more, as in the text map
@@ -452,7 +429,6 @@ def plot_attention(plt, weights, rows, cols, path):
     plt.savefig(path, dpi=120, bbox_inches="tight")
     plt.close()
     print(f"plot: {path}")
-
 
 def main(cfg):
     plt = pyplot(cfg.plot)
@@ -494,7 +470,6 @@ def main(cfg):
     if plt:
         plot_attention(plt, *attention, "out/attention/attention.png")
 
-
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
 # identical), so that each standalone file can be copied on its own.
@@ -507,12 +482,10 @@ def pick_device(name="auto"):
         raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
     return here[0] if name == "auto" else name
 
-
 def to_bool(text):
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
-
 
 def parse_args(config_cls, argv=None, gpu=None):
     """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
@@ -537,7 +510,6 @@ def parse_args(config_cls, argv=None, gpu=None):
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-
 
 if __name__ == "__main__":
     main(parse_args(Config, gpu=GPU))

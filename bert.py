@@ -38,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
 @dataclass
 class Config:
     data: str = "embedded"  # embedded (Python's reference docs) | a local UTF-8 text file
@@ -78,14 +77,12 @@ class Config:
                 raise ValueError(f"{name}={getattr(self, name)} must be {rule}")
         BertConfig(n_embd=self.n_embd, n_head=self.n_head)  # its check: n_head divides n_embd
 
-
 GPU = dict(n_layer=12, n_embd=768, n_head=12, pretrain_steps=20000, finetune_steps=1000,
            ckpt_interval=1000)  # BERT-base's shape
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4; ordinary tokens follow
 PAD, UNK, CLS, SEP, MASK = range(len(SPECIALS))
 N_SPECIAL = len(SPECIALS)
-
 
 # ----------------------------------------------------------------------------- the encoder
 
@@ -106,7 +103,6 @@ class BertConfig:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
 
-
 class SelfAttention(nn.Module):
     """softmax(Q K^T / sqrt(d) + M) V, M = -inf on [PAD] keys: no future mask, no padding read."""
 
@@ -125,7 +121,6 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
-
 class EncoderLayer(nn.Module):
     """Post-norm, as BERT: x = LN(x + Attn(x)); x = LN(x + W_2 GELU(W_1 x)), the erf GELU."""
 
@@ -141,7 +136,6 @@ class EncoderLayer(nn.Module):
     def forward(self, x, key_mask):
         x = self.ln_1(x + self.drop(self.attn(x, key_mask)))
         return self.ln_2(x + self.drop(self.proj(F.gelu(self.fc(x)))))
-
 
 class Bert(nn.Module):
     """Embeddings (token + position + segment, then LayerNorm), then L encoder layers."""
@@ -176,13 +170,11 @@ class Bert(nn.Module):
     def pool(self, h):  # (B, T, C) -> (B, C): tanh(W h_[CLS] + b), read by NSP and classifiers
         return torch.tanh(self.pooler(h[:, 0]))
 
-
 def init_weights(module):  # BERT's: N(0, 0.02) weights, zero biases (LayerNorm keeps 1 and 0)
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
 
 class BertPretraining(nn.Module):
     """MLM: LN(GELU(W h + b)) E^T + b_vocab, tied to the embeddings E; NSP: 2-way on pool(h)."""
@@ -217,7 +209,6 @@ class BertPretraining(nn.Module):
             stats["nsp_acc"] = (nsp_logits.argmax(-1) == is_next).float().mean().item()
         return loss, stats
 
-
 class BertClassifier(nn.Module):
     """Fine-tuning: logits = W dropout(pool(h)) + b, a linear head on the pooled [CLS] state."""
 
@@ -230,7 +221,6 @@ class BertClassifier(nn.Module):
 
     def forward(self, idx):  # (B, T) -> (B, n_classes)
         return self.head(self.drop(self.bert.pool(self.bert(idx))))
-
 
 # ----------------------------------------------------------------------------- data and tasks
 
@@ -248,7 +238,6 @@ def load_documents(data):
         raise SystemExit(f"error: the corpus is empty: {data}")
     return {f"paragraph {i}": p for i, p in enumerate(paragraphs)}
 
-
 def split_documents(texts, tok, heldout_frac, rng, block=8):
     """(train, held-out) sentences (lists of ids) of each document, held out in random blocks."""
     train, heldout = [], []
@@ -263,7 +252,6 @@ def split_documents(texts, tok, heldout_frac, rng, block=8):
                          " out: use a longer --data file")
     return train, heldout
 
-
 def mask_tokens(idx, vocab_size, generator=None, p=0.15):
     """BERT's corruption, drawn afresh for every batch (dynamic, as RoBERTa): each ordinary token
     is picked with probability p; of those 80% become [MASK], 10% a random token and 10% stay, so
@@ -275,14 +263,12 @@ def mask_tokens(idx, vocab_size, generator=None, p=0.15):
     inputs = torch.where(selected & (r >= 0.8) & (r < 0.9), random_ids, inputs)
     return inputs, torch.where(selected, idx, -100)
 
-
 def pack_pair(a, b, max_len):
     """[CLS] A [SEP] B [SEP], segments 0...0 1...1; the longer side loses tokens until it fits."""
     a, b = list(a), list(b)
     while len(a) + len(b) > max_len - 3:
         (a if len(a) >= len(b) else b).pop()
     return [CLS, *a, SEP, *b, SEP], [0] * (len(a) + 2) + [1] * (len(b) + 1)
-
 
 def nsp_pair(docs, rng):
     """(A, B, is_next): half the time B follows A; else B is a sentence of another document."""
@@ -293,11 +279,9 @@ def nsp_pair(docs, rng):
     other = rng.choice([j for j, doc in enumerate(docs) if j != d and doc])
     return docs[d][i], rng.choice(docs[other]), 0
 
-
 def pad_batch(rows):  # lists of ids right-padded with [PAD] to the longest: (B, W)
     W = max(map(len, rows))
     return torch.tensor([list(r) + [PAD] * (W - len(r)) for r in rows])
-
 
 def pretraining_batch(docs, stream, batch, max_len, vocab_size, nsp, rng, generator=None):
     """(inputs, segments, targets, is_next): NSP's sentence pairs, or RoBERTa's windows of text."""
@@ -315,7 +299,6 @@ def pretraining_batch(docs, stream, batch, max_len, vocab_size, nsp, rng, genera
     inputs, targets = mask_tokens(idx, vocab_size, generator)
     return inputs, seg, targets, is_next
 
-
 def topic_task(train_docs, heldout_docs, n_classes, n_per_class, max_len, rng):
     """Which of the n_classes longest documents is a sentence from? (train, test, classes)."""
     classes = sorted(range(len(train_docs)), key=lambda d: -len(train_docs[d]))[:n_classes]
@@ -330,7 +313,6 @@ def topic_task(train_docs, heldout_docs, n_classes, n_per_class, max_len, rng):
     train = examples(train_docs, n_per_class)
     return train, examples(heldout_docs, max(map(len, heldout_docs))), classes
 
-
 # ----------------------------------------------------------------------------- losses and training
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature=2.0, alpha=0.5):
@@ -343,7 +325,6 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature=2.0, a
     hard = F.cross_entropy(student_logits.float(), labels)
     return alpha * temperature ** 2 * kl + (1 - alpha) * hard
 
-
 def half_depth(classifier):
     """DistilBERT's student: a copy keeping layers 0, 2, 4, ..., so it starts near the teacher."""
     student = copy.deepcopy(classifier)
@@ -351,10 +332,8 @@ def half_depth(classifier):
     student.bert.config = dataclasses.replace(student.bert.config, n_layer=len(student.bert.layers))
     return student
 
-
 def autocast(device):  # bf16 on CUDA; full precision elsewhere
     return torch.autocast("cuda", torch.bfloat16, enabled=str(device).startswith("cuda"))
-
 
 def fit(model, step_loss, steps, lr, run, phase):
     """AdamW, 10% linear warmup then linear decay, decay 0.01 on matrices, clip 1: BERT's recipe."""
@@ -383,7 +362,6 @@ def fit(model, step_loss, steps, lr, run, phase):
         run.after_step(phase, step + 1, steps, stats, model, opt)
     return model.eval()
 
-
 def finetune(model, data, cfg, run, phase, teacher=None):
     """Encoder and head on (ids, label) pairs: cross-entropy, or with a teacher, distillation."""
     device = next(model.parameters()).device
@@ -401,7 +379,6 @@ def finetune(model, data, cfg, run, phase, teacher=None):
         return loss, {"loss": loss.item()}
     return fit(model, step_loss, cfg.finetune_steps, cfg.finetune_lr, run, phase)
 
-
 @torch.no_grad()
 def accuracy(model, data, device, batch=256):
     model.eval()
@@ -412,7 +389,6 @@ def accuracy(model, data, device, batch=256):
             pred = model(idx.to(device)).argmax(-1).cpu()
         correct += (pred == torch.tensor([y for _, y in data[i:i + batch]])).sum().item()
     return correct / len(data)
-
 
 @torch.no_grad()
 def pretraining_metrics(model, docs, stream, batch_size, device, n_batches=8):
@@ -430,10 +406,8 @@ def pretraining_metrics(model, docs, stream, batch_size, device, n_batches=8):
         totals.update(stats)
     return {k: v / n_batches for k, v in totals.items()}
 
-
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
-
 
 # ----------------------------------------------------------------------------- the demo
 
@@ -506,7 +480,6 @@ def main(cfg):
         plt.savefig(os.path.join(cfg.out_dir, "pretrain.png"), dpi=120)
         print(f"plot: {os.path.join(cfg.out_dir, 'pretrain.png')}")
 
-
 # ----------------------------------------------------------------------------- checkpoints and plot
 # Not the lecture: what --resume, --stop_after and --plot need.
 
@@ -552,7 +525,6 @@ class Run:
         if stop:
             raise SystemExit(f"stopped after {self.step} steps (--stop_after): go on with --resume")
 
-
 def load_run(path, cfg):
     if not os.path.isfile(path):
         raise SystemExit(f"error: --resume, but {path} does not exist: start without --resume")
@@ -568,7 +540,6 @@ def load_run(path, cfg):
                          " the settings it was started with")
     return ckpt
 
-
 def pyplot(plot):
     """matplotlib.pyplot for --plot, else None; without matplotlib, a note before any work."""
     if not plot:
@@ -582,13 +553,11 @@ def pyplot(plot):
         print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
         return None
 
-
 # ----------------------------------------------------------------------------- WordPiece, HF BERT
 # Not the lecture: BERT's own tokenizer, and a downloaded Hugging Face BERT read into the encoder.
 
 CJK = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df"
                  "\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]")  # BERT's CJK blocks
-
 
 @functools.cache
 def char_text(c, lower):  # what BERT's BasicTokenizer makes of one character, once per character
@@ -601,14 +570,12 @@ def char_text(c, lower):  # what BERT's BasicTokenizer makes of one character, o
         return f" {c} "  # BERT counts every ASCII symbol ($, +, ^ ...) as punctuation
     return c
 
-
 def basic_tokens(text, lower=True):
     """BERT's BasicTokenizer: drop control characters, maybe lower-case and strip accents, and
     split on whitespace and around every punctuation mark and CJK character."""
     if lower:  # NFD splits é into e and a combining accent, which char_text then drops
         text = unicodedata.normalize("NFD", text.lower())
     return "".join([char_text(c, lower) for c in text]).split()
-
 
 class WordPiece:
     """basic_tokens, then each word cut greedily, longest piece first: un ##aff ##able; else [UNK]
@@ -640,7 +607,6 @@ class WordPiece:
     def encode(self, text):  # ids, without [CLS] and [SEP]
         return [self.stoi[piece] for piece in self.tokenize(text)]
 
-
 # theirs -> ours in this order (attention.output.* before output.*); gamma, beta: old TF names
 HF_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias",
             "embeddings.word_embeddings": "tok_emb", "embeddings.position_embeddings": "pos_emb",
@@ -648,7 +614,6 @@ HF_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.
             "pooler.dense": "pooler", "encoder.layer.": "layers.", "attention.self": "attn",
             "attention.output.dense": "attn.proj", "attention.output.LayerNorm": "ln_1",
             "intermediate.dense": "fc", "output.dense": "proj", "output.LayerNorm": "ln_2"}
-
 
 def from_hf_bert(state_dict, config):
     """A Bert from a Hugging Face BertModel or BertFor* state dict (their heads are ignored) and
@@ -677,11 +642,9 @@ def from_hf_bert(state_dict, config):
                          f"{cfg.n_layer} in the config): missing {missing}, extra {unexpected}")
     return model
 
-
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                       "U8": torch.uint8, "BOOL": torch.bool}
-
 
 def read_safetensors(path):
     """u64 n, n bytes of JSON {name: {dtype, shape, data_offsets}}, then the data; torch only."""
@@ -696,7 +659,6 @@ def read_safetensors(path):
         flat = torch.frombuffer(data[start:end], dtype=SAFETENSORS_DTYPES[info["dtype"]])
         tensors[name] = flat.reshape(info["shape"])
     return tensors
-
 
 def from_pretrained(folder):
     """(Bert, WordPiece) from a downloaded Hugging Face BERT folder (do_lower_case true unless its
@@ -721,7 +683,6 @@ def from_pretrained(folder):
     vocab = read("vocab.txt").removesuffix("\n").split("\n")
     return from_hf_bert(state_dict, json.loads(read("config.json"))), WordPiece(vocab, lower)
 
-
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
 # identical), so that each standalone file can be copied on its own.
@@ -734,12 +695,10 @@ def pick_device(name="auto"):
         raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
     return here[0] if name == "auto" else name
 
-
 def to_bool(text):
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
-
 
 def parse_args(config_cls, argv=None, gpu=None):
     """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
@@ -764,7 +723,6 @@ def parse_args(config_cls, argv=None, gpu=None):
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-
 
 if __name__ == "__main__":
     main(parse_args(Config, gpu=GPU))

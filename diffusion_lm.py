@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class DiffusionConfig:
     gen_length: int = 64  # tokens generated after a one-token prompt (windows of gen_length + 1)
@@ -103,9 +102,7 @@ class DiffusionConfig:
             raise ValueError(f"step_counts={self.step_counts!r}: list multiples of the {n_blocks} "
                              f"blocks (gen_length / block_length), e.g. {n_blocks},{2 * n_blocks}")
 
-
 GPU = dict(steps=5000)  # the defaults that change on CUDA
-
 
 # ----------------------------------------------------------------------------- the process
 
@@ -113,12 +110,10 @@ def mask_id(model):
     """[MASK] is the last row of the (padded) vocabulary, a token the tokenizer never emits."""
     return model.config.vocab_size - 1
 
-
 def forward_mask(x, t, mask, generator=None):
     """q(x_t | x_0): each token of x (B, L) becomes [MASK] with probability t (B,); x_t, mask."""
     masked = torch.rand(x.shape, generator=generator, device=x.device) < t[:, None]
     return torch.where(masked, torch.full_like(x, mask), x), masked
-
 
 def denoiser_logits(model, x_t):
     """Logits of p(x_0 | x_t), (B, L, vocab), [MASK]'s at -inf in the loss, the bound and sampling:
@@ -126,7 +121,6 @@ def denoiser_logits(model, x_t):
     logits = gpt.upcast(model(x_t)[0])
     is_mask = torch.arange(logits.size(-1), device=logits.device) == mask_id(model)
     return logits.masked_fill(is_mask, -math.inf)
-
 
 def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
     """L = sum over masked positions of -log p(x_0^i | x_t) / t, divided by B*L (every token,
@@ -147,7 +141,6 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
     nll = nll.view(B, L)
     return (nll * masked / t[:, None]).sum() / (B * L if maskable is None else maskable.sum())
 
-
 @torch.no_grad()
 def elbo_nll(model, x, n_mc=16, eps=1e-3, generator=None, maskable=None):
     """The ELBO bound on -log p(x) per token (nats): diffusion_loss over n_mc draws of t,
@@ -160,7 +153,6 @@ def elbo_nll(model, x, n_mc=16, eps=1e-3, generator=None, maskable=None):
         total += diffusion_loss(model, x, t, generator=generator, maskable=maskable).item()
     return total / n_mc
 
-
 # ----------------------------------------------------------------------------- sampling
 
 def commit_schedule(n_tokens, steps):
@@ -169,7 +161,6 @@ def commit_schedule(n_tokens, steps):
         raise ValueError(f"steps={steps} must be at least 1")
     steps = min(steps, n_tokens)
     return [n_tokens // steps + (i < n_tokens % steps) for i in range(steps)]
-
 
 @torch.no_grad()
 def sample(model, length, steps, block_length=0, remasking="low_confidence", temperature=0.0,
@@ -206,7 +197,6 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
                     history.append((x.clone(), k))
     return x, passes
 
-
 def propose(logits, temperature, remasking, generator):
     """A token for every position, and a confidence used to pick which to commit.
     Sampling uses the Gumbel-max trick: argmax(z/T + g), g = -log(-log u), in float64 so that
@@ -223,7 +213,6 @@ def propose(logits, temperature, remasking, generator):
                                 dtype=torch.float64)
     return x0, confidence
 
-
 # ----------------------------------------------------------------------------- data and training
 
 def load_data(cfg):
@@ -239,17 +228,14 @@ def load_data(cfg):
     split = int(0.9 * len(ids))
     return tok, ids[:split], ids[split:]
 
-
 def windows(ids, seq_len, batch, generator, device):
     starts = torch.randint(len(ids) - seq_len, (batch,), generator=generator)  # the last included
     return torch.stack([ids[s:s + seq_len + 1] for s in starts]).to(device)  # (B, seq_len + 1)
-
 
 def val_windows(ids, seq_len, n):
     """n fixed, evenly spaced windows of the validation split."""
     starts = torch.linspace(0, len(ids) - seq_len - 1, n).long()
     return torch.stack([ids[s:s + seq_len] for s in starts])
-
 
 def build(cfg, tok, causal, device):
     torch.manual_seed(cfg.seed)  # both models start from the same weights
@@ -257,12 +243,10 @@ def build(cfg, tok, causal, device):
     return gpt.GPT(gpt.GPTConfig(vocab_size=vocab, block_size=cfg.window, n_layer=cfg.n_layer,
                                  n_head=cfg.n_head, n_embd=cfg.n_embd, causal=causal)).to(device)
 
-
 @torch.no_grad()
 def ar_nll(ar, x):
     """The AR twin's mean NLL per token of x (B, L), scoring tokens 2..L given their prefix."""
     return ar(x[:, :-1], x[:, 1:])[1].item()
-
 
 def validation_nll(diffusion, ar, x, n_mc, eps, generator):
     """(diffusion bound, AR NLL) per token of x's last L - 1 tokens given the first (the AR twin
@@ -272,14 +256,12 @@ def validation_nll(diffusion, ar, x, n_mc, eps, generator):
     with gpt.evaluating(diffusion, ar):
         return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=given_first), ar_nll(ar, x)
 
-
 def load_run(path):
     """A checkpoint of this script (both models, their optimizers, the RNG) and its config."""
     ckpt = gpt.load_checkpoint(path)
     if "ar" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint of diffusion_lm.py: it holds no AR twin")
     return ckpt, DiffusionConfig(**ckpt["config"])
-
 
 def resume_from(cfg):
     """The checkpoint --resume continues from; one saved with other settings is refused."""
@@ -291,7 +273,6 @@ def resume_from(cfg):
     if 0 < cfg.stop_after < ckpt["step"]:
         raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
     return ckpt
-
 
 def train_step(models, opts, xy, cfg, step, g_mask):
     """One update of each model on the same windows xy (B, window + 1); returns their losses."""
@@ -310,7 +291,6 @@ def train_step(models, opts, xy, cfg, step, g_mask):
         opts[name].step()
         losses[f"{name}_loss"] = loss.item()
     return losses
-
 
 def train_both(cfg, tok, train_ids, x_val, device, log, ckpt=None):
     """Both models, one AdamW update each per step on the same batch, validated and saved every
@@ -348,7 +328,6 @@ def train_both(cfg, tok, train_ids, x_val, device, log, ckpt=None):
         return None
     return models["diffusion"].eval(), models["ar"].eval(), (row["val_bound"], row["val_ar_nll"])
 
-
 # ----------------------------------------------------------------------------- the table, infilling
 
 def entropy_bits(x):
@@ -357,10 +336,8 @@ def entropy_bits(x):
     p = p[p > 0] / p.sum()
     return abs((p * p.log2()).sum().item())
 
-
 Row = collections.namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl "
                                     "entropy")
-
 
 def quality_table(diffusion, ar, cfg, device, repeats=1):
     """A Row per remasking, block schedule and step count, then the AR baseline; every sample
@@ -394,7 +371,6 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
                         entropy_bits(x[:, 1:])))
     return rows
 
-
 def print_table(rows, data_ppl, data_entropy, n_samples):
     batch = f"tok/s, {n_samples} at once"
     print(f"\n{'sampler':<38}{'passes/token':>13}{batch:>20}{'tok/s, 1 alone':>16}"
@@ -404,7 +380,6 @@ def print_table(rows, data_ppl, data_entropy, n_samples):
               f"{r.tokens_per_s_alone:>16.0f}{r.ppl:>19.2f}{r.entropy:>16.2f}")
     print(f"{'held-out data':<38}{'':>13}{'':>20}{'':>16}{data_ppl:>19.2f}{data_entropy:>16.2f}")
 
-
 def show_trajectory(diffusion, tok, cfg, device):
     history = []  # greedy and most-confident-first: no random draw
     sample(diffusion, cfg.window, 8, temperature=0.0, history=history)
@@ -412,7 +387,6 @@ def show_trajectory(diffusion, tok, cfg, device):
     for x, k in history:
         text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
         print(f"  +{k:>2} {text!r}")
-
 
 def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     """The middle third of held-out windows given the others: the diffusion bound beside the AR
@@ -442,7 +416,6 @@ def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     print(f"  {'AR twin, greedy, prefix only':<34}{show(prefix)} + {show(continuation)}")
     return bound, ar_middle
 
-
 def main(cfg):
     plt = gpt.pyplot(cfg.plot)
     with gpt.bad_input():
@@ -469,7 +442,6 @@ def main(cfg):
     infill_bound, infill_ar = show_infilling(diffusion, ar, tok, val_ids, cfg, device)
     return dict(elbo=bound, ar_nll=ar_val, rows=rows, infill_bound=infill_bound,
                 infill_ar_nll=infill_ar)
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(DiffusionConfig, gpu=GPU))

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class DPOConfig:
     init: str = ""  # SFT checkpoint to start from (e.g. out/sft/ckpt.pt); empty = make one here
@@ -74,9 +73,7 @@ class DPOConfig:
         if min(self.rpo_alpha, self.stop_after, self.lr) < 0:
             raise ValueError("--rpo_alpha, --stop_after and --lr cannot be negative (0 = off)")
 
-
 GPU = dict(base_steps=2000, sft_steps=600, steps=600, eval_interval=150)  # the defaults on CUDA
-
 
 # ----------------------------------------------------------------------------- the loss
 
@@ -96,7 +93,6 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
     return losses, chosen_rewards, rejected_rewards
 
-
 def sequence_logps(model, prompts, chosen, rejected):
     """Summed log pi(y|x) of chosen and rejected completions, (B,) each, from one forward pass
     over the 2B rows. Masks come from lengths (gpt.completion_logprobs), so padding is inert.
@@ -106,7 +102,6 @@ def sequence_logps(model, prompts, chosen, rejected):
         logp, _ = gpt.completion_logprobs(model, prompts + prompts, chosen + rejected)  # (2B, Tc)
     total = logp.sum(-1)
     return total[:len(prompts)], total[len(prompts):]
-
 
 def batch_loss(policy, ref, prompts, chosen, rejected, cfg):
     """The training loss on one batch, and its per-pair DPO losses and implicit rewards. The
@@ -120,7 +115,6 @@ def batch_loss(policy, ref, prompts, chosen, rejected, cfg):
     # RPO: + alpha * (-log pi(y_w|x) / |y_w|), each chosen answer's NLL per token (Pang et al. 2024)
     return losses.mean() - cfg.rpo_alpha * (pi_w / n_w).mean(), losses, r_w, r_l
 
-
 def all_logps(model, pairs, batch_size=64):
     """Summed log-probs of every pair's chosen and rejected answers, (N,) each, in eval mode and
     without autograd: the frozen reference's held-out ones are computed once this way."""
@@ -128,7 +122,6 @@ def all_logps(model, pairs, batch_size=64):
         out = [sequence_logps(model, *map(list, zip(*pairs[i:i + batch_size])))
                for i in range(0, len(pairs), batch_size)]
     return torch.cat([c for c, _ in out]), torch.cat([r for _, r in out])
-
 
 # ----------------------------------------------------------------------------- the preference task
 
@@ -139,7 +132,6 @@ def corrupt(answer, rng):
     if answer in ("even", "odd"):
         return "odd" if answer == "even" else "even"
     return rng.choice([c for c in "abcdefghijklmnopqrstuvwxyz" if c != answer])
-
 
 def make_pairs(model, tok, examples, seed):
     """(prompt, chosen, rejected) ids, and the fraction of rejected answers that are the model's:
@@ -157,7 +149,6 @@ def make_pairs(model, tok, examples, seed):
         pairs.append((prompt, tok.encode(answer) + [end], rejected + [end]))
     return pairs, own / len(examples)
 
-
 # ----------------------------------------------------------------------------- training
 
 def evaluate(policy, pairs, ref_logps, cfg):
@@ -170,7 +161,6 @@ def evaluate(policy, pairs, ref_logps, cfg):
                 margin=(r_w - r_l).mean().item(), logp_chosen=chosen.mean().item(),
                 logp_rejected=rejected.mean().item(),
                 prefers_chosen=(chosen > rejected).float().mean().item())
-
 
 def train_dpo(policy, ref, pairs, cfg, stop, checkpoint, ckpt=None):
     """AdamW, cosine lr, batch_loss on random batches up to step stop, from the start or ckpt;
@@ -201,7 +191,6 @@ def train_dpo(policy, ref, pairs, cfg, stop, checkpoint, ckpt=None):
         if (step + 1) % cfg.eval_interval == 0 or step + 1 == stop:
             checkpoint(step + 1, opt, g)
     policy.eval()
-
 
 # ----------------------------------------------------------------------------- main
 
@@ -271,7 +260,6 @@ def main(cfg):
                         os.path.join(cfg.out_dir, "log.png"))
     return histories
 
-
 def report(histories):
     first = next(iter(histories.values()))[0]
     print(f"\nheld-out, before -> after ({len(histories)} run(s) from the same SFT model; reward"
@@ -282,7 +270,6 @@ def report(histories):
         print(f"{name:<22} {row['prefers_chosen']:>11.0%} {row['reward_acc']:>10.0%}"
               f" {row['greedy_acc']:>10.0%} {row['logp_chosen']:>10.2f}"
               f" {row['logp_rejected']:>10.2f}")
-
 
 # ----------------------------------------------------------------------------- start, --resume
 # The workflow rather than the lecture: where the run starts, and the run that --resume goes on.
@@ -297,7 +284,6 @@ def sft_model(cfg, device, train_set):
     gpt.save_checkpoint(os.path.join(cfg.out_dir, "sft.pt"), model, tok)
     return model, tok
 
-
 def load_start(cfg, device, examples):
     """The --init checkpoint, or on --resume out_dir/sft.pt, checked for the chat tokens and
     context; (None, None) when the SFT model is to be made here."""
@@ -308,7 +294,6 @@ def load_start(cfg, device, examples):
     gpt.check_chat_model(model, tok, prompt + 17)  # a rejected answer: 16 tokens and <|end|>
     return model.eval(), tok
 
-
 def resumable(cfg, paths):
     """Each run's checkpoint (None if it never started), saved with these settings."""
     ckpts = [gpt.load_checkpoint(p) if os.path.exists(p) else None for p in paths]
@@ -317,7 +302,6 @@ def resumable(cfg, paths):
     for path, ckpt in [(p, c) for p, c in zip(paths, ckpts) if c]:
         gpt.check_resume(path, ckpt, cfg, ("resume", "stop_after", "plot", "device"))
     return ckpts
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(DPOConfig, gpu=GPU))

@@ -31,7 +31,6 @@ try:  # the model-based part needs torch and gpt.py; the metrics do not
 except ImportError:
     torch = gpt = None
 
-
 @dataclass
 class EvalConfig:
     init: str = ""  # a checkpoint to fine-tune on the world; empty: a tiny model from scratch
@@ -75,14 +74,11 @@ class EvalConfig:
         if self.ckpt and (self.init or self.resume):
             raise ValueError("ckpt= scores a checkpoint as it is; init= and resume= fine-tune one")
 
-
 GPU = dict(n_layer=4, n_embd=256)
-
 
 # ----------------------------------------------------------------------------- BLEU (= sacrebleu)
 
 _13A_PUNCT = re.compile(r"([ -&(-+/:-@\[-`{-~])")  # ASCII punctuation but ' , - . (mteval-v13a)
-
 
 def tokenize_13a(line):  # mteval-v13a.pl's tokenisation, WMT's and sacrebleu's default
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
@@ -93,10 +89,8 @@ def tokenize_13a(line):  # mteval-v13a.pl's tokenisation, WMT's and sacrebleu's 
     line = re.sub(r"([.,])([^0-9])", r" \1 \2", line)  # . or , before a non-digit
     return " ".join(re.sub(r"([0-9])(-)", r"\1 \2 ", line).split())  # a dash after a digit
 
-
 def ngrams(tokens, n):
     return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
 
 def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None,
          lowercase=False, effective_order=False):
@@ -144,11 +138,9 @@ def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None
     log_p = [math.log(p) if p > 0 else -9999999999 for p in precisions[:order]]  # as sacrebleu
     return bp * math.exp(sum(log_p) / order)
 
-
 def sentence_bleu(hypothesis, references, **options):  # sacrebleu's: effective order on
     references = [references] if isinstance(references, str) else references
     return bleu([hypothesis], [references], **{"effective_order": True, **options})
-
 
 # --------------------------------------------------------------------------- ROUGE (= rouge-score)
 
@@ -156,19 +148,16 @@ def rouge_tokens(text, stem=False):  # rouge-score's: [a-z0-9] words, stemmed if
     words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
     return [porter_stem(w) if stem and len(w) > 3 else w for w in words]
 
-
 def prf(matches, n_pred, n_ref):  # (precision, recall, F1), 0 for empty denominators
     p = matches / max(n_pred, 1)
     r = matches / max(n_ref, 1)
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
-
 
 def lcs_table(a, b):  # T[i][j] = the length of the longest common subsequence of a[:i], b[:j]
     T = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i, j in ((i, j) for i in range(1, len(a) + 1) for j in range(1, len(b) + 1)):
         T[i][j] = T[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(T[i - 1][j], T[i][j - 1])
     return T
-
 
 def rouge_lsum(pred_sents, ref_sents):
     """Summary-level LCS (Lin 2004, sec. 3.2): per reference sentence, the union of its LCS with
@@ -193,7 +182,6 @@ def rouge_lsum(pred_sents, ref_sents):
     hits = sum(min(n, n_pred[t], n_ref[t]) for t, n in union.items())
     return prf(hits, n_pred.total(), n_ref.total())
 
-
 def rouge(prediction, reference, stem=False):
     """{"rouge1", "rouge2", "rougeL", "rougeLsum": (p, r, f)} as rouge-score's RougeScorer(...,
     use_stemmer=stem).score(reference, prediction), or score_multi; rougeLsum a sentence a line."""
@@ -212,7 +200,6 @@ def rouge(prediction, reference, stem=False):
     lines = [[rouge_tokens(s, stem) for s in text.split("\n")] for text in (prediction, reference)]
     scores["rougeLsum"] = rouge_lsum(*lines)
     return scores
-
 
 # ----------------------------------------------------------------------------- METEOR (= NLTK)
 
@@ -245,7 +232,6 @@ def meteor(hypothesis, reference, alpha=0.9, beta=3.0, gamma=0.5):
     chunks = 1 + sum((b[0] - a[0], b[1] - a[1]) != (1, 1) for a, b in zip(matches, matches[1:]))
     return (1 - gamma * (chunks / len(matches)) ** beta) * f_mean
 
-
 # ----------------------------------------------------------------------------- sampling, agreement
 
 def pass_at_k(n, c, k):
@@ -256,30 +242,25 @@ def pass_at_k(n, c, k):
                          " draw at least k samples per problem")
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1)) if n - c >= k else 1.0
 
-
 def majority_vote(answers):  # None (no answer) never wins; a tie goes to the first to appear
     counts = collections.Counter(a for a in answers if a is not None)
     return next((a for a in answers if a is not None and counts[a] == max(counts.values())), None)
-
 
 def maj_at_k(samples, correct, k):  # maj@k (cons@k): the majority of the first k is correct
     if any(len(s) < k for s in samples):
         raise ValueError(f"maj@{k} needs at least {k} samples per problem")
     return sum(majority_vote(s[:k]) == c for s, c in zip(samples, correct)) / len(samples)
 
-
 def raw_agreement(a, b):  # p_o: the share of items two raters label the same
     if len(a) != len(b) or not a:
         raise ValueError(f"two raters must label the same non-empty list ({len(a)} vs {len(b)})")
     return sum(x == y for x, y in zip(a, b)) / len(a)
-
 
 def cohen_kappa(a, b):  # (p_o - p_e) / (1 - p_e), p_e = sum_k p_a(k) p_b(k); nan when p_e = 1
     p_o = raw_agreement(a, b)
     count_a, count_b = collections.Counter(a), collections.Counter(b)
     p_e = sum(count_a[k] * count_b[k] for k in count_a) / len(a) ** 2
     return (p_o - p_e) / (1 - p_e) if p_e < 1 else math.nan
-
 
 def fleiss_kappa(counts):
     """Fleiss (1971), counts[i][j] of n raters put item i in category j: kappa = (mean P_i - P_e)
@@ -291,13 +272,11 @@ def fleiss_kappa(counts):
     P_e = sum((sum(col) / (len(counts) * n)) ** 2 for col in zip(*counts))
     return (P_bar - P_e) / (1 - P_e) if P_e < 1 else math.nan  # nan: 0/0
 
-
 def precision_recall_f1(predicted, actual, positive=True):  # TP/(TP+FP), TP/(TP+FN), F1
     if len(predicted) != len(actual):
         raise ValueError(f"{len(predicted)} predictions but {len(actual)} labels")
     tp = sum(p == positive and a == positive for p, a in zip(predicted, actual))
     return prf(tp, sum(p == positive for p in predicted), sum(a == positive for a in actual))
-
 
 # ----------------------------------------------------------------------------- model-based
 
@@ -311,7 +290,6 @@ def option_logprobs(model, prompts, options, batch_size=64):
             scores += logp.sum(-1).tolist()  # masked positions are already 0
     return scores
 
-
 def perplexity(model, sequences, batch_size=32):
     """exp(sum NLL / sum predicted tokens) pooled over sequences, not a mean of perplexities."""
     T = model.config.block_size  # longer sequences: windows overlapping by one token
@@ -320,7 +298,6 @@ def perplexity(model, sequences, batch_size=32):
         raise ValueError("perplexity needs at least one sequence of 2 or more tokens")
     logps = option_logprobs(model, [w[:1] for w in windows], [w[1:] for w in windows], batch_size)
     return math.exp(-sum(logps) / sum(len(w) - 1 for w in windows))
-
 
 def multiple_choice(model, tok, questions, batch_size=64):
     """MMLU-style cloze over (prompt ids, option texts, right index): the highest log p(option
@@ -337,7 +314,6 @@ def multiple_choice(model, tok, questions, batch_size=64):
         hits["accuracy_norm"] += norm.index(max(norm)) == right
     return {key: hits[key] / len(questions) for key in ("accuracy", "accuracy_norm")}
 
-
 def replies(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=12, seed=0):
     """n replies ([[str] * n]) to each prompt of token ids, cut at <|end|>, stripped."""
     end = tok.special("<|end|>")
@@ -347,9 +323,7 @@ def replies(model, tok, prompts, n=1, temperature=0.0, max_new_tokens=12, seed=0
     texts = [tok.decode([t for t in o if t != end]).strip() for o in outs]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-
 CLAIM = re.compile(r"(?:Its|The) (\w+) is (\w+)\.?")  # the one claim shape the built-in world uses
-
 
 def fact_check(text, subject, knowledge):
     """FActScore-style: each atomic claim (here a sentence) verified against a knowledge source
@@ -357,7 +331,6 @@ def fact_check(text, subject, knowledge):
     claims = [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
     parsed = [(claim, CLAIM.fullmatch(claim)) for claim in claims]  # unparsed: unsupported
     return [(claim, bool(m) and (subject, *m.groups()) in knowledge) for claim, m in parsed]
-
 
 # ----------------------------------------------------------------------------- LLM-as-a-judge
 
@@ -368,7 +341,6 @@ def judge_prompt(question, reference, *answers):
     shown = f"Answer: {answers[0]}" if len(answers) == 1 else "A: {}\nB: {}".format(*answers)
     return (f"{'PASS or FAIL' if len(answers) == 1 else 'A or B'}: {criteria}.\nQ: {question}\n"
             f"Reference: {reference}\n{shown}\nRationale:")
-
 
 def verdict_constraint(tok, labels, budget, vocab_size):
     """generate's allowed_tokens: a free rationale of at most `budget` tokens that a newline
@@ -394,7 +366,6 @@ def verdict_constraint(tok, labels, budget, vocab_size):
         return masks.to(generated.device)
     return allowed
 
-
 def run_judge(model, tok, prompts, labels=("PASS", "FAIL"), budget=40, batch_size=64):
     """A greedy rationale (reproducible), then a constrained verdict: (verdicts, rationales)."""
     ids = [tok.encode(p) for p in prompts]
@@ -411,7 +382,6 @@ def run_judge(model, tok, prompts, labels=("PASS", "FAIL"), budget=40, batch_siz
     split = [tok.decode([t for t in out if t != end]).rpartition("\nVerdict: ") for out in outs]
     return [verdict for _, _, verdict in split], [rationale.strip() for rationale, _, _ in split]
 
-
 def judge_pairwise(model, tok, items):
     """Position-bias mitigation: each (question, reference, answer 1, answer 2) judged as A=1,B=2
     and as A=2,B=1; a winner (1 or 2) stands only where both orders agree, else a tie (None)."""
@@ -423,12 +393,10 @@ def judge_pairwise(model, tok, items):
     return {"winners": winners, "consistency": sum(w is not None for w in winners) / len(items),
             "chose_A": verdicts.count("A") / len(verdicts)}
 
-
 def verbosity_probe(model, tok, items, padding=", as any atlas shows"):
     """PASS rate with content-free padding on each answer: an unbiased judge's is the plain one."""
     padded, _ = run_judge(model, tok, [judge_prompt(q, r, a + padding) for q, r, a in items])
     return padded.count("PASS") / len(items)
-
 
 # ----------------------------------------------------------------------------- the built-in world
 
@@ -440,7 +408,6 @@ QUESTION = "What is the {} of {}?"  # every fact is trained in this wording, Q: 
 PARAPHRASES = {"capital": "Which city is the capital of {}?",
                "river": "Which river flows through {}?",
                "language": "Which language do the people of {} speak?"}
-
 
 def make_world(n_countries, seed):
     """{country: {attribute: value}}, distinct made-up names: what a model knows, tuning taught."""
@@ -456,10 +423,8 @@ def make_world(n_countries, seed):
                 return name
     return {new_name(3): {a: new_name(2) for a in ATTRIBUTES} for _ in range(n_countries)}
 
-
 def description(world, country):  # three atomic claims, one sentence each
     return " ".join(f"Its {a} is {v}." for a, v in world[country].items())
-
 
 def judge_example(world, rng, countries, pairwise):
     """One graded case, right or wrong by construction: (prompt, rationale and verdict). The
@@ -477,12 +442,10 @@ def judge_example(world, rng, countries, pairwise):
     return (judge_prompt(QUESTION.format(a, c), reference, *shown),
             f" {steps}.\nVerdict: {labels[shown[0] != reference]}")
 
-
 def unseen_items(world, tok):
     """Every fact in PARAPHRASES' wording: (prompt ids, right reply, the attribute's others)."""
     return [(tok.encode(f"Q: {PARAPHRASES[a].format(c)}\nA:"), f" {v}", [f" {x}" for x in sorted(
         {world[other][a] for other in world} - {v})]) for c in world for a, v in world[c].items()]
-
 
 def training_pairs(world, train, tok, cfg, rng):
     """(prompt ids, reply ids): every fact as a question, the training countries' descriptions,
@@ -492,7 +455,6 @@ def training_pairs(world, train, tok, cfg, rng):
     texts = qa * cfg.repeat + described * cfg.repeat
     texts += [judge_example(world, rng, train, i % 2 == 1) for i in range(cfg.judge_cases)]
     return [(tok.encode(p), tok.encode(c) + [tok.special("<|end|>")]) for p, c in texts]
-
 
 # ----------------------------------------------------------------------------- the report card
 
@@ -517,11 +479,9 @@ def qa_rows(model, tok, items, cfg, wording):
             ("multiple choice %", 100 * mc["accuracy"]),
             ("multiple choice, length-normalised %", 100 * mc["accuracy_norm"])]
 
-
 def corpus_row(model, tok):  # the end of the corpus, which train.py holds out too
     held_out = tok.encode(gpt.embedded_corpus()[-20_000:])
     return "perplexity, corpus text", perplexity(model, [held_out])
-
 
 def instruction_card(model, tok, cfg):
     """A chat checkpoint as it is: gpt.py's held-out instructions (sft.py's and dpo.py's task)."""
@@ -532,7 +492,6 @@ def instruction_card(model, tok, cfg):
     return [corpus_row(model, tok), ("instructions: greedy exact match %", 100 * accuracy),
             ("instructions: NLL per answer token", nll)] + \
         qa_rows(model, tok, items, cfg, "held-out instructions")
-
 
 def world_card(model, tok, world, held_out, cfg):
     """Every evaluation of this file on one model: [(row, value)], and an example of each kind."""
@@ -579,7 +538,6 @@ def world_card(model, tok, world, held_out, cfg):
                    ("verbosity: PASS rate, same answers padded %",
                     100 * verbosity_probe(model, tok, cases))], example
 
-
 # ----------------------------------------------------------------------------- fine-tuning
 
 def tiny_model(cfg, world, device):
@@ -592,7 +550,6 @@ def tiny_model(cfg, world, device):
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=128,
                                   n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=4))
     return model.to(device), tok
-
 
 def finetune(model, tok, pairs, cfg, log, ckpt, before):
     """gpt.finetune, saving what --resume needs to continue bit for bit every ckpt_every steps
@@ -611,7 +568,6 @@ def finetune(model, tok, pairs, cfg, log, ckpt, before):
     gpt.finetune(model, pairs, cfg.steps, cfg.lr, cfg.batch_size, seed=cfg.seed, desc="fine-tune",
                  resume=ckpt, on_step=on_step)
     return not (ckpt["step"] if ckpt else 0) < cfg.stop_after < cfg.steps
-
 
 def main(cfg):
     if gpt is None:
@@ -659,7 +615,6 @@ def main(cfg):
         gpt.plot_curves(plt, log, ["loss"], os.path.join(cfg.out_dir, "loss.png"))
     return after
 
-
 # ----------------------------------------------------------------------------- Porter's stemmer
 # For ROUGE's and METEOR's stemming, not the lecture: Porter (1980) exactly as NLTK's
 # PorterStemmer() in its default NLTK_EXTENSIONS mode, which rouge-score and NLTK's METEOR use.
@@ -676,21 +631,17 @@ _RULES = {step: [rule.partition(":")[::2] for rule in rules.split()] for step, r
     (3, "icate:ic ative: alize:al iciti:ic ical:ic ful: ness:"),
     (4, "al ance ence er ic able ible ant ement ment ent ion ou ism ate iti ous ive ize")]}
 
-
 def _form(word):  # Porter's c/v string: a vowel is a e i o u, or a y after a consonant
     form = ""
     for ch in word:
         form += "c" if ch not in "aeiou" and not (ch == "y" and form.endswith("c")) else "v"
     return form
 
-
 def _measure(stem):  # m in [C](VC)^m[V]: how often a vowel turns into a consonant
     return _form(stem).count("vc")
 
-
 def _ends_cvc(stem):  # *o: c-v-c, the last not w, x, y (NLTK: or a whole 2-letter vc)
     return _form(stem).endswith("cvc") and stem[-1] not in "wxy" or _form(stem) == "vc"
-
 
 def _apply(word, step, above=-1):  # the first rule whose suffix ends word, if the stem's m > above
     for suffix, replacement in _RULES[step]:
@@ -699,7 +650,6 @@ def _apply(word, step, above=-1):  # the first rule whose suffix ends word, if t
             ok = _measure(stem) > above and (suffix != "ion" or stem.endswith(("s", "t")))
             return stem + replacement if ok else word  # a failed condition ends the step
     return word
-
 
 def porter_stem(word):  # five steps of rules guarded by m, with NLTK's tweaks and irregular forms
     w = word.lower()
@@ -728,7 +678,6 @@ def porter_stem(word):  # five steps of rules guarded by m, with NLTK's tweaks a
     if w.endswith("e") and (m > 1 or m == 1 and not _ends_cvc(w[:-1])):  # 5a
         w = w[:-1]
     return w[:-1] if w.endswith("ll") and _measure(w[:-1]) > 1 else w  # 5b: controll -> control
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(EvalConfig, gpu=GPU) if gpt else None)  # without gpt.py main says so

@@ -37,7 +37,6 @@ except ImportError:  # no Triton (CPU-only, macOS, Windows): the PyTorch path se
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton kernels run on CPU tensors in numpy
 
-
 @dataclass
 class Config:
     head_dim: int = 64  # d of the value and gradient check
@@ -49,14 +48,12 @@ class Config:
             raise ValueError(f"head_dim={self.head_dim} must be positive: try --head_dim=64")
         pick_device(self.device)  # a device that is not here is an error naming those that are
 
-
 # ----------------------------------------------------------------------------- reference
 
 def causal_mask(Lq, Lk, device=None):
     """(Lq, Lk), bottom-right aligned: query r sees key c iff c <= r + (Lk - Lq), as when the
     queries are the last Lq positions (decoding with a cache); Lq > Lk: the first see nothing."""
     return torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril(diagonal=Lk - Lq)
-
 
 def naive_attention(q, k, v, causal=False):
     """softmax(Q K^T / sqrt(d)) V, all (B, H, Lq, Lk) of it in memory; a row with no key gives 0."""
@@ -67,12 +64,10 @@ def naive_attention(q, k, v, causal=False):
     P = torch.softmax(S.masked_fill(~keep, -math.inf), dim=-1).masked_fill(~keep, 0.0)  # NaN -> 0
     return P @ v
 
-
 def sdpa(q, k, v, causal=False):  # bottom-right causal alignment (is_causal is top-left)
     square = q.shape[-2] == k.shape[-2]  # is_causal there: the fused kernels take no mask
     mask = causal_mask(q.shape[-2], k.shape[-2], q.device) if causal and not square else None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and square)
-
 
 def check_inputs(q, k, v):  # the mistakes that are easy to make with attention tensors
     if not (q.dim() == k.dim() == v.dim() == 4) or q.shape[:2] != k.shape[:2] or (
@@ -85,7 +80,6 @@ def check_inputs(q, k, v):  # the mistakes that are easy to make with attention 
         raise TypeError(f"q, k, v must share one floating dtype and one device, got {q.dtype}, "
                         f"{k.dtype}, {v.dtype} on {q.device}, {k.device}, {v.device}")
 
-
 # ----------------------------------------------------------------------------- in PyTorch
 
 def _tile_keep(i0, i1, j0, j1, offset, device):  # causal mask of a tile, None if all is seen
@@ -93,7 +87,6 @@ def _tile_keep(i0, i1, j0, j1, offset, device):  # causal mask of a tile, None i
         return None
     rows = torch.arange(i0, i1, device=device)[:, None]
     return torch.arange(j0, j1, device=device) <= rows + offset
-
 
 def _torch_forward(q, k, v, causal, scale, block_q, block_k):  # -> O, L = logsumexp rows
     acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
@@ -126,7 +119,6 @@ def _torch_forward(q, k, v, causal, scale, block_q, block_k):  # -> O, L = logsu
         L[:, :, i0:i1] = m + torch.log(l)  # L_i = m + log l (-inf for rows that saw nothing)
     return O, L
 
-
 def _torch_backward(q, k, v, O, L, dO, causal, scale, block_q, block_k):
     """dQ, dK, dV by recomputing each tile of P from L: nothing of size N x N was saved."""
     acc = O.dtype
@@ -156,7 +148,6 @@ def _torch_backward(q, k, v, O, L, dO, causal, scale, block_q, block_k):
             dK[:, :, j0:j1] += scale * dS.transpose(-2, -1) @ Qi  # dK_j += scale dS_ij^T Q_i
     return dQ.to(q.dtype), dK.to(k.dtype), dV.to(v.dtype)
 
-
 class FlashAttentionTorch(torch.autograd.Function):  # saves q, k, v, O, L: linear in N
     @staticmethod
     def forward(ctx, q, k, v, causal, scale, block_q, block_k):
@@ -169,13 +160,11 @@ class FlashAttentionTorch(torch.autograd.Function):  # saves q, k, v, O, L: line
     def backward(ctx, dO):
         return *_torch_backward(*ctx.saved_tensors, dO, *ctx.args), None, None, None, None
 
-
 def flash_attention_torch(q, k, v, causal=False, scale=None, block_q=256, block_k=256):
     """FlashAttention-2 in PyTorch. 256 x 256 tiles ran fastest on CPU: few tiles, cache-sized."""
     check_inputs(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTorch.apply(q, k, v, causal, scale, block_q, block_k)
-
 
 # ----------------------------------------------------------------------------- in Triton
 # A program per (query block, batch*head) in the forward; the backward runs one kernel for dK, dV
@@ -403,7 +392,6 @@ if triton is not None:
         out = (bh * Lq + rows[:, None]) * HEAD_DIM + dims[None, :]
         tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=rows[:, None] < Lq)
 
-
 def _triton_forward(q, k, v, causal, scale):  # O in q's dtype, L in float32; all contiguous
     B, H, Lq, d = q.shape
     O = torch.empty_like(q)
@@ -412,7 +400,6 @@ def _triton_forward(q, k, v, causal, scale):  # O in q's dtype, L in float32; al
     _fwd_kernel[grid](q, k, v, O, L, Lq, k.shape[2], scale / math.log(2),  # scale log2(e)
                       HEAD_DIM=d, CAUSAL=causal)
     return O, L
-
 
 def _triton_backward(q, k, v, O, L, dO, causal, scale):
     B, H, Lq, d = q.shape
@@ -428,7 +415,6 @@ def _triton_backward(q, k, v, O, L, dO, causal, scale):
     _dq_kernel[grid](q, k, v, dO, L, D, dQ, *args, **meta)
     return dQ, dK, dV
 
-
 class FlashAttentionTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
@@ -442,11 +428,9 @@ class FlashAttentionTriton(torch.autograd.Function):
     def backward(ctx, dO):
         return *_triton_backward(*ctx.saved_tensors, dO, *ctx.args), None, None
 
-
 def _triton_supports(q, v):
     d = q.shape[-1]
     return q.dtype in TRITON_DTYPES and d in TRITON_HEAD_DIMS and v.shape[-1] == d
-
 
 def flash_attention_triton(q, k, v, causal=False, scale=None):  # CUDA, or CPU interpreted
     check_inputs(q, k, v)
@@ -462,14 +446,12 @@ def flash_attention_triton(q, k, v, causal=False, scale=None):  # CUDA, or CPU i
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return FlashAttentionTriton.apply(q, k, v, causal, scale)
 
-
 def flash_attention(q, k, v, causal=False, scale=None):
     """softmax(Q K^T * scale) V, exact and differentiable, in SDPA's layout: q (B, H, Lq, d),
     k (B, H, Lk, d), v (B, H, Lk, d_v), causal bottom-right; Triton on CUDA where it can."""
     if triton is not None and q.is_cuda and _triton_supports(q, v):
         return flash_attention_triton(q, k, v, causal, scale)
     return flash_attention_torch(q, k, v, causal, scale)
-
 
 # ----------------------------------------------------------------------------- main
 
@@ -501,7 +483,6 @@ def main(cfg):  # max |error| of O, dQ, dK, dV against float64 naive attention: 
         print(f"{Lq:>5} {Lk:>5} {causal!s:>6}  {' '.join(f'{e:.1e}' for e in ours):<36} "
               f"{' '.join(f'{e:.1e}' for e in theirs):<36} {'yes' if ok else 'NO'}")
 
-
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
 # identical), so that each standalone file can be copied on its own.
@@ -514,12 +495,10 @@ def pick_device(name="auto"):
         raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
     return here[0] if name == "auto" else name
 
-
 def to_bool(text):
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
-
 
 def parse_args(config_cls, argv=None, gpu=None):
     """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
@@ -544,7 +523,6 @@ def parse_args(config_cls, argv=None, gpu=None):
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-
 
 if __name__ == "__main__":
     main(parse_args(Config))

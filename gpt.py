@@ -42,7 +42,6 @@ import tiktoken
 import tiktoken.load
 from tqdm import tqdm
 
-
 @dataclass
 class GPTConfig:
     vocab_size: int = 320  # tokens; Tokenizer.model_vocab_size rounds up to a multiple of 64
@@ -79,13 +78,11 @@ class GPTConfig:
         swiglu = 32 * math.ceil(self.n_embd / 12)  # 8/3 n_embd in 32s: 3 matrices, GELU's 2 of 4x
         self.mlp_hidden = self.mlp_hidden or (4 * self.n_embd if self.mlp == "gelu" else swiglu)
 
-
 # ----------------------------------------------------------------------------- the model
 
 def upcast(x):
     """At least float32 (bf16 and fp16 go up; float64 stays)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
 
 @contextmanager
 def evaluating(*models):
@@ -100,7 +97,6 @@ def evaluating(*models):
         for m, mode in zip(models, modes):
             m.train(mode)
 
-
 def inference(fn):
     """Decorator: run fn inside evaluating(...) of every model among its positional arguments."""
     @functools.wraps(fn)
@@ -109,12 +105,10 @@ def inference(fn):
             return fn(*args, **kwargs)
     return run
 
-
 def apply_rope(x, cos, sin):
     """NeoX pairs: x_i' = x_i cos - x_{i+d/2} sin, x_{i+d/2}' = x_{i+d/2} cos + x_i sin."""
     x1, x2 = upcast(x).chunk(2, dim=-1)
     return (upcast(x) * cos + torch.cat([x2, x1], dim=-1) * sin).type_as(x)
-
 
 def rope_angles(positions, head_dim, base):
     """apply_rope's tables for angles pos * base^(-2i/d), float32 under any autocast."""
@@ -123,7 +117,6 @@ def rope_angles(positions, head_dim, base):
     angles = positions.float()[..., None] * inv_freq  # (B|1, T, hd/2)
     cos, sin = angles.cos(), angles.sin()
     return torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]  # (B|1,1,T,hd)
-
 
 class KVCache:
     """Every layer's keys and values so far, and which are real; setting pos back rolls it back."""
@@ -145,7 +138,6 @@ class KVCache:
     def reorder(self, rows):  # beam search: row i continues from row rows[i]
         self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
 
-
 def attention_mask(key_valid, T, causal):
     """(B, 1, T, S) for the last T of S slots; each query sees itself, so no row is NaN."""
     S = key_valid.size(1)
@@ -155,7 +147,6 @@ def attention_mask(key_valid, T, causal):
     if causal:
         allowed = allowed & (k_slot <= q_slot)
     return allowed | (k_slot == q_slot)
-
 
 class Attention(nn.Module):
     def __init__(self, cfg):
@@ -183,7 +174,6 @@ class Attention(nn.Module):
                                            enable_gqa=self.n_kv_head != self.n_head)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
-
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -200,12 +190,10 @@ class MLP(nn.Module):
             h = F.gelu(h, approximate="tanh")
         return self.c_proj(h)
 
-
 def make_norm(cfg):
     if cfg.norm == "rmsnorm":  # x / sqrt(mean(x^2) + eps) * g
         return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)  # (x - mean) / std * g + b
-
 
 class Block(nn.Module):
     def __init__(self, cfg):
@@ -219,7 +207,6 @@ class Block(nn.Module):
     def forward(self, x, rope, mask, is_causal, cache, layer):
         x = x + self.drop(self.attn(self.ln_1(x), rope, mask, is_causal, cache, layer))
         return x + self.drop(self.mlp(self.ln_2(x)))
-
 
 class GPT(nn.Module):
     def __init__(self, config):
@@ -382,7 +369,6 @@ class GPT(nn.Module):
                          for s, b in zip(scores.tolist(), beams) if s > -math.inf]
         return max(finished, key=lambda f: f[0])[1]
 
-
 def pad_left(seqs, pad_id, device=None, width=None):
     """Right-align token lists: (B, width) ids and a (B, width) mask of real tokens."""
     width = width or max(len(s) for s in seqs)
@@ -392,7 +378,6 @@ def pad_left(seqs, pad_id, device=None, width=None):
     lengths = torch.tensor([len(s) for s in seqs])
     valid = torch.arange(width)[None, :] >= (width - lengths)[:, None]
     return idx.to(device), valid.to(device)
-
 
 def constrain(allowed_tokens, generated, done):
     """(B, vocab): allowed_tokens' mask for the unfinished rows, everything for finished ones."""
@@ -404,7 +389,6 @@ def constrain(allowed_tokens, generated, done):
                          f"{generated.size(1)}: allow at least one token in every unfinished row")
     full = torch.ones(len(done), allowed.size(1), dtype=torch.bool, device=allowed.device)
     return full.index_copy(0, rows, allowed)
-
 
 def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None):
     """(B, vocab): mask, temperature, top-k, then top-p; temperature=0 is one-hot on the argmax."""
@@ -426,13 +410,11 @@ def next_token_probs(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None):
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
 
-
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, allowed=None, generator=None):
     probs = next_token_probs(logits, temperature, top_k, top_p, allowed)
     if temperature == 0:  # one-hot: take its argmax, no draw from the generator
         return probs.argmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
 
 @inference
 def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature=1.0, top_k=0,
@@ -481,7 +463,6 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
     stats["acceptance"] = stats["accepted"] / max(stats["drafted"], 1)
     return out, stats  # it ends at its first stop token, within max_new_tokens
 
-
 # ----------------------------------------------------------------------------- log-probs
 
 def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None, temperature=1.0):
@@ -503,12 +484,10 @@ def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None
     logp = logp.view_as(comp)
     return logp * mask, mask
 
-
 def completion_loss(model, prompts, completions, pad_id=0):
     """SFT loss on completion tokens only: L = -sum_t mask_t log pi(c_t | ...) / sum_t mask_t."""
     logp, mask = completion_logprobs(model, prompts, completions, pad_id)
     return -logp.sum() / mask.sum().clamp(min=1)
-
 
 def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune",
              resume=None, on_step=None):
@@ -543,7 +522,6 @@ def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, d
     model.eval()
     return loss.item()
 
-
 # ----------------------------------------------------------------------------- tokenizer
 
 # GPT-2's pre-split pattern (for .tiktoken ranks files), and ours, written in Python's `re`
@@ -552,7 +530,6 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
                   "<|tool_call|>", "<|tool_result|>")
-
 
 def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
     """Byte-level BPE (Sennrich et al. 2016): merge the most frequent pair; {token bytes: rank}."""
@@ -591,7 +568,6 @@ def train_bpe(text, vocab_size, pattern=SPLIT_PATTERN):
         pair_counts = +pair_counts  # drop pairs whose count fell to zero
     bar.close()
     return ranks
-
 
 class Tokenizer:
     """tiktoken plus our chat special tokens; state_dict() rides in every checkpoint."""
@@ -670,11 +646,9 @@ class Tokenizer:
             raise ValueError(f"special tokens {state['specials']} are not {SPECIAL_TOKENS}")
         return cls({b: i for i, b in enumerate(state["ranks"])}, state["pattern"], state["name"])
 
-
 # ----------------------------------------------------------------------------- chat template
 
 ROLES = ("system", "user", "assistant")
-
 
 def _chat_segments(messages, tok, add_generation_prompt):
     """(ids, the assistant's?) of <|role|> content <|end|>; a typed "<|end|>" stays plain text."""
@@ -687,16 +661,13 @@ def _chat_segments(messages, tok, add_generation_prompt):
     if add_generation_prompt:
         yield [tok.special("<|assistant|>")], False
 
-
 def render_chat(messages, tok, add_generation_prompt=False):
     """Ids of [{"role", "content"}, ...]; add_generation_prompt ends it with <|assistant|>."""
     return [t for ids, _ in _chat_segments(messages, tok, add_generation_prompt) for t in ids]
 
-
 def loss_mask(messages, tok):
     """1 on the assistant's tokens of render_chat(messages), its <|end|> too: what is trained on."""
     return [int(assistant) for ids, assistant in _chat_segments(messages, tok, False) for _ in ids]
-
 
 def check_chat_model(model, tok, context):
     """Say at load, not after minutes of training, that a model lacks chat tokens or context."""
@@ -706,7 +677,6 @@ def check_chat_model(model, tok, context):
         raise ValueError(f"the model's context is {model.config.block_size} tokens; this task needs"
                          f" {context}: train with --block_size={context} or more")
 
-
 # ----------------------------------------------------------------------------- checkpoints
 
 def unwrap(model):
@@ -714,7 +684,6 @@ def unwrap(model):
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
-
 
 def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None, model_state=None,
                     **extra):
@@ -729,7 +698,6 @@ def save_checkpoint(path, model, tokenizer, step=0, config=None, optimizer=None,
     torch.save(state, tmp)
     os.replace(tmp, path)
 
-
 def load_checkpoint(path, device="cpu"):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}: train one (python train.py) or fix it")
@@ -743,7 +711,6 @@ def load_checkpoint(path, device="cpu"):
         raise ValueError(f"{path} is not a checkpoint of this project: it lacks {sorted(missing)}")
     return ckpt
 
-
 def load_model(path, device="cpu"):
     """(model, tokenizer, checkpoint dict) from a checkpoint file or a Hugging Face GPT-2 folder."""
     if os.path.isdir(path):
@@ -753,7 +720,6 @@ def load_model(path, device="cpu"):
     model = GPT(GPTConfig(**ckpt["model_args"])).to(device)
     model.load_state_dict(ckpt["model"])
     return model, Tokenizer.from_state_dict(ckpt["tokenizer"]), ckpt
-
 
 def from_pretrained_gpt2(state_dict, config):
     """A GPT from a Hugging Face GPT-2 state dict and its config.json (a dict)."""
@@ -780,11 +746,9 @@ def from_pretrained_gpt2(state_dict, config):
     model.load_state_dict(ours)
     return model
 
-
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                       "U8": torch.uint8, "BOOL": torch.bool}
-
 
 def read_safetensors(path):
     """u64 n, n bytes of JSON {name: {dtype, shape, data_offsets}}, then the data; torch only."""
@@ -800,7 +764,6 @@ def read_safetensors(path):
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
-
 def from_pretrained(folder):
     """(model, tokenizer) from a Hugging Face GPT-2 folder as downloaded."""
     names = [n for n in ("model.safetensors", "pytorch_model.bin")
@@ -815,7 +778,6 @@ def from_pretrained(folder):
     safe = path.endswith(".safetensors")
     weights = read_safetensors(path) if safe else torch.load(path, "cpu", weights_only=True)
     return from_pretrained_gpt2(weights, config), Tokenizer.from_hf(folder)
-
 
 # ----------------------------------------------------------------------------- sample, chat, demo
 
@@ -843,7 +805,6 @@ class SampleConfig:
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1], top_k={self.top_k} >= 0")
 
-
 def chat_loop(model, tok, cfg, lines, generator):
     """A user turn per line, the reply streamed; the oldest turns go when the context is full."""
     history = []
@@ -863,7 +824,6 @@ def chat_loop(model, tok, cfg, lines, generator):
                                on_token=lambda token: stream(token[0]))[0]
         print()
         history.append({"role": "assistant", "content": tok.decode([t for t in reply if t != end])})
-
 
 def demo(cfg, device, g):
     """A tiny byte-level model and a 1-layer draft, then a sample from each decoding method."""
@@ -895,7 +855,6 @@ def demo(cfg, device, g):
     print(f"greedy, {n} new tokens: {n / seconds[0]:.0f} tok/s without the KV cache,"
           f" {n / seconds[1]:.0f} with it ({seconds[0] / seconds[1]:.1f}x)")
 
-
 def main(cfg):
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -914,13 +873,11 @@ def main(cfg):
                               stop_tokens=(tok.eot_id,), generator=g):
         print(f"{cfg.prompt}{tok.decode(ids)}\n---")
 
-
 # ----------------------------------------------------------------------------- shared run helpers
 # Not the lecture: the plumbing every script needs (devices, timing, data, logs, resume).
 
 def count_params(model):
     return sum(p.numel() for p in unwrap(model).parameters())
-
 
 def setup_distributed(device_name):
     """(rank, world, device). Under torchrun: one process per GPU (NCCL), or gloo on CPU."""
@@ -935,13 +892,11 @@ def setup_distributed(device_name):
         torch.cuda.set_device(local)
     return rank, world, f"cuda:{local}" if cuda else "cpu"
 
-
 def autocast(device):
     """bf16 autocast on CUDA; full precision elsewhere."""
     if str(device).startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
-
 
 def best_time(fn, repeats=3):
     """(fn's last output, its best seconds): the least disturbed of `repeats` runs."""
@@ -952,12 +907,10 @@ def best_time(fn, repeats=3):
         best = min(best, time.perf_counter() - t0)
     return out, best
 
-
 def embedded_corpus():
     """Python's own reference documentation (about 460 kB of English), wherever CPython is."""
     from pydoc_data import topics
     return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics))
-
 
 def read_text(path):
     """A local text file as UTF-8; missing, undecodable or empty is an error that names it."""
@@ -972,7 +925,6 @@ def read_text(path):
         raise ValueError(f"the corpus is empty: {path}")
     return text
 
-
 @contextmanager
 def bad_input():
     """A ValueError or OSError loading what the user named is the input's: one line, no trace."""
@@ -980,7 +932,6 @@ def bad_input():
         yield
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
-
 
 class RunLog:
     """out_dir/log.jsonl; a resumed run keeps the lines before its step: none is written twice."""
@@ -999,7 +950,6 @@ class RunLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-
 def pyplot(plot):
     """matplotlib.pyplot if --plot asks; without matplotlib a note now, before any work."""
     if not plot:
@@ -1013,7 +963,6 @@ def pyplot(plot):
         print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
         return None
 
-
 def plot_curves(plt, log, keys, path):
     """The log's keys against its steps, a line each, as a PNG at path."""
     with open(log.path) as f:
@@ -1026,13 +975,11 @@ def plot_curves(plt, log, keys, path):
     plt.close()
     print(f"plot: {path}")
 
-
 def rng_state(*generators):
     """The global RNGs and the given torch.Generators, for a bit-exact --resume."""
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "generators": [g.get_state() for g in generators]}
-
 
 def set_rng_state(state, *generators):
     """The inverse of rng_state; states loaded onto a GPU (map_location) come back to the CPU."""
@@ -1043,7 +990,6 @@ def set_rng_state(state, *generators):
     for g, s in zip(generators, state["generators"]):
         g.set_state(s.cpu())
 
-
 def check_resume(path, ckpt, cfg, free=("resume", "stop_after", "plot", "device", "out_dir")):
     """Refuse another script's checkpoint, or one saved with settings other than the free ones."""
     saved = ckpt.get("config") or {}
@@ -1052,7 +998,6 @@ def check_resume(path, ckpt, cfg, free=("resume", "stop_after", "plot", "device"
     changed = [f"--{k}={v}" for k, v in saved.items() if k not in free and getattr(cfg, k) != v]
     if changed:
         raise ValueError(f"{path} was saved with {' '.join(changed)}: resume with those settings")
-
 
 # ----------------------------------------------------------------------------- the instruction task
 # Not the lecture: the task that sft.py, dpo.py and evaluate.py share, and the tiny base model.
@@ -1065,7 +1010,6 @@ TASKS = {  # name: (instruction template, answer), over a word or (parity) a num
     "last": ("last letter: {}", lambda w: w[-1]),
     "parity": ("even or odd: {}", lambda n: "odd" if int(n) % 2 else "even"),
 }
-
 
 def make_task(n_train, n_eval, seed):
     """(train, held-out) lists of (task, instruction, answer); held-out words, numbers unseen."""
@@ -1087,11 +1031,9 @@ def make_task(n_train, n_eval, seed):
         return out
     return draw("train", n_train), draw("eval", n_eval)
 
-
 def chat(instruction, answer=None):
     turns = [{"role": "user", "content": instruction}]
     return turns + ([{"role": "assistant", "content": answer}] if answer else [])
-
 
 def chat_answers(model, tok, instructions, batch_size=256, max_new_tokens=16):
     """Greedy answers to instructions: the tokens the model writes before its <|end|>."""
@@ -1103,7 +1045,6 @@ def chat_answers(model, tok, instructions, batch_size=256, max_new_tokens=16):
         out += [ids[:-1] if ids and ids[-1] == end else ids for ids in new]
     return out
 
-
 def evaluate_instructions(model, tok, examples):
     """(exact-match accuracy, mean NLL per answer token, the answers) on (task, instr., answer)."""
     predicted = [tok.decode(ids) for ids in chat_answers(model, tok, [x for _, x, _ in examples])]
@@ -1114,7 +1055,6 @@ def evaluate_instructions(model, tok, examples):
         nll = completion_loss(model, prompts, completions).item()
     return accuracy, nll, predicted
 
-
 def base_model(steps, device):
     """(model, tokenizer): a byte-level 4x128 GPT (6x384 on CUDA) trained here."""
     text = embedded_corpus()
@@ -1123,7 +1063,6 @@ def base_model(steps, device):
     cfg = GPTConfig(vocab_size=tok.model_vocab_size, block_size=128, n_layer=6 if wide else 4,
                     n_head=6 if wide else 4, n_embd=384 if wide else 128)
     return train_tiny(cfg, text, tok, steps or (2000 if wide else 300), device), tok
-
 
 def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
     """A few hundred AdamW steps on random windows: just enough for the demos."""
@@ -1141,7 +1080,6 @@ def train_tiny(cfg, text, tokenizer, steps, device, batch=16, lr=3e-3):
         opt.step()
     return model.eval()
 
-
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
 # identical), so that each standalone file can be copied on its own.
@@ -1154,12 +1092,10 @@ def pick_device(name="auto"):
         raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
     return here[0] if name == "auto" else name
 
-
 def to_bool(text):
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
-
 
 def parse_args(config_cls, argv=None, gpu=None):
     """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
@@ -1184,7 +1120,6 @@ def parse_args(config_cls, argv=None, gpu=None):
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-
 
 if __name__ == "__main__":
     main(parse_args(SampleConfig))

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class Config:
     loss: str = "grpo"  # grpo | dr_grpo | dapo
@@ -99,20 +98,16 @@ class Config:
                 if not ok(getattr(self, name)):
                     raise ValueError(f"{name}={getattr(self, name)!r}: --{name} must be {rule}")
 
-
 GPU = dict(steps=1000)  # the defaults that change on a CUDA device
-
 
 # ----------------------------------------------------------------------------- the task
 
 THINK_ANSWER = re.compile(r"<think>(.*?)</think><answer>(.*?)</answer>", re.S)
 
-
 def make_problem(a, b):
     """(question, answer, thinking) for a + b, worked by columns: ones, then tens plus the carry."""
     ones = a % 10 + b
     return f"{a}+{b}", a + b, f"{a % 10}+{b}={ones},{a // 10}+{ones // 10}={a // 10 + ones // 10}"
-
 
 def make_problems(n, rng, exclude=(), distinct=True):
     """n problems (distinct ones: there are 900) whose questions are not in exclude."""
@@ -126,28 +121,23 @@ def make_problems(n, rng, exclude=(), distinct=True):
                 seen.add(problem[0])
     return out
 
-
 def task_tokenizer():
     """Bytes plus 11 merges: the tags cost 12 tokens instead of 33, each digit stays one token."""
     tok = gpt.Tokenizer.from_spec("bpe", "<think>0</think><answer>0</answer>", vocab_size=512)
     assert tok.n_vocab == 256 + 11 + len(gpt.SPECIAL_TOKENS), tok.n_vocab
     return tok
 
-
 def prompt_ids(tok, question):
     return gpt.render_chat(gpt.chat(question + "="), tok, add_generation_prompt=True)
-
 
 def worked_ids(tok, problem):
     _, answer, thinking = problem
     text = f"<think>{thinking}</think><answer>{answer}</answer>"
     return tok.encode(text) + [tok.special("<|end|>")]
 
-
 def answer_text(tok, completion):
     end = tok.special("<|end|>")
     return tok.decode(completion[:-1] if completion and completion[-1] == end else completion)
-
 
 def check_fits(model, tok, cfg):
     """Say at load, not after minutes of training, that a worked answer or prompt does not fit."""
@@ -160,7 +150,6 @@ def check_fits(model, tok, cfg):
     prompt = max(len(prompt_ids(tok, q)) for q, _, _ in problems)
     gpt.check_chat_model(model, tok, prompt + cfg.max_new_tokens)
 
-
 def reward(text, answer, format_reward):
     """1 for the right answer inside well-formed tags, plus format_reward for the format itself."""
     m = THINK_ANSWER.fullmatch(text)
@@ -168,7 +157,6 @@ def reward(text, answer, format_reward):
         return 0.0, False
     correct = m.group(2).strip() == str(answer)
     return float(correct) + format_reward, correct
-
 
 # ----------------------------------------------------------------------------- the loss
 
@@ -185,7 +173,6 @@ def group_advantages(rewards, G, scale="group", eps=1e-4):
         raise ValueError(f"scale={scale!r}; choose 'group' or 'none'")
     flat = (r == r[:, :1]).all(1, keepdim=True)  # rounding in the mean must not leak through
     return centred.masked_fill(flat, 0.0).view(-1)
-
 
 def token_weights(mask, loss_type, max_len=None):
     """w (B, T) such that the loss is sum_t w_t * l_t, i.e. each variant's normaliser:
@@ -204,7 +191,6 @@ def token_weights(mask, loss_type, max_len=None):
     if loss_type == "dapo":
         return mask / mask.sum().clamp(min=1)
     raise ValueError(f"loss_type={loss_type!r}; choose grpo, dr_grpo or dapo")
-
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_low=0.2,
               eps_high=0.2, beta=0.0, weights=None):
@@ -225,18 +211,15 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, loss_type="grpo", eps_
         stats = dict(kl=float((kl * mask).sum() / n), clipped=float((was_clipped & mask).sum() / n))
     return loss, stats
 
-
 def overlong_penalty(lengths, max_len, cache):
     """DAPO's soft length penalty: 0 up to max_len - cache tokens, then a ramp to -1 at max_len."""
     return ((max_len - cache - lengths.float()) / cache).clamp(-1.0, 0.0)
-
 
 def pass_at_k(n, c, k):
     """Unbiased pass@k, 1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i), stably."""
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
 
 # ----------------------------------------------------------------------------- rollouts
 
@@ -245,7 +228,6 @@ def check_groups(prompts, G):
     for start in range(0, len(prompts), G):
         if any(p != prompts[start] for p in prompts[start:start + G]):
             raise AssertionError(f"rows {start}..{start + G - 1} are not one prompt's group")
-
 
 def rollout(policy, tok, problems, cfg, generator):
     """G sampled completions per problem, contiguous. Returns a dict of lists and (N,) tensors."""
@@ -265,15 +247,12 @@ def rollout(policy, tok, problems, cfg, generator):
                 truncated=torch.tensor([not c or c[-1] != end for c in completions]),
                 correct=torch.tensor([c for _, c in scored], dtype=torch.float))
 
-
 def select_groups(batch, keep, G):
     rows = [i for g, k in enumerate(keep.tolist()) if k for i in range(g * G, (g + 1) * G)]
     return {k: ([v[i] for i in rows] if isinstance(v, list) else v[rows]) for k, v in batch.items()}
 
-
 def merge(a, b):
     return {k: (a[k] + b[k] if isinstance(a[k], list) else torch.cat([a[k], b[k]])) for k in a}
-
 
 def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
     """DAPO's dynamic sampling: drop groups all right or all wrong (on accuracy, not the shaped
@@ -291,14 +270,12 @@ def dynamic_rollout(policy, tok, sample_problems, cfg, generator):
     n = cfg.prompts_per_step * cfg.group_size
     return {k: v[:n] for k, v in batch.items()}, stats
 
-
 # ----------------------------------------------------------------------------- training
 
 def logprobs(model, batch, rows, cfg):
     """log pi_T(o_t | q, o_<t) (n, T) and the mask, at the sampling T: else the ratio is off."""
     return gpt.completion_logprobs(model, batch["prompts"][rows], batch["completions"][rows],
                                    batch["pad"], temperature=cfg.temperature)
-
 
 def score_batch(policy, ref, batch, cfg, start=0):
     """Add advantages (N,), ref_logp, mask and old_logp (N, T), before any update; rows before
@@ -312,7 +289,6 @@ def score_batch(policy, ref, batch, cfg, start=0):
             logp, _ = logprobs(policy, batch, slice(start, None), cfg)
             batch["old_logp"][start:, :logp.size(1)] = logp
     return batch
-
 
 def minibatch_backward(policy, batch, rows, cfg, first=False):
     """Backpropagate grpo_loss over rows, micro_batch sequences at a time: one pass's gradient.
@@ -334,7 +310,6 @@ def minibatch_backward(policy, batch, rows, cfg, first=False):
         stats.append(s)
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
-
 def policy_update(policy, ref, opt, batch, cfg):
     """updates_per_rollout steps per epoch over minibatches within one row of each other in size,
     even when DAPO refilled only part of the batch."""
@@ -351,7 +326,6 @@ def policy_update(policy, ref, opt, batch, cfg):
         opt.step()
     policy.eval()
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
-
 
 def evaluate(model, tok, problems, cfg, generator, sampled=True):
     """Greedy accuracy; with sampled, pass@1, pass@k, format rate and length of pass_k samples."""
@@ -374,7 +348,6 @@ def evaluate(model, tok, problems, cfg, generator, sampled=True):
             f"pass@{k}": sum(pass_at_k(k, c, k) for c in counts) / len(problems),
             "format": sum(THINK_ANSWER.fullmatch(t) is not None for t in texts) / len(texts),
             "length": sum(len(c) for c in samples) / len(samples)}
-
 
 def train_grpo(policy, ref, opt, tok, cfg, run):
     """Roll out, score, update, from step run["step"] + 1; held-out greedy accuracy and a
@@ -416,7 +389,6 @@ def train_grpo(policy, ref, opt, tok, cfg, run):
         bar.set_postfix({k: f"{row[k]:.3g}" for k in shown})
     return end
 
-
 def start_policy(cfg, path):
     """(policy, tokenizer, checkpoint or None) to resume, from --init, or made here; on the CPU,
     where RNG states must stay."""
@@ -431,7 +403,6 @@ def start_policy(cfg, path):
     mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer,
                          n_head=cfg.n_head, n_embd=cfg.n_embd, pos="learned")
     return gpt.GPT(mcfg), tok, None
-
 
 def report(policy, tok, cfg, held_out, before, after):
     k = cfg.pass_k
@@ -448,7 +419,6 @@ def report(policy, tok, cfg, held_out, before, after):
     reply = policy.generate([prompt_ids(tok, q)], cfg.max_new_tokens, temperature=0,
                             stop_tokens=(tok.special("<|end|>"),))[0]
     print(f"example: {q}= {answer_text(tok, reply)}")
-
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
@@ -499,7 +469,6 @@ def main(cfg):
     print(f"SFT warm-up {t_sft:.0f}s, GRPO {time.time() - t0 - t_sft:.0f}s; log and checkpoint in "
           f"{cfg.out_dir}/")
     return before, after
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(Config, gpu=GPU))

@@ -40,7 +40,6 @@ try:  # only the MoE-GPT and the demo need gpt.py: the layer stands alone
 except ImportError:
     gpt = None
 
-
 @dataclasses.dataclass
 class MoEConfig:
     n_embd: int = 128  # model width: the layer maps (B, T, n_embd) to (B, T, n_embd)
@@ -62,7 +61,6 @@ class MoEConfig:
         for name in ("capacity_factor", "aux_loss_coef", "z_loss_coef", "bias_update_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} cannot be negative")
-
 
 @dataclasses.dataclass
 class DemoConfig:
@@ -102,15 +100,12 @@ class DemoConfig:
         if self.data != "embedded" and not os.path.isfile(self.data):
             raise ValueError(f"data={self.data} is neither 'embedded' nor a text file")
 
-
 GPU = dict(steps=1500, block_size=256, n_embd=128)  # wider only with a --data larger than 460 kB
-
 
 # ----------------------------------------------------------------------------- the router
 
 def upcast(x):  # at least float32: bf16 and fp16 go up, float64 stays
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
 
 class Router(nn.Module):
     """Scores every token against every expert in (at least) float32 and picks the top k."""
@@ -140,12 +135,10 @@ class Router(nn.Module):
                 gates = gates / gates.sum(-1, keepdim=True)
         return logits, probs, expert_index, gates  # k = 1 keeps p_i: renormalised, 1 (no gradient)
 
-
 def expert_load(expert_index, n_expert):
     """f_i: the share of the N*k token-to-expert assignments that chose expert i (sums to 1)."""
     counts = torch.bincount(expert_index.flatten(), minlength=n_expert)
     return counts.float() / expert_index.numel()
-
 
 def load_balancing_loss(router_probs, expert_index, n_expert, alpha=1.0):
     """Switch Transformer: alpha * E * sum_i f_i P_i, P_i = mean_n p_i(x_n). Our f_i divides the
@@ -154,11 +147,9 @@ def load_balancing_loss(router_probs, expert_index, n_expert, alpha=1.0):
     P = upcast(router_probs).mean(0)  # (E,)
     return alpha * n_expert * (expert_load(expert_index, n_expert).to(P.dtype) * P).sum()
 
-
 def router_z_loss(router_logits):
     """ST-MoE: (1/N) sum_n (log sum_i exp h_ni)^2 keeps logits small, so the softmax stays exact."""
     return torch.logsumexp(upcast(router_logits), dim=-1).square().mean()
-
 
 # ----------------------------------------------------------------------------- experts, dispatch
 
@@ -174,12 +165,10 @@ def grouped_mm_runs(device_type, dtype):
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
-
 def matmul_dtype(x):
     """The dtype matmuls run in: autocast's (bf16 on CUDA) when it is on, else x's own."""
     kind = x.device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
-
 
 class Experts(nn.Module):
     """E SwiGLU experts stacked into 3D weights, E_e(x) = (SiLU(x W_gate,e) * x W_up,e) W_down,e,
@@ -204,7 +193,6 @@ class Experts(nn.Module):
         gate, up = h.chunk(2, dim=-1)  # (M, hidden) each
         return torch._grouped_mm(F.silu(gate) * up, self.w_out.to(dtype).transpose(1, 2), offs=offs)
 
-
 def sort_by_expert(expert_index, n_expert, capacity=0):
     """The token-to-expert assignments sorted by expert -> (token (M,), choice (M,), counts (E,)).
     Assignments are listed choice-major (all first choices, then all second ...), so the stable
@@ -221,7 +209,6 @@ def sort_by_expert(expert_index, n_expert, capacity=0):
         order, counts = order[place < capacity], counts.clamp(max=capacity)
     return order % N, order // N, counts
 
-
 def dispatch_sorted(x, expert_index, gates, experts, capacity=0, grouped=False):
     """Gather the tokens sorted by expert, run each expert on its contiguous slice, scatter back:
     y_n = sum_j g_nj E_{e_nj}(x_n) over the kept assignments. x (N, d) -> y (N, d) in float32 or
@@ -230,7 +217,6 @@ def dispatch_sorted(x, expert_index, gates, experts, capacity=0, grouped=False):
     out = experts(x[token], counts, grouped)  # (M, d)
     weighted = upcast(out) * gates[token, choice, None]  # (M, d) g * E(x); gates are float32+
     return torch.zeros_like(upcast(x)).index_add_(0, token, weighted), counts
-
 
 class MoE(nn.Module):
     """The sparse MoE feed-forward layer: (B, T, n_embd) -> (B, T, n_embd), a drop-in for an MLP.
@@ -265,7 +251,6 @@ class MoE(nn.Module):
                 self.router.bias += cfg.bias_update_rate * torch.sign(1 / cfg.n_expert - load)
         return y.to(x.dtype).view(shape)
 
-
 # ----------------------------------------------------------------------------- the MoE-GPT
 
 def moe_gpt(gpt_cfg, moe_cfg):
@@ -281,15 +266,12 @@ def moe_gpt(gpt_cfg, moe_cfg):
         nn.init.normal_(block.mlp.experts.w_out, std=0.02 / math.sqrt(2 * gpt_cfg.n_layer))
     return model
 
-
 def moe_layers(model):
     return [m for m in model.modules() if isinstance(m, MoE)]
-
 
 def aux_loss(model):
     """The sum of every MoE layer's auxiliary loss from the last forward (0 for a dense model)."""
     return sum(m.aux_loss for m in moe_layers(model))
-
 
 def active_params(model):
     """Parameters one token uses: all of them, less the E - k routed experts it skips per layer."""
@@ -297,13 +279,11 @@ def active_params(model):
                   for m in moe_layers(model) for p in m.experts.parameters())
     return sum(p.numel() for p in model.parameters()) - skipped
 
-
 # ----------------------------------------------------------------------------- demo: dense vs MoE
 
 def get_batch(ids, starts, block_size, device):
     xy = torch.stack([ids[s:s + block_size + 1] for s in starts.tolist()]).to(device)
     return xy[:, :-1], xy[:, 1:]  # inputs and next-token targets
-
 
 def evaluate(model, val, cfg):
     """Val loss on fixed evenly spaced windows, each MoE layer's load (E,), the share dropped."""
@@ -319,7 +299,6 @@ def evaluate(model, val, cfg):
             dropped += [m.stats["dropped"].item() for m in layers]
     load = torch.stack(loads).mean(0).tolist() if layers else None  # (n_layer, E)
     return sum(losses) / len(losses), load, sum(dropped) / max(1, len(dropped))
-
 
 def train(model, name, run, ids, cfg, save, log, state=None):
     """AdamW on cross-entropy + the MoE auxiliary losses, the same batches for every model. Model
@@ -360,7 +339,6 @@ def train(model, name, run, ids, cfg, save, log, state=None):
             bar.set_postfix(loss=f"{loss.item():.3f}", max_load=f"{load:.0%}")  # busiest expert
     return 1000 * (time.perf_counter() - t0) / max(1, cfg.steps - start)
 
-
 def measure(model, name, val, cfg, ms):
     """Val loss; for an MoE also its load ranked per layer before the mean over layers (a collapse
     onto different experts in different layers still shows), and its loss at eval_capacity."""
@@ -374,7 +352,6 @@ def measure(model, name, val, cfg, ms):
         result["squeezed_loss"], _, result["dropped"] = evaluate(model, val, cfg)
     return result
 
-
 def load_histogram(moes, percent_per_mark=2.0):
     """A text histogram of the share of each load rank, a column per measured MoE."""
     lines = ["rank  " + "".join(f"{r['model']:<36}" for r in moes)]
@@ -384,7 +361,6 @@ def load_histogram(moes, percent_per_mark=2.0):
                                               for v in shares))
     busiest = [" ".join(f"{100 * max(layer):.0f}%" for layer in r["load"]) for r in moes]
     return "\n".join(lines + ["busiest expert in each layer: " + " | ".join(busiest)])
-
 
 def plot(plt, log, results, cfg):
     """Each model's training loss, and each MoE's load by rank, side by side in out_dir/moe.png."""
@@ -406,7 +382,6 @@ def plot(plt, log, results, cfg):
     fig.savefig(os.path.join(cfg.out_dir, "moe.png"), dpi=120)
     plt.close(fig)
     print(f"plot: {os.path.join(cfg.out_dir, 'moe.png')}")
-
 
 def main(cfg):
     if gpt is None:
@@ -468,7 +443,6 @@ def main(cfg):
     print(load_histogram([r for r in results if r["load"]]))
     if plt:
         plot(plt, log, results, cfg)
-
 
 if __name__ == "__main__":  # without gpt.py, main says what needs it
     main(gpt.parse_args(DemoConfig, gpu=GPU) if gpt else None)

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class Config:
     init: str = ""  # checkpoint to start from (e.g. out/sft/ckpt.pt); empty = a tiny GPT made here
@@ -84,9 +83,7 @@ class Config:
                 if not ok(getattr(self, name)):
                     raise ValueError(f"{name}={getattr(self, name)}: --{name} must be {rule}")
 
-
 GPU = dict(iters=200, n_embd=256)  # the defaults that change on a CUDA device
-
 
 # ----------------------------------------------------------------------------- the task
 
@@ -100,16 +97,13 @@ SENTIMENT = {"great": 1, "lovely": 1, "superb": 1, "clean": 1, "friendly": 1, "g
 BLOCK_SIZE = 32  # the models' context: a 3-token prompt "the <noun> was" and the completion
 REVIEW = re.compile(r" (\w+)(?:(?:, (\w+))? and (\w+))?\.")  # " a." | " a and b." | " a, b and c."
 
-
 def review(adjs):
     return " " + (adjs[0] if len(adjs) == 1 else ", ".join(adjs[:-1]) + " and " + adjs[-1]) + "."
-
 
 def make_review(rng, nouns):
     """A prompt "the <noun> was" and a completion of 1-3 adjectives drawn uniformly."""
     adjs = [rng.choice(list(SENTIMENT)) for _ in range(rng.randint(1, 3))]
     return f"the {rng.choice(nouns)} was", review(adjs)
-
 
 def true_score(text):
     """The preference we pretend people have, so we can check: +1 per positive adjective, -1 per
@@ -118,7 +112,6 @@ def true_score(text):
     if m is None or any(w is not None and w not in SENTIMENT for w in m.groups()):
         return -3.0
     return float(sum(SENTIMENT[w] for w in m.groups() if w is not None))
-
 
 # ----------------------------------------------------------------------------- models
 
@@ -134,7 +127,6 @@ def join(prompts, completions, pad_id, device):
     mask = torch.arange(Tc, device=device)[None] < lengths[:, None]  # (B, Tc)
     return torch.cat([idx, comp], 1), torch.cat([valid, mask], 1), mask, W
 
-
 class ScalarModel(nn.Module):
     """A GPT backbone and a zero-initialised linear head: one scalar per position. As a reward
     model it is read at the last real token, r(x, y); as a value model at every state, V(s_t)."""
@@ -149,13 +141,11 @@ class ScalarModel(nn.Module):
     def forward(self, idx, attn_mask=None):  # (B, T) -> (B, T)
         return self.head(self.backbone.hidden(idx, attn_mask)).squeeze(-1)
 
-
 def reward_scores(rm, prompts, completions, pad_id):
     """r(x, y): (B,), the head's output on each row's last real token (EOS included)."""
     idx, valid, mask, W = join(prompts, completions, pad_id, rm.head.weight.device)
     last = W + mask.sum(1) - 1  # (B,) index of the last completion token in each row
     return rm(idx, valid).gather(1, last[:, None]).squeeze(1)
-
 
 def pair_scores(rm, pairs, pad_id):
     """r(x, y_w) and r(x, y_l), (B,) each, for (prompt, chosen, rejected) triples."""
@@ -163,11 +153,9 @@ def pair_scores(rm, pairs, pad_id):
     return (reward_scores(rm, prompts, [w for _, w, _ in pairs], pad_id),
             reward_scores(rm, prompts, [l for _, _, l in pairs], pad_id))
 
-
 def bradley_terry_loss(r_chosen, r_rejected):
     """-log sigma(r_w - r_l), averaged over pairs: the chosen should out-score the rejected."""
     return -F.logsigmoid(r_chosen - r_rejected).mean()
-
 
 def policy_outputs(policy, value, prompts, completions, pad_id):
     """Per completion token: log pi(a_t | s_t), the policy's entropy H(pi(. | s_t)) and V(s_t),
@@ -179,7 +167,6 @@ def policy_outputs(policy, value, prompts, completions, pad_id):
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     values = value(idx, valid)[:, W - 1:-1]
     return logp * mask, entropy, values * mask, mask
-
 
 # ----------------------------------------------------------------------------- PPO
 
@@ -197,7 +184,6 @@ def gae(rewards, values, mask, gamma, lam):
         next_value, next_adv = values[:, t] * live, advantages[:, t]
     return advantages, (advantages + values) * mask
 
-
 def whiten(x, mask, eps=1e-8):
     """(x - mean) / std over the real tokens only."""
     n = mask.sum()
@@ -205,20 +191,17 @@ def whiten(x, mask, eps=1e-8):
     var = (((x - mean) * mask) ** 2).sum() / n
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
-
 def per_token_rewards(logp, ref_logp, scores, mask, beta):
     """r_t = -beta (log pi(a_t) - log pi_ref(a_t)), plus the reward model's score on the last."""
     rewards = -beta * (logp - ref_logp) * mask
     last = mask.sum(1) - 1
     return rewards.scatter_add(1, last[:, None], scores[:, None].to(rewards.dtype))
 
-
 def clipped_value_loss(values, old_values, returns, mask, clip):
     """0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2): the critic may not jump."""
     clipped = old_values + (values - old_values).clamp(-clip, clip)
     loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
     return (loss * mask).sum() / mask.sum()
-
 
 def ppo_loss(logp, old_logp, advantages, entropy, values, old_values, returns, mask, cfg):
     """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy, over real tokens."""
@@ -236,7 +219,6 @@ def ppo_loss(logp, old_logp, advantages, entropy, values, old_values, returns, m
                      entropy=float(mean_entropy), value_loss=float(value_loss))
     return policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * mean_entropy, stats
 
-
 def rollout(policy, ref, rm, value, prompts, tok, cfg, generator):
     """Sample one completion per prompt and score it: everything PPO's epochs need, no grad."""
     pad = tok.eot_id
@@ -252,13 +234,11 @@ def rollout(policy, ref, rm, value, prompts, tok, cfg, generator):
                 advantages=whiten(advantages, mask), returns=returns, scores=scores,
                 kl=((logp - ref_logp) * mask).sum(1))
 
-
 def minibatches(n, cfg, generator):
     """Each epoch's shuffled minibatches, drawn as it starts: an early stop draws no more."""
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=generator).tolist()
         yield from (order[start:start + cfg.minibatch] for start in range(0, n, cfg.minibatch))
-
 
 def ppo_update(policy, value, opt, batch, cfg, generator):
     """epochs passes of shuffled minibatches over one rollout; stop early once the policy has
@@ -283,17 +263,14 @@ def ppo_update(policy, value, opt, batch, cfg, generator):
             break
     return {k: sum(x[k] for x in stats) / len(stats) for k in stats[0]} | {"updates": len(stats)}
 
-
 # ----------------------------------------------------------------------------- the pipeline
 
 def review_prompts(tok, nouns, n, rng):
     return [tok.encode(f"the {rng.choice(nouns)} was") for _ in range(n)]
 
-
 def decode(tok, completion):
     eos = tok.eot_id
     return tok.decode(completion[:-1] if completion and completion[-1] == eos else completion)
-
 
 def start_model(cfg, rng):
     """(model, tokenizer) from --init, or a tiny GPT with a BPE whose every word is one token."""
@@ -306,7 +283,6 @@ def start_model(cfg, rng):
                                   n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd))
     return model, tok
 
-
 def check_fits(model, tok, cfg):
     """Say at load, not after minutes of training, that a review or prompt does not fit."""
     reviews = [review(adjs) for n in (1, 2, 3) for adjs in itertools.product(SENTIMENT, repeat=n)]
@@ -317,7 +293,6 @@ def check_fits(model, tok, cfg):
     prompt = max(len(tok.encode(f"the {noun} was")) for noun in NOUNS)
     gpt.check_chat_model(model, tok, prompt + cfg.max_new_tokens)
 
-
 def train_base_policy(model, tok, cfg):
     """Fine-tune on reviews with uniformly random adjectives: the SFT model PPO starts from."""
     rng = random.Random(cfg.seed)
@@ -326,7 +301,6 @@ def train_base_policy(model, tok, cfg):
     gpt.finetune(model, pairs, cfg.base_steps, lr=3e-3, batch_size=32, seed=cfg.seed,
                  desc="base policy (SFT)")
     return model
-
 
 def preference_pairs(policy, tok, nouns, n, rng, generator, max_new_tokens):
     """Two samples per prompt from the policy, ordered by the true preference (ties dropped):
@@ -340,7 +314,6 @@ def preference_pairs(policy, tok, nouns, n, rng, generator, max_new_tokens):
         if sx != sy:
             pairs.append((p, x, y) if sx > sy else (p, y, x))
     return pairs
-
 
 def train_reward_model(base, pairs, cfg, pad_id):
     """Bradley-Terry on (prompt, chosen, rejected) triples, from a copy of the base policy."""
@@ -360,7 +333,6 @@ def train_reward_model(base, pairs, cfg, pad_id):
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return rm.eval().requires_grad_(False)
 
-
 def normalise_rewards(rm, prompts, completions, pad_id):
     """Rescale the head so the reference policy's own samples score mean 0 and std 1 (as
     InstructGPT did): the KL weight beta then means the same whatever scale the RM learned."""
@@ -369,7 +341,6 @@ def normalise_rewards(rm, prompts, completions, pad_id):
         mean, std = scores.mean(), scores.std()
         rm.head.weight.div_(std)
         rm.head.bias.sub_(mean).div_(std)
-
 
 @gpt.inference
 def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
@@ -390,7 +361,6 @@ def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
     return {"rm score": float(scores.max(1).values.mean()), "KL": kl,
             "true score": sum(true_score(decode(tok, c)) for c in chosen) / len(chosen),
             "example": tok.decode(prompts[0]) + decode(tok, chosen[0])}
-
 
 def train_ppo(policy, ref, rm, tok, cfg, rng, generator, log):
     """The RLHF loop: roll out, score, GAE, then a few epochs of clipped updates, cfg.iters times.
@@ -413,7 +383,6 @@ def train_ppo(policy, ref, rm, tok, cfg, rng, generator, log):
         bar.set_postfix(score=f"{row['rm_score']:.2f}", kl=f"{row['kl']:.2f}", true=f"{true:.2f}",
                         updates=stats["updates"])
     return policy.eval()
-
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
@@ -462,7 +431,6 @@ def main(cfg):
           " tie on the reward model (equal completions always do)")
     print(f"total {time.time() - t0:.0f}s")
     return {name: r for name, _, r in rows}
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(Config, gpu=GPU))

@@ -35,7 +35,6 @@ try:
 except ImportError:
     gpt = None
 
-
 @dataclass
 class RAGConfig:
     n_entities: int = 300  # made-up people in the knowledge base
@@ -78,15 +77,12 @@ class RAGConfig:
             if bad:
                 raise ValueError(error)
 
-
 GPU = dict(n_entities=1000, reader_steps=6000, reader_embd=256)  # the defaults on CUDA
-
 
 # ----------------------------------------------------------------------------- text
 
 def words(text):  # one tokenisation for BM25 and the encoders' vocabulary
     return re.findall(r"\w+", text.lower())
-
 
 def chunk(text, size, overlap):  # windows of `size` words, `overlap` shared with the next
     if not 0 <= overlap < size:
@@ -94,7 +90,6 @@ def chunk(text, size, overlap):  # windows of `size` words, `overlap` shared wit
     tokens = text.split()
     starts = range(0, max(len(tokens) - overlap, 1), size - overlap)
     return [" ".join(tokens[s:s + size]) for s in starts]
-
 
 def top_k(scores, k):  # ids of the k highest, best first, ties to the lower id; O(N), no sort
     scores = np.asarray(scores)
@@ -104,7 +99,6 @@ def top_k(scores, k):  # ids of the k highest, best first, ties to the lower id;
     threshold = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest value
     candidates = np.flatnonzero(scores >= threshold)  # every tie at the threshold, in index order
     return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
-
 
 # ----------------------------------------------------------------------------- sparse: BM25
 
@@ -136,7 +130,6 @@ class BM25:
                 s[ids] += weights
         return s
 
-
 # ----------------------------------------------------------------------------- dense: encoders
 
 class Vocab:  # word ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word seen
@@ -148,11 +141,9 @@ class Vocab:  # word ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word se
     def ids(self, text):
         return [self.stoi.get(w, 1) for w in words(text)]
 
-
 def pad_right(seqs, max_len, device):  # -> (B, T) ids cut at max_len, padded with 0 = [PAD]
     rows = [torch.tensor(s[:max_len], dtype=torch.long) for s in seqs]
     return nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
-
 
 class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm blocks
 
@@ -169,7 +160,6 @@ class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm 
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))  # (B, T, C)
         x = x if extra is None else x + extra
         return self.ln_f(self.blocks(x, src_key_padding_mask=~valid))  # (B, T, C)
-
 
 class BiEncoder(nn.Module):
     """e = normalise(mean of the real tokens' states), cos = q . d; passages embedded offline."""
@@ -192,13 +182,11 @@ class BiEncoder(nn.Module):
         out = torch.cat([self(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
         return out.float().cpu().numpy()
 
-
 def info_nce(q, d, tau, false_negatives=None):  # (B, B) false_negatives: relevant, not negative
     logits = q @ d.T / tau  # (B, B); L = -(1/B) sum_i log softmax_j(q_i . d_j / tau)[i]
     if false_negatives is not None:
         logits = logits.masked_fill(false_negatives, -math.inf)
     return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
-
 
 class CrossEncoder(nn.Module):
     """score = w . h_[CLS] of [CLS] q [SEP] d: q and d attend to each other, too slow to search
@@ -223,12 +211,10 @@ class CrossEncoder(nn.Module):
         h = self.encoder(idx, idx != 0, features)  # (B, T, n_embd); no word is [PAD]
         return self.head(h[:, 0]).squeeze(-1)
 
-
 def dense_search(query_emb, doc_embs, k):  # exact: unit query (d,), unit passages (N, d)
     scores = doc_embs @ query_emb  # (N,) cos = q . d for unit vectors
     ids = top_k(scores, k)
     return ids, scores[ids]
-
 
 def reciprocal_rank_fusion(rankings, k=60):  # needs no score calibration between retrievers
     fused = defaultdict(float)
@@ -237,7 +223,6 @@ def reciprocal_rank_fusion(rankings, k=60):  # needs no score calibration betwee
             fused[doc] += 1.0 / (k + rank)  # sum_r 1 / (k + rank_r(d)); 0 if r lacks d
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))  # ties to the lower id
 
-
 # ----------------------------------------------------------------------------- metrics
 # Means over queries of a ranking (ids, best first) against relevant ids R; R empty scores 0.
 
@@ -245,15 +230,12 @@ def recall_at_k(rankings, relevant, k):  # |top-k & R| / |R|
     return float(np.mean([len(set(r[:k]) & rel) / len(rel) if rel else 0.0
                           for r, rel in zip(rankings, relevant)]))
 
-
 def precision_at_k(rankings, relevant, k):  # |top-k & R| / k, k even past the ranking's end
     return float(np.mean([len(set(r[:k]) & rel) / k for r, rel in zip(rankings, relevant)]))
-
 
 def mrr(rankings, relevant):  # mean of 1 / (rank of the first relevant id), 0 if none
     return float(np.mean([next((1.0 / i for i, d in enumerate(r, 1) if d in rel), 0.0)
                           for r, rel in zip(rankings, relevant)]))
-
 
 def ndcg_at_k(rankings, relevant, k):  # DCG@k / IDCG@k, DCG = sum_{i<=k} rel_i / log2(i + 1)
     out = []
@@ -262,7 +244,6 @@ def ndcg_at_k(rankings, relevant, k):  # DCG@k / IDCG@k, DCG = sum_{i<=k} rel_i 
         ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(k, len(rel)) + 1))  # R first
         out.append(dcg / ideal if rel else 0.0)
     return float(np.mean(out))
-
 
 # ----------------------------------------------------------------------------- the knowledge base
 # Made-up people, so no model knows an answer; paraphrased templates, so word overlap alone does
@@ -290,7 +271,6 @@ ATTRIBUTES = [
      " {v}.", "When was {n} born?|In which year was {n} born?|What year did {n} come into the"
      " world?"),
 ]
-
 
 def make_knowledge_base(n_entities, size, overlap, seed=0):
     """Chunks of biographies; a fact per (person, attribute), `relevant`: the chunks holding it."""
@@ -324,7 +304,6 @@ def make_knowledge_base(n_entities, size, overlap, seed=0):
                                  f" chunk_overlap (now {overlap}) to the longest sentence - 1")
     return chunks, facts
 
-
 def split_questions(facts, test_frac, seed=0):  # held-out facts are never trained on
     rng = random.Random(seed + 1)
     order = list(range(len(facts)))
@@ -333,7 +312,6 @@ def split_questions(facts, test_frac, seed=0):  # held-out facts are never train
     test = [(rng.choice(facts[i]["questions"]), facts[i]) for i in order[:n_test]]  # one each
     train = [(q, facts[i]) for i in order[n_test:] for q in facts[i]["questions"]]  # every one
     return train, test
-
 
 # ----------------------------------------------------------------------------- retriever training
 
@@ -351,7 +329,6 @@ def optimise(model, loss_fn, steps, lr, name, log):  # AdamW on loss_fn(device),
         if log:
             log(step=step, **{f"{name}_loss": loss.item()})
     return model.eval()
-
 
 def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e-3, log=None):
     """InfoNCE with in-batch negatives; no positive twice in a batch, no relevant one negative."""
@@ -371,7 +348,6 @@ def train_bi_encoder(model, train, chunks, steps, batch_size, tau, seed=0, lr=2e
         return info_nce(q.float(), d.float(), tau, false_negatives)
     return optimise(model, loss_fn, steps, lr, "bi_encoder", log)
 
-
 def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
     """Retrieved non-relevant chunks in rank order, as met at test time; random ones only fill."""
     rng = random.Random(seed)
@@ -383,7 +359,6 @@ def hard_negatives(rankings, train, n_chunks, n_negatives, seed=0):
             hard += rng.sample(pool, min(len(pool), n_negatives - len(hard)))
         out.append(hard)
     return out
-
 
 def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, seed=0, lr=2e-3,
                         n_questions=8, log=None):
@@ -402,13 +377,11 @@ def train_cross_encoder(model, train, chunks, negatives, steps, n_negatives, see
         return F.cross_entropy(scores, torch.zeros(n_questions, dtype=torch.long, device=device))
     return optimise(model, loss_fn, steps, lr, "cross_encoder", log)
 
-
 def search_all(questions, bm25, query_embs, doc_embs, depth):  # BM25, dense, hybrid (RRF) ids
     sparse = [top_k(bm25.scores(q), depth).tolist() for q in questions]
     dense = [dense_search(e, doc_embs, depth)[0].tolist() for e in query_embs]
     hybrid = [[d for d, _ in reciprocal_rank_fusion(pair)][:depth] for pair in zip(sparse, dense)]
     return sparse, dense, hybrid
-
 
 @torch.no_grad()
 def rerank(cross, questions, rankings, chunks):  # by the cross-encoder; ties keep the old order
@@ -418,18 +391,15 @@ def rerank(cross, questions, rankings, chunks):  # by the cross-encoder; ties ke
         out.append([ranking[i] for i in top_k(scores.cpu().numpy(), len(ranking))])
     return out
 
-
 # ----------------------------------------------------------------------------- generation (gpt.py)
 
 SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 HYDE = "<|system|>write the passage<|user|>{}<|assistant|>"  # worded like the chunks, maybe wrong
 
-
 def augment(question, passages):
     """Question first (passages attend to it), then passages minus special tokens (untrusted)."""
     context = "\n".join(f"[{i}] {SPECIAL.sub('', p)}" for i, p in enumerate(passages, 1))
     return f"<|user|>{question}<|system|>{context}<|assistant|>"
-
 
 def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):  # greedy, cut at <|end|>
     end = tok.special("<|end|>")
@@ -439,7 +409,6 @@ def generate_text(model, tok, prompts, max_new_tokens, batch_size=64):  # greedy
         out += [tok.decode([t for t in new if t != end]).strip()
                 for new in model.generate(ids, max_new_tokens, temperature=0, stop_tokens=(end,))]
     return out
-
 
 def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_book=0.15):
     """SFT pairs: gold passage + 0..top_k-1 distractors -> answer; closed-book rows; HyDE rows."""
@@ -460,7 +429,6 @@ def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_bo
     return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
             for p, c in rows]
 
-
 def train_reader(train, chunks, distractors, cfg, device):
     """A BPE of the knowledge base and a 2-layer gpt.py model trained on reader_pairs."""
     tok = gpt.Tokenizer.from_spec("bpe", "\n".join(chunks + [q for q, _ in train]), vocab_size=512)
@@ -473,7 +441,6 @@ def train_reader(train, chunks, distractors, cfg, device):
     print(f"reader: gpt.py 2x{cfg.reader_embd}, {gpt.count_params(model) / 1e6:.2f}M params,"
           f" {len(pairs)} pairs, {cfg.reader_steps} steps, final loss {loss:.3f}")
     return model, tok
-
 
 # ----------------------------------------------------------------------------- the demo
 
@@ -489,7 +456,6 @@ def print_retrieval_table(rows, relevant, n_chunks, log=None):
         print(f"{name:<22}" + "".join(f"{v:>9.3f}" for v in values))
         if log:
             log(method=name, **dict(zip(header, values)))
-
 
 def main(cfg):
     if gpt is None:
@@ -544,7 +510,6 @@ def main(cfg):
         print(f"{name:<30}{accuracy:>7.1%}")
         log(reader=name, exact_match=float(accuracy))
     print(f"e.g. {questions[0]!r} -> {predicted[0]!r} (truth {test[0][1]['answer']!r})")
-
 
 if __name__ == "__main__":  # without gpt.py, main says what needs it
     main(gpt.parse_args(RAGConfig, gpu=GPU) if gpt else None)

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 ENCODINGS = ("none", "learned", "sinusoidal", "rope", "alibi", "t5")
 
-
 @dataclass
 class Config:
     encodings: str = ",".join(ENCODINGS)  # comma-separated: which encodings to train and compare
@@ -71,9 +70,7 @@ class Config:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)}: {fix}")
 
-
 GPU = dict(steps=2000)  # on CUDA: train each encoding longer
-
 
 # ----------------------------------------------------------------------------- absolute positions
 
@@ -83,7 +80,6 @@ def sinusoidal_positions(T, d_model, base=10000.0):
     pos = torch.arange(T, dtype=torch.float64)[:, None]
     angles = pos * base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (T, d/2)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).float()
-
 
 class LearnedPositions(nn.Module):
     """A trained vector per position, added to the token embedding (GPT-2, BERT). Positions past
@@ -100,7 +96,6 @@ class LearnedPositions(nn.Module):
                              f"{self.table.num_embeddings}: learned positions cannot extrapolate; "
                              "build the table longer or use a relative encoding")
         return self.table(positions)
-
 
 # ----------------------------------------------------------------------------- RoPE
 
@@ -143,7 +138,6 @@ def rope_frequencies(head_dim, base=10000.0, scaling=None):
         return theta / s * (1 - gamma) + theta * gamma, 0.1 * math.log(s) + 1
     raise ValueError(f"unknown RoPE scaling type {kind!r}; choose linear, ntk or yarn")
 
-
 def apply_rope(x, positions, theta, layout="half", attention_factor=1.0):
     """Rotate pairs of x (B, H, T, d) by positions (T,) or (B, T) * theta_i: "half" (GPT-NeoX, HF
     Llama) pairs x_i, x_{i + d/2}; "interleaved" (RoFormer, GPT-J, Meta's Llama) x_{2i}, x_{2i+1}.
@@ -164,18 +158,15 @@ def apply_rope(x, positions, theta, layout="half", attention_factor=1.0):
         return rotated.flatten(-2).to(x.dtype)
     raise ValueError(f"layout={layout!r}; choose half or interleaved")
 
-
 def rope_permutation(head_dim):
     """Indices p with x_half = x_interleaved[..., p]: pair (2i, 2i+1) moves to (i, i + d/2)."""
     return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-
 
 def interleaved_to_half(weight, n_head):
     """Reorder the rows of a W_q or W_k (n_head * head_dim, d_in) trained with interleaved RoPE so
     that the half layout gives the same scores (how Meta's Llama weights become Hugging Face's)."""
     head_dim = weight.size(0) // n_head
     return weight.view(n_head, head_dim, -1)[:, rope_permutation(head_dim)].reshape(weight.shape)
-
 
 # ----------------------------------------------------------------------------- attention biases
 
@@ -188,7 +179,6 @@ def alibi_slopes(n_head):
     closest = 2 ** math.floor(math.log2(n_head))
     return torch.tensor(powers(closest) + powers(2 * closest)[0::2][:n_head - closest])
 
-
 def alibi_bias(n_head, T_q, T_k=None):
     """(n_head, T_q, T_k) bias -m_h |i - j| added to the scores; the queries are the last T_q of
     T_k positions (KV-cache decoding). Not learned, so it applies at any length."""
@@ -196,7 +186,6 @@ def alibi_bias(n_head, T_q, T_k=None):
     i = torch.arange(T_k - T_q, T_k)[:, None]
     j = torch.arange(T_k)[None, :]
     return -alibi_slopes(n_head)[:, None, None] * (i - j).abs()
-
 
 def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
     """T5's bucket of relative position j - i: distances below num_buckets/2 get one each, longer
@@ -214,7 +203,6 @@ def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
     far = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
     return offset + torch.where(distance < max_exact, distance, far)
 
-
 class T5RelativeBias(nn.Module):
     """b_h(i, j) = B[bucket(j - i), h]: one learned scalar per head and distance bucket, added to
     the scores of every layer (computed once, shared, as in T5)."""
@@ -231,7 +219,6 @@ class T5RelativeBias(nn.Module):
         relative = torch.arange(T_k, device=device)[None, :] - i
         buckets = t5_bucket(relative, self.bias.num_embeddings, self.max_distance)
         return self.bias(buckets).permute(2, 0, 1)
-
 
 # ----------------------------------------------------------------------------- a tiny model
 
@@ -267,7 +254,6 @@ class Block(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
         return x + self.mlp(self.ln2(x))
-
 
 class TinyLM(nn.Module):
     """A causal transformer whose only difference from its siblings is the position encoding."""
@@ -309,7 +295,6 @@ class TinyLM(nn.Module):
             x = block(x, rope, bias, block_cache)
         return self.head(self.ln_f(x))
 
-
 # ----------------------------------------------------------------------------- the k-back task
 
 def k_back_batch(batch, T, k, vocab, generator, device):
@@ -318,7 +303,6 @@ def k_back_batch(batch, T, k, vocab, generator, device):
     y = torch.full_like(x, -1)
     y[:, k:] = x[:, :-k]
     return x.to(device), y.to(device)
-
 
 def train_one(encoding, cfg, device):
     torch.manual_seed(cfg.seed)
@@ -343,7 +327,6 @@ def train_one(encoding, cfg, device):
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
 
-
 @torch.no_grad()
 def accuracy(model, cfg, T, device, rope_scaling=None):
     """Fraction of positions t >= k whose argmax is x_{t-k}, over n_eval fresh sequences."""
@@ -351,7 +334,6 @@ def accuracy(model, cfg, T, device, rope_scaling=None):
     x, y = k_back_batch(cfg.n_eval, T, cfg.k, cfg.vocab, g, device)
     pred = model(x, rope_scaling).argmax(-1)
     return (pred == y)[y >= 0].float().mean().item()
-
 
 # ----------------------------------------------------------------------------- demos
 
@@ -369,7 +351,6 @@ def show_relative_property(head_dim=64):
         absolute = float((q + pe[m]) @ (k + pe[n]))
         print(f"{m:>6} {n:>6} {m - n:>5} {float(rq @ rk):>15.6f} {absolute:>19.6f}")
 
-
 def show_long_term_decay(head_dim=64, base=10000.0):
     """For q = k = (1, ..., 1): cos(R(m) q, R(n) k) = mean_i cos((m - n) theta_i), which shrinks
     (with ripples) as the distance grows: far tokens interact less (Su et al., section 3.4.3)."""
@@ -381,7 +362,6 @@ def show_long_term_decay(head_dim=64, base=10000.0):
         cosine = float((rotated * ones).sum() / head_dim)
         print(f"  m - n = {distance:>5}  {cosine:+.3f}  " + "#" * round(max(cosine, 0) * 40))
 
-
 def unseen_angle_pairs(cfg, scaling):
     """RoPE pairs meeting angles at 4L never seen in training (below L * theta_i, unless a pair
     turned a full circle within L), and the fastest pair's speed (1 = nearby offsets as trained)."""
@@ -391,7 +371,6 @@ def unseen_angle_pairs(cfg, scaling):
     scaled, _ = rope_frequencies(head_dim, cfg.rope_base, scaling)
     unseen = ((4 * L - 1) * scaled > L * theta) & (L * theta < 2 * math.pi)
     return f"{int(unseen.sum())}/{head_dim // 2}", float(scaled[0] / theta[0])
-
 
 def pyplot(plot):
     """gpt.pyplot: matplotlib.pyplot for --plot, else None; if it is missing, a one-line note."""
@@ -404,7 +383,6 @@ def pyplot(plot):
         return plt
     except ImportError:
         print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-
 
 def plot_accuracy(plt, table, lengths, chance, path):
     """Accuracy against evaluation length, a line per row of the table (scalings dashed)."""
@@ -421,7 +399,6 @@ def plot_accuracy(plt, table, lengths, chance, path):
     plt.savefig(path, dpi=120, bbox_inches="tight")
     plt.close()
     print(f"plot: {path}")
-
 
 def main(cfg):
     plt = pyplot(cfg.plot)
@@ -460,7 +437,6 @@ def main(cfg):
     if plt:
         plot_accuracy(plt, table, lengths, 1 / cfg.vocab, "out/rope/accuracy.png")
 
-
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
 # identical), so that each standalone file can be copied on its own.
@@ -473,12 +449,10 @@ def pick_device(name="auto"):
         raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
     return here[0] if name == "auto" else name
 
-
 def to_bool(text):
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
-
 
 def parse_args(config_cls, argv=None, gpu=None):
     """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
@@ -503,7 +477,6 @@ def parse_args(config_cls, argv=None, gpu=None):
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-
 
 if __name__ == "__main__":
     main(parse_args(Config, gpu=GPU))

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class SFTConfig:
     init: str = ""  # checkpoint to fine-tune (e.g. out/train/ckpt.pt); empty = pretrain a tiny base
@@ -72,9 +71,7 @@ class SFTConfig:
         if set(self.lora_targets.split(",")) - {"c_attn", "c_proj", "c_fc"}:
             raise ValueError(f"--lora_targets={self.lora_targets}: choose among c_attn,c_proj,c_fc")
 
-
 GPU = dict(base_steps=2000, steps=1000)  # the defaults that change on a CUDA device
-
 
 # ----------------------------------------------------------------------------- packing
 
@@ -94,13 +91,11 @@ def pack(examples, block_size):
         row[2].extend([n] * (len(ids) - 1))
     return rows + ([row] if row[0] else [])
 
-
 def collate(rows, device):
     """(idx, targets, doc), each (B, T) for T the longest row; padding has target -1 and doc -1."""
     T = max(len(r[0]) for r in rows)
     return tuple(torch.tensor([r[i] + [fill] * (T - len(r[i])) for r in rows], device=device)
                  for i, fill in ((0, 0), (1, -1), (2, -1)))
-
 
 class PackedGPT(nn.Module):
     """A GPT on packed rows, each example getting exactly the logits it would get alone: attention
@@ -128,7 +123,6 @@ class PackedGPT(nn.Module):
             x = block(x, rope, mask[:, None], False, None, layer)
         return m.lm_head(m.transformer.ln_f(x))
 
-
 # ----------------------------------------------------------------------------- LoRA and QLoRA
 
 def nf4_levels():
@@ -140,12 +134,10 @@ def nf4_levels():
     levels = torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]) / positive.max()
     return levels.sort().values.float()
 
-
 NF4 = nf4_levels()
 NF4_BLOCK = 64  # weights per absmax scale
 ABSMAX_BLOCK = 256  # absmax scales per second-level (fp32) scale in the double quantisation
 E4M3_MAX = 448.0  # the largest float8_e4m3fn value: each block of constants is scaled to fill it
-
 
 def quantize_nf4(w):
     """Blockwise NF4: each block of 64 weights over its absmax c, each value the index of its
@@ -165,7 +157,6 @@ def quantize_nf4(w):
     return dict(codes=codes[:, 0::2] << 4 | codes[:, 1::2], absmax_codes=absmax_codes,
                 absmax_scale=scale, absmax_mean=mean, shape=torch.tensor(w.shape))
 
-
 def dequantize_nf4(q):
     """The float32 weight back from quantize_nf4: w ~ NF4[code] * c', c' = e4m3 * scale + mean."""
     n_blocks = q["absmax_codes"].numel()
@@ -174,7 +165,6 @@ def dequantize_nf4(q):
     codes = torch.stack([q["codes"] >> 4, q["codes"] & 15], -1).view(n_blocks, NF4_BLOCK)
     w = NF4.to(absmax.device)[codes.long()] * absmax[:, None]  # (n_blocks, 64)
     return w.flatten()[:int(q["shape"].prod())].view(q["shape"].tolist())
-
 
 class LoRALinear(nn.Module):
     """y = x W^T + b + (alpha/r) x A^T B^T, W and b frozen, B zero at the start. With quantize, W
@@ -213,7 +203,6 @@ class LoRALinear(nn.Module):
             return y
         return y + self.scale * F.linear(F.linear(x, self.lora_A), self.lora_B)  # never forms B A
 
-
 def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=False):
     """Freeze the model, then put a LoRALinear (W in NF4 if quantize) on each target Linear."""
     model.requires_grad_(False)
@@ -226,7 +215,6 @@ def apply_lora(model, r, alpha, targets=("c_attn", "c_proj", "c_fc"), quantize=F
         raise ValueError(f"no Linear layer named one of {targets} in the blocks: try c_attn")
     return model
 
-
 class NewTokenRows(nn.Module):
     """W with the given tokens' rows trainable, the rest frozen (PEFT's trainable_token_indices)."""
 
@@ -238,7 +226,6 @@ class NewTokenRows(nn.Module):
     def forward(self, weight):
         return weight.index_put((self.ids,), self.rows)
 
-
 @torch.no_grad()
 def merge_lora(model, unmerge=False):
     """W <- W + (alpha/r) B A: inference costs nothing extra; unmerge takes it back out of W."""
@@ -249,7 +236,6 @@ def merge_lora(model, unmerge=False):
             layer.weight += -layer.delta() if unmerge else layer.delta()
             layer.merged = not unmerge
     return model
-
 
 @torch.no_grad()
 def merged_state(model):
@@ -266,16 +252,13 @@ def merged_state(model):
             state[name] = getattr(layer, attr)
     return state
 
-
 def trainable_params(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
 
 def weight_bytes(model):
     """Bytes of every parameter and buffer, tied weights counted once."""
     tensors = {t.data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
-
 
 def prepare(base, method, cfg, tok):
     """A copy of the base: all of it trainable, or adapters plus the special tokens' rows."""
@@ -292,7 +275,6 @@ def prepare(base, method, cfg, tok):
                 shared[id(module.weight)] = NewTokenRows(module.weight, special)
             parametrize.register_parametrization(module, "weight", shared[id(module.weight)])
     return model
-
 
 # ----------------------------------------------------------------------------- training
 
@@ -331,7 +313,6 @@ def train_sft(model, rows, opt, g, cfg, start, device, after_step, rank=0, world
             break
     model.eval()
     return done
-
 
 # ----------------------------------------------------------------------------- main
 
@@ -430,7 +411,6 @@ def main(cfg):
         dist.destroy_process_group()
     return results
 
-
 def report(results, outputs, eval_set, n_params):
     print(f"\nheld-out exact match over {len(eval_set)} instructions"
           f" ({n_params / 1e6:.2f}M-parameter base)")
@@ -449,13 +429,11 @@ def report(results, outputs, eval_set, n_params):
                  for name in gpt.TASKS]
         print(f"{method:<17} " + "".join(f"{sum(r) / max(len(r), 1):>8.0%}" for r in right))
 
-
 # ----------------------------------------------------------------------------- --resume
 # The workflow rather than the lecture: each method's checkpoint, and the run that --resume goes on.
 
 def ckpt_path(cfg, method):
     return os.path.join(cfg.out_dir, "ckpt.pt" if method == "full" else f"ckpt_{method}.pt")
-
 
 def save(path, model, tok, method, step, opt, g, cfg, **extra):
     """A plain GPT (adapters merged in) for any script, and the trained tensors, optimizer and
@@ -465,7 +443,6 @@ def save(path, model, tok, method, step, opt, g, cfg, **extra):
     gpt.save_checkpoint(path, model, tok, step=step, config=cfg, optimizer=opt.state_dict(),
                         model_state=merged_state(model) if lora else None,
                         trainable=trained if lora else None, rng=gpt.rng_state(g), **extra)
-
 
 def resumable(cfg):
     """{method: its checkpoint} of the run that --resume continues, saved with these settings."""
@@ -478,7 +455,6 @@ def resumable(cfg):
                                                "ckpt_interval"))
     return ckpts
 
-
 def load_base(cfg, device, examples):
     """The --init checkpoint, or on --resume out_dir/base.pt, checked for the chat tokens and
     context; (None, None) when the tiny base is to be pretrained here."""
@@ -488,7 +464,6 @@ def load_base(cfg, device, examples):
     prompt = max(len(gpt.render_chat(gpt.chat(x), tok, True)) for _, x, _ in examples)
     gpt.check_chat_model(model, tok, prompt + 16)  # evaluation lets the model write 16 tokens
     return model.eval(), tok
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(SFTConfig, gpu=GPU))

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 import gpt
 
-
 @dataclass
 class TrainConfig:
     data: str = "embedded"  # embedded | shakespeare | fineweb (GPT-2 tokens) | a text file | a URL
@@ -109,10 +108,8 @@ class TrainConfig:
                              n_head=self.n_head, n_kv_head=self.n_kv_head, n_embd=self.n_embd,
                              mlp_hidden=self.mlp_hidden, dropout=self.dropout)
 
-
 GPU = dict(depth=12, n_embd=768, n_head=12, block_size=1024, batch_size=32, max_iters=5000, lr=6e-4,
            eval_interval=1000)  # the defaults that change on CUDA: GPT-2 small's shape and recipe
-
 
 # ----------------------------------------------------------------------------- optimisation
 
@@ -128,7 +125,6 @@ def newton_schulz(G, steps=5, eps=1e-7):
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return (X.T if tall else X).to(G.dtype)
-
 
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz (Jordan et al. 2024), for 2D weights:
@@ -151,7 +147,6 @@ class Muon(torch.optim.Optimizer):
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
-
 def make_optimizers(model, cfg):
     """AdamW, decaying matrices and embeddings only; with optimizer=muon the blocks' 2D weights go
     to Muon instead. Each group remembers its peak lr."""
@@ -171,7 +166,6 @@ def make_optimizers(model, cfg):
             group["peak_lr"] = group["lr"]
     return optimizers
 
-
 def lr_factor(step, cfg):
     """Factor on the peak lr: linear warmup, then cosine to min_lr_frac, or (wsd) flat, linear."""
     warmup = max(1, int(cfg.warmup_frac * cfg.max_iters))
@@ -185,7 +179,6 @@ def lr_factor(step, cfg):
         return 1.0
     progress = min(1.0, (step - decay_start) / max(1, cfg.max_iters - decay_start))
     return 1.0 - (1 - cfg.min_lr_frac) * progress
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -216,13 +209,11 @@ def prepare_data(cfg, rank=0):
                          f" block_size={cfg.block_size}: use more text or a smaller --block_size")
     return ids[:split], ids[split:], tok
 
-
 def get_batch(ids, starts, block_size, device):
     """Inputs x and next-token targets y, (B, block_size) each, from windows at `starts`."""
     x = torch.from_numpy(np.stack([ids[s:s + block_size] for s in starts]).astype(np.int64))
     y = torch.from_numpy(np.stack([ids[s + 1:s + 1 + block_size] for s in starts]).astype(np.int64))
     return x.to(device), y.to(device)
-
 
 def step_starts(n_tokens, cfg, generator, world):
     """Window starts of one optimizer step, (grad_accum, world, batch_size). Every process draws
@@ -230,7 +221,6 @@ def step_starts(n_tokens, cfg, generator, world):
     count = cfg.grad_accum * world * cfg.batch_size
     starts = torch.randint(n_tokens - cfg.block_size, (count,), generator=generator)  # s + T < n
     return starts.view(cfg.grad_accum, world, cfg.batch_size).numpy()
-
 
 # ----------------------------------------------------------------------------- distributed, resume
 
@@ -247,13 +237,11 @@ def wrap(model, cfg, device, world):
         model = DistributedDataParallel(model, device_ids=ids)
     return torch.compile(model) if cfg.compile else model
 
-
 def state_options(cfg):
     """FSDP: gather whole tensors on the CPU, so the checkpoint does not depend on the sharding."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     full = cfg.fsdp and dist.is_initialized()
     return StateDictOptions(full_state_dict=True, cpu_offload=True) if full else None
-
 
 def save_state(path, raw, optimizers, tok, cfg, step, generator):
     """Everything --resume needs to continue bit for bit: weights, optimizer moments, the step,
@@ -266,11 +254,9 @@ def save_state(path, raw, optimizers, tok, cfg, step, generator):
         gpt.save_checkpoint(path, raw, tok, step=step, config=cfg, optimizer=opt_states,
                             model_state=model_state, rng=gpt.rng_state(generator))
 
-
 # what --resume may change: where the run goes and how it is watched, not what it computes
 RESUME_MAY_CHANGE = ("resume", "stop_after", "out_dir", "cache_dir", "device", "compile", "fsdp",
                      "eval_interval", "eval_iters", "sample_tokens", "plot")
-
 
 def load_state(ckpt, raw, optimizers, cfg, generator):
     """Weights, optimizer moments and RNG states back from ckpt; returns its step."""
@@ -280,7 +266,6 @@ def load_state(ckpt, raw, optimizers, cfg, generator):
         state_dict.set_optimizer_state_dict(raw, opt, state, options=state_options(cfg))
     gpt.set_rng_state(ckpt["rng"], generator)
     return ckpt["step"]
-
 
 # ----------------------------------------------------------------------------- eval and report
 
@@ -301,7 +286,6 @@ def estimate_loss(model, train, val, cfg, device, rank, world):
         losses[f"{split}_loss"] = total.item() / (cfg.eval_iters * cfg.grad_accum * world)
     return losses
 
-
 def sample_text(raw, tok, cfg, device):
     """A short sample that starts from <|endoftext|>, as a fresh document would. Its own
     generator leaves the training RNG untouched, so sampling never changes the run."""
@@ -315,7 +299,6 @@ def sample_text(raw, tok, cfg, device):
         raw.reshard()
     return tok.decode(out[0])
 
-
 # Dense bf16 tensor-core peaks from NVIDIA's data sheets, which print twice these "with sparsity"
 # (V100 has no bf16: its fp16 peak). The A10G (AWS only) has no data sheet: 70 is the quoted figure.
 PEAK_FLOPS = {"H200": 989e12, "H200 NVL": 835e12, "H100": 989e12, "H100 PCIE": 756e12,
@@ -323,14 +306,12 @@ PEAK_FLOPS = {"H200": 989e12, "H200 NVL": 835e12, "H100": 989e12, "H100 PCIE": 7
               "A10": 125e12, "A10G": 70e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
               "V100 PCIE": 112e12}
 
-
 def peak_flops(name):
     """The peak of the longest key whose words are all words of the device name, so that
     "NVIDIA H100 PCIe" is not the SXM part (named "NVIDIA H100 80GB HBM3") and "L40" is no L4."""
     words = set(name.upper().replace("-", " ").split())
     keys = [key for key in PEAK_FLOPS if set(key.split()) <= words]
     return PEAK_FLOPS[max(keys, key=len)] if keys else None
-
 
 def report(raw, cfg, tokens_seen, train_seconds, peak, world):
     """Parameters, tokens, Chinchilla ratio, compute, throughput, MFU (peak: FLOP/s per device)."""
@@ -347,7 +328,6 @@ def report(raw, cfg, tokens_seen, train_seconds, peak, world):
              f"throughput        {tok_s:,.0f} tokens/s ({train_seconds:.0f} s of training)",
              f"MFU               {mfu}"]
     return "\n".join(lines), dict(params=n_params, tokens=tokens_seen, tok_per_s=tok_s)
-
 
 # ----------------------------------------------------------------------------- training
 
@@ -374,7 +354,6 @@ def train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, 
         opt.step()
         opt.zero_grad(set_to_none=True)
     return total
-
 
 def train(cfg):
     """Train, evaluate, checkpoint; returns a dict with the eval history and the report."""
@@ -441,14 +420,12 @@ def train(cfg):
             gpt.plot_curves(plt, log, ["train_loss", "val_loss"], png)
     return dict(history=history, final_train_loss=loss_value, config=cfg, **stats)
 
-
 def main(cfg):
     try:
         return train(cfg)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
 
 # ----------------------------------------------------------------------------- real data
 # Not the lecture: a GPU run wants more text, so --data also takes a local file, a URL
@@ -461,7 +438,6 @@ FINEWEB_URL = ("https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/mai
                "fineweb_{split}_{index:06d}.bin")  # shard 0 is validation, 1.. are training
 SHARD_MAGIC = 20240520  # a shard: 256 int32 (magic, version 1, token count), then uint16 ids
 
-
 def load_text(cfg):
     """(name, text) of the corpus that cfg.data names."""
     path = cfg.data
@@ -470,7 +446,6 @@ def load_text(cfg):
     if cfg.data == "embedded" or path is None:
         return "embedded", gpt.embedded_corpus()
     return os.path.splitext(os.path.basename(path))[0], gpt.read_text(path)
-
 
 def download(url, cache_dir):
     """The cached copy of url, downloading it once; None when offline."""
@@ -487,7 +462,6 @@ def download(url, cache_dir):
         os.replace(path + ".part", path)
     return path
 
-
 def read_shard(path):
     """Token ids of one FineWeb shard, memory-mapped past its header."""
     header = np.fromfile(path, dtype=np.int32, count=256)
@@ -498,7 +472,6 @@ def read_shard(path):
         raise ValueError(f"{path} is truncated: its header says {header[2]}, it has {len(ids)}")
     return ids
 
-
 def load_fineweb(cfg):
     """(train ids, val ids, tokenizer) from shards 1 and 0, or None when offline."""
     paths = [download(FINEWEB_URL.format(split=s, index=i), cfg.cache_dir)
@@ -507,7 +480,6 @@ def load_fineweb(cfg):
         return None
     tok = gpt.Tokenizer.from_spec(cfg.tokenizer if cfg.tokenizer.endswith(".tiktoken") else "gpt2")
     return read_shard(paths[0]), read_shard(paths[1]), tok
-
 
 if __name__ == "__main__":
     main(gpt.parse_args(TrainConfig, gpu=GPU))

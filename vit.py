@@ -40,7 +40,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-
 @dataclass
 class Config:
     data: str = "shapes"  # shapes (made here) | mnist | cifar10 (downloaded; shapes when offline)
@@ -73,9 +72,7 @@ class Config:
         ViTConfig(image_size=SIDE[self.data], patch_size=self.patch_size, n_layer=self.n_layer,
                   n_head=self.n_head, n_embd=self.n_embd, pool=self.pool, pos=self.pos)
 
-
 GPU = dict(patch_size=4, n_layer=8, n_embd=256, steps=5000, vlm_steps=2000)
-
 
 @dataclass
 class ViTConfig:
@@ -110,7 +107,6 @@ class ViTConfig:
     def n_patches(self):
         return (self.image_size // self.patch_size) ** 2
 
-
 # ----------------------------------------------------------------------------- the model
 
 class PatchEmbedding(nn.Module):
@@ -128,7 +124,6 @@ class PatchEmbedding(nn.Module):
         patches = F.unfold(img, kernel_size=self.P, stride=self.P).transpose(1, 2)  # (B, N, CPP)
         return F.linear(patches, self.conv.weight.flatten(1), self.conv.bias)
 
-
 def sincos_2d(grid, dim):
     """(1, 1 + N, dim), fixed (MAE): the patch at (r, c) gets [sin(c w), cos(c w), sin(r w),
     cos(r w)], w_i = 10000^(-i / (dim/4)), i < dim/4; the [CLS] slot gets zeros."""
@@ -138,7 +133,6 @@ def sincos_2d(grid, dim):
     r, c = r.flatten()[:, None] * w, c.flatten()[:, None] * w  # (N, dim/4) each
     table = torch.cat([c.sin(), c.cos(), r.sin(), r.cos()], dim=1)
     return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table])[None].float()
-
 
 class Attention(nn.Module):
     def __init__(self, cfg):
@@ -163,7 +157,6 @@ class Attention(nn.Module):
         q, k, _ = self.heads(x)
         return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)), dim=-1)
 
-
 class Block(nn.Module):
     """Pre-norm: z = z + MSA(LN(z)); z = z + MLP(LN(z)), MLP(x) = GELU(x W_1 + b_1) W_2 + b_2."""
 
@@ -179,7 +172,6 @@ class Block(nn.Module):
     def forward(self, z):
         z = z + self.drop(self.attn(self.ln_1(z)))
         return z + self.drop(self.mlp(self.ln_2(z)))
-
 
 class ViT(nn.Module):
     def __init__(self, cfg):
@@ -225,7 +217,6 @@ class ViT(nn.Module):
         A = self.blocks[-1].attn.weights(self.blocks[-1].ln_1(z)).mean(dim=1)  # (B, 1+N, 1+N)
         return A[:, 0, 1:] if self.config.pool == "cls" else A[:, 1:, 1:].mean(dim=1)
 
-
 def small_cnn(channels, n_classes, width):
     """The baseline: 3x3 convs of width w (stride 2), 2w, 4w, global average pooling, a head."""
 
@@ -236,7 +227,6 @@ def small_cnn(channels, n_classes, width):
                          *conv(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(4 * width, n_classes))
 
-
 def cnn_matching(params, channels, n_classes):  # the width whose count is closest to params
     best = small_cnn(channels, n_classes, 4)
     for width in range(8, 1025, 4):
@@ -246,17 +236,14 @@ def cnn_matching(params, channels, n_classes):  # the width whose count is close
         best = cnn
     return best
 
-
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
-
 
 # ----------------------------------------------------------------------------- data
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (0.9, 0.15, 0.1), "green": (0.15, 0.75, 0.2), "blue": (0.2, 0.35, 0.95)}
 PLACES = ("top left", "top right", "bottom left", "bottom right")
-
 
 def make_shapes(n, size=32, seed=0):
     """One shape (4 kinds) in one colour (3) in one quadrant (4), jittered, on a noisy background:
@@ -283,7 +270,6 @@ def make_shapes(n, size=32, seed=0):
     labels = torch.tensor(shape * 3 + colour)
     return torch.tensor(images, dtype=torch.float32), labels, torch.tensor(attrs)
 
-
 # ----------------------------------------------------------------------------- training, pictures
 
 def train_classifier(model, data, steps, lr, batch, device, seed=0, desc="train"):
@@ -307,7 +293,6 @@ def train_classifier(model, data, steps, lr, batch, device, seed=0, desc="train"
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
 
-
 @torch.no_grad()
 def accuracy(model, x, y, device, batch=500):
     model.eval()
@@ -318,16 +303,13 @@ def accuracy(model, x, y, device, batch=500):
         correct += (pred == y[i:i + batch]).sum().item()
     return correct / len(x)
 
-
 def autocast(device):  # bfloat16 on CUDA, full precision elsewhere
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
-
 
 def heat_map(values, grid, ramp=" .:-=+*#%@"):  # (grid*grid,) as text, largest = darkest
     v = (values - values.min()) / (values.max() - values.min() + 1e-12)
     chars = [ramp[min(len(ramp) - 1, int(u * len(ramp)))] * 2 for u in v.tolist()]
     return ["".join(chars[r * grid:(r + 1) * grid]) for r in range(grid)]
-
 
 def show_attention(vit, img, device, plt=None, path=None):
     """Per-patch brightness beside the attention the head reads, as text; a PNG with plt."""
@@ -350,7 +332,6 @@ def show_attention(vit, img, device, plt=None, path=None):
         plt.close()
         print(f"plot: {path}")
 
-
 def pyplot(plot):  # matplotlib.pyplot for --plot; without it, a note before any work
     if not plot:
         return None
@@ -363,13 +344,11 @@ def pyplot(plot):  # matplotlib.pyplot for --plot; without it, a note before any
         print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
         return None
 
-
 # ----------------------------------------------------------------------------- a tiny VLM
 
 QUESTIONS = {"shape": "what shape is this?", "colour": "what colour is the shape?",
              "place": "where is the shape?"}
 ANSWERS = {"shape": SHAPES, "colour": tuple(COLOURS), "place": PLACES}  # by attribute column
-
 
 class TinyVLM(nn.Module):
     """LLaVA: a 2-layer MLP maps the frozen ViT's tokens into a decoder-only LM's input, before
@@ -386,7 +365,6 @@ class TinyVLM(nn.Module):
         h = self.decoder.hidden(None, embeds=x)  # (B, 1 + N + T, D)
         return self.decoder.lm_head(h[:, image_tokens.size(1):])
 
-
 def vqa_examples(attrs, tok, rng):  # (kind, prompt ids, answer ids) per image, a random kind
     kinds = list(QUESTIONS)
     out = []
@@ -395,7 +373,6 @@ def vqa_examples(attrs, tok, rng):  # (kind, prompt ids, answer ids) per image, 
         prompt = tok.encode(QUESTIONS[kinds[k]] + " ")
         out.append((kinds[k], prompt, tok.encode(ANSWERS[kinds[k]][row[k]] + "\n")))
     return out
-
 
 def vqa_batch(examples, rows, device):  # right-padded ids (B, T), (B, T - 1) answer targets
     seqs = [examples[r][1] + examples[r][2] for r in rows]
@@ -406,7 +383,6 @@ def vqa_batch(examples, rows, device):  # right-padded ids (B, T), (B, T - 1) an
     end = torch.tensor([len(s) for s in seqs], device=device)[:, None]
     return text, (pos >= start) & (pos < end)
 
-
 @torch.no_grad()
 def answer(vlm, image_tokens, prompt, newline, max_tokens=16):  # greedy, cut at the newline
     text = torch.tensor(prompt, device=image_tokens.device).expand(len(image_tokens), -1)
@@ -416,7 +392,6 @@ def answer(vlm, image_tokens, prompt, newline, max_tokens=16):  # greedy, cut at
             break
     said = text[:, len(prompt):].tolist()
     return [row[:row.index(newline)] if newline in row else row for row in said]
-
 
 def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, seed=0, batch=64):
     """Prints a TinyVLM's accuracy per question; trained on fresh images (ViT tokens as at test)."""
@@ -459,7 +434,6 @@ def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, se
         acc = sum(s == t for s, t in zip(said, truth)) / len(truth)
         chance = 1 / len(ANSWERS[kind])
         print(f"{question:<28}{acc:>14.1%}{chance:>8.0%}   {said[0]!r} / {truth[0]!r}")
-
 
 # ----------------------------------------------------------------------------- the demo
 
@@ -505,7 +479,6 @@ def main(cfg):
     vlm_demo(vit, normalise, data["test"][0], data["attrs"][1], cfg.n_train, cfg.vlm_steps, device,
              cfg.seed)
 
-
 # ----------------------------------------------------------------------------- real data
 # Not the lecture: MNIST and CIFAR-10, downloaded for a longer run (python vit.py --data=cifar10).
 # Offline, the shapes set stands in, drawn at the same image size.
@@ -518,7 +491,6 @@ MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # Krizhevsky 2009
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-
 
 def download(url, md5, cache_dir):
     """The cached copy of url, fetched once and checked against its published MD5; None offline."""
@@ -540,7 +512,6 @@ def download(url, md5, cache_dir):
                              " delete it and run again")
     return path
 
-
 def read_idx(path):  # MNIST's format: 0, 0, 0x08 (uint8), ndim, big-endian int32 sizes, values
     with gzip.open(path, "rb") as f:
         data = f.read()
@@ -548,7 +519,6 @@ def read_idx(path):  # MNIST's format: 0, 0, 0x08 (uint8), ndim, big-endian int3
         raise ValueError(f"{path} is not a uint8 idx file")
     shape = np.frombuffer(data, dtype=">i4", count=data[3], offset=4)
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * data[3]).reshape(shape)
-
 
 def read_cifar(path):
     """Pickled rows of 3072 bytes (R, G, B planes of 32 x 32); unpickling runs code, so only
@@ -563,7 +533,6 @@ def read_cifar(path):
                 xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(batch[b"labels"]))
     return {k: (np.concatenate(xs), np.concatenate(ys)) for k, (xs, ys) in split.items()}
-
 
 def load_data(name, n_train, n_test, cache_dir="data", seed=0):
     """{"train": (images in [0, 1], labels), "test": ...}; the shapes set, with "attrs", offline."""
@@ -585,7 +554,6 @@ def load_data(name, n_train, n_test, cache_dir="data", seed=0):
     return {"train": (x[:n_train], y[:n_train]), "test": (x[n_train:], y[n_train:]),
             "attrs": (attrs[:n_train], attrs[n_train:])}
 
-
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
 # identical), so that each standalone file can be copied on its own.
@@ -598,12 +566,10 @@ def pick_device(name="auto"):
         raise ValueError(f"--device={name}, but this machine has only {', '.join(here)}")
     return here[0] if name == "auto" else name
 
-
 def to_bool(text):
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
-
 
 def parse_args(config_cls, argv=None, gpu=None):
     """A Config from --field=value arguments; --help prints each field with its comment. gpu: the
@@ -628,7 +594,6 @@ def parse_args(config_cls, argv=None, gpu=None):
         return config_cls(**vars(args))
     except ValueError as e:
         parser.error(str(e))
-
 
 if __name__ == "__main__":
     main(parse_args(Config, gpu=GPU))
