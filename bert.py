@@ -339,8 +339,7 @@ def fit(model, step_loss, steps, lr, run, phase):
     """AdamW, 10% linear warmup then linear decay, decay 0.01 on matrices, clip 1: BERT's recipe."""
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=lr)
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0}], lr)
     warmup = max(1, steps // 10)
     start = run.restore(phase, model, opt)
     model.train()
