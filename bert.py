@@ -25,6 +25,7 @@ import functools
 import inspect
 import json
 import os
+import pathlib
 import random
 import re
 import sys
@@ -117,8 +118,7 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hd)
                    for t in self.qkv(x).split(C, dim=-1))
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
+        y = F.scaled_dot_product_attention(q, k, v, key_mask, self.dropout if self.training else 0)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 class EncoderLayer(nn.Module):
@@ -230,10 +230,10 @@ def load_documents(data):
         from pydoc_data import topics
         return {k: topics.topics[k] for k in sorted(topics.topics)}
     try:
-        with open(data, encoding="utf-8") as f:
-            paragraphs = [p for p in re.split(r"\n\s*\n", f.read()) if p.strip()]
+        text = pathlib.Path(data).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SystemExit(f"error: cannot read --data={data} as UTF-8 text ({e})") from None
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     if not paragraphs:
         raise SystemExit(f"error: the corpus is empty: {data}")
     return {f"paragraph {i}": p for i, p in enumerate(paragraphs)}
@@ -339,8 +339,7 @@ def fit(model, step_loss, steps, lr, run, phase):
     """AdamW, 10% linear warmup then linear decay, decay 0.01 on matrices, clip 1: BERT's recipe."""
     params = list(model.parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=lr)
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0}], lr)
     warmup = max(1, steps // 10)
     start = run.restore(phase, model, opt)
     model.train()
@@ -380,15 +379,10 @@ def finetune(model, data, cfg, run, phase, teacher=None):
     return fit(model, step_loss, cfg.finetune_steps, cfg.finetune_lr, run, phase)
 
 @torch.no_grad()
-def accuracy(model, data, device, batch=256):
-    model.eval()
-    correct = 0
-    for i in range(0, len(data), batch):
-        idx = pad_batch([r for r, _ in data[i:i + batch]])
-        with autocast(device):
-            pred = model(idx.to(device)).argmax(-1).cpu()
-        correct += (pred == torch.tensor([y for _, y in data[i:i + batch]])).sum().item()
-    return correct / len(data)
+def accuracy(model, data, device):  # one batch: the held-out sentences are a few hundred
+    with autocast(device):
+        pred = model.eval()(pad_batch([r for r, _ in data]).to(device)).argmax(-1).cpu()
+    return (pred == torch.tensor([y for _, y in data])).sum().item() / len(data)
 
 @torch.no_grad()
 def pretraining_metrics(model, docs, stream, batch_size, device, n_batches=8):
@@ -504,12 +498,11 @@ class Run:
             f.writelines(kept)
 
     def restore(self, phase, model, opt):  # the step `phase` starts at
-        if phase not in self.ckpt["models"]:
-            return 0
-        model.load_state_dict(self.ckpt["models"][phase])
-        if phase == self.ckpt.get("phase"):
+        if phase in self.ckpt["models"]:
+            model.load_state_dict(self.ckpt["models"][phase])
+        if phase == self.ckpt.get("phase"):  # the phase under way: its optimizer too
             opt.load_state_dict(self.ckpt["optimizer"])
-        return self.ckpt["steps"][phase]
+        return self.ckpt["steps"].get(phase, 0)
 
     def after_step(self, phase, step, steps, stats, model, opt):
         with open(self.log, "a") as f:
@@ -587,25 +580,20 @@ class WordPiece:
         self.lower = lower
 
     def pieces(self, word):
-        if len(word) > 100:
-            return ["[UNK]"]
         out = []
-        start = 0
-        while start < len(word):
+        while 0 < len(word) <= 100:
+            prefix = "##" if out else ""  # a piece inside a word
             end = len(word)
-            while end > start and "##" * bool(start) + word[start:end] not in self.stoi:
+            while end and prefix + word[:end] not in self.stoi:
                 end -= 1
-            if end == start:
+            if not end:
                 return ["[UNK]"]
-            out.append("##" * bool(start) + word[start:end])
-            start = end
-        return out
-
-    def tokenize(self, text):
-        return [piece for word in basic_tokens(text, self.lower) for piece in self.pieces(word)]
+            out.append(prefix + word[:end])
+            word = word[end:]
+        return out or ["[UNK]"]  # a word over 100 characters
 
     def encode(self, text):  # ids, without [CLS] and [SEP]
-        return [self.stoi[piece] for piece in self.tokenize(text)]
+        return [self.stoi[p] for word in basic_tokens(text, self.lower) for p in self.pieces(word)]
 
 # theirs -> ours in this order (attention.output.* before output.*); gamma, beta: old TF names
 HF_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias",
@@ -668,20 +656,16 @@ def from_pretrained(folder):
     if not weights or not {"config.json", "vocab.txt"} <= files:
         raise FileNotFoundError(f"{folder} needs config.json, vocab.txt and model.safetensors or"
                                 " pytorch_model.bin")
-
-    def read(name):
-        with open(os.path.join(folder, name), encoding="utf-8") as f:
-            return f.read()
     path = os.path.join(folder, weights[0])
     if path.endswith(".bin"):
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     else:
         state_dict = read_safetensors(path)
-    lower = True
-    if "tokenizer_config.json" in files:
-        lower = json.loads(read("tokenizer_config.json")).get("do_lower_case", True)
-    vocab = read("vocab.txt").removesuffix("\n").split("\n")
-    return from_hf_bert(state_dict, json.loads(read("config.json"))), WordPiece(vocab, lower)
+    names = ("config.json", "vocab.txt", "tokenizer_config.json")
+    text = {n: pathlib.Path(folder, n).read_text(encoding="utf-8") for n in names if n in files}
+    lower = json.loads(text.get("tokenizer_config.json", "{}")).get("do_lower_case", True)
+    vocab = text["vocab.txt"].removesuffix("\n").split("\n")
+    return from_hf_bert(state_dict, json.loads(text["config.json"])), WordPiece(vocab, lower)
 
 # ----------------------------------------------------------------------------- command line
 # The same lines in every script that has a command line (tests/test_cli.py keeps the copies
