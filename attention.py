@@ -26,7 +26,6 @@ import random
 import re
 import sys
 import typing
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -124,9 +123,7 @@ def padding_mask(lengths, T):
 class KVCache:
     """Self-attention appends each step's keys and values (step t costs O(t), not O(t^2));
     cross-attention stores the encoder's once. It grows by torch.cat; gpt.py preallocates."""
-
-    def __init__(self):
-        self.k = self.v = None  # (B, n_kv_head, S, head_dim) each
+    k = v = None  # (B, n_kv_head, S, head_dim) each, once append has run
 
     def __len__(self):
         return 0 if self.k is None else self.k.size(2)
@@ -354,17 +351,15 @@ def train(model, cfg, test_set, device):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9)
     schedule = lambda s: min((s + 1) / cfg.warmup, math.sqrt(cfg.warmup / (s + 1)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    amp = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else nullcontext()
     model.train()
-    bar = tqdm(range(cfg.steps), desc="train")
-    for step in bar:
+    for step in (bar := tqdm(range(cfg.steps), desc="train")):
         numbers = []
         while len(numbers) < cfg.batch_size:  # fresh pairs every step; held-out ones never appear
             n = draw_number(rng, 1, cfg.max_digits)
             if n not in test_set:
                 numbers.append(n)
         src, src_mask, tgt_in, tgt_out = make_batch(numbers, device)
-        with amp:
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
             logits = model(src, src_mask, tgt_in)
         loss = label_smoothed_loss(logits, tgt_out, cfg.label_smoothing, ignore_index=PAD)
         opt.zero_grad(set_to_none=True)
@@ -390,11 +385,10 @@ def exact_match(model, numbers, device, beam_size=0):
 
 def heat_map(weights, rows, cols):
     """A text heat map of an attention matrix (len(rows), len(cols)): darker = more attention."""
-    shades = " .:-=+*#%@"
     width = max(map(len, rows))
     lines = [" " * width + "  " + " ".join(cols)]
     for name, w in zip(rows, weights.tolist()):
-        lines.append(f"{name:>{width}}  " + " ".join(shades[min(int(x * 10), 9)] for x in w))
+        lines.append(f"{name:>{width}}  " + " ".join(" .:-=+*#%@"[min(int(x * 10), 9)] for x in w))
     return "\n".join(lines)
 
 def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
@@ -408,10 +402,8 @@ def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
 
 # ----------------------------------------------------------------------------- main
 
-def pyplot(plot):
-    """gpt.pyplot: matplotlib.pyplot for --plot, else None; if it is missing, a one-line note."""
-    if not plot:
-        return None
+def pyplot():
+    """matplotlib.pyplot (Agg) for --plot; if it is missing, a one-line note and None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -431,7 +423,7 @@ def plot_attention(plt, weights, rows, cols, path):
     print(f"plot: {path}")
 
 def main(cfg):
-    plt = pyplot(cfg.plot)
+    plt = pyplot() if cfg.plot else None
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed + 1)
