@@ -257,25 +257,11 @@ class Transformer(nn.Module):
         return [(KVCache(), KVCache()) for _ in self.decoder]
 
     @torch.no_grad()
-    def greedy(self, src, src_mask, bos, eos, max_len):
-        """Batched, with KV caches: y_t = argmax p(y | y_<t, x); lists cut before eos. In eval()."""
-        memory = self.encode(src, src_mask)
-        caches = self.new_caches()
-        token = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)
-        out = []
-        for _ in range(max_len):
-            token = self.decode(token, memory, src_mask, caches)[:, -1].argmax(-1, keepdim=True)
-            out.append(token)  # (B, 1)
-            if bool((torch.cat(out, 1) == eos).any(1).all()):  # every row has ended
-                break
-        rows = torch.cat(out, 1).tolist()
-        return [row[:row.index(eos)] if eos in row else row for row in rows]
-
-    @torch.no_grad()
     def beam_search(self, src, src_mask, bos, eos, beam_size=4, max_len=32):
         """For one source (1, S): keep the beam_size most probable prefixes by log p(y|x) =
         sum_t log p(y_t | y_<t, x); one that picks eos among the top beam_size is finished. Stop
-        once a finished one beats every live prefix (log-probs only fall as a prefix grows)."""
+        once a finished one beats every live prefix (log-probs only fall as a prefix grows).
+        beam_size=1 is greedy decoding, y_t = argmax p(y | y_<t, x). In eval(); eos left out."""
         memory = self.encode(src, src_mask)
         caches = self.new_caches()
         tokens = torch.full((1, 1), bos, device=src.device)  # the last token of each live prefix
@@ -371,17 +357,14 @@ def train(model, cfg, test_set, device):
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
-def exact_match(model, numbers, device, beam_size=0):
-    """Exact match of batched greedy decoding and (beam_size > 0) beam search; greedy outputs."""
+def exact_match(model, numbers, device, beam_size=1):
+    """Exact match of beam search (beam_size=1: greedy decoding) on each number; its outputs."""
     src, src_mask, _, _ = make_batch(numbers, device)
+    lengths = tqdm(src_mask.sum((1, 2, 3)).tolist(), desc=f"{beam_size} beams", leave=False)
+    out = [model.beam_search(src[i:i + 1, :n], src_mask[i:i + 1, ..., :n], BOS, EOS, beam_size, 40)
+           for i, n in enumerate(lengths)]
     words = [[TGT_VOCAB.index(w) for w in number_words(n)] for n in numbers]
-    greedy = model.greedy(src, src_mask, BOS, EOS, max_len=40)
-    greedy_acc = sum(g == w for g, w in zip(greedy, words)) / len(numbers)
-    if not beam_size:
-        return greedy_acc, None, greedy
-    beam = [model.beam_search(src[i:i + 1, :n], src_mask[i:i + 1, ..., :n], BOS, EOS, beam_size, 40)
-            for i, n in enumerate(tqdm(src_mask.sum((1, 2, 3)).tolist(), desc="beam", leave=False))]
-    return greedy_acc, sum(b == w for b, w in zip(beam, words)) / len(numbers), greedy
+    return sum(o == w for o, w in zip(out, words)) / len(numbers), out
 
 def heat_map(weights, rows, cols):
     """A text heat map of an attention matrix (len(rows), len(cols)): darker = more attention."""
@@ -438,9 +421,10 @@ def main(cfg):
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, on {device}")
     print(f"task: numbers of 1-{cfg.max_digits} digits -> English words, "
           f"e.g. {test[0]} -> {' '.join(number_words(test[0]))}")
-    greedy_before, _, _ = exact_match(model.eval(), test[:100], device)  # eval: no dropout
+    greedy_before, _ = exact_match(model.eval(), test[:100], device)  # eval: no dropout
     train(model, cfg, test_set, device)
-    greedy_acc, beam_acc, outputs = exact_match(model, test, device, cfg.beam_size)
+    greedy_acc, outputs = exact_match(model, test, device)
+    beam_acc, _ = exact_match(model, test, device, cfg.beam_size)
     print(f"held-out exact match on {len(test)} numbers never seen in training: before training "
           f"{greedy_before:.1%}; greedy {greedy_acc:.1%}; beam search ({cfg.beam_size} beams) "
           f"{beam_acc:.1%}")
