@@ -65,11 +65,9 @@ class Config:
     def __post_init__(self):
         if self.data not in SIDE:
             raise ValueError(f"data={self.data!r}; choose one of {', '.join(SIDE)}")
-        for name in ("n_train", "n_test", "steps", "batch_size", "vlm_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive")
+        for name in "n_train n_test steps batch_size vlm_steps lr".split():
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         ViTConfig(image_size=SIDE[self.data], patch_size=self.patch_size, n_layer=self.n_layer,
                   n_head=self.n_head, n_embd=self.n_embd, pool=self.pool, pos=self.pos)
 
@@ -295,12 +293,9 @@ def train_classifier(model, data, steps, lr, batch, device, seed=0, desc="train"
 @torch.no_grad()
 def accuracy(model, x, y, device, batch=500):
     model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        with autocast(device):
-            pred = model(x[i:i + batch].to(device)).argmax(-1).cpu()
-        correct += (pred == y[i:i + batch]).sum().item()
-    return correct / len(x)
+    with autocast(device):
+        pred = torch.cat([model(part.to(device)).argmax(-1).cpu() for part in x.split(batch)])
+    return (pred == y).sum().item() / len(x)
 
 def autocast(device):  # bfloat16 on CUDA, full precision elsewhere
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
