@@ -26,7 +26,6 @@ import random
 import re
 import sys
 import typing
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -124,9 +123,7 @@ def padding_mask(lengths, T):
 class KVCache:
     """Self-attention appends each step's keys and values (step t costs O(t), not O(t^2));
     cross-attention stores the encoder's once. It grows by torch.cat; gpt.py preallocates."""
-
-    def __init__(self):
-        self.k = self.v = None  # (B, n_kv_head, S, head_dim) each
+    k = v = None  # (B, n_kv_head, S, head_dim) each, once append has run
 
     def __len__(self):
         return 0 if self.k is None else self.k.size(2)
@@ -260,25 +257,11 @@ class Transformer(nn.Module):
         return [(KVCache(), KVCache()) for _ in self.decoder]
 
     @torch.no_grad()
-    def greedy(self, src, src_mask, bos, eos, max_len):
-        """Batched, with KV caches: y_t = argmax p(y | y_<t, x); lists cut before eos. In eval()."""
-        memory = self.encode(src, src_mask)
-        caches = self.new_caches()
-        token = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)
-        out = []
-        for _ in range(max_len):
-            token = self.decode(token, memory, src_mask, caches)[:, -1].argmax(-1, keepdim=True)
-            out.append(token)  # (B, 1)
-            if bool((torch.cat(out, 1) == eos).any(1).all()):  # every row has ended
-                break
-        rows = torch.cat(out, 1).tolist()
-        return [row[:row.index(eos)] if eos in row else row for row in rows]
-
-    @torch.no_grad()
     def beam_search(self, src, src_mask, bos, eos, beam_size=4, max_len=32):
         """For one source (1, S): keep the beam_size most probable prefixes by log p(y|x) =
         sum_t log p(y_t | y_<t, x); one that picks eos among the top beam_size is finished. Stop
-        once a finished one beats every live prefix (log-probs only fall as a prefix grows)."""
+        once a finished one beats every live prefix (log-probs only fall as a prefix grows).
+        beam_size=1 is greedy decoding, y_t = argmax p(y | y_<t, x). In eval(); eos left out."""
         memory = self.encode(src, src_mask)
         caches = self.new_caches()
         tokens = torch.full((1, 1), bos, device=src.device)  # the last token of each live prefix
@@ -354,17 +337,15 @@ def train(model, cfg, test_set, device):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-9)
     schedule = lambda s: min((s + 1) / cfg.warmup, math.sqrt(cfg.warmup / (s + 1)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    amp = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else nullcontext()
     model.train()
-    bar = tqdm(range(cfg.steps), desc="train")
-    for step in bar:
+    for step in (bar := tqdm(range(cfg.steps), desc="train")):
         numbers = []
         while len(numbers) < cfg.batch_size:  # fresh pairs every step; held-out ones never appear
             n = draw_number(rng, 1, cfg.max_digits)
             if n not in test_set:
                 numbers.append(n)
         src, src_mask, tgt_in, tgt_out = make_batch(numbers, device)
-        with amp:
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
             logits = model(src, src_mask, tgt_in)
         loss = label_smoothed_loss(logits, tgt_out, cfg.label_smoothing, ignore_index=PAD)
         opt.zero_grad(set_to_none=True)
@@ -376,25 +357,21 @@ def train(model, cfg, test_set, device):
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
 
-def exact_match(model, numbers, device, beam_size=0):
-    """Exact match of batched greedy decoding and (beam_size > 0) beam search; greedy outputs."""
+def exact_match(model, numbers, device, beam_size=1):
+    """Exact match of beam search (beam_size=1: greedy decoding) on each number; its outputs."""
     src, src_mask, _, _ = make_batch(numbers, device)
+    lengths = tqdm(src_mask.sum((1, 2, 3)).tolist(), desc=f"{beam_size} beams", leave=False)
+    out = [model.beam_search(src[i:i + 1, :n], src_mask[i:i + 1, ..., :n], BOS, EOS, beam_size, 40)
+           for i, n in enumerate(lengths)]
     words = [[TGT_VOCAB.index(w) for w in number_words(n)] for n in numbers]
-    greedy = model.greedy(src, src_mask, BOS, EOS, max_len=40)
-    greedy_acc = sum(g == w for g, w in zip(greedy, words)) / len(numbers)
-    if not beam_size:
-        return greedy_acc, None, greedy
-    beam = [model.beam_search(src[i:i + 1, :n], src_mask[i:i + 1, ..., :n], BOS, EOS, beam_size, 40)
-            for i, n in enumerate(tqdm(src_mask.sum((1, 2, 3)).tolist(), desc="beam", leave=False))]
-    return greedy_acc, sum(b == w for b, w in zip(beam, words)) / len(numbers), greedy
+    return sum(o == w for o, w in zip(out, words)) / len(numbers), out
 
 def heat_map(weights, rows, cols):
     """A text heat map of an attention matrix (len(rows), len(cols)): darker = more attention."""
-    shades = " .:-=+*#%@"
     width = max(map(len, rows))
     lines = [" " * width + "  " + " ".join(cols)]
     for name, w in zip(rows, weights.tolist()):
-        lines.append(f"{name:>{width}}  " + " ".join(shades[min(int(x * 10), 9)] for x in w))
+        lines.append(f"{name:>{width}}  " + " ".join(" .:-=+*#%@"[min(int(x * 10), 9)] for x in w))
     return "\n".join(lines)
 
 def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
@@ -408,10 +385,8 @@ def kv_cache_table(n_layer=32, n_head=32, head_dim=128, seq_len=8192):
 
 # ----------------------------------------------------------------------------- main
 
-def pyplot(plot):
-    """gpt.pyplot: matplotlib.pyplot for --plot, else None; if it is missing, a one-line note."""
-    if not plot:
-        return None
+def pyplot():
+    """matplotlib.pyplot (Agg) for --plot; if it is missing, a one-line note and None."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -431,7 +406,7 @@ def plot_attention(plt, weights, rows, cols, path):
     print(f"plot: {path}")
 
 def main(cfg):
-    plt = pyplot(cfg.plot)
+    plt = pyplot() if cfg.plot else None
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed + 1)
@@ -446,9 +421,10 @@ def main(cfg):
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, on {device}")
     print(f"task: numbers of 1-{cfg.max_digits} digits -> English words, "
           f"e.g. {test[0]} -> {' '.join(number_words(test[0]))}")
-    greedy_before, _, _ = exact_match(model.eval(), test[:100], device)  # eval: no dropout
+    greedy_before, _ = exact_match(model.eval(), test[:100], device)  # eval: no dropout
     train(model, cfg, test_set, device)
-    greedy_acc, beam_acc, outputs = exact_match(model, test, device, cfg.beam_size)
+    greedy_acc, outputs = exact_match(model, test, device)
+    beam_acc, _ = exact_match(model, test, device, cfg.beam_size)
     print(f"held-out exact match on {len(test)} numbers never seen in training: before training "
           f"{greedy_before:.1%}; greedy {greedy_acc:.1%}; beam search ({cfg.beam_size} beams) "
           f"{beam_acc:.1%}")

@@ -27,6 +27,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
 import tarfile
 import time
@@ -64,11 +65,9 @@ class Config:
     def __post_init__(self):
         if self.data not in SIDE:
             raise ValueError(f"data={self.data!r}; choose one of {', '.join(SIDE)}")
-        for name in ("n_train", "n_test", "steps", "batch_size", "vlm_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive")
+        for name in "n_train n_test steps batch_size vlm_steps lr".split():
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         ViTConfig(image_size=SIDE[self.data], patch_size=self.patch_size, n_layer=self.n_layer,
                   n_head=self.n_head, n_embd=self.n_embd, pool=self.pool, pos=self.pos)
 
@@ -88,8 +87,7 @@ class ViTConfig:
     pos: str = "learned"  # learned (1D table) | sincos (fixed 2D sine-cosine)
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "channels", "n_classes", "n_layer", "n_head",
-                     "n_embd"):
+        for name in "image_size patch_size channels n_classes n_layer n_head n_embd".split():
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if self.image_size % self.patch_size:
@@ -278,8 +276,7 @@ def train_classifier(model, data, steps, lr, batch, device, seed=0, desc="train"
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, steps // 10)
     cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))  # noqa: E731
-    schedule = lambda s: min((s + 1) / warmup, cosine(s))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, cosine(s)))
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in (bar := tqdm(range(steps), desc=desc, leave=False)):
@@ -296,12 +293,9 @@ def train_classifier(model, data, steps, lr, batch, device, seed=0, desc="train"
 @torch.no_grad()
 def accuracy(model, x, y, device, batch=500):
     model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        with autocast(device):
-            pred = model(x[i:i + batch].to(device)).argmax(-1).cpu()
-        correct += (pred == y[i:i + batch]).sum().item()
-    return correct / len(x)
+    with autocast(device):
+        pred = torch.cat([model(part.to(device)).argmax(-1).cpu() for part in x.split(batch)])
+    return (pred == y).sum().item() / len(x)
 
 def autocast(device):  # bfloat16 on CUDA, full precision elsewhere
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
@@ -333,16 +327,14 @@ def show_attention(vit, img, device, plt=None, path=None):
         print(f"plot: {path}")
 
 def pyplot(plot):  # matplotlib.pyplot for --plot; without it, a note before any work
-    if not plot:
-        return None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
-        return None
+    if plot:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            return plt
+        except ImportError:
+            print("note: --plot needs matplotlib (pip install matplotlib): no PNG will be written")
 
 # ----------------------------------------------------------------------------- a tiny VLM
 
@@ -399,8 +391,7 @@ def vlm_demo(vit, normalise, test_images, test_attrs, n_train, steps, device, se
     tok = gpt.Tokenizer.from_spec("byte", text="bytes need no training")
     images, _, train_attrs = make_shapes(n_train, size=test_images.size(-1), seed=seed + 1)
     with torch.no_grad():  # the vision encoder is frozen: its tokens are computed once
-        feats = {s: torch.cat([vit.features(x[i:i + 500].to(device))
-                               for i in range(0, len(x), 500)])
+        feats = {s: torch.cat([vit.features(part.to(device)) for part in x.split(500)])
                  for s, x in (("train", normalise(images)), ("test", test_images))}
     rng = np.random.default_rng(seed)
     train = vqa_examples(train_attrs, tok, rng)
@@ -463,7 +454,6 @@ def main(cfg):
     print(f"ViT: {vit_cfg.n_patches} patches of {cfg.patch_size}x{cfg.patch_size} + [CLS],"
           f" {cfg.n_layer} blocks x {cfg.n_embd} wide; patch embedding as conv vs unfold +"
           f" linear: max difference {gap:.1e}")
-
     print(f"\n{'model':<6}{'params':>10}{'steps':>7}{'test accuracy':>15}{'train time':>12}")
     for name, model in [("ViT", vit), ("CNN", cnn)]:
         t0 = time.perf_counter()
@@ -498,10 +488,8 @@ def download(url, md5, cache_dir):
     if not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                with open(path + ".part", "wb") as f:
-                    while chunk := response.read(1 << 20):
-                        f.write(chunk)
+            with urllib.request.urlopen(url, timeout=30) as remote, open(path + ".part", "wb") as f:
+                shutil.copyfileobj(remote, f)
         except OSError as e:  # URLError included
             print(f"could not download {url} ({e})")
             return None

@@ -248,19 +248,36 @@ def test_source_padding_changes_nothing():
     torch.testing.assert_close(padded, short, rtol=1e-10, atol=1e-10)
 
 
+@torch.no_grad()
+def greedy(model, src, src_mask, bos, eos, max_len):
+    """Batched greedy decoding with KV caches, y_t = argmax p(y | y_<t, x): a reference for
+    beam_search(beam_size=1); lists cut before eos."""
+    memory = model.encode(src, src_mask)
+    caches = model.new_caches()
+    token = torch.full((src.size(0), 1), bos, dtype=torch.long)
+    out = []
+    for _ in range(max_len):
+        token = model.decode(token, memory, src_mask, caches)[:, -1].argmax(-1, keepdim=True)
+        out.append(token)  # (B, 1)
+        if bool((torch.cat(out, 1) == eos).any(1).all()):  # every row has ended
+            break
+    rows = torch.cat(out, 1).tolist()
+    return [row[:row.index(eos)] if eos in row else row for row in rows]
+
+
 def test_beam_size_one_equals_greedy():
     model = tiny_transformer(seed=3)
     model.head = nn.Linear(32, 40, bias=False).double()  # untied and random: varied, sharp predictions
     nn.init.normal_(model.head.weight, std=0.5)
     src = torch.tensor([[3, 5, 7, 1], [9, 2, 6, 6]])
     mask = A.padding_mask(torch.tensor([4, 4]), 4)
-    free = model.greedy(src, mask, bos=1, eos=-1, max_len=12)  # eos = -1 never comes: 12 tokens each
+    free = greedy(model, src, mask, bos=1, eos=-1, max_len=12)  # eos = -1 never comes: 12 tokens each
     assert len(set(free[0] + free[1])) > 4
     for eos in sorted(set(free[0][3:] + free[1][3:]))[:4] + [39]:  # tokens that stop a row early, and one that may not
-        greedy = model.greedy(src, mask, bos=1, eos=eos, max_len=12)
+        batched = greedy(model, src, mask, bos=1, eos=eos, max_len=12)
         for i in range(2):
-            assert model.beam_search(src[i:i + 1], mask[i:i + 1], 1, eos, beam_size=1, max_len=12) == greedy[i]
-            assert greedy[i] == (free[i][:free[i].index(eos)] if eos in free[i] else free[i])
+            assert model.beam_search(src[i:i + 1], mask[i:i + 1], 1, eos, beam_size=1, max_len=12) == batched[i]
+            assert batched[i] == (free[i][:free[i].index(eos)] if eos in free[i] else free[i])
 
 
 def test_beam_search_is_exact_when_the_beam_covers_everything():
@@ -280,7 +297,7 @@ def test_beam_search_is_exact_when_the_beam_covers_everything():
         logits = model.decode(torch.tensor([[bos] + seq]), memory, mask)[0]
         return F.log_softmax(logits, -1).gather(-1, torch.tensor(seq + [eos])[:, None]).sum().item()
     assert best == max(finished, key=logp)
-    assert best != model.greedy(src, mask, bos, eos, max_len=4)[0]
+    assert best != greedy(model, src, mask, bos, eos, max_len=4)[0]
 
 
 def test_label_smoothing_equals_torch_cross_entropy():

@@ -280,7 +280,7 @@ def test_cached_archives_load_without_the_network(tmp_path, monkeypatch):
     ("--n_embd=30", "n_embd=30 is not divisible by n_head=4"),
     ("--pos=sincos --n_embd=18 --n_head=2", "2D sin-cos positions need n_embd divisible by 4"),
     ("--pool=max", "pool='max'; choose one of ('cls', 'mean')"),
-    ("--steps=0", "steps=0 must be at least 1"),
+    ("--steps=0", "steps=0 must be positive"),
     ("--lr=0", "lr=0.0 must be positive"),
     ("--n_layers=2", "unrecognized arguments: --n_layers=2")])
 def test_bad_flags_are_clear_errors(argv, message, capsys):
