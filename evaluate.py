@@ -345,15 +345,14 @@ def verdict_constraint(tok, labels, budget, vocab_size):
     if len(newline) != 1:
         raise ValueError("the judge needs a tokenizer in which a newline is one token")
     tails = [tok.encode(f"Verdict: {label}") + [end] for label in labels]
-    free = torch.zeros(vocab_size, dtype=torch.bool)  # ordinary tokens that hold no newline
+    free = torch.zeros(vocab_size, dtype=torch.bool)  # tokens with no newline, and the newline
     free[[i for i in range(len(tok.ranks)) if b"\n" not in tok.decode_bytes([i])] + newline] = True
 
     def allowed(generated):  # (B, t) tokens so far -> (B, vocab) mask
         masks = torch.zeros(len(generated), vocab_size, dtype=torch.bool)
         for row, g in enumerate(generated.tolist()):
-            if newline[0] not in g:  # still in the rationale; at the budget, force the newline
-                masks[row] = free if len(g) < budget else False
-                masks[row, newline[0]] = True
+            if newline[0] not in g:  # in the rationale; at the budget, only the newline ends it
+                masks[row] = free if len(g) < budget else torch.arange(vocab_size) == newline[0]
                 continue
             forced = g[g.index(newline[0]) + 1:]  # walk the trie of the allowed tails
             nxt = {t[len(forced)] for t in tails if t[:len(forced)] == forced and t[len(forced):]}
