@@ -114,10 +114,9 @@ def bleu(hypotheses, references, tokenize="13a", smooth="exp", smooth_value=None
         c += len(hyp)
         r += min((abs(len(x) - len(hyp)), len(x)) for x in refs)[1]
         for n in range(1, 5):
-            max_ref = collections.Counter()
-            for x in refs:
-                max_ref |= ngrams(x, n)  # |: elementwise max, the clip of each n-gram's matches
-            correct[n - 1] += sum(min(count, max_ref[g]) for g, count in ngrams(hyp, n).items())
+            ref_grams = [ngrams(x, n) for x in refs]  # clip: at most as often as in one reference
+            correct[n - 1] += sum(min(m, max(x[g] for x in ref_grams))
+                                  for g, m in ngrams(hyp, n).items())
             total[n - 1] += max(len(hyp) - n + 1, 0)
     if not any(correct):
         return 0.0
@@ -142,7 +141,7 @@ def sentence_bleu(hypothesis, references, **options):  # sacrebleu's: effective 
     references = [references] if isinstance(references, str) else references
     return bleu([hypothesis], [references], **{"effective_order": True, **options})
 
-# --------------------------------------------------------------------------- ROUGE (= rouge-score)
+# --------------------------------------------------------- ROUGE (= rouge-score), METEOR (= NLTK)
 
 def rouge_tokens(text, stem=False):  # rouge-score's: [a-z0-9] words, stemmed if longer than 3
     words = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
@@ -160,8 +159,7 @@ def lcs_table(a, b):  # T[i][j] = the length of the longest common subsequence o
     return T
 
 def rouge_lsum(pred_sents, ref_sents):
-    """Summary-level LCS (Lin 2004, sec. 3.2): per reference sentence, the union of its LCS with
-    every predicted sentence, each token counted at most as often as on both sides."""
+    """Summary-level LCS (Lin 2004, 3.2): per reference sentence, the union of its LCS with each."""
     union = collections.Counter()  # the tokens of each reference sentence's union
     for ref in ref_sents:
         hit = set()
@@ -179,7 +177,7 @@ def rouge_lsum(pred_sents, ref_sents):
         union.update(ref[i] for i in hit)
     n_pred = collections.Counter(t for s in pred_sents for t in s)
     n_ref = collections.Counter(t for s in ref_sents for t in s)
-    hits = sum(min(n, n_pred[t], n_ref[t]) for t, n in union.items())
+    hits = sum(min(n, n_pred[t], n_ref[t]) for t, n in union.items())  # as often as on both sides
     return prf(hits, n_pred.total(), n_ref.total())
 
 def rouge(prediction, reference, stem=False):
@@ -200,8 +198,6 @@ def rouge(prediction, reference, stem=False):
     lines = [[rouge_tokens(s, stem) for s in text.split("\n")] for text in (prediction, reference)]
     scores["rougeLsum"] = rouge_lsum(*lines)
     return scores
-
-# ----------------------------------------------------------------------------- METEOR (= NLTK)
 
 def meteor(hypothesis, reference, alpha=0.9, beta=3.0, gamma=0.5):
     """METEOR of lowercased words, the best over several references: NLTK's meteor_score without
@@ -335,8 +331,7 @@ def fact_check(text, subject, knowledge):
 # ----------------------------------------------------------------------------- LLM-as-a-judge
 
 def judge_prompt(question, reference, *answers):
-    """Reference-guided grading of one answer (PASS or FAIL) or two (A or B); the rationale comes
-    before the verdict, which it conditions (as in CoT)."""
+    """One answer graded PASS/FAIL or two A/B against a reference; the rationale first, as CoT."""
     criteria = "it names what the reference names; length and style do not count"
     shown = f"Answer: {answers[0]}" if len(answers) == 1 else "A: {}\nB: {}".format(*answers)
     return (f"{'PASS or FAIL' if len(answers) == 1 else 'A or B'}: {criteria}.\nQ: {question}\n"
@@ -350,15 +345,14 @@ def verdict_constraint(tok, labels, budget, vocab_size):
     if len(newline) != 1:
         raise ValueError("the judge needs a tokenizer in which a newline is one token")
     tails = [tok.encode(f"Verdict: {label}") + [end] for label in labels]
-    free = torch.zeros(vocab_size, dtype=torch.bool)  # ordinary tokens that hold no newline
+    free = torch.zeros(vocab_size, dtype=torch.bool)  # tokens with no newline, and the newline
     free[[i for i in range(len(tok.ranks)) if b"\n" not in tok.decode_bytes([i])] + newline] = True
 
     def allowed(generated):  # (B, t) tokens so far -> (B, vocab) mask
         masks = torch.zeros(len(generated), vocab_size, dtype=torch.bool)
         for row, g in enumerate(generated.tolist()):
-            if newline[0] not in g:  # still in the rationale; at the budget, force the newline
-                masks[row] = free if len(g) < budget else False
-                masks[row, newline[0]] = True
+            if newline[0] not in g:  # in the rationale; at the budget, only the newline ends it
+                masks[row] = free if len(g) < budget else torch.arange(vocab_size) == newline[0]
                 continue
             forced = g[g.index(newline[0]) + 1:]  # walk the trie of the allowed tails
             nxt = {t[len(forced)] for t in tails if t[:len(forced)] == forced and t[len(forced):]}
@@ -412,24 +406,20 @@ PARAPHRASES = {"capital": "Which city is the capital of {}?",
 def make_world(n_countries, seed):
     """{country: {attribute: value}}, distinct made-up names: what a model knows, tuning taught."""
     rng = random.Random(seed)
-    used = set()
-
-    def new_name(most_syllables):
-        while True:
-            k = rng.randint(1, most_syllables)
-            name = "".join(rng.choice(SYLLABLES) for _ in range(k)).capitalize()
-            if name not in used:
-                used.add(name)
-                return name
-    return {new_name(3): {a: new_name(2) for a in ATTRIBUTES} for _ in range(n_countries)}
+    names = []  # a country (up to 3 syllables), then its 3 values (up to 2 each), and so on
+    while len(names) < 4 * n_countries:
+        k = rng.randint(1, 2 if len(names) % 4 else 3)
+        name = "".join(rng.choice(SYLLABLES) for _ in range(k)).capitalize()
+        if name not in names:
+            names.append(name)
+    return {names[i]: dict(zip(ATTRIBUTES, names[i + 1:i + 4])) for i in range(0, len(names), 4)}
 
 def description(world, country):  # three atomic claims, one sentence each
     return " ".join(f"Its {a} is {v}." for a, v in world[country].items())
 
 def judge_example(world, rng, countries, pairwise):
-    """One graded case, right or wrong by construction: (prompt, rationale and verdict). The
-    reference is any value of the attribute, so the judge must read it, not recall the world.
-    The rationale sets the names side by side: a tiny model compares neighbours quickly."""
+    """A case right or wrong by construction: (prompt, rationale and verdict). The reference is any
+    value, so the judge must read it; the rationale sets the names side by side to compare."""
     c, a = rng.choice(countries), rng.choice(ATTRIBUTES)
     values = sorted({world[x][a] for x in world})
     reference = rng.choice(values)
@@ -456,11 +446,10 @@ def training_pairs(world, train, tok, cfg, rng):
     texts += [judge_example(world, rng, train, i % 2 == 1) for i in range(cfg.judge_cases)]
     return [(tok.encode(p), tok.encode(c) + [tok.special("<|end|>")]) for p, c in texts]
 
-# ----------------------------------------------------------------------------- the report card
+# ----------------------------------------------------------------- the report card, fine-tuning
 
 def qa_rows(model, tok, items, cfg, wording):
-    """items: (prompt ids, right reply, wrong replies). pass@1, pass@k and maj@n of n samples,
-    then multiple choice among the right reply and (up to) three wrong ones."""
+    """items: (prompt ids, right, wrongs) -> pass@k, maj@n, and the right among up to 3 wrongs."""
     n = cfg.samples
     k = min(4, n)
     rng = random.Random(cfg.seed + 1)
@@ -538,11 +527,8 @@ def world_card(model, tok, world, held_out, cfg):
                    ("verbosity: PASS rate, same answers padded %",
                     100 * verbosity_probe(model, tok, cases))], example
 
-# ----------------------------------------------------------------------------- fine-tuning
-
 def tiny_model(cfg, world, device):
-    """A BPE vocabulary of corpus text and the world's names (each name a token, as real names
-    are in a large vocabulary), and an untrained GPT."""
+    """An untrained GPT; a BPE of corpus text and the world's names, each a token as in big ones."""
     names = " ".join(f"{c} {a} {v}." for c in world for a, v in world[c].items())
     template = judge_prompt("What is the capital of X?", "Y", "Z") + judge_prompt(*"QRAB")
     text = gpt.embedded_corpus()[:20_000] + f"\n{names}" * 40 + template * 40
@@ -552,8 +538,8 @@ def tiny_model(cfg, world, device):
     return model.to(device), tok
 
 def finetune(model, tok, pairs, cfg, log, ckpt, before):
-    """gpt.finetune, saving what --resume needs to continue bit for bit every ckpt_every steps
-    (the global RNGs too: an --init model may have dropout). False if stop_after ended it."""
+    """gpt.finetune, saving every ckpt_every steps what --resume needs to continue bit for bit,
+    the global RNGs too. False if stop_after ended it."""
     def on_step(step, loss, state):
         if (step - 1) % max(1, cfg.steps // 100) == 0:  # about 100 points on the curve
             log(step=step - 1, loss=loss)
@@ -563,8 +549,6 @@ def finetune(model, tok, pairs, cfg, log, ckpt, before):
                                 state["optimizer"], generator=state["generator"],
                                 rng=gpt.rng_state(), before=before)
         return step == cfg.stop_after
-    if ckpt:
-        gpt.set_rng_state(ckpt["rng"])
     gpt.finetune(model, pairs, cfg.steps, cfg.lr, cfg.batch_size, seed=cfg.seed, desc="fine-tune",
                  resume=ckpt, on_step=on_step)
     return not (ckpt["step"] if ckpt else 0) < cfg.stop_after < cfg.steps
@@ -584,6 +568,7 @@ def main(cfg):
             gpt.check_chat_model(model, tok, 64)  # the instructions' context, as in sft.py
         if cfg.resume:
             gpt.check_resume(path, ckpt, cfg)
+            gpt.set_rng_state(ckpt["rng"])  # the global RNGs too: an --init model may have dropout
     ckpt = ckpt if cfg.resume else None  # what --resume continues
     log = gpt.RunLog(cfg.out_dir, step=ckpt["step"] if ckpt else 0)
     if cfg.ckpt:
