@@ -204,8 +204,7 @@ def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
     return offset + torch.where(distance < max_exact, distance, far)
 
 class T5RelativeBias(nn.Module):
-    """b_h(i, j) = B[bucket(j - i), h]: one learned scalar per head and distance bucket, added to
-    the scores of every layer (computed once, shared, as in T5)."""
+    """b_h(i, j) = B[bucket(j - i), h]: learned per head and bucket, shared by all layers (T5)."""
 
     def __init__(self, n_head, num_buckets=32, max_distance=128):
         super().__init__()
@@ -223,8 +222,7 @@ class T5RelativeBias(nn.Module):
 # ----------------------------------------------------------------------------- a tiny model
 
 class Block(nn.Module):
-    """Pre-norm: x = x + Attn(LN(x)); x = x + MLP(LN(x)); RoPE inside attention, biases on the
-    scores."""
+    """Pre-norm: x = x + Attn(LN(x)); x = x + MLP(LN(x)); RoPE in attention, biases on scores."""
 
     def __init__(self, d_model, n_head):
         super().__init__()
@@ -388,8 +386,7 @@ def plot_accuracy(plt, table, lengths, chance, path):
     """Accuracy against evaluation length, a line per row of the table (scalings dashed)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for name, accuracies in table.items():
-        x = [T for T, a in zip(lengths, accuracies) if a is not None]
-        plt.plot(x, [a for a in accuracies if a is not None], "--" if "+" in name else "-o",
+        plt.plot(list(accuracies), list(accuracies.values()), "--" if "+" in name else "-o",
                  label=name.strip())
     plt.axhline(chance, color="grey", lw=0.5)
     plt.xscale("log", base=2)
@@ -407,29 +404,25 @@ def main(cfg):
     show_long_term_decay()
     L = cfg.train_len
     lengths = (L, 2 * L, 4 * L)
-    scaling = lambda kind, s: {"type": kind, "factor": s, "original_len": L}  # noqa: E731
+    scaling = lambda kind, s: kind and {"type": kind, "factor": s, "original_len": L}  # noqa: E731
+    scalings = [("  + position interpolation", "linear"), ("  + NTK-aware", "ntk"),
+                ("  + YaRN", "yarn")]  # RoPE's rows: (name, scaling type)
     print(f"\ntask: output the token {cfg.k} steps back; {cfg.n_layer} layers, "
           f"d_model={cfg.d_model}, {cfg.steps} steps at length L={L}; accuracy on fresh sequences "
           f"(chance = {1 / cfg.vocab:.0%}):")
     print(f"{'encoding':<24}" + "".join(f"{f'{T // L}L = {T}':>10}" for T in lengths)
           + "   RoPE pairs with unseen angles at 4L, fastest pair's speed")
-    table = {}  # row name -> accuracy at each length (None: not evaluated)
+    table = {}  # row name -> {length: accuracy}; a scaling by s = T / L only past L
     for encoding in cfg.encodings.split(","):
         model = train_one(encoding, cfg, device)
-        table[encoding] = [accuracy(model, cfg, T, device) for T in lengths]
-        row = f"{encoding:<24}" + "".join(f"{a:>10.1%}" for a in table[encoding])
-        if encoding != "rope":
+        for name, kind in [(encoding, None)] + (scalings if encoding == "rope" else []):
+            table[name] = {T: accuracy(model, cfg, T, device, scaling(kind, T / L))
+                           for T in lengths if T > L or not kind}
+            row = f"{name:<24}" + "".join(f"{table[name][T]:>10.1%}" if T in table[name]
+                                          else " " * 10 for T in lengths)
+            if encoding == "rope":
+                row += "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, scaling(kind, 4)))
             print(row, flush=True)
-            continue
-        print(row + "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, None)), flush=True)
-        for kind, label in [("linear", "position interpolation"), ("ntk", "NTK-aware"),
-                            ("yarn", "YaRN")]:
-            name = f"  + {label}"
-            table[name] = [None] + [accuracy(model, cfg, T, device, scaling(kind, T / L))
-                                    for T in lengths[1:]]
-            at_4L = unseen_angle_pairs(cfg, scaling(kind, 4))
-            print(f"{name:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in table[name][1:])
-                  + "   {:>5} {:>6.2f}".format(*at_4L))
     # Learned rows past L never get a gradient; ALiBi favours recent tokens but cannot single out
     # exactly k back; plain RoPE holds up as the task needs only the fast pairs, which turned full
     # circles within L. The scalings (no fine-tuning here, unlike in practice) slow the rotations,
