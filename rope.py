@@ -335,11 +335,13 @@ def accuracy(model, cfg, T, device, rope_scaling=None):
 
 # ----------------------------------------------------------------------------- demos
 
-def show_relative_property(head_dim=64):
-    """<R(m) q, R(n) k> depends only on m - n for RoPE, but not for an added absolute encoding."""
+def show_rope_properties(head_dim=64, base=10000.0):
+    """<R(m) q, R(n) k> depends only on m - n for RoPE, not for an added absolute encoding; and for
+    q = k = (1, ..., 1), cos(R(m) q, R(n) k) = mean_i cos((m - n) theta_i) shrinks (with ripples)
+    as the distance grows: far tokens interact less (Su et al., section 3.4.3)."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, head_dim, generator=g, dtype=torch.float64)
-    theta, _ = rope_frequencies(head_dim)
+    theta, _ = rope_frequencies(head_dim, base)
     pe = sinusoidal_positions(5010, head_dim).double()
     print(f"RoPE's relative property, random q and k, head_dim={head_dim}:")
     print(f"{'m':>6} {'n':>6} {'m-n':>5} {'<R(m)q, R(n)k>':>15} {'<q+PE(m), k+PE(n)>':>19}")
@@ -348,11 +350,6 @@ def show_relative_property(head_dim=64):
         rk = apply_rope(k.view(1, 1, 1, -1), torch.tensor([n]), theta).flatten()
         absolute = float((q + pe[m]) @ (k + pe[n]))
         print(f"{m:>6} {n:>6} {m - n:>5} {float(rq @ rk):>15.6f} {absolute:>19.6f}")
-
-def show_long_term_decay(head_dim=64, base=10000.0):
-    """For q = k = (1, ..., 1): cos(R(m) q, R(n) k) = mean_i cos((m - n) theta_i), which shrinks
-    (with ripples) as the distance grows: far tokens interact less (Su et al., section 3.4.3)."""
-    theta, _ = rope_frequencies(head_dim, base)
     ones = torch.ones(1, 1, 1, head_dim, dtype=torch.float64)
     print(f"\nlong-term decay, q = k = 1, head_dim={head_dim}, base={base:g}:")
     for distance in [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]:
@@ -400,8 +397,7 @@ def plot_accuracy(plt, table, lengths, chance, path):
 def main(cfg):
     plt = pyplot(cfg.plot)
     device = pick_device(cfg.device)
-    show_relative_property()
-    show_long_term_decay()
+    show_rope_properties()
     L = cfg.train_len
     lengths = (L, 2 * L, 4 * L)
     scaling = lambda kind, s: kind and {"type": kind, "factor": s, "original_len": L}  # noqa: E731
