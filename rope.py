@@ -307,12 +307,12 @@ def train_one(encoding, cfg, device):
     model = TinyLM(encoding, cfg.vocab, cfg.d_model, cfg.n_head, cfg.n_layer, 4 * cfg.train_len,
                    cfg.rope_base).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    cosine = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     amp = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else nullcontext()
     g = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.steps), desc=f"train {encoding:<10}", leave=False)
     for step in bar:
+        decay = 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine, from 1 to 0
+        opt.param_groups[0]["lr"] = cfg.lr * (0.1 + 0.9 * decay)  # down to 10% of lr
         x, y = k_back_batch(cfg.batch_size, cfg.train_len, cfg.k, cfg.vocab, g, device)
         with amp:
             logits = model(x)
@@ -320,7 +320,6 @@ def train_one(encoding, cfg, device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
