@@ -204,8 +204,7 @@ def t5_bucket(relative, num_buckets=32, max_distance=128, bidirectional=False):
     return offset + torch.where(distance < max_exact, distance, far)
 
 class T5RelativeBias(nn.Module):
-    """b_h(i, j) = B[bucket(j - i), h]: one learned scalar per head and distance bucket, added to
-    the scores of every layer (computed once, shared, as in T5)."""
+    """b_h(i, j) = B[bucket(j - i), h]: learned per head and bucket, shared by all layers (T5)."""
 
     def __init__(self, n_head, num_buckets=32, max_distance=128):
         super().__init__()
@@ -223,8 +222,7 @@ class T5RelativeBias(nn.Module):
 # ----------------------------------------------------------------------------- a tiny model
 
 class Block(nn.Module):
-    """Pre-norm: x = x + Attn(LN(x)); x = x + MLP(LN(x)); RoPE inside attention, biases on the
-    scores."""
+    """Pre-norm: x = x + Attn(LN(x)); x = x + MLP(LN(x)); RoPE in attention, biases on scores."""
 
     def __init__(self, d_model, n_head):
         super().__init__()
@@ -309,12 +307,12 @@ def train_one(encoding, cfg, device):
     model = TinyLM(encoding, cfg.vocab, cfg.d_model, cfg.n_head, cfg.n_layer, 4 * cfg.train_len,
                    cfg.rope_base).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    cosine = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     amp = torch.autocast("cuda", torch.bfloat16) if device.startswith("cuda") else nullcontext()
     g = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.steps), desc=f"train {encoding:<10}", leave=False)
     for step in bar:
+        decay = 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine, from 1 to 0
+        opt.param_groups[0]["lr"] = cfg.lr * (0.1 + 0.9 * decay)  # down to 10% of lr
         x, y = k_back_batch(cfg.batch_size, cfg.train_len, cfg.k, cfg.vocab, g, device)
         with amp:
             logits = model(x)
@@ -322,7 +320,6 @@ def train_one(encoding, cfg, device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
@@ -337,11 +334,13 @@ def accuracy(model, cfg, T, device, rope_scaling=None):
 
 # ----------------------------------------------------------------------------- demos
 
-def show_relative_property(head_dim=64):
-    """<R(m) q, R(n) k> depends only on m - n for RoPE, but not for an added absolute encoding."""
+def show_rope_properties(head_dim=64, base=10000.0):
+    """<R(m) q, R(n) k> depends only on m - n for RoPE, not for an added absolute encoding; and for
+    q = k = (1, ..., 1), cos(R(m) q, R(n) k) = mean_i cos((m - n) theta_i) shrinks (with ripples)
+    as the distance grows: far tokens interact less (Su et al., section 3.4.3)."""
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, head_dim, generator=g, dtype=torch.float64)
-    theta, _ = rope_frequencies(head_dim)
+    theta, _ = rope_frequencies(head_dim, base)
     pe = sinusoidal_positions(5010, head_dim).double()
     print(f"RoPE's relative property, random q and k, head_dim={head_dim}:")
     print(f"{'m':>6} {'n':>6} {'m-n':>5} {'<R(m)q, R(n)k>':>15} {'<q+PE(m), k+PE(n)>':>19}")
@@ -350,11 +349,6 @@ def show_relative_property(head_dim=64):
         rk = apply_rope(k.view(1, 1, 1, -1), torch.tensor([n]), theta).flatten()
         absolute = float((q + pe[m]) @ (k + pe[n]))
         print(f"{m:>6} {n:>6} {m - n:>5} {float(rq @ rk):>15.6f} {absolute:>19.6f}")
-
-def show_long_term_decay(head_dim=64, base=10000.0):
-    """For q = k = (1, ..., 1): cos(R(m) q, R(n) k) = mean_i cos((m - n) theta_i), which shrinks
-    (with ripples) as the distance grows: far tokens interact less (Su et al., section 3.4.3)."""
-    theta, _ = rope_frequencies(head_dim, base)
     ones = torch.ones(1, 1, 1, head_dim, dtype=torch.float64)
     print(f"\nlong-term decay, q = k = 1, head_dim={head_dim}, base={base:g}:")
     for distance in [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]:
@@ -388,8 +382,7 @@ def plot_accuracy(plt, table, lengths, chance, path):
     """Accuracy against evaluation length, a line per row of the table (scalings dashed)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for name, accuracies in table.items():
-        x = [T for T, a in zip(lengths, accuracies) if a is not None]
-        plt.plot(x, [a for a in accuracies if a is not None], "--" if "+" in name else "-o",
+        plt.plot(list(accuracies), list(accuracies.values()), "--" if "+" in name else "-o",
                  label=name.strip())
     plt.axhline(chance, color="grey", lw=0.5)
     plt.xscale("log", base=2)
@@ -403,33 +396,28 @@ def plot_accuracy(plt, table, lengths, chance, path):
 def main(cfg):
     plt = pyplot(cfg.plot)
     device = pick_device(cfg.device)
-    show_relative_property()
-    show_long_term_decay()
+    show_rope_properties()
     L = cfg.train_len
     lengths = (L, 2 * L, 4 * L)
-    scaling = lambda kind, s: {"type": kind, "factor": s, "original_len": L}  # noqa: E731
+    scaling = lambda kind, s: kind and {"type": kind, "factor": s, "original_len": L}  # noqa: E731
+    scalings = [("  + position interpolation", "linear"), ("  + NTK-aware", "ntk"),
+                ("  + YaRN", "yarn")]  # RoPE's rows: (name, scaling type)
     print(f"\ntask: output the token {cfg.k} steps back; {cfg.n_layer} layers, "
           f"d_model={cfg.d_model}, {cfg.steps} steps at length L={L}; accuracy on fresh sequences "
           f"(chance = {1 / cfg.vocab:.0%}):")
     print(f"{'encoding':<24}" + "".join(f"{f'{T // L}L = {T}':>10}" for T in lengths)
           + "   RoPE pairs with unseen angles at 4L, fastest pair's speed")
-    table = {}  # row name -> accuracy at each length (None: not evaluated)
+    table = {}  # row name -> {length: accuracy}; a scaling by s = T / L only past L
     for encoding in cfg.encodings.split(","):
         model = train_one(encoding, cfg, device)
-        table[encoding] = [accuracy(model, cfg, T, device) for T in lengths]
-        row = f"{encoding:<24}" + "".join(f"{a:>10.1%}" for a in table[encoding])
-        if encoding != "rope":
+        for name, kind in [(encoding, None)] + (scalings if encoding == "rope" else []):
+            table[name] = {T: accuracy(model, cfg, T, device, scaling(kind, T / L))
+                           for T in lengths if T > L or not kind}
+            row = f"{name:<24}" + "".join(f"{table[name][T]:>10.1%}" if T in table[name]
+                                          else " " * 10 for T in lengths)
+            if encoding == "rope":
+                row += "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, scaling(kind, 4)))
             print(row, flush=True)
-            continue
-        print(row + "   {:>5} {:>6.2f}".format(*unseen_angle_pairs(cfg, None)), flush=True)
-        for kind, label in [("linear", "position interpolation"), ("ntk", "NTK-aware"),
-                            ("yarn", "YaRN")]:
-            name = f"  + {label}"
-            table[name] = [None] + [accuracy(model, cfg, T, device, scaling(kind, T / L))
-                                    for T in lengths[1:]]
-            at_4L = unseen_angle_pairs(cfg, scaling(kind, 4))
-            print(f"{name:<24}{'':>10}" + "".join(f"{a:>10.1%}" for a in table[name][1:])
-                  + "   {:>5} {:>6.2f}".format(*at_4L))
     # Learned rows past L never get a gradient; ALiBi favours recent tokens but cannot single out
     # exactly k back; plain RoPE holds up as the task needs only the fast pairs, which turned full
     # circles within L. The scalings (no fine-tuning here, unlike in practice) slow the rotations,

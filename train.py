@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import time
-import urllib.error
 import urllib.request
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -148,8 +147,7 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
 
 def make_optimizers(model, cfg):
-    """AdamW, decaying matrices and embeddings only; with optimizer=muon the blocks' 2D weights go
-    to Muon instead. Each group remembers its peak lr."""
+    """AdamW, decaying matrices and embeddings only; optimizer=muon: Muon for blocks' 2D weights."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     muon = {n: p for n, p in params.items()
             if cfg.optimizer == "muon" and ".h." in n and p.dim() == 2}
@@ -161,9 +159,6 @@ def make_optimizers(model, cfg):
     optimizers = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)]
     if muon:
         optimizers.append(Muon(list(muon.values()), lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["peak_lr"] = group["lr"]
     return optimizers
 
 def lr_factor(step, cfg):
@@ -183,8 +178,7 @@ def lr_factor(step, cfg):
 # ----------------------------------------------------------------------------- data
 
 def prepare_data(cfg, rank=0):
-    """(train ids, val ids, tokenizer): tokenised once (by rank 0) into a memmap that later runs on
-    the same text reuse; the last val_frac is validation."""
+    """(train ids, val ids, tokenizer): tokenised once, by rank 0, to a memmap later runs reuse."""
     shards = load_fineweb(cfg) if cfg.data == "fineweb" else None
     if shards:
         return shards
@@ -244,8 +238,7 @@ def state_options(cfg):
     return StateDictOptions(full_state_dict=True, cpu_offload=True) if full else None
 
 def save_state(path, raw, optimizers, tok, cfg, step, generator):
-    """Everything --resume needs to continue bit for bit: weights, optimizer moments, the step,
-    and the RNG states (the data order's generator included)."""
+    """What --resume needs: weights, optimizer moments, the step, the RNGs (the data order's)."""
     from torch.distributed.checkpoint import state_dict
     model_state = state_dict.get_model_state_dict(raw, options=state_options(cfg))
     opt_states = [state_dict.get_optimizer_state_dict(raw, opt, options=state_options(cfg))
@@ -287,8 +280,7 @@ def estimate_loss(model, train, val, cfg, device, rank, world):
     return losses
 
 def sample_text(raw, tok, cfg, device):
-    """A short sample that starts from <|endoftext|>, as a fresh document would. Its own
-    generator leaves the training RNG untouched, so sampling never changes the run."""
+    """A sample from <|endoftext|>, on its own generator: sampling never changes the run."""
     g = torch.Generator(device).manual_seed(cfg.seed)
     if cfg.fsdp and dist.is_initialized():
         raw.unshard()  # FSDP2: gather the root's own weights; every rank samples the same tokens
@@ -335,7 +327,7 @@ def train_step(model, optimizers, train_ids, cfg, data_gen, step, device, rank, 
     """One optimizer step over grad_accum micro-batches; returns the mean micro-batch loss."""
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = group["peak_lr"] * lr_factor(step, cfg)
+            group["lr"] = (cfg.muon_lr if isinstance(opt, Muon) else cfg.lr) * lr_factor(step, cfg)
     starts = step_starts(len(train_ids), cfg, data_gen, world)
     total = 0.0
     for micro in range(cfg.grad_accum):
@@ -456,7 +448,7 @@ def download(url, cache_dir):
             with urllib.request.urlopen(url, timeout=30) as response:
                 with open(path + ".part", "wb") as f:
                     shutil.copyfileobj(response, f)
-        except (urllib.error.URLError, OSError) as e:
+        except OSError as e:  # urllib's URLError included: offline
             print(f"could not download {url} ({e}): falling back to the embedded corpus")
             return None
         os.replace(path + ".part", path)
