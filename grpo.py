@@ -311,8 +311,7 @@ def minibatch_backward(policy, batch, rows, cfg, first=False):
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
 def policy_update(policy, ref, opt, batch, cfg):
-    """updates_per_rollout steps per epoch over minibatches within one row of each other in size,
-    even when DAPO refilled only part of the batch."""
+    """updates_per_rollout steps per epoch, on minibatches within one row of each other in size."""
     N = len(batch["prompts"])
     bounds = [N * i // cfg.updates_per_rollout for i in range(cfg.updates_per_rollout + 1)]
     score_batch(policy, ref, batch, cfg, start=bounds[1])
@@ -350,8 +349,7 @@ def evaluate(model, tok, problems, cfg, generator, sampled=True):
             "length": sum(len(c) for c in samples) / len(samples)}
 
 def train_grpo(policy, ref, opt, tok, cfg, run):
-    """Roll out, score, update, from step run["step"] + 1; held-out greedy accuracy and a
-    checkpoint every eval_every steps."""
+    """Roll out and update from step run["step"] + 1; eval and checkpoint every eval_every."""
     end = min(cfg.steps, cfg.stop_after or cfg.steps)
 
     def sample_problems(n):  # fresh training problems, never a held-out question
@@ -397,8 +395,7 @@ def start_policy(cfg, path):
         gpt.check_resume(path, ckpt, cfg, free=("resume", "stop_after", "steps", "plot", "device"))
         return policy, tok, ckpt
     if cfg.init:
-        policy, tok, _ = gpt.load_model(cfg.init)
-        return policy, tok, None
+        return *gpt.load_model(cfg.init)[:2], None
     tok = task_tokenizer()
     mcfg = gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=48, n_layer=cfg.n_layer,
                          n_head=cfg.n_head, n_embd=cfg.n_embd, pos="learned")
@@ -416,9 +413,8 @@ def report(policy, tok, cfg, held_out, before, after):
         print(f"{name:<34}{before[key]:>12.1%}{after[key]:>12.1%}")
     print(f"{'mean completion tokens':<34}{before['length']:>12.1f}{after['length']:>12.1f}")
     q = held_out[0][0]
-    reply = policy.generate([prompt_ids(tok, q)], cfg.max_new_tokens, temperature=0,
-                            stop_tokens=(tok.special("<|end|>"),))[0]
-    print(f"example: {q}= {answer_text(tok, reply)}")
+    reply = gpt.chat_answers(policy, tok, [q + "="], max_new_tokens=cfg.max_new_tokens)[0]
+    print(f"example: {q}= {tok.decode(reply)}")
 
 def main(cfg):
     device = gpt.pick_device(cfg.device)
@@ -432,8 +428,8 @@ def main(cfg):
     policy.to(device)
     held_out = make_problems(cfg.eval_problems, random.Random(cfg.seed + 1))
     run = dict(held_out=held_out, exclude={q for q, _, _ in held_out}, step=0,
-               problems=random.Random(cfg.seed + 3), generator=torch.Generator(device))
-    run["generator"].manual_seed(cfg.seed)
+               problems=random.Random(cfg.seed + 3),
+               generator=torch.Generator(device).manual_seed(cfg.seed))
     if ckpt is None:  # from nothing, a few worked examples teach the format well, sums partly
         examples = make_problems(cfg.sft_examples, random.Random(cfg.seed + 2), run["exclude"])
         pairs = [(prompt_ids(tok, p[0]), worked_ids(tok, p)) for p in examples]

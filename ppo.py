@@ -120,11 +120,9 @@ def join(prompts, completions, pad_id, device):
     attention mask (B, W + Tc), the completion mask (B, Tc) and the prompt width W."""
     W, Tc = max(len(p) for p in prompts), max(max(len(c) for c in completions), 1)
     idx, valid = gpt.pad_left(prompts, pad_id, device, W)
-    comp = torch.full((len(completions), Tc), pad_id, dtype=torch.long, device=device)
-    for row, c in enumerate(completions):
-        comp[row, :len(c)] = torch.as_tensor(c, dtype=torch.long)
-    lengths = torch.tensor([len(c) for c in completions], device=device)
-    mask = torch.arange(Tc, device=device)[None] < lengths[:, None]  # (B, Tc)
+    # completions left-aligned: pad_left's rows of the reversed completions, flipped
+    reversed_rows = gpt.pad_left([c[::-1] for c in completions], pad_id, device, Tc)
+    comp, mask = (t.flip(1) for t in reversed_rows)  # (B, Tc) each
     return torch.cat([idx, comp], 1), torch.cat([valid, mask], 1), mask, W
 
 class ScalarModel(nn.Module):
@@ -149,9 +147,8 @@ def reward_scores(rm, prompts, completions, pad_id):
 
 def pair_scores(rm, pairs, pad_id):
     """r(x, y_w) and r(x, y_l), (B,) each, for (prompt, chosen, rejected) triples."""
-    prompts = [p for p, _, _ in pairs]
-    return (reward_scores(rm, prompts, [w for _, w, _ in pairs], pad_id),
-            reward_scores(rm, prompts, [l for _, _, l in pairs], pad_id))
+    prompts, chosen, rejected = zip(*pairs)
+    return reward_scores(rm, prompts, chosen, pad_id), reward_scores(rm, prompts, rejected, pad_id)
 
 def bradley_terry_loss(r_chosen, r_rejected):
     """-log sigma(r_w - r_l), averaged over pairs: the chosen should out-score the rejected."""
@@ -174,10 +171,9 @@ def gae(rewards, values, mask, gamma, lam):
     """Generalised advantage estimation over (B, T) right-padded rows:
     delta_t = r_t + gamma V_{t+1} - V_t (V = 0 after the last token),
     A_t = delta_t + gamma lam A_{t+1}. Returns (advantages, returns = A + V)."""
-    T = rewards.size(1)
     advantages = torch.zeros_like(rewards)
     next_value, next_adv = torch.zeros_like(rewards[:, 0]), torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
+    for t in reversed(range(rewards.size(1))):
         live = mask[:, t].to(rewards.dtype)
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         advantages[:, t] = (delta + gamma * lam * next_adv) * live
@@ -232,23 +228,18 @@ def rollout(policy, ref, rm, value, prompts, tok, cfg, generator):
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     return dict(prompts=prompts, completions=completions, logp=logp, values=values, mask=mask,
                 advantages=whiten(advantages, mask), returns=returns, scores=scores,
-                kl=((logp - ref_logp) * mask).sum(1))
-
-def minibatches(n, cfg, generator):
-    """Each epoch's shuffled minibatches, drawn as it starts: an early stop draws no more."""
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator).tolist()
-        yield from (order[start:start + cfg.minibatch] for start in range(0, n, cfg.minibatch))
+                kl=((logp - ref_logp) * mask).sum(1), pad=pad)
 
 def ppo_update(policy, value, opt, batch, cfg, generator):
-    """epochs passes of shuffled minibatches over one rollout; stop early once the policy has
-    moved more than target_kl away from the one that sampled the rollout."""
+    """Shuffled minibatches over one rollout, cfg.epochs times, until the k3 KL passes target_kl."""
     params = [p for group in opt.param_groups for p in group["params"]]
+    n = len(batch["prompts"])
+    # each epoch's shuffle is drawn as the epoch starts: an early stop draws no more
+    orders = (torch.randperm(n, generator=generator).tolist() for _ in range(cfg.epochs))
     stats = []
-    for rows in minibatches(len(batch["prompts"]), cfg, generator):
-        logp, entropy, values, mask = policy_outputs(policy, value,
-                                                     [batch["prompts"][i] for i in rows],
-                                                     [batch["completions"][i] for i in rows],
+    for rows in (o[i:i + cfg.minibatch] for o in orders for i in range(0, n, cfg.minibatch)):
+        prompts, completions = ([batch[k][i] for i in rows] for k in ("prompts", "completions"))
+        logp, entropy, values, mask = policy_outputs(policy, value, prompts, completions,
                                                      batch["pad"])
         T = mask.size(1)  # this minibatch's longest completion
         old = {k: batch[k][rows, :T] for k in ("logp", "advantages", "values", "returns")}
@@ -269,19 +260,16 @@ def review_prompts(tok, nouns, n, rng):
     return [tok.encode(f"the {rng.choice(nouns)} was") for _ in range(n)]
 
 def decode(tok, completion):
-    eos = tok.eot_id
-    return tok.decode(completion[:-1] if completion and completion[-1] == eos else completion)
+    return tok.decode(completion[:-1] if completion[-1:] == [tok.eot_id] else completion)
 
 def start_model(cfg, rng):
     """(model, tokenizer) from --init, or a tiny GPT with a BPE whose every word is one token."""
     if cfg.init:
-        model, tok, _ = gpt.load_model(cfg.init)
-        return model, tok
+        return gpt.load_model(cfg.init)[:2]
     corpus = " ".join(p + c for p, c in (make_review(rng, NOUNS) for _ in range(500)))
     tok = gpt.Tokenizer.from_spec("bpe", corpus, vocab_size=512)
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=BLOCK_SIZE,
-                                  n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd))
-    return model, tok
+    return gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=BLOCK_SIZE,
+                                 n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd)), tok
 
 def check_fits(model, tok, cfg):
     """Say at load, not after minutes of training, that a review or prompt does not fit."""
@@ -303,8 +291,7 @@ def train_base_policy(model, tok, cfg):
     return model
 
 def preference_pairs(policy, tok, nouns, n, rng, generator, max_new_tokens):
-    """Two samples per prompt from the policy, ordered by the true preference (ties dropped):
-    a list of (prompt, chosen, rejected) token lists."""
+    """(prompt, chosen, rejected): two samples per prompt ranked by true_score, ties dropped."""
     prompts = review_prompts(tok, nouns, n, rng)
     a, b = (policy.generate(prompts, max_new_tokens, stop_tokens=(tok.eot_id,), generator=generator,
                             pad_id=tok.eot_id) for _ in range(2))
@@ -332,15 +319,6 @@ def train_reward_model(base, pairs, cfg, pad_id):
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return rm.eval().requires_grad_(False)
-
-def normalise_rewards(rm, prompts, completions, pad_id):
-    """Rescale the head so the reference policy's own samples score mean 0 and std 1 (as
-    InstructGPT did): the KL weight beta then means the same whatever scale the RM learned."""
-    with torch.no_grad():
-        scores = reward_scores(rm, prompts, completions, pad_id)
-        mean, std = scores.mean(), scores.std()
-        rm.head.weight.div_(std)
-        rm.head.bias.sub_(mean).div_(std)
 
 @gpt.inference
 def evaluate(policy, ref, rm, tok, prompts, cfg, generator, n=1):
@@ -374,7 +352,6 @@ def train_ppo(policy, ref, rm, tok, cfg, rng, generator, log):
         prompts = review_prompts(tok, TRAIN_NOUNS, cfg.rollout_size, rng)
         with gpt.autocast(generator.device):  # bf16 on CUDA; log-probs and losses upcast to fp32
             batch = rollout(policy, ref, rm, value, prompts, tok, cfg, generator)
-            batch["pad"] = tok.eot_id
             stats = ppo_update(policy, value, opt, batch, cfg, generator)
         true = sum(true_score(decode(tok, c)) for c in batch["completions"]) / len(prompts)
         row = dict(step=it + 1, rm_score=float(batch["scores"].mean()),
@@ -401,8 +378,12 @@ def main(cfg):
     prompts = review_prompts(tok, TRAIN_NOUNS, 256, rng)
     samples = ref.generate(prompts, cfg.max_new_tokens, stop_tokens=(tok.eot_id,), generator=g,
                            pad_id=tok.eot_id)
-    normalise_rewards(rm, prompts, samples, tok.eot_id)
-    with torch.no_grad():
+    with torch.no_grad():  # rescale the head so that the reference's own samples score mean 0
+        # and std 1 (as InstructGPT did): beta then means the same whatever scale the RM learned
+        scores = reward_scores(rm, prompts, samples, tok.eot_id)
+        mean, std = scores.mean(), scores.std()
+        rm.head.weight.div_(std)
+        rm.head.bias.sub_(mean).div_(std)
         r_w, r_l = pair_scores(rm, test_pairs, tok.eot_id)
     print(f"reward model: {len(pairs)} pairs, held-out pairwise accuracy "
           f"{float((r_w > r_l).float().mean()):.1%} ({time.time() - t0:.0f}s)")

@@ -271,9 +271,8 @@ def prepare(base, method, cfg, tok):
         special = [tok.special(name) for name in gpt.SPECIAL_TOKENS]
         shared = {}
         for module in (model.transformer.wte, model.lm_head):  # a tied head shares its rows
-            if id(module.weight) not in shared:
-                shared[id(module.weight)] = NewTokenRows(module.weight, special)
-            parametrize.register_parametrization(module, "weight", shared[id(module.weight)])
+            rows = shared.setdefault(id(module.weight), NewTokenRows(module.weight, special))
+            parametrize.register_parametrization(module, "weight", rows)
     return model
 
 # ----------------------------------------------------------------------------- training
@@ -317,10 +316,9 @@ def train_sft(model, rows, opt, g, cfg, start, device, after_step, rank=0, world
 # ----------------------------------------------------------------------------- main
 
 def main(cfg):
-    """Each method from the same base, one after another; --resume skips the finished ones."""
     rank, world, device = gpt.setup_distributed(cfg.device)
     master = rank == 0
-    say = print if master else (lambda *a, **k: None)
+    say = print if master else (lambda *a, **k: None)  # rank 0 prints and logs, the others not
     plt = gpt.pyplot(cfg.plot and master)
     torch.manual_seed(cfg.seed)
     train_set, eval_set = gpt.make_task(cfg.n_train, cfg.n_eval, cfg.seed)
@@ -343,7 +341,7 @@ def main(cfg):
         f" would be {n_tokens / (len(examples) * longest):.0%} full)")
     say("e.g. " + repr(tok.decode(examples[0][0])))
     done = [i * cfg.steps + ckpts[m]["step"] for i, m in enumerate(cfg.method_list) if m in ckpts]
-    log = gpt.RunLog(cfg.out_dir, step=max(done) + 1 if cfg.resume else 0) if master else None
+    log = gpt.RunLog(cfg.out_dir, step=max(done) + 1 if cfg.resume else 0) if master else say
     results = []
     outputs = {}
     acc0, nll0, outputs["base"] = gpt.evaluate_instructions(base, tok, eval_set)
@@ -373,8 +371,7 @@ def main(cfg):
 
         def after_step(step, loss):
             done = i * cfg.steps + step  # over the whole run
-            if master:
-                log(step=done, **{f"loss_{method}": loss})
+            log(step=done, **{f"loss_{method}": loss})
             if master and (done == cfg.stop_after or step % cfg.ckpt_interval == 0):
                 save(path, model, tok, method, step, opt, g, cfg, seconds=time.perf_counter() - t0)
             return done == cfg.stop_after
@@ -436,8 +433,7 @@ def ckpt_path(cfg, method):
     return os.path.join(cfg.out_dir, "ckpt.pt" if method == "full" else f"ckpt_{method}.pt")
 
 def save(path, model, tok, method, step, opt, g, cfg, **extra):
-    """A plain GPT (adapters merged in) for any script, and the trained tensors, optimizer and
-    RNGs as they are, for --resume."""
+    """A plain GPT (adapters merged) for any script; trained tensors, optimizer, RNGs to resume."""
     lora = method != "full"
     trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     gpt.save_checkpoint(path, model, tok, step=step, config=cfg, optimizer=opt.state_dict(),
