@@ -474,8 +474,7 @@ def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None
     logits, _ = model(torch.cat([idx, comp], 1), attn_mask=torch.cat([valid, mask], 1))
     logits = logits[:, width - 1:-1] / temperature  # (B, Tc, vocab): each completion token's
     logp = -F.cross_entropy(upcast(logits.flatten(0, 1)), comp.flatten(), reduction="none")
-    logp = logp.view_as(comp)
-    return logp * mask, mask
+    return logp.view_as(comp) * mask, mask
 
 def completion_loss(model, prompts, completions, pad_id=0):
     """SFT loss on completion tokens only: L = -sum_t mask_t log pi(c_t | ...) / sum_t mask_t."""
@@ -491,11 +490,10 @@ def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, d
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    start = 0
+    start = resume["step"] if resume else 0
     if resume:
         opt.load_state_dict(resume["optimizer"])
         g.set_state(resume["generator"].cpu())  # map_location="cuda" would hand it a CUDA tensor
-        start = resume["step"]
     model.train()
     loss = torch.tensor(math.nan)
     bar = tqdm(range(start, steps), desc=desc, leave=False)
@@ -629,9 +627,8 @@ class Tokenizer:
         return self.enc.decode_bytes([i for i in ids if i < self.n_vocab])
 
     def state_dict(self):
-        order = sorted(self.ranks, key=self.ranks.get)
-        return {"name": self.name, "pattern": self.pattern, "ranks": order,
-                "specials": list(SPECIAL_TOKENS)}
+        return {"name": self.name, "pattern": self.pattern,
+                "ranks": sorted(self.ranks, key=self.ranks.get), "specials": list(SPECIAL_TOKENS)}
 
     @classmethod
     def from_state_dict(cls, state):
