@@ -438,7 +438,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
         p = p[-len(drafted) - 1:]  # p[i]: the target's distribution for x_{i+1}
         accepted = 0
         for i, x in enumerate(drafted):  # x kept with probability min(1, p(x) / q(x))
-            if not torch.rand((), generator=generator, device=device) < p[i, x] / q[i][x]:
+            if torch.rand((), generator=generator, device=device) >= p[i, x] / q[i][x]:
                 break
             accepted += 1
         residual = p[accepted]  # every draft kept: one more token from p, free
