@@ -222,16 +222,14 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
-        self.apply(self._init_weights)
+        for module in self.modules():  # GPT-2's init: weights N(0, 0.02), biases 0
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2L)
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def new_cache(self, batch, max_len):
         p = self.lm_head.weight
@@ -241,8 +239,9 @@ class GPT(nn.Module):
     def hidden(self, idx, attn_mask=None, cache=None, embeds=None):
         """(B, T, n_embd) of the new tokens; attn_mask False on padding; embeds replace wte."""
         cfg = self.config
-        B, T = idx.shape if embeds is None else embeds.shape[:2]
-        device = idx.device if embeds is None else embeds.device
+        x = self.transformer.wte(idx) if embeds is None else embeds  # (B, T, n_embd)
+        B, T = x.shape[:2]
+        device = x.device
         start = cache.pos if cache is not None else 0
         if attn_mask is not None and bool(attn_mask.all()):
             attn_mask = None  # no padding after all: take the fast path
@@ -261,7 +260,6 @@ class GPT(nn.Module):
                 key_valid = torch.ones(B, start + T, dtype=torch.bool, device=device)
             positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
             mask, is_causal = attention_mask(key_valid, T, cfg.causal), False
-        x = self.transformer.wte(idx) if embeds is None else embeds  # (B, T, n_embd)
         rope = None
         if cfg.pos == "rope":
             rope = rope_angles(positions, cfg.n_embd // cfg.n_head, cfg.rope_base)
@@ -343,27 +341,23 @@ class GPT(nn.Module):
         for _ in range(max_new_tokens):
             logp = F.log_softmax(upcast(self.lm_head(h[:, -1])), dim=-1)  # (beam, vocab)
             cand_scores, cand = (scores[:, None] + logp).flatten().topk(2 * beam_size)
-            parents, tokens, new_scores = [], [], []
+            live = []  # (score, parent row, token) of the hypotheses that go on
             for rank, (score, flat) in enumerate(zip(cand_scores.tolist(), cand.tolist())):
                 parent, token = divmod(flat, logp.size(1))
-                if score == -math.inf or len(parents) == beam_size:
+                if score == -math.inf or len(live) == beam_size:
                     break
                 if token not in stop_tokens:
-                    parents.append(parent)
-                    tokens.append(token)
-                    new_scores.append(score)
+                    live.append((score, parent, token))
                 elif rank < beam_size:  # finished: ranked by its length-normalised score
                     hypothesis = beams[parent] + [token]
                     finished.append((score / len(hypothesis) ** length_penalty, hypothesis))
-            if len(finished) >= beam_size or not parents:
+            if len(finished) >= beam_size or not live:
                 break
-            n_dead = beam_size - len(parents)  # dead rows keep the batch's shape
-            parents += [parents[0]] * n_dead
-            tokens += [tokens[0]] * n_dead
-            scores = torch.tensor(new_scores + [-math.inf] * n_dead, device=idx.device)
-            beams = [beams[p] + [t] for p, t in zip(parents, tokens)]
-            cache.reorder(torch.tensor(parents, device=idx.device))
-            h = self.hidden(torch.tensor(tokens, device=idx.device)[:, None], cache=cache)
+            live += [(-math.inf, *live[0][1:])] * (beam_size - len(live))  # dead rows: same shape
+            scores, parents, tokens = (torch.tensor(c, device=idx.device) for c in zip(*live))
+            beams = [beams[p] + [t] for p, t in zip(parents.tolist(), tokens.tolist())]
+            cache.reorder(parents)
+            h = self.hidden(tokens[:, None], cache=cache)
         else:  # no break: the length limit ended it, and a live beam may beat the finished
             finished += [(s / max(len(b), 1) ** length_penalty, b)
                          for s, b in zip(scores.tolist(), beams) if s > -math.inf]
@@ -441,17 +435,16 @@ def speculative_generate(target, draft, prompt, max_new_tokens, k=4, temperature
             q.append(probs(draft, seq[d_cache.pos:] if i == 0 else drafted[-1][None], d_cache)[-1])
             drafted.append(torch.multinomial(q[-1], 1, generator=generator)[0])
         p = probs(target, torch.cat([seq[t_cache.pos:], *[x[None] for x in drafted]]), t_cache)
-        p = p[-len(drafted) - 1:]
+        p = p[-len(drafted) - 1:]  # p[i]: the target's distribution for x_{i+1}
         accepted = 0
-        residual = p[len(drafted)]  # p[i]: the target's distribution for x_{i+1}
-        for i, x in enumerate(drafted):
-            u = torch.rand((), generator=generator, device=device)
-            if u < p[i, x] / q[i][x]:  # kept with probability min(1, p/q)
-                accepted += 1
-                continue
-            residual = torch.clamp(p[i] - q[i], min=0)  # resample from norm(max(0, p - q))
-            residual = residual if residual.sum() > 0 else p[i]  # p == q up to rounding
-            break
+        for i, x in enumerate(drafted):  # x kept with probability min(1, p(x) / q(x))
+            if torch.rand((), generator=generator, device=device) >= p[i, x] / q[i][x]:
+                break
+            accepted += 1
+        residual = p[accepted]  # every draft kept: one more token from p, free
+        if accepted < len(drafted):  # rejected: resample from norm(max(0, p - q))
+            residual = torch.clamp(p[accepted] - q[accepted], min=0)
+            residual = residual if residual.sum() > 0 else p[accepted]  # p == q up to rounding
         new = torch.multinomial(residual / residual.sum(), 1, generator=generator)
         out += [int(x) for x in drafted[:accepted]]
         if not (out and out[-1] in stop_tokens):  # an accepted stop ends it: no free token
@@ -481,8 +474,7 @@ def completion_logprobs(model, prompts, completions, pad_id=0, prompt_width=None
     logits, _ = model(torch.cat([idx, comp], 1), attn_mask=torch.cat([valid, mask], 1))
     logits = logits[:, width - 1:-1] / temperature  # (B, Tc, vocab): each completion token's
     logp = -F.cross_entropy(upcast(logits.flatten(0, 1)), comp.flatten(), reduction="none")
-    logp = logp.view_as(comp)
-    return logp * mask, mask
+    return logp.view_as(comp) * mask, mask
 
 def completion_loss(model, prompts, completions, pad_id=0):
     """SFT loss on completion tokens only: L = -sum_t mask_t log pi(c_t | ...) / sum_t mask_t."""
@@ -498,11 +490,10 @@ def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, d
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    start = 0
+    start = resume["step"] if resume else 0
     if resume:
         opt.load_state_dict(resume["optimizer"])
         g.set_state(resume["generator"].cpu())  # map_location="cuda" would hand it a CUDA tensor
-        start = resume["step"]
     model.train()
     loss = torch.tensor(math.nan)
     bar = tqdm(range(start, steps), desc=desc, leave=False)
@@ -636,9 +627,8 @@ class Tokenizer:
         return self.enc.decode_bytes([i for i in ids if i < self.n_vocab])
 
     def state_dict(self):
-        order = sorted(self.ranks, key=self.ranks.get)
-        return {"name": self.name, "pattern": self.pattern, "ranks": order,
-                "specials": list(SPECIAL_TOKENS)}
+        return {"name": self.name, "pattern": self.pattern,
+                "ranks": sorted(self.ranks, key=self.ranks.get), "specials": list(SPECIAL_TOKENS)}
 
     @classmethod
     def from_state_dict(cls, state):
