@@ -90,12 +90,12 @@ class DiffusionConfig:
              f"device={self.device!r}: choose auto, cpu, cuda, cuda:N or mps"),
             (self.data != "embedded" and not os.path.isfile(self.data),
              f"data={self.data!r}: no such file; pass embedded or a local UTF-8 text file"),
-            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a directory")]
+            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a directory"),
+            (self.n_head > 0 and self.n_embd % (2 * self.n_head),  # RoPE rotates channel pairs
+             f"n_head={self.n_head} must split n_embd={self.n_embd} in even widths")]
         for bad, error in problems:
             if bad:
                 raise ValueError(error)
-        if self.n_embd % (2 * self.n_head):  # RoPE rotates pairs of channels in each head
-            raise ValueError(f"n_head={self.n_head} must split n_embd={self.n_embd} in even widths")
         n_blocks = self.gen_length // (self.block_length or self.gen_length)
         counts = self.step_counts.split(",")
         if not all(c.isdecimal() and int(c) > 0 and int(c) % n_blocks == 0 for c in counts):
@@ -137,18 +137,16 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
         masked &= maskable
         x_t = torch.where(masked, x_t, x)
     logits = denoiser_logits(model, x_t)  # (B, L, vocab): the model sees the whole noisy sequence
-    nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none")
-    nll = nll.view(B, L)
+    nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none").view(B, L)
     return (nll * masked / t[:, None]).sum() / (B * L if maskable is None else maskable.sum())
 
 @torch.no_grad()
 def elbo_nll(model, x, n_mc=16, eps=1e-3, generator=None, maskable=None):
     """The ELBO bound on -log p(x) per token (nats): diffusion_loss over n_mc draws of t,
     stratified over (eps, 1); with maskable, on -log p(x[maskable] | x[~maskable])."""
-    B = x.size(0)
     total = 0.0
-    for i in range(n_mc):
-        u = (i + torch.rand(B, generator=generator, device=x.device)) / n_mc  # one draw per stratum
+    for i in range(n_mc):  # one draw of u per stratum
+        u = (i + torch.rand(x.size(0), generator=generator, device=x.device)) / n_mc
         t = eps + (1 - eps) * u
         total += diffusion_loss(model, x, t, generator=generator, maskable=maskable).item()
     return total / n_mc
@@ -365,28 +363,16 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
     samplers["autoregressive, KV cache"] = ar_sampler
     batched = {name: gpt.best_time(lambda: run(n=n), repeats) for name, run in samplers.items()}
     alone = {name: gpt.best_time(lambda: run(n=1), repeats)[1] for name, run in samplers.items()}
-    rows = []
-    for name, ((x, passes), secs) in batched.items():
-        rows.append(Row(name, passes / L, n * L / secs, L / alone[name], math.exp(ar_nll(ar, x)),
-                        entropy_bits(x[:, 1:])))
-    return rows
+    return [Row(name, passes / L, n * L / secs, L / alone[name], math.exp(ar_nll(ar, x)),
+                entropy_bits(x[:, 1:])) for name, ((x, passes), secs) in batched.items()]
 
 def print_table(rows, data_ppl, data_entropy, n_samples):
-    batch = f"tok/s, {n_samples} at once"
-    print(f"\n{'sampler':<38}{'passes/token':>13}{batch:>20}{'tok/s, 1 alone':>16}"
-          f"{'AR ppl of samples':>19}{'entropy (bits)':>16}")
+    print(f"\n{'sampler':<38}{'passes/token':>13}{f'tok/s, {n_samples} at once':>20}"
+          f"{'tok/s, 1 alone':>16}{'AR ppl of samples':>19}{'entropy (bits)':>16}")
     for r in rows:
         print(f"{r.name:<38}{r.passes_per_token:>13.3f}{r.tokens_per_s:>20.0f}"
               f"{r.tokens_per_s_alone:>16.0f}{r.ppl:>19.2f}{r.entropy:>16.2f}")
     print(f"{'held-out data':<38}{'':>13}{'':>20}{'':>16}{data_ppl:>19.2f}{data_entropy:>16.2f}")
-
-def show_trajectory(diffusion, tok, cfg, device):
-    history = []  # greedy and most-confident-first: no random draw
-    sample(diffusion, cfg.window, 8, temperature=0.0, history=history)
-    print("\ndenoising one sample in 8 steps (_ = [MASK]):")
-    for x, k in history:
-        text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
-        print(f"  +{k:>2} {text!r}")
 
 def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     """The middle third of held-out windows given the others: the diffusion bound beside the AR
@@ -438,7 +424,12 @@ def main(cfg):
           f"draws of t); autoregressive {ar_val:.3f} nats (ppl {math.exp(ar_val):.2f})")
     rows = quality_table(diffusion, ar, cfg, device)
     print_table(rows, math.exp(ar_val), entropy_bits(x_val[:, 1:]), cfg.n_samples)
-    show_trajectory(diffusion, tok, cfg, device)
+    history = []  # greedy and most-confident-first: no random draw
+    sample(diffusion, cfg.window, 8, temperature=0.0, history=history)
+    print("\ndenoising one sample in 8 steps (_ = [MASK]):")
+    for x, k in history:
+        text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
+        print(f"  +{k:>2} {text!r}")
     infill_bound, infill_ar = show_infilling(diffusion, ar, tok, val_ids, cfg, device)
     return dict(elbo=bound, ar_nll=ar_val, rows=rows, infill_bound=infill_bound,
                 infill_ar_nll=infill_ar)
