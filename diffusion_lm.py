@@ -4,20 +4,16 @@ Instead of writing left to right, start from [MASK] tokens and unmask a few posi
 in any order. Forward process: draw t ~ U(eps, 1) and mask each token independently with
 probability t. A bidirectional transformer (gpt.py's blocks with the causal mask off) predicts
 every masked token at once, never [MASK] itself (MDLM's zero masking). The loss
-
     L = E_t [ (1/t) * sum_i 1[x_t^i = MASK] * -log p(x_0^i | x_t) ] / (B * L)
-
 (normalised by all B*L tokens, not by the number masked) is an upper bound on -log p(x_0) per
 token (an ELBO), so exp(L) bounds the perplexity. Sahoo et al. 2024 (MDLM), Shi et al. 2024,
 Nie et al. 2025 (LLaDA). Sampling commits the most confident (or random) predictions, optionally
 block by block (semi-autoregressive), and infills between a prefix and a suffix.
 
-    python diffusion_lm.py                 # train both models, then the steps/speed/quality table
-    python diffusion_lm.py --resume        # continue from out/diffusion_lm/ckpt.pt, bit for bit
-    python diffusion_lm.py --plot          # and both models' curves in out/diffusion_lm/loss.png
-    python diffusion_lm.py --block_length=16 --temperature=0.8
-    python diffusion_lm.py --data=notes.txt --tokenizer=bpe
-    python bench/diffusion_lm.py           # tokens/s vs the AR twin at the closest sample quality
+    python diffusion_lm.py                  # train both models, then the steps/speed/quality table
+    python diffusion_lm.py --resume --plot  # continue out/diffusion_lm/ckpt.pt exactly; loss.png
+    python diffusion_lm.py --data=notes.txt --tokenizer=bpe --block_length=16 --temperature=0.8
+    python bench/diffusion_lm.py            # tokens/s vs the AR twin at the closest sample quality
 
 On CPU (a few minutes) both models train on the same batches, then a table of samplers (both
 orders, one block or blocks of 8, several step counts) beside the AR twin, the ELBO bound beside
@@ -75,11 +71,9 @@ class DiffusionConfig:
             (self.gen_length < 2, f"gen_length={self.gen_length} must be at least 2"),
             (self.tokenizer not in ("byte", "bpe"), f"tokenizer={self.tokenizer!r}: byte or bpe"),
             (self.vocab_size < 256, f"vocab_size={self.vocab_size} must be at least the 256 bytes"),
-            *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1") for f in
-              ("n_layer", "n_embd", "n_head", "steps", "batch_size", "eval_interval", "n_samples",
-               "n_mc")],
             *[(getattr(self, f) <= 0, f"{f}={getattr(self, f)} must be positive") for f in
-              ("lr", "diffusion_lr")],
+              ("n_layer", "n_embd", "n_head", "steps", "batch_size", "eval_interval", "n_samples",
+               "n_mc", "lr", "diffusion_lr")],
             (not 0 < self.eps < 1, f"eps={self.eps} must lie in (0, 1)"),
             (not 0 <= self.stop_after < self.steps,
              f"stop_after={self.stop_after} must be 0 (off) or below steps={self.steps}"),
@@ -175,9 +169,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
     n_blocks = length // block_length
     if steps % n_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks})")
-    device = model.lm_head.weight.device
     MASK = mask_id(model)
-    x = torch.tensor([prefix + [MASK] * length + suffix], device=device).repeat(n, 1)
+    x = torch.tensor([prefix + [MASK] * length + suffix] * n, device=model.lm_head.weight.device)
     passes = 0
     with gpt.evaluating(model):
         for b in range(n_blocks):
@@ -246,31 +239,30 @@ def ar_nll(ar, x):
     """The AR twin's mean NLL per token of x (B, L), scoring tokens 2..L given their prefix."""
     return ar(x[:, :-1], x[:, 1:])[1].item()
 
-def validation_nll(diffusion, ar, x, n_mc, eps, generator):
-    """(diffusion bound, AR NLL) per token of x's last L - 1 tokens given the first (the AR twin
-    has no start token to predict the first from, so the bound never masks it)."""
-    given_first = torch.ones_like(x, dtype=torch.bool)
-    given_first[:, 0] = False
+def validation_nll(diffusion, ar, x, n_mc, eps, generator, lo=1, hi=None):
+    """(diffusion bound, AR NLL) per token of x[:, lo:hi] given the rest, of which the AR twin sees
+    x[:, :lo] only; lo >= 1, as the AR twin has no start token to predict the first from."""
+    hi = hi or x.size(1)
+    maskable = torch.zeros_like(x, dtype=torch.bool)
+    maskable[:, lo:hi] = True
     with gpt.evaluating(diffusion, ar):
-        return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=given_first), ar_nll(ar, x)
+        logits = gpt.upcast(ar(x[:, :hi - 1])[0][:, lo - 1:])  # predicting positions lo .. hi-1
+        nll = F.cross_entropy(logits.flatten(0, 1), x[:, lo:hi].flatten()).item()
+        return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=maskable), nll
 
-def load_run(path):
-    """A checkpoint of this script (both models, their optimizers, the RNG) and its config."""
+def load_run(path, cfg=None):
+    """A checkpoint of this script (both models, their optimizers, the RNG) and its config. With
+    cfg (that of a --resume run), one saved with other settings is refused."""
+    if cfg and not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no {path} yet; start the run without --resume")
     ckpt = gpt.load_checkpoint(path)
     if "ar" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint of diffusion_lm.py: it holds no AR twin")
+    if cfg:
+        gpt.check_resume(path, ckpt, cfg)
+        if 0 < cfg.stop_after < ckpt["step"]:
+            raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
     return ckpt, DiffusionConfig(**ckpt["config"])
-
-def resume_from(cfg):
-    """The checkpoint --resume continues from; one saved with other settings is refused."""
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume: no {path} yet; start the run without --resume")
-    ckpt, _ = load_run(path)
-    gpt.check_resume(path, ckpt, cfg)
-    if 0 < cfg.stop_after < ckpt["step"]:
-        raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
-    return ckpt
 
 def train_step(models, opts, xy, cfg, step, g_mask):
     """One update of each model on the same windows xy (B, window + 1); returns their losses."""
@@ -379,13 +371,8 @@ def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     twin's exact -log p(middle | prefix), which cannot use the suffix; one window filled."""
     q = cfg.window // 3
     x = val_windows(val_ids, 3 * q, 64).to(device)
-    middle = torch.zeros_like(x, dtype=torch.bool)
-    middle[:, q:2 * q] = True
     g = torch.Generator(device).manual_seed(cfg.seed)
-    bound = elbo_nll(diffusion, x, cfg.n_mc, cfg.eps, g, maskable=middle)
-    with torch.no_grad():
-        logits = gpt.upcast(ar(x[:, :2 * q - 1])[0][:, q - 1:])  # predicting positions q .. 2q-1
-    ar_middle = F.cross_entropy(logits.flatten(0, 1), x[:, q:2 * q].flatten()).item()
+    bound, ar_middle = validation_nll(diffusion, ar, x, cfg.n_mc, cfg.eps, g, lo=q, hi=2 * q)
     print(f"\ninfilling the middle {q} tokens of 64 held-out windows of {3 * q}: diffusion bound "
           f"on -log p(middle | prefix, suffix) <= {bound:.3f} nats/token; AR twin's "
           f"-log p(middle | prefix) = {ar_middle:.3f} (it cannot see the suffix)")
@@ -400,14 +387,14 @@ def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
         print(f"  {name:<34}{show(prefix)} + {show(out[0, q:2 * q].tolist())} + {show(suffix)}")
     continuation = ar.generate([prefix], q, temperature=0.0)[0]
     print(f"  {'AR twin, greedy, prefix only':<34}{show(prefix)} + {show(continuation)}")
-    return bound, ar_middle
+    return dict(infill_bound=bound, infill_ar_nll=ar_middle)
 
 def main(cfg):
     plt = gpt.pyplot(cfg.plot)
     with gpt.bad_input():
         device = gpt.pick_device(cfg.device)
         tok, train_ids, val_ids = load_data(cfg)
-        ckpt = resume_from(cfg) if cfg.resume else None
+        ckpt = load_run(os.path.join(cfg.out_dir, "ckpt.pt"), cfg)[0] if cfg.resume else None
     log = gpt.RunLog(cfg.out_dir, ckpt["step"] if ckpt else 0)
     x_val = val_windows(val_ids, cfg.window, 64).to(device)
     trained = train_both(cfg, tok, train_ids, x_val, device, log, ckpt)
@@ -430,9 +417,8 @@ def main(cfg):
     for x, k in history:
         text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
         print(f"  +{k:>2} {text!r}")
-    infill_bound, infill_ar = show_infilling(diffusion, ar, tok, val_ids, cfg, device)
-    return dict(elbo=bound, ar_nll=ar_val, rows=rows, infill_bound=infill_bound,
-                infill_ar_nll=infill_ar)
+    return dict(elbo=bound, ar_nll=ar_val, rows=rows,
+                **show_infilling(diffusion, ar, tok, val_ids, cfg, device))
 
 if __name__ == "__main__":
     main(gpt.parse_args(DiffusionConfig, gpu=GPU))
