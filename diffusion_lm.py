@@ -21,11 +21,11 @@ the AR validation NLL, one denoising trajectory, and infilling: a bound and an e
 Left out: other noise schedules, conditioning on t (the best p(x_0 | x_t) does not depend on it:
 Ou et al. 2024), caching across steps, and models beyond about 1M parameters.
 """
-import collections
 import functools
 import math
 import os
 import re
+from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
@@ -179,9 +179,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
                 logits = denoiser_logits(model, x).double()  # (n, T, vocab), float64 for Gumbel
                 passes += 1
                 x0, confidence = propose(logits, temperature, remasking, generator)
-                candidate = x == MASK
-                candidate[:, :lo], candidate[:, lo + block_length:] = False, False
-                confidence = confidence.masked_fill(~candidate, -math.inf)
+                confidence = confidence.masked_fill(x != MASK, -math.inf)  # the block's masked
+                confidence[:, :lo], confidence[:, lo + block_length:] = -math.inf, -math.inf
                 chosen = confidence.topk(k, dim=-1).indices  # (n, k) positions to commit now
                 x.scatter_(1, chosen, x0.gather(1, chosen))
                 if history is not None:
@@ -189,10 +188,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
     return x, passes
 
 def propose(logits, temperature, remasking, generator):
-    """A token for every position, and a confidence used to pick which to commit.
-    Sampling uses the Gumbel-max trick: argmax(z/T + g), g = -log(-log u), in float64 so that
-    low-probability tokens are not rounded away; it draws exactly from softmax(z/T)."""
-    if temperature > 0:
+    """A token per position (float64, so Gumbel keeps rare tokens) and a confidence to rank them."""
+    if temperature > 0:  # Gumbel-max: argmax(z/T + g), g = -log(-log u), draws from softmax(z/T)
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
         x0 = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
     else:
@@ -326,8 +323,7 @@ def entropy_bits(x):
     p = p[p > 0] / p.sum()
     return abs((p * p.log2()).sum().item())
 
-Row = collections.namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl "
-                                    "entropy")
+Row = namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl entropy")
 
 def quality_table(diffusion, ar, cfg, device, repeats=1):
     """A Row per remasking, block schedule and step count, then the AR baseline; every sample
