@@ -4,9 +4,8 @@ A router scores token x against E experts, keeps the top k, and mixes their outp
     y = sum_{i in TopK(s)} g_i(x) E_i(x)  (+ shared experts that see every token),
     g = softmax over the k chosen logits (k > 1), or the raw probability p_i (k = 1).
 Parameters grow with E, compute per token with k. Left alone, the router collapses onto a few
-experts; the Switch loss alpha * E * sum_i f_i P_i (f_i: share of the token-to-expert
-assignments, P_i: mean router probability; alpha when routing is uniform, whatever k) or a
-selection-only bias (DeepSeek-V3) spreads the load.
+experts; the Switch loss alpha * E * sum_i f_i P_i (f_i: share of the assignments, P_i: mean
+router probability) or a selection-only bias (DeepSeek-V3) spreads the load.
 Papers: Shazeer et al. 2017 (noisy top-k), Lepikhin et al. 2020 (GShard, capacity),
 Fedus et al. 2021 (Switch), Zoph et al. 2022 (ST-MoE, z-loss), Gale et al. 2022 (MegaBlocks,
 dropless), Dai et al. 2024 (DeepSeekMoE, shared experts), Wang et al. 2024 (aux-loss-free).
