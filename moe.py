@@ -307,7 +307,7 @@ def train(model, name, run, ids, cfg, save, log, state=None):
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gpt.set_rng_state(state["rng"], g)
-    warmup = max(1, cfg.steps // 20)
+    warmup = max(1, cfg.steps // 20)  # warmup, then cosine from lr to lr/10
     t0 = time.perf_counter()
     for step in (bar := tqdm(range(start, cfg.steps), desc=name)):  # a fresh model: train mode
         done = run * cfg.steps + step  # steps of all models so far
