@@ -380,11 +380,9 @@ def search_all(questions, bm25, query_embs, doc_embs, depth):  # BM25, dense, hy
 
 @torch.no_grad()
 def rerank(cross, questions, rankings, chunks):  # by the cross-encoder; ties keep the old order
-    out = []
-    for question, ranking in zip(questions, rankings):
-        scores = cross([question] * len(ranking), [chunks[c] for c in ranking]).float()
-        out.append([ranking[i] for i in top_k(scores.cpu().numpy(), len(ranking))])
-    return out
+    scores = [cross([q] * len(r), [chunks[c] for c in r]).float().cpu().numpy()
+              for q, r in zip(questions, rankings)]
+    return [[r[i] for i in top_k(s, len(r))] for s, r in zip(scores, rankings)]
 
 # ----------------------------------------------------------------------------- generation (gpt.py)
 
