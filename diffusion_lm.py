@@ -4,20 +4,16 @@ Instead of writing left to right, start from [MASK] tokens and unmask a few posi
 in any order. Forward process: draw t ~ U(eps, 1) and mask each token independently with
 probability t. A bidirectional transformer (gpt.py's blocks with the causal mask off) predicts
 every masked token at once, never [MASK] itself (MDLM's zero masking). The loss
-
     L = E_t [ (1/t) * sum_i 1[x_t^i = MASK] * -log p(x_0^i | x_t) ] / (B * L)
-
 (normalised by all B*L tokens, not by the number masked) is an upper bound on -log p(x_0) per
 token (an ELBO), so exp(L) bounds the perplexity. Sahoo et al. 2024 (MDLM), Shi et al. 2024,
 Nie et al. 2025 (LLaDA). Sampling commits the most confident (or random) predictions, optionally
 block by block (semi-autoregressive), and infills between a prefix and a suffix.
 
-    python diffusion_lm.py                 # train both models, then the steps/speed/quality table
-    python diffusion_lm.py --resume        # continue from out/diffusion_lm/ckpt.pt, bit for bit
-    python diffusion_lm.py --plot          # and both models' curves in out/diffusion_lm/loss.png
-    python diffusion_lm.py --block_length=16 --temperature=0.8
-    python diffusion_lm.py --data=notes.txt --tokenizer=bpe
-    python bench/diffusion_lm.py           # tokens/s vs the AR twin at the closest sample quality
+    python diffusion_lm.py                  # train both models, then the steps/speed/quality table
+    python diffusion_lm.py --resume --plot  # continue out/diffusion_lm/ckpt.pt exactly; loss.png
+    python diffusion_lm.py --data=notes.txt --tokenizer=bpe --block_length=16 --temperature=0.8
+    python bench/diffusion_lm.py            # tokens/s vs the AR twin at the closest sample quality
 
 On CPU (a few minutes) both models train on the same batches, then a table of samplers (both
 orders, one block or blocks of 8, several step counts) beside the AR twin, the ELBO bound beside
@@ -25,11 +21,11 @@ the AR validation NLL, one denoising trajectory, and infilling: a bound and an e
 Left out: other noise schedules, conditioning on t (the best p(x_0 | x_t) does not depend on it:
 Ou et al. 2024), caching across steps, and models beyond about 1M parameters.
 """
-import collections
 import functools
 import math
 import os
 import re
+from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
@@ -75,11 +71,9 @@ class DiffusionConfig:
             (self.gen_length < 2, f"gen_length={self.gen_length} must be at least 2"),
             (self.tokenizer not in ("byte", "bpe"), f"tokenizer={self.tokenizer!r}: byte or bpe"),
             (self.vocab_size < 256, f"vocab_size={self.vocab_size} must be at least the 256 bytes"),
-            *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1") for f in
-              ("n_layer", "n_embd", "n_head", "steps", "batch_size", "eval_interval", "n_samples",
-               "n_mc")],
             *[(getattr(self, f) <= 0, f"{f}={getattr(self, f)} must be positive") for f in
-              ("lr", "diffusion_lr")],
+              ("n_layer", "n_embd", "n_head", "steps", "batch_size", "eval_interval", "n_samples",
+               "n_mc", "lr", "diffusion_lr")],
             (not 0 < self.eps < 1, f"eps={self.eps} must lie in (0, 1)"),
             (not 0 <= self.stop_after < self.steps,
              f"stop_after={self.stop_after} must be 0 (off) or below steps={self.steps}"),
@@ -90,12 +84,12 @@ class DiffusionConfig:
              f"device={self.device!r}: choose auto, cpu, cuda, cuda:N or mps"),
             (self.data != "embedded" and not os.path.isfile(self.data),
              f"data={self.data!r}: no such file; pass embedded or a local UTF-8 text file"),
-            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a directory")]
+            (os.path.isfile(self.out_dir), f"out_dir={self.out_dir!r} is a file: pass a directory"),
+            (self.n_head > 0 and self.n_embd % (2 * self.n_head),  # RoPE rotates channel pairs
+             f"n_head={self.n_head} must split n_embd={self.n_embd} in even widths")]
         for bad, error in problems:
             if bad:
                 raise ValueError(error)
-        if self.n_embd % (2 * self.n_head):  # RoPE rotates pairs of channels in each head
-            raise ValueError(f"n_head={self.n_head} must split n_embd={self.n_embd} in even widths")
         n_blocks = self.gen_length // (self.block_length or self.gen_length)
         counts = self.step_counts.split(",")
         if not all(c.isdecimal() and int(c) > 0 and int(c) % n_blocks == 0 for c in counts):
@@ -137,18 +131,16 @@ def diffusion_loss(model, x, t=None, eps=1e-3, generator=None, maskable=None):
         masked &= maskable
         x_t = torch.where(masked, x_t, x)
     logits = denoiser_logits(model, x_t)  # (B, L, vocab): the model sees the whole noisy sequence
-    nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none")
-    nll = nll.view(B, L)
+    nll = F.cross_entropy(logits.flatten(0, 1), x.flatten(), reduction="none").view(B, L)
     return (nll * masked / t[:, None]).sum() / (B * L if maskable is None else maskable.sum())
 
 @torch.no_grad()
 def elbo_nll(model, x, n_mc=16, eps=1e-3, generator=None, maskable=None):
     """The ELBO bound on -log p(x) per token (nats): diffusion_loss over n_mc draws of t,
     stratified over (eps, 1); with maskable, on -log p(x[maskable] | x[~maskable])."""
-    B = x.size(0)
     total = 0.0
-    for i in range(n_mc):
-        u = (i + torch.rand(B, generator=generator, device=x.device)) / n_mc  # one draw per stratum
+    for i in range(n_mc):  # one draw of u per stratum
+        u = (i + torch.rand(x.size(0), generator=generator, device=x.device)) / n_mc
         t = eps + (1 - eps) * u
         total += diffusion_loss(model, x, t, generator=generator, maskable=maskable).item()
     return total / n_mc
@@ -177,9 +169,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
     n_blocks = length // block_length
     if steps % n_blocks:
         raise ValueError(f"steps={steps} must be a multiple of the number of blocks ({n_blocks})")
-    device = model.lm_head.weight.device
     MASK = mask_id(model)
-    x = torch.tensor([prefix + [MASK] * length + suffix], device=device).repeat(n, 1)
+    x = torch.tensor([prefix + [MASK] * length + suffix] * n, device=model.lm_head.weight.device)
     passes = 0
     with gpt.evaluating(model):
         for b in range(n_blocks):
@@ -188,9 +179,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
                 logits = denoiser_logits(model, x).double()  # (n, T, vocab), float64 for Gumbel
                 passes += 1
                 x0, confidence = propose(logits, temperature, remasking, generator)
-                candidate = x == MASK
-                candidate[:, :lo], candidate[:, lo + block_length:] = False, False
-                confidence = confidence.masked_fill(~candidate, -math.inf)
+                confidence = confidence.masked_fill(x != MASK, -math.inf)  # the block's masked
+                confidence[:, :lo], confidence[:, lo + block_length:] = -math.inf, -math.inf
                 chosen = confidence.topk(k, dim=-1).indices  # (n, k) positions to commit now
                 x.scatter_(1, chosen, x0.gather(1, chosen))
                 if history is not None:
@@ -198,10 +188,8 @@ def sample(model, length, steps, block_length=0, remasking="low_confidence", tem
     return x, passes
 
 def propose(logits, temperature, remasking, generator):
-    """A token for every position, and a confidence used to pick which to commit.
-    Sampling uses the Gumbel-max trick: argmax(z/T + g), g = -log(-log u), in float64 so that
-    low-probability tokens are not rounded away; it draws exactly from softmax(z/T)."""
-    if temperature > 0:
+    """A token per position (float64, so Gumbel keeps rare tokens) and a confidence to rank them."""
+    if temperature > 0:  # Gumbel-max: argmax(z/T + g), g = -log(-log u), draws from softmax(z/T)
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
         x0 = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
     else:
@@ -248,31 +236,30 @@ def ar_nll(ar, x):
     """The AR twin's mean NLL per token of x (B, L), scoring tokens 2..L given their prefix."""
     return ar(x[:, :-1], x[:, 1:])[1].item()
 
-def validation_nll(diffusion, ar, x, n_mc, eps, generator):
-    """(diffusion bound, AR NLL) per token of x's last L - 1 tokens given the first (the AR twin
-    has no start token to predict the first from, so the bound never masks it)."""
-    given_first = torch.ones_like(x, dtype=torch.bool)
-    given_first[:, 0] = False
+def validation_nll(diffusion, ar, x, n_mc, eps, generator, lo=1, hi=None):
+    """(diffusion bound, AR NLL) per token of x[:, lo:hi] given the rest, of which the AR twin sees
+    x[:, :lo] only; lo >= 1, as the AR twin has no start token to predict the first from."""
+    hi = hi or x.size(1)
+    maskable = torch.zeros_like(x, dtype=torch.bool)
+    maskable[:, lo:hi] = True
     with gpt.evaluating(diffusion, ar):
-        return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=given_first), ar_nll(ar, x)
+        logits = gpt.upcast(ar(x[:, :hi - 1])[0][:, lo - 1:])  # predicting positions lo .. hi-1
+        nll = F.cross_entropy(logits.flatten(0, 1), x[:, lo:hi].flatten()).item()
+        return elbo_nll(diffusion, x, n_mc, eps, generator, maskable=maskable), nll
 
-def load_run(path):
-    """A checkpoint of this script (both models, their optimizers, the RNG) and its config."""
+def load_run(path, cfg=None):
+    """A checkpoint of this script (both models, their optimizers, the RNG) and its config. With
+    cfg (that of a --resume run), one saved with other settings is refused."""
+    if cfg and not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no {path} yet; start the run without --resume")
     ckpt = gpt.load_checkpoint(path)
     if "ar" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint of diffusion_lm.py: it holds no AR twin")
+    if cfg:
+        gpt.check_resume(path, ckpt, cfg)
+        if 0 < cfg.stop_after < ckpt["step"]:
+            raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
     return ckpt, DiffusionConfig(**ckpt["config"])
-
-def resume_from(cfg):
-    """The checkpoint --resume continues from; one saved with other settings is refused."""
-    path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume: no {path} yet; start the run without --resume")
-    ckpt, _ = load_run(path)
-    gpt.check_resume(path, ckpt, cfg)
-    if 0 < cfg.stop_after < ckpt["step"]:
-        raise ValueError(f"stop_after={cfg.stop_after}, but {path} is at step {ckpt['step']}")
-    return ckpt
 
 def train_step(models, opts, xy, cfg, step, g_mask):
     """One update of each model on the same windows xy (B, window + 1); returns their losses."""
@@ -336,8 +323,7 @@ def entropy_bits(x):
     p = p[p > 0] / p.sum()
     return abs((p * p.log2()).sum().item())
 
-Row = collections.namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl "
-                                    "entropy")
+Row = namedtuple("Row", "name passes_per_token tokens_per_s tokens_per_s_alone ppl entropy")
 
 def quality_table(diffusion, ar, cfg, device, repeats=1):
     """A Row per remasking, block schedule and step count, then the AR baseline; every sample
@@ -365,41 +351,24 @@ def quality_table(diffusion, ar, cfg, device, repeats=1):
     samplers["autoregressive, KV cache"] = ar_sampler
     batched = {name: gpt.best_time(lambda: run(n=n), repeats) for name, run in samplers.items()}
     alone = {name: gpt.best_time(lambda: run(n=1), repeats)[1] for name, run in samplers.items()}
-    rows = []
-    for name, ((x, passes), secs) in batched.items():
-        rows.append(Row(name, passes / L, n * L / secs, L / alone[name], math.exp(ar_nll(ar, x)),
-                        entropy_bits(x[:, 1:])))
-    return rows
+    return [Row(name, passes / L, n * L / secs, L / alone[name], math.exp(ar_nll(ar, x)),
+                entropy_bits(x[:, 1:])) for name, ((x, passes), secs) in batched.items()]
 
 def print_table(rows, data_ppl, data_entropy, n_samples):
-    batch = f"tok/s, {n_samples} at once"
-    print(f"\n{'sampler':<38}{'passes/token':>13}{batch:>20}{'tok/s, 1 alone':>16}"
-          f"{'AR ppl of samples':>19}{'entropy (bits)':>16}")
+    print(f"\n{'sampler':<38}{'passes/token':>13}{f'tok/s, {n_samples} at once':>20}"
+          f"{'tok/s, 1 alone':>16}{'AR ppl of samples':>19}{'entropy (bits)':>16}")
     for r in rows:
         print(f"{r.name:<38}{r.passes_per_token:>13.3f}{r.tokens_per_s:>20.0f}"
               f"{r.tokens_per_s_alone:>16.0f}{r.ppl:>19.2f}{r.entropy:>16.2f}")
     print(f"{'held-out data':<38}{'':>13}{'':>20}{'':>16}{data_ppl:>19.2f}{data_entropy:>16.2f}")
-
-def show_trajectory(diffusion, tok, cfg, device):
-    history = []  # greedy and most-confident-first: no random draw
-    sample(diffusion, cfg.window, 8, temperature=0.0, history=history)
-    print("\ndenoising one sample in 8 steps (_ = [MASK]):")
-    for x, k in history:
-        text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
-        print(f"  +{k:>2} {text!r}")
 
 def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
     """The middle third of held-out windows given the others: the diffusion bound beside the AR
     twin's exact -log p(middle | prefix), which cannot use the suffix; one window filled."""
     q = cfg.window // 3
     x = val_windows(val_ids, 3 * q, 64).to(device)
-    middle = torch.zeros_like(x, dtype=torch.bool)
-    middle[:, q:2 * q] = True
     g = torch.Generator(device).manual_seed(cfg.seed)
-    bound = elbo_nll(diffusion, x, cfg.n_mc, cfg.eps, g, maskable=middle)
-    with torch.no_grad():
-        logits = gpt.upcast(ar(x[:, :2 * q - 1])[0][:, q - 1:])  # predicting positions q .. 2q-1
-    ar_middle = F.cross_entropy(logits.flatten(0, 1), x[:, q:2 * q].flatten()).item()
+    bound, ar_middle = validation_nll(diffusion, ar, x, cfg.n_mc, cfg.eps, g, lo=q, hi=2 * q)
     print(f"\ninfilling the middle {q} tokens of 64 held-out windows of {3 * q}: diffusion bound "
           f"on -log p(middle | prefix, suffix) <= {bound:.3f} nats/token; AR twin's "
           f"-log p(middle | prefix) = {ar_middle:.3f} (it cannot see the suffix)")
@@ -414,14 +383,14 @@ def show_infilling(diffusion, ar, tok, val_ids, cfg, device):
         print(f"  {name:<34}{show(prefix)} + {show(out[0, q:2 * q].tolist())} + {show(suffix)}")
     continuation = ar.generate([prefix], q, temperature=0.0)[0]
     print(f"  {'AR twin, greedy, prefix only':<34}{show(prefix)} + {show(continuation)}")
-    return bound, ar_middle
+    return dict(infill_bound=bound, infill_ar_nll=ar_middle)
 
 def main(cfg):
     plt = gpt.pyplot(cfg.plot)
     with gpt.bad_input():
         device = gpt.pick_device(cfg.device)
         tok, train_ids, val_ids = load_data(cfg)
-        ckpt = resume_from(cfg) if cfg.resume else None
+        ckpt = load_run(os.path.join(cfg.out_dir, "ckpt.pt"), cfg)[0] if cfg.resume else None
     log = gpt.RunLog(cfg.out_dir, ckpt["step"] if ckpt else 0)
     x_val = val_windows(val_ids, cfg.window, 64).to(device)
     trained = train_both(cfg, tok, train_ids, x_val, device, log, ckpt)
@@ -438,10 +407,14 @@ def main(cfg):
           f"draws of t); autoregressive {ar_val:.3f} nats (ppl {math.exp(ar_val):.2f})")
     rows = quality_table(diffusion, ar, cfg, device)
     print_table(rows, math.exp(ar_val), entropy_bits(x_val[:, 1:]), cfg.n_samples)
-    show_trajectory(diffusion, tok, cfg, device)
-    infill_bound, infill_ar = show_infilling(diffusion, ar, tok, val_ids, cfg, device)
-    return dict(elbo=bound, ar_nll=ar_val, rows=rows, infill_bound=infill_bound,
-                infill_ar_nll=infill_ar)
+    history = []  # greedy and most-confident-first: no random draw
+    sample(diffusion, cfg.window, 8, temperature=0.0, history=history)
+    print("\ndenoising one sample in 8 steps (_ = [MASK]):")
+    for x, k in history:
+        text = "".join("_" if t == mask_id(diffusion) else tok.decode([t]) for t in x[0].tolist())
+        print(f"  +{k:>2} {text!r}")
+    return dict(elbo=bound, ar_nll=ar_val, rows=rows,
+                **show_infilling(diffusion, ar, tok, val_ids, cfg, device))
 
 if __name__ == "__main__":
     main(gpt.parse_args(DiffusionConfig, gpu=GPU))

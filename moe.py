@@ -4,9 +4,8 @@ A router scores token x against E experts, keeps the top k, and mixes their outp
     y = sum_{i in TopK(s)} g_i(x) E_i(x)  (+ shared experts that see every token),
     g = softmax over the k chosen logits (k > 1), or the raw probability p_i (k = 1).
 Parameters grow with E, compute per token with k. Left alone, the router collapses onto a few
-experts; the Switch loss alpha * E * sum_i f_i P_i (f_i: share of the token-to-expert
-assignments, P_i: mean router probability; alpha when routing is uniform, whatever k) or a
-selection-only bias (DeepSeek-V3) spreads the load.
+experts; the Switch loss alpha * E * sum_i f_i P_i (f_i: share of the assignments, P_i: mean
+router probability) or a selection-only bias (DeepSeek-V3) spreads the load.
 Papers: Shazeer et al. 2017 (noisy top-k), Lepikhin et al. 2020 (GShard, capacity),
 Fedus et al. 2021 (Switch), Zoph et al. 2022 (ST-MoE, z-loss), Gale et al. 2022 (MegaBlocks,
 dropless), Dai et al. 2024 (DeepSeekMoE, shared experts), Wang et al. 2024 (aux-loss-free).
@@ -17,11 +16,10 @@ dropless), Dai et al. 2024 (DeepSeekMoE, shared experts), Wang et al. 2024 (aux-
     python moe.py --resume --plot         # continue out/moe/ckpt.pt; curves and load as moe.png
     python bench/moe.py                   # layer fwd+bwd: naive loop vs sorted dispatch vs dense
 
-On CPU (a few minutes): three tqdm bars, a table of val loss at equal steps with total vs active
-parameters and at capacity factor 1.25, and a histogram of expert load: even with the balancing
-loss, skewed without it. The layer needs only torch; the demo's GPTs need gpt.py.
-Left out: expert parallelism, fused dispatch kernels, and models beyond 0.7M parameters trained on
-more than the embedded 460 kB of text.
+On CPU (a few minutes): a table of val loss at equal steps, total vs active parameters and the
+loss at capacity factor 1.25, then a histogram of expert load: even with the balancing loss,
+skewed without it. The layer needs only torch; the demo's GPTs need gpt.py.
+Left out: expert parallelism, fused dispatch kernels, models beyond 0.7M parameters.
 """
 import dataclasses
 import functools
@@ -157,10 +155,9 @@ def router_z_loss(router_logits):
 def grouped_mm_runs(device_type, dtype):
     """Does torch._grouped_mm (a private op: recent torch on CPU and on Hopper GPUs) work here?"""
     try:
-        a = torch.ones(4, 16, device=device_type, dtype=dtype)
         w = torch.ones(2, 16, 16, device=device_type, dtype=dtype)
         offs = torch.tensor([2, 4], dtype=torch.int32, device=device_type)
-        torch._grouped_mm(a, w.transpose(1, 2), offs=offs)
+        torch._grouped_mm(w[0, :4], w.transpose(1, 2), offs=offs)  # 4 rows: 2 to each expert
         return True
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
@@ -227,8 +224,7 @@ class MoE(nn.Module):
         self.cfg = cfg
         self.router = Router(cfg)
         self.experts = Experts(cfg.n_expert, cfg.n_embd, cfg.expert_hidden)
-        # n_shared experts: one SwiGLU n_shared times as wide
-        wide = cfg.n_shared * cfg.expert_hidden
+        wide = cfg.n_shared * cfg.expert_hidden  # n_shared experts: one SwiGLU as wide as all
         self.shared = Experts(1, cfg.n_embd, wide) if cfg.n_shared else None
 
     def forward(self, x):
@@ -311,17 +307,14 @@ def train(model, name, run, ids, cfg, save, log, state=None):
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gpt.set_rng_state(state["rng"], g)
-    warmup = max(1, cfg.steps // 20)
-    model.train()
+    warmup = max(1, cfg.steps // 20)  # warmup, then cosine from lr to lr/10
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc=name)
-    for step in bar:  # warmup, then cosine from lr to lr/10
+    for step in (bar := tqdm(range(start, cfg.steps), desc=name)):  # a fresh model: train mode
         done = run * cfg.steps + step  # steps of all models so far
-        stop = 0 < cfg.stop_after == done
-        if stop or (step > start and done % cfg.ckpt_every == 0):
+        if 0 < cfg.stop_after == done or step > start and done % cfg.ckpt_every == 0:
             save(model, done, opt, g)
-            if stop:
-                return None
+        if 0 < cfg.stop_after == done:
+            return None
         decay = 0.5 * (1 + math.cos(math.pi * max(0, step - warmup) / max(1, cfg.steps - warmup)))
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min((step + 1) / warmup, 0.1 + 0.9 * decay)
@@ -352,25 +345,25 @@ def measure(model, name, val, cfg, ms):
         result["squeezed_loss"], _, result["dropped"] = evaluate(model, val, cfg)
     return result
 
-def load_histogram(moes, percent_per_mark=2.0):
+def print_load(moes, cfg):
     """A text histogram of the share of each load rank, a column per measured MoE."""
+    print(f"\nexpert load on val, busiest first: share of the top-{cfg.top_k} assignments, mean"
+          f" over {cfg.n_layer} layers (even = {100 / cfg.n_expert:.1f}%, one # per 2%)")
     lines = ["rank  " + "".join(f"{r['model']:<36}" for r in moes)]
-    for i in range(len(moes[0]["ranked"])):
-        shares = [100 * r["ranked"][i] for r in moes]
-        lines.append(f"{i + 1:>4}  " + "".join(f"{v:5.1f}% {'#' * round(v / percent_per_mark):<29}"
+    for rank, shares in enumerate(zip(*[r["ranked"] for r in moes]), start=1):
+        lines.append(f"{rank:>4}  " + "".join(f"{100 * v:5.1f}% {'#' * round(50 * v):<29}"
                                               for v in shares))
     busiest = [" ".join(f"{100 * max(layer):.0f}%" for layer in r["load"]) for r in moes]
-    return "\n".join(lines + ["busiest expert in each layer: " + " | ".join(busiest)])
+    print("\n".join(lines + ["busiest expert in each layer: " + " | ".join(busiest)]))
 
 def plot(plt, log, results, cfg):
     """Each model's training loss, and each MoE's load by rank, side by side in out_dir/moe.png."""
     with open(log.path) as f:
-        rows = [json.loads(line) for line in f]
+        rows = [row for row in map(json.loads, f) if "loss" in row]  # the training points
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.5))
     moes = [r for r in results if r["load"]]
     for r in results:  # a model's global steps, run * steps onwards, from its own 0
-        curve = [(x["step"] % cfg.steps, x["loss"]) for x in rows if "loss" in x and
-                 x["model"] == r["model"]]
+        curve = [(x["step"] % cfg.steps, x["loss"]) for x in rows if x["model"] == r["model"]]
         curves.plot(*zip(*curve), label=r["model"])
     for i, r in enumerate(moes):  # the bars of one rank side by side
         ranks = [e + (i + 0.5) / len(moes) - 0.5 for e in range(1, cfg.n_expert + 1)]
@@ -438,9 +431,7 @@ def main(cfg):
             f"{'-':>10} {'-':>8}"
         print(f"{r['model']:<24} {r['params'] / 1e6:>7.2f}M {r['active'] / 1e6:>7.2f}M"
               f" {r['val_loss']:>9.3f} {squeezed} {r['ms_per_step']:>8.0f}")
-    print(f"\nexpert load on val, busiest first: share of the top-{cfg.top_k} assignments, mean"
-          f" over {cfg.n_layer} layers (even = {100 / cfg.n_expert:.1f}%, one # per 2%)")
-    print(load_histogram([r for r in results if r["load"]]))
+    print_load([r for r in results if r["load"]], cfg)
     if plt:
         plot(plt, log, results, cfg)
 

@@ -59,11 +59,10 @@ class RAGConfig:
     seed: int = 0  # knowledge base, splits and initialisation
 
     def __post_init__(self):  # every field, before any work
-        for name in ("n_entities", "chunk_size", "n_layer", "encoder_steps", "cross_steps",
-                     "batch_size", "n_negatives", "top_k", "reader_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         for bad, error in [
+                *[(getattr(self, f) < 1, f"{f}={getattr(self, f)} must be at least 1") for f in
+                  ("n_entities", "chunk_size", "n_layer", "encoder_steps", "cross_steps",
+                   "batch_size", "n_negatives", "top_k", "reader_steps")],
                 (not 0 <= self.chunk_overlap < self.chunk_size, f"chunk_overlap="
                  f"{self.chunk_overlap} must be >= 0 and below chunk_size={self.chunk_size}"),
                 (not 0 < self.test_frac < 1, f"test_frac={self.test_frac} must lie in (0, 1)"),
@@ -94,9 +93,7 @@ def chunk(text, size, overlap):  # windows of `size` words, `overlap` shared wit
 def top_k(scores, k):  # ids of the k highest, best first, ties to the lower id; O(N), no sort
     scores = np.asarray(scores)
     k = min(k, len(scores))
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    threshold = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th largest value
+    threshold = np.partition(scores, -k)[-k] if k else np.inf  # the k-th largest value
     candidates = np.flatnonzero(scores >= threshold)  # every tie at the threshold, in index order
     return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
 
@@ -141,10 +138,6 @@ class Vocab:  # word ids: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], then every word se
     def ids(self, text):
         return [self.stoi.get(w, 1) for w in words(text)]
 
-def pad_right(seqs, max_len, device):  # -> (B, T) ids cut at max_len, padded with 0 = [PAD]
-    rows = [torch.tensor(s[:max_len], dtype=torch.long) for s in seqs]
-    return nn.utils.rnn.pad_sequence(rows, batch_first=True).to(device)
-
 class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm blocks
 
     def __init__(self, vocab_size, n_embd, n_layer, max_len=64):
@@ -155,6 +148,10 @@ class Encoder(nn.Module):  # bidirectional, learned positions, torch's pre-norm 
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, n_layer, enable_nested_tensor=False)
         self.ln_f = nn.LayerNorm(n_embd)
+
+    def pad(self, seqs):  # -> (B, T) ids cut at max_len, padded with 0 = [PAD], on our device
+        rows = [torch.tensor(s[:self.max_len], dtype=torch.long) for s in seqs]
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True).to(self.wte.weight.device)
 
     def forward(self, idx, valid, extra=None):  # idx, valid (B, T); extra (B, T, n_embd) or None
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))  # (B, T, C)
@@ -170,8 +167,7 @@ class BiEncoder(nn.Module):
         self.encoder = Encoder(len(vocab.itos), n_embd, n_layer)
 
     def forward(self, texts):
-        device = self.encoder.wte.weight.device
-        idx = pad_right([self.vocab.ids(t) for t in texts], self.encoder.max_len, device)
+        idx = self.encoder.pad([self.vocab.ids(t) for t in texts])
         valid = idx != 0  # no word is [PAD]
         h = self.encoder(idx, valid)  # (B, T, n_embd)
         mean = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, C)
@@ -205,9 +201,8 @@ class CrossEncoder(nn.Module):
             q, p = self.vocab.ids(query), self.vocab.ids(passage)
             seqs.append([2] + q + [3] + p)
             feats.append([0] + [int(t in p) for t in q] + [0] + [2 + int(t in q) for t in p])
-        device = self.encoder.wte.weight.device
-        idx = pad_right(seqs, self.encoder.max_len, device)
-        features = self.features(pad_right(feats, self.encoder.max_len, device))
+        idx = self.encoder.pad(seqs)
+        features = self.features(self.encoder.pad(feats))
         h = self.encoder(idx, idx != 0, features)  # (B, T, n_embd); no word is [PAD]
         return self.head(h[:, 0]).squeeze(-1)
 
@@ -385,11 +380,9 @@ def search_all(questions, bm25, query_embs, doc_embs, depth):  # BM25, dense, hy
 
 @torch.no_grad()
 def rerank(cross, questions, rankings, chunks):  # by the cross-encoder; ties keep the old order
-    out = []
-    for question, ranking in zip(questions, rankings):
-        scores = cross([question] * len(ranking), [chunks[c] for c in ranking]).float()
-        out.append([ranking[i] for i in top_k(scores.cpu().numpy(), len(ranking))])
-    return out
+    scores = [cross([q] * len(r), [chunks[c] for c in r]).float().cpu().numpy()
+              for q, r in zip(questions, rankings)]
+    return [[r[i] for i in top_k(s, len(r))] for s, r in zip(scores, rankings)]
 
 # ----------------------------------------------------------------------------- generation (gpt.py)
 
@@ -415,15 +408,13 @@ def reader_pairs(train, chunks, distractors, tok, top_k, hyde, seed=0, closed_bo
     rng = random.Random(seed)
     rows = []
     for i, (question, fact) in enumerate(train):
-        if rng.random() < closed_book:
-            prompt = augment(question, [])
-        else:
+        passages = []
+        if rng.random() >= closed_book:  # else a closed-book row: no passage
             n_distractors = rng.randint(0, top_k - 1)
             gold = chunks[rng.choice(sorted(fact["relevant"]))]
             passages = [gold] + [chunks[d] for d in distractors[i][:n_distractors]]
             rng.shuffle(passages)
-            prompt = augment(question, passages)
-        rows.append((prompt, fact["answer"] + "<|end|>"))
+        rows.append((augment(question, passages), fact["answer"] + "<|end|>"))
         if hyde:
             rows.append((HYDE.format(question), fact["sentence"] + "<|end|>"))
     return [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
