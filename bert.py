@@ -379,9 +379,10 @@ def finetune(model, data, cfg, run, phase, teacher=None):
     return fit(model, step_loss, cfg.finetune_steps, cfg.finetune_lr, run, phase)
 
 @torch.no_grad()
-def accuracy(model, data, device):  # one batch: the held-out sentences are a few hundred
+def accuracy(model, data, device, batch=256):
+    rows = pad_batch([r for r, _ in data]).split(batch)  # batches: --data sets can be large
     with autocast(device):
-        pred = model.eval()(pad_batch([r for r, _ in data]).to(device)).argmax(-1).cpu()
+        pred = torch.cat([model.eval()(x.to(device)).argmax(-1).cpu() for x in rows])
     return (pred == torch.tensor([y for _, y in data])).sum().item() / len(data)
 
 @torch.no_grad()
@@ -590,7 +591,7 @@ class WordPiece:
                 return ["[UNK]"]
             out.append(prefix + word[:end])
             word = word[end:]
-        return out or ["[UNK]"]  # a word over 100 characters
+        return out or (["[UNK]"] if word else [])  # a word over 100 characters; "" gives none
 
     def encode(self, text):  # ids, without [CLS] and [SEP]
         return [self.stoi[p] for word in basic_tokens(text, self.lower) for p in self.pieces(word)]

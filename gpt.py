@@ -239,14 +239,14 @@ class GPT(nn.Module):
     def hidden(self, idx, attn_mask=None, cache=None, embeds=None):
         """(B, T, n_embd) of the new tokens; attn_mask False on padding; embeds replace wte."""
         cfg = self.config
-        x = self.transformer.wte(idx) if embeds is None else embeds  # (B, T, n_embd)
-        B, T = x.shape[:2]
-        device = x.device
+        B, T = idx.shape if embeds is None else embeds.shape[:2]
         start = cache.pos if cache is not None else 0
+        if start + T > cfg.block_size:  # before the lookup: on CUDA a bad id is a device assert
+            raise ValueError(f"{start + T} tokens is longer than block_size={cfg.block_size}")
+        x = self.transformer.wte(idx) if embeds is None else embeds  # (B, T, n_embd)
+        device = x.device
         if attn_mask is not None and bool(attn_mask.all()):
             attn_mask = None  # no padding after all: take the fast path
-        if start + T > cfg.block_size:
-            raise ValueError(f"{start + T} tokens is longer than block_size={cfg.block_size}")
         key_valid = attn_mask
         if cache is not None:
             cache.valid[:, start:start + T] = True if attn_mask is None else attn_mask

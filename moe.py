@@ -299,7 +299,7 @@ def evaluate(model, val, cfg):
 def train(model, name, run, ids, cfg, save, log, state=None):
     """AdamW on cross-entropy + the MoE auxiliary losses, the same batches for every model. Model
     `run` owns global steps run * steps onwards; returns its ms per step, or None at stop_after."""
-    device = next(model.parameters()).device
+    device = next(model.train().parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
     start = state["step"] - run * cfg.steps if state else 0
@@ -309,7 +309,7 @@ def train(model, name, run, ids, cfg, save, log, state=None):
         gpt.set_rng_state(state["rng"], g)
     warmup = max(1, cfg.steps // 20)  # warmup, then cosine from lr to lr/10
     t0 = time.perf_counter()
-    for step in (bar := tqdm(range(start, cfg.steps), desc=name)):  # a fresh model: train mode
+    for step in (bar := tqdm(range(start, cfg.steps), desc=name)):
         done = run * cfg.steps + step  # steps of all models so far
         if 0 < cfg.stop_after == done or step > start and done % cfg.ckpt_every == 0:
             save(model, done, opt, g)

@@ -440,6 +440,7 @@ def test_wordpiece_is_greedy_longest_match_first():
     assert tokenize(tok, "unaffable") == ["un", "##aff", "##able"]
     assert tokenize(tok, "John Johanson's") == ["john", "johan", "##son", "'", "s"]
     assert tokenize(tok, "un" + "aff" * 33) == ["[UNK]"]  # 101 characters: too long to try
+    assert tok.pieces("") == []  # an empty word has no pieces (Hugging Face's gives none)
     assert len(tokenize(tok, "un" + "aff" * 30 + "able" * 2)) == 33  # 100 characters: cut
 
 
@@ -691,3 +692,18 @@ def test_bench_smoke(capsys):
     assert "student (every other layer)" in out and "1.00x" in out
     with pytest.raises(ValueError, match="n_embd=30 is not divisible by n_head=4"):
         bench.BenchConfig(n_embd=30)
+
+
+def test_accuracy_in_batches_equals_each_sentence_alone():
+    """Held-out accuracy scores any number of sentences in batches; each prediction equals the
+    model's on the sentence alone, unpadded (padding is masked out)."""
+    torch.manual_seed(0)
+    model = bert.BertClassifier(tiny_model().float(), 3).eval()
+    rng = random.Random(0)
+    data = [([rng.randrange(5, 40) for _ in range(rng.randint(2, 12))], rng.randrange(3))
+            for _ in range(11)]
+    with torch.no_grad():
+        alone = [model(torch.tensor([row])).argmax(-1).item() for row, _ in data]
+    want = sum(p == y for p, (_, y) in zip(alone, data)) / len(data)
+    assert 0 < want < 1
+    assert bert.accuracy(model, data, "cpu", batch=4) == want

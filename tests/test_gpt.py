@@ -920,3 +920,11 @@ def test_check_resume_refuses_other_scripts_and_other_settings():
         gpt.check_resume("ck.pt", saved, gpt.SampleConfig())
     with pytest.raises(ValueError, match="not saved by this script"):
         gpt.check_resume("ck.pt", {"config": {"lr": 1.0}}, gpt.SampleConfig())
+
+
+def test_too_long_input_is_a_clear_error_even_with_a_bad_id(tiny_gpt_config):
+    """The length check comes before the embedding lookup (on CUDA a bad id is a device assert)."""
+    model = gpt.GPT(tiny_gpt_config)
+    idx = torch.full((1, tiny_gpt_config.block_size + 1), tiny_gpt_config.vocab_size)
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(idx)

@@ -390,3 +390,16 @@ def test_benchs_every_expert_baseline_equals_the_reference():
     _, _, expert_index, gates = layer.router(x)
     y = bench.dispatch_dense(x, expert_index, gates, layer.experts)
     torch.testing.assert_close(y, reference_moe(layer, x), rtol=1e-10, atol=1e-12)
+
+
+def test_train_runs_in_training_mode_whatever_mode_it_is_given():
+    """The demo's loop trains with dropout on even when handed a model left in eval mode."""
+    cfg = moe.DemoConfig(steps=2, batch_size=2, block_size=16, n_layer=1, n_embd=32, n_expert=4)
+    model = moe.moe_gpt(gpt.GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2,
+                                      n_embd=32, dropout=0.5),
+                        moe.MoEConfig(n_embd=32, n_expert=4, top_k=2, expert_hidden=32)).eval()
+    modes = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    ids = torch.randint(64, (200,), generator=torch.Generator().manual_seed(0))
+    moe.train(model, "moe", 0, ids, cfg, None, lambda **row: None)
+    assert modes == [True, True]

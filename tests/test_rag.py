@@ -99,8 +99,9 @@ def test_ties_go_to_the_lower_index_and_metrics_follow():
 
 def test_top_k_equals_a_stable_full_sort():
     scores = np.random.default_rng(0).integers(0, 20, 500).astype(float)  # many ties
-    for k in (1, 7, 100, 500, 600):
+    for k in (0, 1, 7, 100, 500, 600):
         assert rag.top_k(scores, k).tolist() == np.argsort(-scores, kind="stable")[:k].tolist()
+    assert rag.top_k(np.array([]), 5).tolist() == rag.top_k(np.array([np.inf, 1.0]), 0).tolist() == []
 
 
 def test_retrieval_table_reports_hit_at_1_precision_and_the_ceiling(capsys):

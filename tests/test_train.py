@@ -245,6 +245,21 @@ def test_newton_schulz_orthogonalises():
     assert cos > 0.95  # and it points along U V^T
 
 
+def test_each_optimizer_follows_its_own_peak_lr(tiny_train_config):
+    """Muon's groups at muon_lr x the schedule, AdamW's at lr x the schedule, at every step."""
+    cfg = dataclasses.replace(tiny_train_config, optimizer="muon", lr=3e-3, muon_lr=0.05)
+    train_ids, _, tok = train.prepare_data(cfg)
+    model = gpt.GPT(cfg.model_config(tok.model_vocab_size))
+    optimizers = train.make_optimizers(model, cfg)
+    assert {type(opt).__name__ for opt in optimizers} == {"Muon", "AdamW"}
+    data_gen = torch.Generator().manual_seed(0)
+    for step in (0, 5):
+        train.train_step(model, optimizers, train_ids, cfg, data_gen, step, "cpu", 0, 1)
+        for opt in optimizers:
+            peak = cfg.muon_lr if type(opt).__name__ == "Muon" else cfg.lr
+            assert {g["lr"] for g in opt.param_groups} == {peak * train.lr_factor(step, cfg)}
+
+
 def test_muon_option_trains(tiny_train_config):
     cfg = dataclasses.replace(tiny_train_config, optimizer="muon", max_iters=30, eval_interval=30)
     result = train.main(cfg)
