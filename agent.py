@@ -8,7 +8,9 @@ loop (Yao et al. 2023) repeats until final_answer, max_steps or a repeated call;
 observation. Constrained decoding masks each token that would leave the call grammar. SFT on expert
 traces (Toolformer-style, Schick et al. 2023) puts the loss on the model's turns only:
 L = -sum_t m_t log p(x_t | x_<t) / sum_t m_t. A digit is one token per place in its number (as in
-Abacus embeddings, McLeish et al. 2024), so copying a result follows tokens that never repeat.
+Abacus embeddings, McLeish et al. 2024), so copying a result follows tokens that never repeat, and
+the plans spell each step out (chain of thought, Wei et al. 2022): "You are cold: read the bedroom
+temperature.", then "18 is below 21 and you are cold: set 21.", each word a copy or a lookup.
 
     python agent.py                     # train on synthetic traces, evaluate held-out tasks
     python agent.py --steps=4000 --n_eval=100   # longer training, more held-out tasks
@@ -425,20 +427,22 @@ def make_task(family, rng):
         task["text"] = rng.choice(WORDING[family]).format(v=v, f=f, t=t)
         task["answer"] = convert_units(v, f, t)
         arguments = {"value": v, "from_unit": f, "to_unit": t}
-        task["calls"] = [("Use the unit converter.", "convert_units", arguments)]
-    else:
+        task["calls"] = [(f"Convert {v} {f} to {t}.", "convert_units", arguments)]
+    else:  # the plans decide in small steps, each word a copy or a lookup of words just written
         room, feeling = rng.choice(ROOMS), rng.choice(["cold", "hot"])
         task["text"] = rng.choice(WORDING[feeling]).format(r=room.replace("_", " "))
-        task["calls"] = [(f"Read the {room} temperature.", "get_temperature", {"room": room})]
+        plan = f"You are {feeling}: read the {room} temperature."
+        task["calls"] = [(plan, "get_temperature", {"room": room})]
         degrees = temperatures[room]
+        side = "at" if degrees in (None, 21) else "below" if degrees < 21 else "above"
+        reading = f"{degrees} is {side} 21 and you are {feeling}: "
         if degrees is None:
             task["answer"], thought = f"no reading for the {room}", "The sensor is offline."
         elif (degrees < 21) if feeling == "cold" else (degrees > 21):
             task["setpoint"], task["answer"], thought = {room: 21}, f"{room} set to 21", "Done."
-            arguments = {"room": room, "value": 21}
-            task["calls"].append((f"It is {degrees}, set 21.", "set_temperature", arguments))
+            task["calls"] += [(reading + "set 21.", "set_temperature", {"room": room, "value": 21})]
         else:
-            task["answer"], thought = f"{room} is already {degrees}", f"It is {degrees}, leave it."
+            task["answer"], thought = f"{room} is already {degrees}", reading + "leave it."
     task["calls"].append((thought, "final_answer", {"answer": task["answer"]}))
     return task
 
