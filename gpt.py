@@ -482,8 +482,9 @@ def completion_loss(model, prompts, completions, pad_id=0):
     return -logp.sum() / mask.sum().clamp(min=1)
 
 def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, desc="finetune",
-             resume=None, on_step=None):
-    """AdamW, cosine lr; on_step(step, loss, state) True stops; resume=state() is bit for bit."""
+             resume=None, on_step=None, grad_clip=0.0):
+    """AdamW, cosine lr, gradient norm clipped to grad_clip (0 = off); on_step(step, loss, state)
+    True stops; resume=state() is bit for bit."""
     if not pairs:
         raise ValueError("finetune needs at least one (prompt, completion) pair")
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -505,6 +506,8 @@ def finetune(model, pairs, steps, lr=1e-3, batch_size=16, params=None, seed=0, d
             loss = completion_loss(model, [p for p, _ in batch], [c for _, c in batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if on_step and on_step(step + 1, loss.item(), lambda: dict(

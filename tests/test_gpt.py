@@ -1,6 +1,7 @@
 """gpt.py against independent references: a float64 re-derivation of the forward pass, brute
 force over small vocabularies, exact distributions, and worked examples."""
 import collections
+import copy
 import dataclasses
 import importlib.util
 import io
@@ -866,6 +867,30 @@ def test_finetune_learns_a_mapping(tiny_gpt_config):
     gpt.finetune(model, pairs, steps=400, lr=1e-2, batch_size=32)
     out = model.generate([p for p, _ in pairs], 2, temperature=0)
     assert sum(o == c for o, (_, c) in zip(out, pairs)) == len(pairs)
+
+
+def test_finetune_clips_the_gradient_norm_as_torch_does(tiny_gpt_config):
+    """Two steps with grad_clip=0.05 against AdamW after torch's clip_grad_norm_ by hand (one
+    pair, so every batch is known); the gradient's norm is far above 0.05, so clipping acts."""
+    model = make_model(tiny_gpt_config, dtype=torch.float32)
+    reference, unclipped = copy.deepcopy(model), copy.deepcopy(model)
+    pairs = [([1, 2, 3], [4, 5])]
+    gpt.finetune(model, pairs, steps=2, lr=1e-2, batch_size=4, grad_clip=0.05)
+    gpt.finetune(unclipped, pairs, steps=2, lr=1e-2, batch_size=4)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
+    norms = []
+    for step in range(2):
+        for group in opt.param_groups:
+            group["lr"] = 1e-2 * 0.5 * (1 + math.cos(math.pi * step / 2))
+        opt.zero_grad()
+        gpt.completion_loss(reference, [[1, 2, 3]] * 4, [[4, 5]] * 4).backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05))
+        opt.step()
+    assert min(norms) > 0.5
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+    # Adam's step ignores one overall scale, but not a different one at each step
+    assert any(not torch.allclose(a, b) for a, b in zip(model.parameters(), unclipped.parameters()))
 
 
 def test_best_time_runs_fn_repeats_times_and_returns_its_output_and_the_fastest_run():
