@@ -45,7 +45,7 @@ class AgentConfig:
     no_tool_frac: float = 0.25  # of those, traces with only final_answer: the model answers alone
     n_eval: int = 30  # held-out tasks per family
     steps: int = 3000  # SFT steps of 16 model turns, gradient norm clipped to 1
-    n_embd: int = 96  # model width (2 layers of 2 heads: see train_agent)
+    n_embd: int = 96  # model width (2 layers, 4 heads)
     lr: float = 5e-3  # peak AdamW learning rate (cosine decay)
     max_steps: int = 5  # model turns per task before the loop gives up
     ckpt_every: int = 250  # SFT steps between checkpoints (out_dir/ckpt.pt) for --resume
@@ -60,8 +60,8 @@ class AgentConfig:
         counts = ("n_train", "n_eval", "steps", "max_steps", "ckpt_every")
         problems = [(vars(self)[k] < 1, f"{k}={vars(self)[k]} must be at least 1") for k in counts]
         problems += [
-            (self.n_embd < 4 or self.n_embd % 4, f"n_embd={self.n_embd} must be a multiple of 4"
-             " (2 heads of an even width: RoPE rotates pairs)"),
+            (self.n_embd < 8 or self.n_embd % 8, f"n_embd={self.n_embd} must be a multiple of 8"
+             " (4 heads of an even width: RoPE rotates pairs)"),
             (not 0 <= self.no_tool_frac < 1, f"no_tool_frac={self.no_tool_frac}: in [0, 1)"),
             (self.lr <= 0, f"lr={self.lr} must be positive"),
             (not 0 <= self.stop_after < self.steps,
@@ -499,10 +499,11 @@ def train_agent(cfg, device, log, ckpt=None):
            else PlaceTokenizer.train("".join(p + c for p, c in texts[:3000]), 512))
     pairs = [(tok.encode(p, allow_special=True), tok.encode(c, allow_special=True))
              for p, c in texts]
-    # 2 heads of 48: with 4 of 24 (or 8 of 12) the later digits of long results were miscopied
-    # on 2 of 4 seeds, as if a narrow head could not match a digit's place token by content
+    # RoPE base 1e6, not 1e4: a 24-wide head then has 8 of its 12 pairs turning under 0.02 rad a
+    # token (not 6), slow enough to match a digit's place token by content 20-60 tokens back; with
+    # 1e4 the later digits of long results were miscopied on seeds 1 and 3 (multiply 17%, 13%)
     model = gpt.GPT(gpt.GPTConfig(vocab_size=tok.model_vocab_size, block_size=384, n_layer=2,
-                                  n_head=2, n_embd=cfg.n_embd)).to(device)
+                                  n_head=4, n_embd=cfg.n_embd, rope_base=1e6)).to(device)
     if ckpt:
         model.load_state_dict(ckpt["model"])
     end = cfg.stop_after or cfg.steps

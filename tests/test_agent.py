@@ -467,7 +467,7 @@ def test_resume_refuses_other_settings_another_scripts_checkpoint_and_garbage(tm
 @pytest.mark.parametrize("change, message", [
     (dict(n_train=0), "n_train=0 must be at least 1"), (dict(n_eval=0), "n_eval=0"),
     (dict(steps=0), "steps=0"), (dict(max_steps=0), "max_steps=0"),
-    (dict(ckpt_every=0), "ckpt_every=0"), (dict(n_embd=34), "n_embd=34 must be a multiple of 4"),
+    (dict(ckpt_every=0), "ckpt_every=0"), (dict(n_embd=36), "n_embd=36 must be a multiple of 8"),
     (dict(no_tool_frac=1.0), "no_tool_frac=1.0"), (dict(lr=0.0), "lr=0.0 must be positive"),
     (dict(stop_after=3000), "stop_after=3000 must be 0 \\(off\\) or below steps=3000"),
     (dict(out_dir=__file__), "is a file"),
